@@ -1,0 +1,66 @@
+# Longshore — one Makefile for every routine task. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+BUF    := tools/node_modules/.bin/buf
+PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap protos protos-check buf-lint lint fmt typecheck check test test-unit test-integration bench up down clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+bootstrap: $(VENV)/.installed tools/node_modules/.installed ## Install everything the project needs (system packages, venv, buf)
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh python
+	@touch $@
+
+tools/node_modules/.installed: tools/package.json
+	bash scripts/bootstrap.sh node
+	@touch $@
+
+protos: $(VENV)/.installed ## Regenerate gen/python from protos/ (idempotent)
+	bash scripts/gen-protos.sh $(PY)
+
+protos-check: protos ## Fail when gen/ is stale against protos/
+	git diff --exit-code -- gen/ || { echo "gen/ is stale: run 'make protos' and commit it" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- gen/)" || { git status --porcelain -- gen/; echo "gen/ has untracked files: commit them" >&2; exit 1; }
+
+buf-lint: tools/node_modules/.installed ## buf STANDARD lint on protos/
+	$(BUF) lint
+
+lint: $(VENV)/.installed ## ruff lint + format check
+	$(BIN)/ruff check services clients tests bench
+	$(BIN)/ruff format --check services clients tests bench
+
+fmt: $(VENV)/.installed ## ruff format + autofix
+	$(BIN)/ruff format services clients tests bench
+	$(BIN)/ruff check --fix services clients tests bench
+
+typecheck: $(VENV)/.installed ## mypy --strict on services/
+	$(BIN)/mypy services
+
+check: protos-check buf-lint lint typecheck ## Every static check CI runs
+
+test: bootstrap check ## Install what is missing, then run the whole suite (what CI runs)
+	bash scripts/ensure-docker.sh
+	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && { echo "pytest collected no tests" >&2; exit 1; }; exit $$rc
+
+test-unit: bootstrap ## Only tests/unit
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: bootstrap ## Only tests/integration
+	bash scripts/ensure-docker.sh
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+bench: bootstrap ## Run the benchmarks under bench/ and write bench/results/
+	bash scripts/ensure-docker.sh
+	$(PY) -m bench
+
+clean: ## Remove the venv and caches
+	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache
