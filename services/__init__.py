@@ -1,0 +1,1 @@
+"""Longshore's services: one package per service plus the shared runtime."""

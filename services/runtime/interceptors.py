@@ -1,0 +1,184 @@
+"""Server interceptors every Longshore service installs.
+
+* :class:`ErrorInterceptor` maps typed :class:`ServiceError` subclasses to
+  their status codes, passes a downstream ``grpc.RpcError`` through with its
+  code and details, and turns anything else into INTERNAL, so no client ever
+  sees UNKNOWN.
+* :class:`InternalTokenInterceptor` makes backends refuse calls that do not
+  carry the internal service credential (health and reflection excepted).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from services.runtime.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+INTERNAL_TOKEN_KEY = "longshore-internal-token"  # noqa: S105 (a metadata key, not a secret)
+PRINCIPAL_KEY = "longshore-principal"
+
+# Services anyone may call: probes and tooling must work without credentials.
+OPEN_SERVICE_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def is_open_method(method: str) -> bool:
+    """Returns whether ``method`` (``/pkg.Service/Method``) needs no credential."""
+    return method.startswith(OPEN_SERVICE_PREFIXES)
+
+
+def metadata_value(context: grpc.ServicerContext, key: str) -> str:
+    """Returns the first value of invocation metadata ``key``, or ``""``."""
+    for item_key, value in context.invocation_metadata() or ():
+        if item_key == key:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return ""
+
+
+def principal(context: grpc.ServicerContext) -> str:
+    """Names who made the call, as the gateway forwarded it (``""`` if direct)."""
+    return metadata_value(context, PRINCIPAL_KEY)
+
+
+def _replace_behaviors(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    wrap: Callable[[Behavior, bool], Behavior],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """Returns ``handler`` with each behaviour wrapped (keeping its cardinality)."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary, False),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream, True),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(handler.stream_unary, False),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(
+        wrap(handler.stream_stream, True),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -> None:
+    """Aborts ``context`` with the status that ``exc`` stands for. Always raises."""
+    if isinstance(exc, ServiceError):
+        context.abort(exc.code, exc.message)
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+        # A downstream call failed: keep its code and message for the caller.
+        code = exc.code()
+        if code == grpc.StatusCode.UNKNOWN:
+            code = grpc.StatusCode.INTERNAL
+        context.abort(code, exc.details() or code.name)
+    log.error(
+        "unhandled exception in %s",
+        method,
+        exc_info=(type(exc), exc, exc.__traceback__),
+        extra={"rpc_method": method},
+    )
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
+
+
+def _already_aborted(context: grpc.ServicerContext) -> bool:
+    code = context.code()  # type: ignore[attr-defined]
+    return code is not None and code != grpc.StatusCode.OK
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps exceptions escaping handlers to precise status codes."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def wrap(behavior: Behavior, streaming: bool) -> Behavior:
+            if streaming:
+
+                def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                    try:
+                        yield from behavior(request, context)
+                    except Exception as exc:
+                        if _already_aborted(context):
+                            raise
+                        _abort_for(exc, context, method)
+
+                return stream
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return behavior(request, context)
+                except Exception as exc:
+                    if _already_aborted(context):
+                        raise
+                    _abort_for(exc, context, method)
+
+            return unary
+
+        return _replace_behaviors(handler, wrap)
+
+
+class InternalTokenInterceptor(grpc.ServerInterceptor):
+    """Refuses calls without the internal credential, except health and reflection."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("LONGSHORE_INTERNAL_TOKEN: must not be empty")
+        self._token = token.encode()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or is_open_method(method):
+            return handler
+        presented = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == INTERNAL_TOKEN_KEY:
+                presented = str(value)
+                break
+        if hmac.compare_digest(presented.encode(), self._token):
+            return handler
+
+        def wrap(behavior: Behavior, streaming: bool) -> Behavior:
+            def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"{method}: missing or wrong internal credential "
+                    f"({INTERNAL_TOKEN_KEY}); call the gateway instead",
+                )
+
+            return refuse
+
+        return _replace_behaviors(handler, wrap)

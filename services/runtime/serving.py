@@ -1,0 +1,193 @@
+"""The gRPC server factory every service uses.
+
+``build_server`` returns a :class:`Server` with the library health service,
+reflection, tracing, the internal-credential check and the error mapping
+installed, bound with ``grpc.so_reuseport`` off so two servers never share a
+port silently. ``Server.serve_until_signal`` implements the shutdown order:
+SIGTERM → health NOT_SERVING → stop accepting → drain in-flight calls within
+the grace period → run shutdown hooks (e.g. drain cleanup threads) → return.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import filters, server_interceptor
+
+from services.runtime.interceptors import ErrorInterceptor, InternalTokenInterceptor
+from services.runtime.version import __version__
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GrpcService:
+    """A service to mount: its full proto name and how to register its servicer."""
+
+    name: str
+    register: Callable[[grpc.Server], None]
+
+
+def trace_filter() -> Any:
+    """Traces every call except health checks and reflection."""
+    return filters.negate(
+        filters.any_of(
+            filters.health_check(),
+            filters.service_prefix("grpc.reflection"),
+        )
+    )
+
+
+class Server:
+    """A started-or-startable gRPC server with health and orderly shutdown."""
+
+    def __init__(
+        self,
+        grpc_server: grpc.Server,
+        port: int,
+        host: str,
+        service_names: Sequence[str],
+        health_servicer: health.HealthServicer,
+        shutdown_delay: float,
+    ) -> None:
+        self.grpc_server = grpc_server
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.health = health_servicer
+        self._service_names = list(service_names)
+        self._hooks: list[Callable[[], None]] = []
+        self._shutdown_delay = shutdown_delay
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+
+    def add_shutdown_hook(self, hook: Callable[[], None]) -> None:
+        """Runs ``hook`` after the server drained, before :meth:`stop` returns."""
+        self._hooks.append(hook)
+
+    def start(self) -> None:
+        """Starts serving and marks every service SERVING."""
+        self.grpc_server.start()
+        for name in ["", *self._service_names]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"address": self.address, "services": self._service_names})
+
+    def request_stop(self) -> None:
+        """Asks :meth:`serve_until_signal` to shut down (safe from any thread)."""
+        self._stop_requested.set()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Drains and stops: NOT_SERVING, stop accepting, wait ``grace``, run hooks."""
+        if self._stopped.is_set():
+            return
+        self.health.enter_graceful_shutdown()
+        if self._shutdown_delay > 0:
+            # Let probes and load balancers see NOT_SERVING before calls are refused.
+            threading.Event().wait(self._shutdown_delay)
+        self.grpc_server.stop(grace).wait()
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("shutdown hook failed", extra={"hook": repr(hook)})
+        self._stopped.set()
+        log.info("stopped", extra={"address": self.address})
+
+    def serve_until_signal(self, grace: float = 10.0) -> None:
+        """Starts, waits for SIGTERM/SIGINT (or :meth:`request_stop`), then stops."""
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
+            self._stop_requested.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            self._stop_requested.wait()
+            self.stop(grace)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def build_server(
+    services: Sequence[GrpcService],
+    *,
+    listen: str,
+    max_workers: int = 16,
+    internal_token: str | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    shutdown_delay: float = 0.0,
+    extra_interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> Server:
+    """Creates a server for ``services`` bound to ``listen`` (``host:port``; port 0 = any).
+
+    Args:
+        services: The servicers to mount.
+        listen: Address to bind.
+        max_workers: Size of the handler thread pool (bounds concurrent calls).
+        internal_token: When set, every RPC except health and reflection must
+            carry it as ``longshore-internal-token`` metadata.
+        tracer_provider: Provider for server spans; the global one by default.
+        max_message_bytes: Largest request or response accepted.
+        shutdown_delay: Seconds health stays NOT_SERVING before calls are refused.
+        extra_interceptors: Run after auth and before error mapping.
+
+    Returns:
+        The server, not yet started.
+
+    Raises:
+        RuntimeError: The address cannot be bound.
+    """
+    interceptors: list[grpc.ServerInterceptor] = [
+        server_interceptor(tracer_provider=tracer_provider, filter_=trace_filter())
+    ]
+    if internal_token is not None:
+        interceptors.append(InternalTokenInterceptor(internal_token))
+    interceptors.extend(extra_interceptors)
+    interceptors.append(ErrorInterceptor())
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=interceptors,
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+        maximum_concurrent_rpcs=max_workers * 64,
+    )
+    for service in services:
+        service.register(grpc_server)
+    health_servicer = health.HealthServicer(
+        experimental_non_blocking=True,
+        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    names = [s.name for s in services]
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], grpc_server
+    )
+    try:
+        port = grpc_server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot bind {listen!r}: {exc}") from exc
+    if port == 0:
+        raise RuntimeError(f"cannot bind {listen!r}: address in use or invalid")
+    host = listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    log.debug("built server", extra={"listen": listen, "version": __version__})
+    return Server(grpc_server, port, host, names, health_servicer, shutdown_delay)
