@@ -1,0 +1,334 @@
+"""Value types of the dispatcher planner: what a tick sees and what it decides.
+
+The planner (``services.kanban.planner``) is a pure function from a
+:class:`Snapshot` to a :class:`Plan`. These types carry no database handles and
+no clocks, so a dry run, a real tick and the in-memory benchmark all plan from
+the same values. ``planner.py`` re-exports every name here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from longshore.kanban.v1 import dispatch_pb2, task_pb2
+
+
+class TaskStatus(enum.StrEnum):
+    """A task's column, as stored (mirrors ``TaskStatus`` in task.proto)."""
+
+    TRIAGE = "triage"
+    TODO = "todo"
+    READY = "ready"
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    DONE = "done"
+    ARCHIVED = "archived"
+
+
+class ExecutorKind(enum.StrEnum):
+    """How a profile's tasks run (mirrors ``Executor`` in profile.proto)."""
+
+    SANDBOX = "sandbox"
+    EXTERNAL = "external"
+    NONE = "none"
+
+
+class ReadinessReason(enum.IntEnum):
+    """Why a task is (not) about to run; values equal ``ReadinessReason`` in task.proto."""
+
+    WILL_DISPATCH = task_pb2.READINESS_REASON_WILL_DISPATCH
+    RUNNING = task_pb2.READINESS_REASON_RUNNING
+    NO_ASSIGNEE = task_pb2.READINESS_REASON_NO_ASSIGNEE
+    ASSIGNEE_UNKNOWN = task_pb2.READINESS_REASON_ASSIGNEE_UNKNOWN
+    ASSIGNEE_NOT_SPAWNABLE = task_pb2.READINESS_REASON_ASSIGNEE_NOT_SPAWNABLE
+    AT_PROFILE_CAP = task_pb2.READINESS_REASON_AT_PROFILE_CAP
+    AT_GLOBAL_CAP = task_pb2.READINESS_REASON_AT_GLOBAL_CAP
+    WAITING_ON_PARENTS = task_pb2.READINESS_REASON_WAITING_ON_PARENTS
+    BREAKER_OPEN = task_pb2.READINESS_REASON_BREAKER_OPEN
+    AWAITING_WORKER = task_pb2.READINESS_REASON_AWAITING_WORKER
+    NOT_DISPATCHABLE = task_pb2.READINESS_REASON_NOT_DISPATCHABLE
+
+
+class ReclaimKind(enum.StrEnum):
+    """Why a running run is taken back (the tick's ``reclaimed`` vs ``crashed`` bucket)."""
+
+    LEASE_EXPIRED = "lease expired"
+    EXECUTOR_GONE = "executor gone"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    """One task as the planner sees it.
+
+    Attributes:
+        task_id: The task id.
+        board_id: The board it is on (informational; the walk spans boards).
+        status: Its column. The walk considers ``ready`` tasks; ``todo`` tasks
+            with nothing in ``waiting_on`` are promoted and walked in the same
+            tick; ``running`` tasks named by a :class:`ReclaimView` go back to
+            ready (or blocked); other statuses only matter to ``explain``.
+        assignee: Profile name; ``""`` means unassigned.
+        priority: Higher runs first.
+        create_time: Ties in priority go to the older task (then to the
+            smaller ``task_id``). All times in one snapshot must be comparable
+            (all naive UTC or all aware).
+        waiting_on: Parent ids that are not ``done`` yet (empty: all parents
+            done, or no parents).
+        failure_count: Counted failures of the current streak.
+        breaker_open: For a ``blocked`` task: whether the failure breaker
+            (rather than a person) blocked it.
+        last_error: The last counted failure, used in a breaker reason.
+    """
+
+    task_id: str
+    board_id: str
+    status: TaskStatus
+    assignee: str
+    priority: int
+    create_time: datetime
+    waiting_on: tuple[str, ...] = ()
+    failure_count: int = 0
+    breaker_open: bool = False
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileView:
+    """One profile as the planner sees it.
+
+    Attributes:
+        name: Profile name.
+        executor: How its tasks run.
+        max_in_progress: The profile's own cap; ``0`` (or less) means the
+            ``max_in_progress_per_profile`` setting applies.
+    """
+
+    name: str
+    executor: ExecutorKind
+    max_in_progress: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimView:
+    """A running run the tick takes back (K1 decides which from the database).
+
+    Attributes:
+        task_id: The task the run holds (present in the snapshot as ``running``).
+        run_id: The run losing the task.
+        profile: The profile the run counts against.
+        kind: Expired lease (``reclaimed`` bucket) or gone executor (``crashed``).
+    """
+
+    task_id: str
+    run_id: str
+    profile: str
+    kind: ReclaimKind
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one tick plans from, read in one transaction.
+
+    Attributes:
+        tasks: Ready and todo tasks, running tasks being reclaimed, and any
+            other task ``explain`` may be asked about. Order does not matter.
+        profiles: Profiles by name.
+        running: Running runs per profile, *including* runs listed in
+            ``reclaims`` (the planner subtracts those) and runs that predate
+            the tick. Runs of external workers count too.
+        reclaims: Running runs whose lease expired or whose executor is gone.
+    """
+
+    tasks: tuple[TaskView, ...]
+    profiles: Mapping[str, ProfileView]
+    running: Mapping[str, int] = field(default_factory=dict)
+    reclaims: tuple[ReclaimView, ...] = ()
+
+    @property
+    def running_total(self) -> int:
+        """Running runs over all profiles, reclaims included."""
+        return sum(self.running.values())
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerSettings:
+    """The dispatcher settings the planner needs, already parsed.
+
+    Build it with :meth:`from_raw` (see ``planner.parse_cap``) so invalid caps
+    mean "no cap" with one warning.
+
+    Attributes:
+        default_assignee: Profile an unassigned ready task takes; ``None`` = none.
+        max_in_progress: Global cap on running runs; ``None`` = no cap.
+        max_in_progress_per_profile: Cap for profiles without their own;
+            ``None`` = no cap.
+        failure_limit: Counted failures at which the breaker blocks a task.
+    """
+
+    default_assignee: str | None = None
+    max_in_progress: int | None = None
+    max_in_progress_per_profile: int | None = None
+    failure_limit: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """A task a bucket names, with the assignee involved (``""`` when none)."""
+
+    task_id: str
+    assignee: str
+
+
+@dataclass(frozen=True, slots=True)
+class CappedRef:
+    """A ready task deferred because its assignee has ``running`` of ``cap`` running."""
+
+    task_id: str
+    assignee: str
+    running: int
+    cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedRef:
+    """A task the failure breaker blocks in this tick, and why."""
+
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimRef:
+    """A run taken back in this tick; ``blocked`` when it tripped the breaker."""
+
+    task_id: str
+    run_id: str
+    reason: str
+    blocked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Why a task is (not) about to run (mirrors ``Readiness`` in task.proto).
+
+    Attributes:
+        reason: The reason.
+        assignee: The assignee involved, when any.
+        running: Running runs of the assignee (AT_PROFILE_CAP) or in total
+            (AT_GLOBAL_CAP).
+        cap: The cap that applied.
+        waiting_on: Parents not done yet (WAITING_ON_PARENTS).
+        detail: Extra words for the message (e.g. the breaker's reason).
+    """
+
+    reason: ReadinessReason
+    assignee: str = ""
+    running: int = 0
+    cap: int = 0
+    waiting_on: tuple[str, ...] = ()
+    detail: str = ""
+
+    @property
+    def message(self) -> str:
+        """One line for people, e.g. ``builder at per-profile cap (2 of 2 running)``."""
+        return _message(self)
+
+    def to_proto(self) -> task_pb2.Readiness:
+        """The ``longshore.kanban.v1.Readiness`` message."""
+        return task_pb2.Readiness(
+            reason=task_pb2.ReadinessReason.ValueType(int(self.reason)),
+            message=self.message,
+            running=self.running,
+            cap=self.cap,
+            waiting_on=list(self.waiting_on),
+        )
+
+
+def _message(r: Readiness) -> str:
+    reason = r.reason
+    if reason is ReadinessReason.WILL_DISPATCH:
+        return f"the next tick spawns it on {r.assignee}"
+    if reason is ReadinessReason.RUNNING:
+        return f"running on {r.assignee}" if r.assignee else "running"
+    if reason is ReadinessReason.NO_ASSIGNEE:
+        return "no assignee and no kanban.default_assignee"
+    if reason is ReadinessReason.ASSIGNEE_UNKNOWN:
+        return f"assignee {r.assignee} names no profile"
+    if reason is ReadinessReason.ASSIGNEE_NOT_SPAWNABLE:
+        return f"{r.assignee} has executor none (a human lane)"
+    if reason is ReadinessReason.AT_PROFILE_CAP:
+        return f"{r.assignee} at per-profile cap ({r.running} of {r.cap} running)"
+    if reason is ReadinessReason.AT_GLOBAL_CAP:
+        return r.detail or f"at global cap max_in_progress ({r.running} of {r.cap} running)"
+    if reason is ReadinessReason.WAITING_ON_PARENTS:
+        return "waiting on parents: " + ", ".join(r.waiting_on)
+    if reason is ReadinessReason.BREAKER_OPEN:
+        return "blocked by the failure breaker" + (f": {r.detail}" if r.detail else "")
+    if reason is ReadinessReason.AWAITING_WORKER:
+        return f"waiting for an external {r.assignee} worker to claim it"
+    return r.detail or "not in a dispatchable status"
+
+
+@dataclass(slots=True)
+class Plan:
+    """Everything a tick does (or, dry, would do), bucket by bucket.
+
+    The buckets mirror ``DispatchResult`` in dispatch.proto; ``spawn_failed``
+    is absent because only applying the plan can fail a spawn. Lists keep the
+    walk order (priority, then age), so a plan is deterministic.
+    """
+
+    reclaimed: list[ReclaimRef] = field(default_factory=list)
+    crashed: list[ReclaimRef] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)
+    spawned: list[TaskRef] = field(default_factory=list)
+    auto_assigned_default: list[TaskRef] = field(default_factory=list)
+    skipped_unassigned: list[str] = field(default_factory=list)
+    skipped_nonspawnable: list[TaskRef] = field(default_factory=list)
+    skipped_per_profile_capped: list[CappedRef] = field(default_factory=list)
+    auto_blocked: list[BlockedRef] = field(default_factory=list)
+    awaiting_worker: list[TaskRef] = field(default_factory=list)
+    stopped_reason: str = ""
+    not_considered: list[str] = field(default_factory=list)
+    readiness: dict[str, Readiness] = field(default_factory=dict)
+
+    def to_proto(self, *, dry_run: bool) -> dispatch_pb2.DispatchResult:
+        """The ``DispatchResult`` for this plan (run ids, sandboxes, spawn failures
+        and ``tick_time`` are the caller's to fill in)."""
+        return dispatch_pb2.DispatchResult(
+            dry_run=dry_run,
+            reclaimed=[_reclaim_proto(r) for r in self.reclaimed],
+            crashed=[_reclaim_proto(r) for r in self.crashed],
+            promoted=self.promoted,
+            spawned=[
+                dispatch_pb2.SpawnedTask(task_id=t.task_id, assignee=t.assignee)
+                for t in self.spawned
+            ],
+            auto_assigned_default=[_ref_proto(t) for t in self.auto_assigned_default],
+            skipped_unassigned=self.skipped_unassigned,
+            skipped_nonspawnable=[_ref_proto(t) for t in self.skipped_nonspawnable],
+            skipped_per_profile_capped=[
+                dispatch_pb2.CappedTask(
+                    task_id=c.task_id, assignee=c.assignee, running=c.running, cap=c.cap
+                )
+                for c in self.skipped_per_profile_capped
+            ],
+            auto_blocked=[
+                dispatch_pb2.BlockedTask(task_id=b.task_id, reason=b.reason)
+                for b in self.auto_blocked
+            ],
+            awaiting_worker=[_ref_proto(t) for t in self.awaiting_worker],
+            stopped_reason=self.stopped_reason,
+            not_considered=self.not_considered,
+        )
+
+
+def _ref_proto(ref: TaskRef) -> dispatch_pb2.DispatchTaskRef:
+    return dispatch_pb2.DispatchTaskRef(task_id=ref.task_id, assignee=ref.assignee)
+
+
+def _reclaim_proto(ref: ReclaimRef) -> dispatch_pb2.ReclaimedRun:
+    return dispatch_pb2.ReclaimedRun(task_id=ref.task_id, run_id=ref.run_id, reason=ref.reason)
