@@ -1,0 +1,110 @@
+"""GatewayService: the gateway's version and each backend's gRPC health."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from longshore.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+
+from services.gateway.auth import Gate
+from services.gateway.forwarding import Backend
+from services.runtime.version import __version__
+
+_GET_STATUS = "/longshore.gateway.v1.GatewayService/GetStatus"
+BackendHealth = gateway_service_pb2.BackendHealth
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One backend's health as a probe saw it."""
+
+    health: gateway_service_pb2.BackendHealth.ValueType
+    detail: str
+    latency_ms: float
+
+
+def probe(channel: grpc.Channel, timeout: float) -> Probe:
+    """Ask a backend's health service whether the whole server is SERVING.
+
+    Never raises: an unreachable backend is UNREACHABLE with the error as detail.
+    """
+    stub = health_pb2_grpc.HealthStub(channel)
+    started = time.perf_counter()
+    try:
+        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+    except grpc.RpcError as exc:
+        latency = (time.perf_counter() - started) * 1000
+        code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        return Probe(BackendHealth.BACKEND_HEALTH_UNREACHABLE, f"{code}: {details}", latency)
+    latency = (time.perf_counter() - started) * 1000
+    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+        return Probe(BackendHealth.BACKEND_HEALTH_SERVING, "", latency)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return Probe(BackendHealth.BACKEND_HEALTH_NOT_SERVING, status, latency)
+
+
+class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
+    """Implements GatewayService.GetStatus."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        gate: Gate,
+        deployment: str,
+        probe_timeout: float,
+    ) -> None:
+        """Create the servicer.
+
+        Args:
+            backends: Backends to report, in the order reported.
+            gate: Admits calls (GetStatus needs the `read` scope).
+            deployment: The deployment name reported.
+            probe_timeout: Deadline of each health probe, in seconds.
+        """
+        self._backends = list(backends)
+        self._gate = gate
+        self._deployment = deployment
+        self._timeout = probe_timeout
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=max(1, len(self._backends)), thread_name_prefix="status-probe"
+        )
+
+    def GetStatus(
+        self,
+        request: gateway_service_pb2.GetStatusRequest,
+        context: grpc.ServicerContext,
+    ) -> gateway_service_pb2.GetStatusResponse:
+        """Report the version and every backend's health, probing them in parallel."""
+        principal = self._gate.admit(context.invocation_metadata() or (), _GET_STATUS)
+        probes = list(self._pool.map(lambda b: probe(b.channel, self._timeout), self._backends))
+        now = Timestamp()
+        now.GetCurrentTime()
+        response = gateway_service_pb2.GetStatusResponse(
+            version=__version__,
+            deployment=self._deployment,
+            check_time=now,
+            scopes=sorted(principal.scopes),
+        )
+        for backend, result in zip(self._backends, probes, strict=True):
+            response.backends.append(
+                gateway_service_pb2.BackendStatus(
+                    name=backend.name,
+                    address=backend.address,
+                    health=result.health,
+                    detail=result.detail,
+                    latency_ms=round(result.latency_ms, 3),
+                )
+            )
+        return response
+
+    def close(self) -> None:
+        """Stop the probe threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
