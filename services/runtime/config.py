@@ -133,15 +133,15 @@ def describe_settings(model: type[Any]) -> list[SettingDoc]:
     return list(_describe(model, ""))
 
 
-def _describe(model: type[Any], prefix: str) -> Iterator[SettingDoc]:
+def _describe(model: type[Any], prefix: str, base: Any = None) -> Iterator[SettingDoc]:
     hints = typing.get_type_hints(model)
     for f in dataclasses.fields(model):
         key = prefix + f.name
         tp = hints[f.name]
         if _is_section(tp):
-            yield from _describe(tp, key + ".")
+            yield from _describe(tp, key + ".", _default_of(f))
             continue
-        default = _default_of(f)
+        default = getattr(base, f.name) if base is not None else _default_of(f)
         shown = "" if f.metadata.get("secret") else str(default)
         yield SettingDoc(key, env_name(key, f), _type_name(tp), shown, f.metadata.get("help", ""))
 
@@ -182,15 +182,27 @@ def _reject_unknown(model: type[Any], values: Mapping[str, Any], prefix: str) ->
 
 
 def _build(
-    model: type[Any], prefix: str, file_values: Mapping[str, Any], env: Mapping[str, str]
+    model: type[Any],
+    prefix: str,
+    file_values: Mapping[str, Any],
+    env: Mapping[str, str],
+    base: Any = None,
 ) -> Any:
+    """Builds ``model``; ``base`` is the parent field's default section, if any."""
     hints = typing.get_type_hints(model)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(model):
         key = prefix + f.name
         tp = hints[f.name]
         if _is_section(tp):
-            kwargs[f.name] = _build(tp, key + ".", file_values.get(f.name) or {}, env)
+            section_default = _default_of(f)
+            kwargs[f.name] = _build(
+                tp,
+                key + ".",
+                file_values.get(f.name) or {},
+                env,
+                section_default if dataclasses.is_dataclass(section_default) else None,
+            )
             continue
         var = env_name(key, f)
         if var in env:
@@ -198,6 +210,8 @@ def _build(
         elif f.name in file_values:
             kwargs[f.name] = _coerce(file_values[f.name], tp, f"config file {key!r}")
     try:
+        if base is not None:
+            return dataclasses.replace(base, **kwargs)
         return model(**kwargs)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{prefix.rstrip('.') or 'settings'}: {exc}") from exc
