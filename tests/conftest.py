@@ -14,6 +14,7 @@ import pytest
 
 pytest_plugins = [
     "tests.support.docker_env",
+    "tests.support.postgres",
 ]
 
 _TESTS_ROOT = Path(__file__).resolve().parent
