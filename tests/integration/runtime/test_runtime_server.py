@@ -50,11 +50,13 @@ def test_unexpected_exception_is_internal_never_unknown() -> None:
 
 
 def test_downstream_status_passes_through_a_chain() -> None:
-    with serve_in_process([gateway_service(FailingGateway("not_found"))]) as back:
-        with serve_in_process([gateway_service(FailingGateway("forward", back.address))]) as front:
-            stub = gw_grpc.GatewayServiceStub(front.channel())
-            with pytest.raises(grpc.RpcError) as info:
-                stub.GetStatus(gw_pb.GetStatusRequest(), timeout=5)
+    with (
+        serve_in_process([gateway_service(FailingGateway("not_found"))]) as back,
+        serve_in_process([gateway_service(FailingGateway("forward", back.address))]) as front,
+    ):
+        stub = gw_grpc.GatewayServiceStub(front.channel())
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetStatus(gw_pb.GetStatusRequest(), timeout=5)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert info.value.details() == "backend 'kanban' not found"
 
@@ -113,9 +115,11 @@ def test_reflection_lists_services_to_buf_curl() -> None:
 
 
 def test_two_servers_never_share_a_port() -> None:
-    with serve_in_process([gateway_service(FailingGateway("ok"))]) as running:
-        with pytest.raises(RuntimeError, match="cannot bind"):
-            build_server([gateway_service(FailingGateway("ok"))], listen=running.address)
+    with (
+        serve_in_process([gateway_service(FailingGateway("ok"))]) as running,
+        pytest.raises(RuntimeError, match="cannot bind"),
+    ):
+        build_server([gateway_service(FailingGateway("ok"))], listen=running.address)
 
 
 def test_healthcheck_probe_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
