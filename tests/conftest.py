@@ -15,6 +15,7 @@ import pytest
 pytest_plugins = [
     "tests.support.docker_env",
     "tests.support.postgres",
+    "tests.support.otlp",
 ]
 
 _TESTS_ROOT = Path(__file__).resolve().parent
