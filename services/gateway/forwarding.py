@@ -27,7 +27,6 @@ from services.runtime.errors import ResourceExhausted, Unavailable
 from services.runtime.interceptors import INTERNAL_TOKEN_KEY, PRINCIPAL_KEY
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 # (generated module, service name, backend that owns it)
 FORWARDED_SERVICES: tuple[tuple[Any, str, str], ...] = (
@@ -155,6 +154,7 @@ class Forwarder(grpc.GenericRpcHandler):
         internal_token: str,
         deadlines: DeadlinePolicy,
         max_message_bytes: int,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         """Create the forwarder.
 
@@ -164,7 +164,9 @@ class Forwarder(grpc.GenericRpcHandler):
             internal_token: Credential the backends require.
             deadlines: Upstream deadline policy.
             max_message_bytes: Largest request or response message relayed.
+            tracer_provider: Provider for the client spans; the global one by default.
         """
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         by_name = {b.name: b for b in backends}
         self._gate = gate
         self._token = internal_token
@@ -247,7 +249,7 @@ class Forwarder(grpc.GenericRpcHandler):
     ) -> bytes:
         principal = self._prepare(info, request, context)
         timeout = self._timeout(context, streaming=False)
-        with _client_span(info, backend, principal) as span:
+        with _client_span(self._tracer, info, backend, principal) as span:
             future = call.future(
                 request, timeout=timeout, metadata=self._metadata(principal, context)
             )
@@ -269,7 +271,7 @@ class Forwarder(grpc.GenericRpcHandler):
     ) -> Iterator[bytes]:
         principal = self._prepare(info, request, context)
         timeout = self._timeout(context, streaming=True)
-        with _client_span(info, backend, principal) as span:
+        with _client_span(self._tracer, info, backend, principal) as span:
             responses = call(request, timeout=timeout, metadata=self._metadata(principal, context))
             cancel: Callable[[], Any] = responses.cancel
             context.add_callback(lambda: _discard(cancel()))
@@ -295,7 +297,9 @@ def _discard(_: object) -> None:
     """Drop a return value (``add_callback`` wants callables returning None)."""
 
 
-def _client_span(info: MethodInfo, backend: Backend, principal: Principal) -> Any:
+def _client_span(
+    tracer: trace.Tracer, info: MethodInfo, backend: Backend, principal: Principal
+) -> Any:
     service, _, method = info.path.lstrip("/").partition("/")
     return tracer.start_as_current_span(
         info.path,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from services.runtime.errors import ResourceExhausted
 
 Clock = Callable[[], float]
+_EPSILON = 1e-9
 
 
 @dataclass
@@ -60,8 +61,8 @@ class RateLimiter:
             elapsed = max(0.0, now - bucket.updated)
             bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
             bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+            if bucket.tokens >= 1.0 - _EPSILON:  # tolerate float drift in the refill
+                bucket.tokens = max(0.0, bucket.tokens - 1.0)
                 return 0.0
             return (1.0 - bucket.tokens) / self._rate
 
