@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds, on the host, every wheel the service images install (the project's
+# runtime dependencies plus the build backend) into docker/wheels/, so that the
+# image build installs them with `pip --no-index` and never needs the network
+# (containers here reach package registries only through a proxy whose CA the
+# base image does not trust). Skips the work when the cache matches pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PY:-.venv/bin/python}
+out=docker/wheels
+
+reqs=$("$py" - <<'PY'
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    project = tomllib.load(f)
+build = project["build-system"]["requires"]
+print("\n".join([*build, *project["project"]["dependencies"]]))
+PY
+)
+stamp=$(printf '%s\n%s\n' "$("$py" -c 'import sys; print(sys.implementation.cache_tag)')" "$reqs" | sha256sum | cut -c1-16)
+if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
+  echo "compose-wheels: $out is current ($(find "$out" -name '*.whl' | wc -l) wheels)" >&2
+  exit 0
+fi
+mkdir -p "$out"
+find "$out" -name '*.whl' -delete
+printf '%s\n' "$reqs" >"$out/requirements.txt"
+start=$SECONDS
+"$py" -m pip wheel -q --wheel-dir "$out" -r "$out/requirements.txt"
+echo "$stamp" >"$out/.stamp"
+echo "compose-wheels: built $(find "$out" -name '*.whl' | wc -l) wheels in $((SECONDS - start)) s" >&2
