@@ -1,0 +1,1 @@
+"""The sandbox manager: the only part of Longshore that talks to Docker."""

@@ -1,0 +1,237 @@
+"""Domain records to and from ``longshore.sandbox.v1`` messages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime, timedelta
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
+
+from services.runtime.errors import InvalidArgument
+from services.sandbox import labels
+from services.sandbox.model import (
+    AcquireResult,
+    ExecCommand,
+    ExecExit,
+    Network,
+    Outcome,
+    OutputChunk,
+    SandboxInfo,
+    Spec,
+    StreamKind,
+    Volume,
+)
+from services.sandbox.reaper import Decision, ReapReport
+
+STATES: dict[sandbox_pb2.SandboxState.ValueType, str] = {
+    sandbox_pb2.SANDBOX_STATE_CREATED: "created",
+    sandbox_pb2.SANDBOX_STATE_RUNNING: "running",
+    sandbox_pb2.SANDBOX_STATE_PAUSED: "paused",
+    sandbox_pb2.SANDBOX_STATE_RESTARTING: "restarting",
+    sandbox_pb2.SANDBOX_STATE_EXITED: "exited",
+    sandbox_pb2.SANDBOX_STATE_REMOVING: "removing",
+    sandbox_pb2.SANDBOX_STATE_DEAD: "dead",
+}
+_STATE_OF = {name: value for value, name in STATES.items()}
+_OUTCOMES = {
+    Outcome.REUSED_RUNNING: sandbox_pb2.REUSE_OUTCOME_REUSED_RUNNING,
+    Outcome.RESTARTED: sandbox_pb2.REUSE_OUTCOME_RESTARTED,
+    Outcome.CREATED: sandbox_pb2.REUSE_OUTCOME_CREATED,
+    Outcome.REPLACED_CONFIG_CHANGED: sandbox_pb2.REUSE_OUTCOME_REPLACED_CONFIG_CHANGED,
+    Outcome.REPLACED_START_FAILED: sandbox_pb2.REUSE_OUTCOME_REPLACED_START_FAILED,
+}
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def spec_from_proto(msg: sandbox_pb2.SandboxSpec) -> Spec:
+    """A domain spec from the request's ``SandboxSpec``."""
+    network = {
+        sandbox_pb2.NETWORK_MODE_BRIDGE: Network.BRIDGE,
+        sandbox_pb2.NETWORK_MODE_NONE: Network.NONE,
+    }.get(msg.network)
+    return Spec(
+        image=msg.image,
+        cpus=msg.cpus,
+        memory_bytes=msg.memory_bytes,
+        pids_limit=msg.pids_limit,
+        env=dict(msg.env),
+        volumes=tuple(Volume(v.host_path, v.container_path, v.read_only) for v in msg.volumes),
+        workdir=msg.workdir,
+        network=network,
+        read_only_rootfs=msg.read_only_rootfs,
+        user=msg.user,
+        cap_add=tuple(msg.cap_add),
+    )
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _duration(value: timedelta | float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromTimedelta(value if isinstance(value, timedelta) else timedelta(seconds=value))
+    return out
+
+
+def sandbox_to_proto(info: SandboxInfo) -> sandbox_pb2.Sandbox:
+    """A ``Sandbox`` message from a domain record."""
+    lbl = info.labels
+    msg = sandbox_pb2.Sandbox(
+        sandbox_id=info.sandbox_id,
+        name=info.name,
+        task_id=lbl.get(labels.TASK_ID, ""),
+        profile=lbl.get(labels.PROFILE, ""),
+        deployment=lbl.get(labels.DEPLOYMENT, ""),
+        persist=lbl.get(labels.PERSIST) == "true",
+        state=_STATE_OF.get(info.state, sandbox_pb2.SANDBOX_STATE_UNSPECIFIED),
+        image=info.image,
+        config_hash=lbl.get(labels.CONFIG_HASH, ""),
+        owner=lbl.get(labels.OWNER, ""),
+        labels=dict(lbl),
+    )
+    for field_name, value in (
+        ("create_time", info.create_time),
+        ("start_time", info.start_time),
+        ("finish_time", info.finish_time),
+        ("last_used_time", info.last_used_time),
+    ):
+        stamp = _timestamp(value)
+        if stamp is not None:
+            getattr(msg, field_name).CopyFrom(stamp)
+    return msg
+
+
+def acquire_to_proto(result: AcquireResult) -> sandbox_service_pb2.AcquireSandboxResponse:
+    """The ``AcquireSandboxResponse`` of an acquire."""
+    return sandbox_service_pb2.AcquireSandboxResponse(
+        sandbox=sandbox_to_proto(result.sandbox),
+        reused=result.reused,
+        outcome=_OUTCOMES[result.outcome],
+        reason=result.reason,
+    )
+
+
+def states_from_proto(values: list[int]) -> list[str]:
+    """Engine state names of a state filter.
+
+    Raises:
+        InvalidArgument: An unspecified or unknown state.
+    """
+    out = []
+    for i, value in enumerate(values):
+        name = STATES.get(sandbox_pb2.SandboxState.ValueType(value))
+        if name is None:
+            raise InvalidArgument(f"states[{i}]: must be a specified sandbox state")
+        out.append(name)
+    return out
+
+
+def page_size(value: int) -> int:
+    """The effective page size (0 = 100, capped at 1000).
+
+    Raises:
+        InvalidArgument: Negative page_size.
+    """
+    if value < 0:
+        raise InvalidArgument("page_size: must not be negative")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_page_token(info: SandboxInfo) -> str:
+    """An opaque cursor after ``info`` in newest-first order."""
+    created = info.create_time.timestamp() if info.create_time else 0.0
+    raw = json.dumps({"c": created, "i": info.sandbox_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_page_token(token: str) -> tuple[float, str] | None:
+    """The cursor of a page token (None for the first page).
+
+    Raises:
+        InvalidArgument: The token is not one this service issued.
+    """
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return float(data["c"]), str(data["i"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidArgument("page_token: not a token from a previous response") from None
+
+
+def exec_from_proto(req: sandbox_service_pb2.ExecRequest) -> ExecCommand:
+    """A domain command from an ``ExecRequest``.
+
+    Raises:
+        InvalidArgument: A negative timeout.
+    """
+    timeout = 0.0
+    if req.HasField("timeout"):
+        if req.timeout.seconds < 0 or req.timeout.nanos < 0:
+            raise InvalidArgument("timeout: must not be negative")
+        timeout = req.timeout.ToTimedelta().total_seconds()
+    return ExecCommand(
+        argv=tuple(req.argv),
+        env=dict(req.env),
+        workdir=req.workdir,
+        stdin=req.stdin,
+        timeout_seconds=timeout,
+        max_output_bytes=req.max_output_bytes,
+        user=req.user,
+    )
+
+
+def exec_event_to_proto(event: OutputChunk | ExecExit) -> sandbox_service_pb2.ExecResponse:
+    """One ``ExecResponse`` of the stream."""
+    if isinstance(event, OutputChunk):
+        stream = (
+            sandbox_service_pb2.OUTPUT_STREAM_STDERR
+            if event.stream is StreamKind.STDERR
+            else sandbox_service_pb2.OUTPUT_STREAM_STDOUT
+        )
+        return sandbox_service_pb2.ExecResponse(
+            output=sandbox_service_pb2.OutputChunk(stream=stream, data=event.data)
+        )
+    return sandbox_service_pb2.ExecResponse(
+        exit=sandbox_pb2.ExecExit(
+            exit_code=event.exit_code,
+            signal=event.signal,
+            timed_out=event.timed_out,
+            truncated=event.truncated,
+            duration=_duration(event.duration_seconds),
+            output_bytes=event.output_bytes,
+        )
+    )
+
+
+def _decisions(items: list[Decision]) -> list[sandbox_service_pb2.ReapDecision]:
+    return [
+        sandbox_service_pb2.ReapDecision(
+            sandbox_id=d.candidate.sandbox_id,
+            name=d.candidate.name,
+            profile=d.candidate.labels.get(labels.PROFILE, ""),
+            task_id=d.candidate.labels.get(labels.TASK_ID, ""),
+            reason=d.reason,
+        )
+        for d in items
+    ]
+
+
+def reap_to_proto(report: ReapReport) -> sandbox_service_pb2.ReapOrphansResponse:
+    """The ``ReapOrphansResponse`` of a sweep."""
+    return sandbox_service_pb2.ReapOrphansResponse(
+        removed=_decisions(report.removed),
+        spared=_decisions(report.spared),
+        failed=_decisions(report.failed),
+        dry_run=report.dry_run,
+        max_age=_duration(report.max_age),
+    )

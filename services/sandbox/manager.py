@@ -1,0 +1,514 @@
+"""The sandbox manager: acquire, get, list, exec and release labelled sandboxes.
+
+This is the only module (with its exec half, :mod:`.execution`) that talks to
+the Docker engine. Sandboxes are found by their ``io.longshore.*`` labels and
+scoped to one deployment. Persistent sandboxes have a deterministic name, so
+get-or-create is atomic across processes (a 409 conflict means "adopt the one
+another process just made"); within a process a per-key lock serialises
+acquires for one (task, profile).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import docker.errors
+from opentelemetry import trace
+
+import docker
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.sandbox import labels
+from services.sandbox.cleanup import CleanupPool
+from services.sandbox.docker_client import engine_call, is_conflict
+from services.sandbox.execution import ExecRun, validate
+from services.sandbox.hardening import host_config_kwargs, resolve_spec
+from services.sandbox.metrics import SandboxMetrics
+from services.sandbox.model import (
+    AcquireResult,
+    ExecCommand,
+    ExecExit,
+    Outcome,
+    OutputChunk,
+    ResolvedSpec,
+    SandboxInfo,
+    Spec,
+)
+from services.sandbox.reaper import Candidate, parse_docker_time
+from services.sandbox.settings import SandboxSection
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The wall clock, timezone-aware (the default clock)."""
+    return datetime.now(UTC)
+
+
+def default_owner() -> str:
+    """An id for this manager instance: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class SandboxManager:
+    """Owns every container call of one deployment.
+
+    Args:
+        client: Docker client.
+        section: The ``sandbox`` settings section.
+        deployment: Deployment name (``io.longshore.deployment``).
+        owner: Instance id for the ``io.longshore.owner`` label.
+        clock: Wall clock, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        section: SandboxSection,
+        *,
+        deployment: str,
+        owner: str | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.api: docker.APIClient = client.api
+        self.section = section
+        self.deployment = deployment
+        self.owner = owner or default_owner()
+        self.clock = clock
+        self.metrics = SandboxMetrics()
+        self._dep_label = labels.sanitize(deployment)
+        self._locks_guard = threading.Lock()
+        self._key_locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
+        self._state_lock = threading.Lock()
+        self._last_used: dict[str, datetime] = {}
+        self._busy: Counter[str] = Counter()
+        self._known: dict[str, str] = {}  # any id/name a caller used -> full id
+        self.cleanup = CleanupPool(section.cleanup_workers, on_failure=self._cleanup_failed)
+
+    # ---- acquire -------------------------------------------------------------------
+
+    def acquire(
+        self, task_id: str, profile: str, spec: Spec, *, persist: bool = True
+    ) -> AcquireResult:
+        """Returns a running sandbox for (task_id, profile).
+
+        Raises:
+            InvalidArgument: task_id, profile or a spec field is invalid.
+            FailedPrecondition: The image does not exist on the engine.
+            Unavailable: The engine is unreachable.
+        """
+        if not task_id.strip():
+            raise InvalidArgument("task_id: required")
+        if not profile.strip():
+            raise InvalidArgument("profile: required")
+        resolved = resolve_spec(spec, self.section)
+        if persist:
+            with self._key_lock(task_id, profile):
+                result = self._acquire_persistent(task_id, profile, resolved)
+        else:
+            name = labels.container_name(self.deployment, profile, task_id)
+            name = f"{name}-{secrets.token_hex(4)}"
+            info = self._create_started(task_id, profile, resolved, persist=False, name=name)
+            result = AcquireResult(info, Outcome.CREATED, "persistence off: fresh sandbox")
+        self.touch(result.sandbox.sandbox_id)
+        self.metrics.acquire(result.outcome.value)
+        log.info(
+            "sandbox acquired",
+            extra={
+                "sandbox_id": result.sandbox.sandbox_id,
+                "task_id": task_id,
+                "profile": profile,
+                "outcome": result.outcome.value,
+                "reason": result.reason,
+            },
+        )
+        return result
+
+    @contextmanager
+    def _key_lock(self, task_id: str, profile: str) -> Iterator[None]:
+        key = (task_id, profile)
+        with self._locks_guard:
+            lock, users = self._key_locks.get(key, (threading.Lock(), 0))
+            self._key_locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._locks_guard:
+                lock, users = self._key_locks[key]
+                if users == 1:
+                    del self._key_locks[key]
+                else:
+                    self._key_locks[key] = (lock, users - 1)
+
+    def _acquire_persistent(self, task_id: str, profile: str, spec: ResolvedSpec) -> AcquireResult:
+        filters = {"label": labels.key_filters(self.deployment, profile, task_id)}
+        with engine_call("containers.list", task_id=task_id, profile=profile):
+            found = self.api.containers(all=True, filters=filters)
+        if not found:
+            return self._create_persistent(task_id, profile, spec, Outcome.CREATED, "")
+        found.sort(key=lambda c: (c.get("State") == "running", c.get("Created", 0)), reverse=True)
+        current = found[0]
+        cid = str(current["Id"])
+        old_hash = (current.get("Labels") or {}).get(labels.CONFIG_HASH, "")
+        if old_hash != spec.config_hash:
+            self._remove_now(cid)
+            reason = f"config hash changed: {old_hash or 'none'} -> {spec.config_hash}"
+            return self._create_persistent(
+                task_id, profile, spec, Outcome.REPLACED_CONFIG_CHANGED, reason
+            )
+        return self._attach(task_id, profile, spec, cid, str(current.get("State", "")))
+
+    def _attach(
+        self, task_id: str, profile: str, spec: ResolvedSpec, cid: str, state: str
+    ) -> AcquireResult:
+        if state == "running":
+            return AcquireResult(self._inspect_info(cid), Outcome.REUSED_RUNNING, "attached")
+        if state in ("exited", "created", "paused"):
+            try:
+                self._start(cid, unpause=state == "paused")
+            except (docker.errors.APIError, FailedPrecondition, NotFound) as exc:
+                self._remove_now(cid)
+                reason = f"start of {state} sandbox failed: {_explain(exc)}"
+                return self._create_persistent(
+                    task_id, profile, spec, Outcome.REPLACED_START_FAILED, reason
+                )
+            return AcquireResult(
+                self._inspect_info(cid), Outcome.RESTARTED, f"started {state} sandbox"
+            )
+        # restarting, removing or dead: not worth waiting for.
+        self._remove_now(cid)
+        return self._create_persistent(
+            task_id, profile, spec, Outcome.REPLACED_START_FAILED, f"sandbox was {state}"
+        )
+
+    def _create_persistent(
+        self, task_id: str, profile: str, spec: ResolvedSpec, outcome: Outcome, reason: str
+    ) -> AcquireResult:
+        name = labels.container_name(self.deployment, profile, task_id)
+        for _ in range(3):
+            try:
+                info = self._create_started(task_id, profile, spec, persist=True, name=name)
+                return AcquireResult(info, outcome, reason or "no sandbox for the key")
+            except docker.errors.APIError as exc:
+                if not is_conflict(exc):
+                    raise
+            # Another process created the name first: adopt it when it is ours.
+            try:
+                existing = self._inspect(name)
+            except NotFound:
+                continue  # it went away meanwhile: try to create again
+            lbl = existing["Config"].get("Labels") or {}
+            ours = lbl.get(labels.DEPLOYMENT) == self._dep_label
+            if ours and lbl.get(labels.CONFIG_HASH) == spec.config_hash:
+                state = existing["State"]["Status"]
+                result = self._attach(task_id, profile, spec, existing["Id"], state)
+                return AcquireResult(
+                    result.sandbox,
+                    result.outcome,
+                    f"adopted concurrently created sandbox; {reason}",
+                )
+            self._remove_now(existing["Id"])
+        raise FailedPrecondition(f"container name {name!r} stays taken; cannot create sandbox")
+
+    def _create_started(
+        self, task_id: str, profile: str, spec: ResolvedSpec, *, persist: bool, name: str
+    ) -> SandboxInfo:
+        lbl = labels.sandbox_labels(
+            deployment=self.deployment,
+            profile=profile,
+            task_id=task_id,
+            persist=persist,
+            owner=self.owner,
+            config_hash=spec.config_hash,
+        )
+        keepalive = list(self.section.keepalive_command)
+        with engine_call("containers.create", image=spec.image, name=name):
+            host_config = self.api.create_host_config(**host_config_kwargs(spec, self.section))
+            cid = self.api.create_container(
+                spec.image,
+                entrypoint=keepalive[:1],
+                command=keepalive[1:],
+                labels=lbl,
+                name=name,
+                host_config=host_config,
+                environment=dict(spec.env),
+                working_dir=spec.workdir or None,
+                user=spec.user or None,
+                detach=True,
+            )["Id"]
+        try:
+            self._start(cid)
+            info = self._inspect_info(cid)
+            if info.state != "running":
+                raise FailedPrecondition(
+                    f"sandbox from image {spec.image!r} exited right after start"
+                )
+        except BaseException:
+            self._remove_now(cid)
+            raise
+        return info
+
+    def _start(self, cid: str, *, unpause: bool = False) -> None:
+        with engine_call("containers.start", resource=f"sandbox {cid!r}", sandbox_id=cid):
+            if unpause:
+                self.api.unpause(cid)
+            else:
+                self.api.start(cid)
+
+    def _remove_now(self, cid: str) -> None:
+        try:
+            with engine_call("containers.remove", resource=f"sandbox {cid!r}", sandbox_id=cid):
+                self.api.remove_container(cid, force=True, v=True)
+        except NotFound:
+            pass
+        self.forget(cid)
+
+    # ---- get / list ----------------------------------------------------------------
+
+    def _inspect(self, ref: str) -> dict[str, Any]:
+        with engine_call("containers.inspect", resource=f"sandbox {ref!r}", sandbox_id=ref):
+            return dict(self.api.inspect_container(ref))
+
+    def _inspect_info(self, ref: str) -> SandboxInfo:
+        return self._info_from_inspect(self._inspect(ref))
+
+    def get(self, sandbox_id: str) -> SandboxInfo:
+        """Returns one sandbox of this deployment by id, unique id prefix or name.
+
+        Raises:
+            InvalidArgument: Empty sandbox_id.
+            NotFound: No such sandbox in this deployment.
+        """
+        if not sandbox_id:
+            raise InvalidArgument("sandbox_id: required")
+        data = self._inspect(sandbox_id)
+        lbl = data["Config"].get("Labels") or {}
+        if lbl.get(labels.MANAGED) != "1" or lbl.get(labels.DEPLOYMENT) != self._dep_label:
+            raise NotFound(f"sandbox {sandbox_id!r} not found")
+        with self._state_lock:
+            self._known[sandbox_id] = data["Id"]
+        return self._info_from_inspect(data)
+
+    def resolve_id(self, sandbox_id: str) -> str:
+        """Full id of a sandbox of this deployment (cached: labels never change).
+
+        Raises:
+            InvalidArgument: Empty sandbox_id.
+            NotFound: No such sandbox in this deployment.
+        """
+        if not sandbox_id:
+            raise InvalidArgument("sandbox_id: required")
+        with self._state_lock:
+            known = self._known.get(sandbox_id)
+        return known or self.get(sandbox_id).sandbox_id
+
+    def list_sandboxes(
+        self,
+        *,
+        profile: str = "",
+        task_id: str = "",
+        states: Sequence[str] = (),
+        extra_labels: Mapping[str, str] | None = None,
+    ) -> list[SandboxInfo]:
+        """Lists this deployment's sandboxes, newest first, in one engine call."""
+        label_filters = labels.deployment_filters(self.deployment, profile)
+        if task_id:
+            label_filters.append(f"{labels.TASK_ID}={labels.sanitize(task_id)}")
+        label_filters += [f"{k}={v}" for k, v in (extra_labels or {}).items()]
+        filters: dict[str, Any] = {"label": label_filters}
+        if states:
+            filters["status"] = list(states)
+        with engine_call("containers.list", profile=profile or None):
+            rows = self.api.containers(all=True, filters=filters)
+        infos = [self._info_from_list(r) for r in rows]
+        infos.sort(key=lambda i: (i.create_time or datetime.min.replace(tzinfo=UTC), i.sandbox_id))
+        infos.reverse()
+        return infos
+
+    def _info_from_list(self, row: Mapping[str, Any]) -> SandboxInfo:
+        names = row.get("Names") or [""]
+        created = row.get("Created")
+        return SandboxInfo(
+            sandbox_id=str(row["Id"]),
+            name=str(names[0]).lstrip("/"),
+            state=str(row.get("State", "")),
+            image=str(row.get("Image", "")),
+            labels=dict(row.get("Labels") or {}),
+            create_time=datetime.fromtimestamp(created, UTC) if created else None,
+            last_used_time=self.last_used(str(row["Id"])),
+        )
+
+    def _info_from_inspect(self, data: Mapping[str, Any]) -> SandboxInfo:
+        state = data.get("State") or {}
+        return SandboxInfo(
+            sandbox_id=str(data["Id"]),
+            name=str(data.get("Name", "")).lstrip("/"),
+            state=str(state.get("Status", "")),
+            image=str((data.get("Config") or {}).get("Image", "")),
+            labels=dict((data.get("Config") or {}).get("Labels") or {}),
+            create_time=parse_docker_time(str(data.get("Created", ""))),
+            start_time=parse_docker_time(str(state.get("StartedAt", ""))),
+            finish_time=parse_docker_time(str(state.get("FinishedAt", ""))),
+            last_used_time=self.last_used(str(data["Id"])),
+        )
+
+    # ---- exec ----------------------------------------------------------------------
+
+    def exec(
+        self, sandbox_id: str, command: ExecCommand
+    ) -> Generator[OutputChunk | ExecExit, None, None]:
+        """Runs a command; yields output chunks as produced, then one :class:`ExecExit`.
+
+        Raises:
+            InvalidArgument: Empty sandbox_id or argv, negative timeout.
+            NotFound: No such sandbox.
+            FailedPrecondition: The sandbox is not running.
+        """
+        validate(command)
+        cid = self.resolve_id(sandbox_id)
+        timeout = command.timeout_seconds or self.section.exec_timeout_seconds
+        cap = command.max_output_bytes or self.section.exec_max_output_bytes
+        run = ExecRun(self.api, cid, command, timeout=timeout, max_output=cap, metrics=self.metrics)
+        self.touch(cid)
+        with self._state_lock:
+            self._busy[cid] += 1
+        try:
+            yield from run.events()
+        finally:
+            with self._state_lock:
+                self._busy[cid] -= 1
+                if self._busy[cid] <= 0:
+                    del self._busy[cid]
+            self.touch(cid)
+
+    # ---- release and cleanup -------------------------------------------------------
+
+    def release(self, sandbox_id: str, *, force_remove: bool = False) -> bool:
+        """Ends a use of a sandbox; returns whether a removal was scheduled.
+
+        Raises:
+            InvalidArgument: Empty sandbox_id.
+            NotFound: No such sandbox in this deployment.
+        """
+        info = self.get(sandbox_id)
+        persist = info.labels.get(labels.PERSIST) == "true"
+        if persist and not force_remove:
+            self.touch(info.sandbox_id)
+            return False
+        self.schedule_removal(info.sandbox_id, reason="released")
+        return True
+
+    def schedule_removal(self, cid: str, *, reason: str) -> None:
+        """Stops (bounded) and removes a sandbox on a cleanup thread."""
+        self.forget(cid)
+        self.cleanup.submit(cid, lambda: self._stop_and_remove(cid, reason))
+
+    def _stop_and_remove(self, cid: str, reason: str) -> None:
+        grace = self.section.stop_timeout_seconds
+        try:
+            with engine_call("containers.stop", resource=f"sandbox {cid!r}", sandbox_id=cid):
+                self.api.stop(cid, timeout=grace)
+        except NotFound:
+            log.info("cleanup: sandbox already gone", extra={"sandbox_id": cid})
+            return
+        except docker.errors.APIError as exc:  # stop failed: rm -f still kills it
+            log.warning("cleanup: stop failed", extra={"sandbox_id": cid, "error": _explain(exc)})
+        try:
+            with engine_call("containers.remove", resource=f"sandbox {cid!r}", sandbox_id=cid):
+                self.api.remove_container(cid, force=True, v=True)
+        except NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in _explain(exc):
+                raise
+        log.info("cleanup: sandbox removed", extra={"sandbox_id": cid, "reason": reason})
+
+    def _cleanup_failed(self, cid: str, exc: BaseException) -> None:
+        self.metrics.cleanup_failure()
+        log.error("cleanup failed", extra={"sandbox_id": cid, "error": str(exc)})
+
+    def close(self, drain_seconds: float | None = None) -> bool:
+        """Drains outstanding cleanups (bounded); returns whether all finished."""
+        timeout = self.section.cleanup_drain_seconds if drain_seconds is None else drain_seconds
+        done = self.cleanup.close(timeout)
+        log.info("cleanup drained", extra={"complete": done})
+        return done
+
+    # ---- usage bookkeeping ---------------------------------------------------------
+
+    def touch(self, cid: str) -> None:
+        """Records a use of a sandbox now."""
+        with self._state_lock:
+            self._last_used[cid] = self.clock()
+
+    def last_used(self, cid: str) -> datetime | None:
+        """When this manager last saw the sandbox used, if it did."""
+        with self._state_lock:
+            return self._last_used.get(cid)
+
+    def is_busy(self, cid: str) -> bool:
+        """Whether an exec is running in the sandbox through this manager."""
+        with self._state_lock:
+            return self._busy.get(cid, 0) > 0
+
+    def forget(self, cid: str) -> None:
+        """Drops cached facts about a sandbox that is going away."""
+        with self._state_lock:
+            self._last_used.pop(cid, None)
+            for ref in [r for r, full in self._known.items() if full == cid]:
+                del self._known[ref]
+
+    # ---- what the reaper needs -----------------------------------------------------
+
+    def list_candidates(self, *, profile: str = "", status: str = "exited") -> list[Candidate]:
+        """This deployment's sandboxes in one engine state, in one filtered call."""
+        filters = {"label": labels.deployment_filters(self.deployment, profile), "status": status}
+        with engine_call("containers.list", status=status):
+            rows = self.api.containers(all=True, filters=filters)
+        return [
+            Candidate(
+                sandbox_id=str(r["Id"]),
+                name=str((r.get("Names") or [""])[0]).lstrip("/"),
+                labels=dict(r.get("Labels") or {}),
+            )
+            for r in rows
+        ]
+
+    def times(self, cid: str) -> tuple[str, str, str]:
+        """(state, raw StartedAt, raw FinishedAt) of a container."""
+        data = self._inspect(cid)
+        state = data.get("State") or {}
+        return (
+            str(state.get("Status", "")),
+            str(state.get("StartedAt", "")),
+            str(state.get("FinishedAt", "")),
+        )
+
+    def remove_exited(self, cid: str) -> None:
+        """Removes a stopped container; never forces, so a running one is refused."""
+        with engine_call("containers.remove", resource=f"sandbox {cid!r}", sandbox_id=cid):
+            self.api.remove_container(cid, v=True)
+        self.forget(cid)
+
+    def stop(self, cid: str) -> None:
+        """Stops a container with the bounded grace period."""
+        with engine_call("containers.stop", resource=f"sandbox {cid!r}", sandbox_id=cid):
+            self.api.stop(cid, timeout=self.section.stop_timeout_seconds)
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    return str(exc)

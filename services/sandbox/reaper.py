@@ -1,0 +1,442 @@
+"""The orphan reaper and idle handling.
+
+A sweep removes only ``exited`` sandboxes of this deployment (optionally one
+profile) whose ``State.FinishedAt`` is older than the max age
+(``2 * max(lifetime_seconds, 60 s)`` unless the caller passes one). Zero-value
+and unparseable timestamps are spared; one failed removal never stops the
+sweep; removals use no force, so a container restarted meanwhile is refused by
+the engine rather than killed. Candidates come from one filtered list call and
+are inspected and removed concurrently.
+
+The same periodic tick handles idle sandboxes: non-persistent ones idle longer
+than ``lifetime_seconds`` are removed, persistent running ones idle longer than
+``idle_stop_seconds`` (when set) are stopped and later aged out by the reaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
+
+from services.sandbox import labels
+
+if TYPE_CHECKING:
+    from services.sandbox.manager import SandboxManager
+
+log = logging.getLogger(__name__)
+
+MIN_LIFETIME_SECONDS = 60
+_TIMESTAMP = re.compile(
+    r"\A(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?\Z"
+)
+
+
+def parse_docker_time(raw: str) -> datetime | None:
+    """Parses an engine timestamp (RFC 3339, nanosecond precision) to aware UTC.
+
+    Returns:
+        The instant, or None for the zero value (``0001-01-01T00:00:00Z``, a
+        container that never finished), an empty string or garbage.
+    """
+    match = _TIMESTAMP.match(raw.strip()) if raw else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, frac, zone = match.groups()
+    if int(year) <= 1:
+        return None
+    micros = int((frac or "0")[:6].ljust(6, "0"))
+    try:
+        stamp = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, UTC
+        )
+    except ValueError:
+        return None
+    if zone and zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        stamp -= sign * offset
+    return stamp
+
+
+def default_max_age(lifetime_seconds: int) -> timedelta:
+    """``2 * lifetime`` with the lifetime floored at 60 s."""
+    return timedelta(seconds=2 * max(lifetime_seconds, MIN_LIFETIME_SECONDS))
+
+
+def format_age(delta: timedelta) -> str:
+    """A short human age: ``45s``, ``12m``, ``3h``, ``2d``."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A sandbox as the filtered list call returns it."""
+
+    sandbox_id: str
+    name: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The reaper's verdict on one candidate."""
+
+    candidate: Candidate
+    reason: str
+
+
+@dataclass
+class ReapReport:
+    """One sweep: what was removed, spared or failed, and why."""
+
+    dry_run: bool
+    max_age: timedelta
+    removed: list[Decision] = field(default_factory=list)
+    spared: list[Decision] = field(default_factory=list)
+    failed: list[Decision] = field(default_factory=list)
+    error: str = ""
+
+
+def judge(state: str, finished_raw: str, now: datetime, max_age: timedelta) -> tuple[bool, str]:
+    """Decides whether an exited container is old enough to reap.
+
+    Returns:
+        (remove, reason).
+    """
+    if state != "exited":
+        return False, f"state is {state or 'unknown'}, not exited"
+    finished = parse_docker_time(finished_raw)
+    if finished is None:
+        return False, f"finish time unparseable or zero ({finished_raw!r})"
+    age = now - finished
+    if age <= max_age:
+        return False, f"finished {format_age(age)} ago <= max age {format_age(max_age)}"
+    return True, f"finished {format_age(age)} ago > max age {format_age(max_age)}"
+
+
+class ReapTarget(Protocol):
+    """What a sweep needs from the manager (the only module that talks to Docker)."""
+
+    def list_candidates(self, *, profile: str = "", status: str = "exited") -> list[Candidate]:
+        """Sandboxes of this deployment in one state, in one call."""
+        ...
+
+    def times(self, cid: str) -> tuple[str, str, str]:
+        """(state, raw StartedAt, raw FinishedAt)."""
+        ...
+
+    def remove_exited(self, cid: str) -> None:
+        """Removes a stopped container without force."""
+        ...
+
+
+def sweep(
+    target: ReapTarget,
+    *,
+    now: datetime,
+    max_age: timedelta,
+    profile: str = "",
+    dry_run: bool = False,
+    workers: int = 8,
+) -> ReapReport:
+    """Runs one reaper sweep; never raises for engine trouble (see ``report.error``)."""
+    report = ReapReport(dry_run=dry_run, max_age=max_age)
+    try:
+        candidates = target.list_candidates(profile=profile, status="exited")
+    except Exception as exc:
+        report.error = f"listing exited sandboxes failed: {exc}"
+        log.error("reaper: sweep failed", extra={"error": report.error})
+        return report
+
+    def one(candidate: Candidate) -> tuple[str, Decision]:
+        try:
+            state, _started, finished = target.times(candidate.sandbox_id)
+        except Exception as exc:
+            return "spared", Decision(candidate, f"inspect failed: {exc}")
+        remove, reason = judge(state, finished, now, max_age)
+        if not remove:
+            return "spared", Decision(candidate, reason)
+        if dry_run:
+            return "removed", Decision(candidate, f"would remove: {reason}")
+        try:
+            target.remove_exited(candidate.sandbox_id)
+        except Exception as exc:
+            return "failed", Decision(candidate, f"removal failed: {exc}")
+        return "removed", Decision(candidate, reason)
+
+    if candidates:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(candidates)))) as pool:
+            for verdict, decision in pool.map(one, candidates):
+                getattr(report, verdict).append(decision)
+    for verdict in ("removed", "spared", "failed"):
+        for d in getattr(report, verdict):
+            log.info(
+                "reaper: %s",
+                verdict,
+                extra={
+                    "sandbox_id": d.candidate.sandbox_id,
+                    "profile": d.candidate.labels.get(labels.PROFILE, ""),
+                    "reason": d.reason,
+                    "dry_run": dry_run,
+                },
+            )
+    return report
+
+
+def idle_action(
+    *,
+    persist: bool,
+    reference: datetime | None,
+    seen_here: bool,
+    busy: bool,
+    now: datetime,
+    lifetime_seconds: int,
+    idle_stop_seconds: int,
+    foreign_grace_seconds: float,
+) -> tuple[str, str]:
+    """Decides what to do with a running sandbox: ``remove``, ``stop`` or ``keep``.
+
+    Args:
+        persist: The sandbox's persist label.
+        reference: Last use seen by this manager, else the container's start.
+        seen_here: Whether ``reference`` is a use this manager saw.
+        busy: An exec is running in it through this manager.
+        now: Current time.
+        lifetime_seconds: Idle limit of non-persistent sandboxes.
+        idle_stop_seconds: Idle limit of persistent sandboxes (0 = off).
+        foreign_grace_seconds: Added when the reference is only the start time
+            (another manager may be using it without our knowledge).
+
+    Returns:
+        (action, reason).
+    """
+    if busy:
+        return "keep", "exec in progress"
+    if reference is None:
+        return "keep", "no usable timestamp"
+    limit = float(lifetime_seconds if not persist else idle_stop_seconds)
+    if persist and idle_stop_seconds <= 0:
+        return "keep", "idle stop disabled"
+    if not seen_here:
+        limit += foreign_grace_seconds
+    idle = now - reference
+    if idle.total_seconds() <= limit:
+        return "keep", f"idle {format_age(idle)}"
+    action = "stop" if persist else "remove"
+    return action, f"idle {format_age(idle)} > {format_age(timedelta(seconds=limit))}"
+
+
+class StartupGuard:
+    """Makes the startup sweep happen once per process, even with concurrent starts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.tripped = False
+
+    def claim(self) -> bool:
+        """True for exactly one caller."""
+        with self._lock:
+            if self.tripped:
+                return False
+            self.tripped = True
+            return True
+
+
+#: The process-wide guard (managers in one process share it).
+STARTUP_GUARD = StartupGuard()
+
+
+class ReaperLoop:
+    """Runs the startup sweep (guarded) and then a tick every interval on a thread.
+
+    Args:
+        tick: One periodic round (reap + idle), given the current time.
+        startup: The startup sweep, given the current time.
+        interval_seconds: Seconds between ticks.
+        clock: Wall clock.
+        guard: Startup guard (process-wide by default).
+    """
+
+    def __init__(
+        self,
+        *,
+        tick: Callable[[datetime], object],
+        startup: Callable[[datetime], object],
+        interval_seconds: float,
+        clock: Callable[[], datetime],
+        guard: StartupGuard = STARTUP_GUARD,
+    ) -> None:
+        self._tick = tick
+        self._startup = startup
+        self._interval = interval_seconds
+        self._clock = clock
+        self._guard = guard
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Starts the background thread (the startup sweep runs on it, not here)."""
+        self._thread = threading.Thread(target=self._run, name="sandbox-reaper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stops the thread (waits at most ``timeout``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def startup_once(self) -> bool:
+        """Runs the startup sweep unless this process already did; returns whether it ran."""
+        if not self._guard.claim():
+            return False
+        self._safely(self._startup)
+        return True
+
+    def _run(self) -> None:
+        self.startup_once()
+        while not self._stop.wait(self._interval):
+            self._safely(self._tick)
+
+    def _safely(self, fn: Callable[[datetime], object]) -> None:
+        try:
+            fn(self._clock())
+        except Exception:  # the loop must outlive one bad round
+            log.exception("reaper: round failed")
+
+
+class Reaper:
+    """Reaper sweeps and idle handling for one manager.
+
+    Args:
+        manager: The manager (the only module that talks to Docker).
+        guard: Startup guard (process-wide by default).
+    """
+
+    def __init__(self, manager: SandboxManager, guard: StartupGuard = STARTUP_GUARD) -> None:
+        self.manager = manager
+        self.section = manager.section
+        self._guard = guard
+        self._loop: ReaperLoop | None = None
+
+    def reap(
+        self,
+        *,
+        now: datetime | None = None,
+        max_age: timedelta | None = None,
+        profile: str = "",
+        dry_run: bool = False,
+    ) -> ReapReport:
+        """One sweep of exited sandboxes (see :func:`sweep`)."""
+        report = sweep(
+            self.manager,
+            now=now or self.manager.clock(),
+            max_age=max_age
+            if max_age is not None
+            else default_max_age(self.section.lifetime_seconds),
+            profile=profile,
+            dry_run=dry_run,
+            workers=self.section.reap_workers,
+        )
+        if not dry_run:
+            self.manager.metrics.reaped(len(report.removed))
+        return report
+
+    def idle(self, now: datetime) -> list[tuple[str, str, str]]:
+        """Removes idle non-persistent and stops idle persistent sandboxes.
+
+        Returns:
+            (sandbox_id, action, reason) for every sandbox acted upon.
+        """
+        acted: list[tuple[str, str, str]] = []
+        try:
+            running = self.manager.list_candidates(status="running")
+        except Exception as exc:
+            log.error("idle sweep: listing failed", extra={"error": str(exc)})
+            return acted
+        for cand in running:
+            cid = cand.sandbox_id
+            if self.manager.cleanup.is_pending(cid):
+                continue
+            seen = self.manager.last_used(cid)
+            reference = seen
+            if reference is None:
+                try:
+                    _state, started, _finished = self.manager.times(cid)
+                except Exception as exc:
+                    log.warning(
+                        "idle sweep: inspect failed", extra={"sandbox_id": cid, "error": str(exc)}
+                    )
+                    continue
+                reference = parse_docker_time(started)
+            action, reason = idle_action(
+                persist=cand.labels.get(labels.PERSIST) == "true",
+                reference=reference,
+                seen_here=seen is not None,
+                busy=self.manager.is_busy(cid),
+                now=now,
+                lifetime_seconds=self.section.lifetime_seconds,
+                idle_stop_seconds=self.section.idle_stop_seconds,
+                foreign_grace_seconds=self.section.exec_timeout_seconds,
+            )
+            if action == "keep":
+                continue
+            try:
+                if action == "remove":
+                    self.manager.schedule_removal(cid, reason=f"idle: {reason}")
+                else:
+                    self.manager.stop(cid)
+                    self.manager.forget(cid)
+            except Exception as exc:
+                log.warning(
+                    "idle sweep: %s failed", action, extra={"sandbox_id": cid, "error": str(exc)}
+                )
+                continue
+            log.info("idle sweep: %s", action, extra={"sandbox_id": cid, "reason": reason})
+            acted.append((cid, action, reason))
+        return acted
+
+    def tick(self, now: datetime) -> None:
+        """One periodic round: reap, then idle handling."""
+        self.reap(now=now)
+        self.idle(now)
+
+    def start(self) -> bool:
+        """Starts the loop when enabled; returns whether it started.
+
+        Disabled reapers never claim the startup guard, so a later enabled
+        manager in the same process still sweeps once.
+        """
+        if not self.section.reaper_enabled:
+            return False
+        self._loop = ReaperLoop(
+            tick=self.tick,
+            startup=lambda now: self.reap(now=now),
+            interval_seconds=self.section.reap_interval_seconds,
+            clock=self.manager.clock,
+            guard=self._guard,
+        )
+        self._loop.start()
+        return True
+
+    def startup_once(self, now: datetime | None = None) -> bool:
+        """Runs the startup sweep synchronously unless the guard already tripped."""
+        if not self.section.reaper_enabled or not self._guard.claim():
+            return False
+        self.reap(now=now)
+        return True
+
+    def stop(self) -> None:
+        """Stops the loop."""
+        if self._loop is not None:
+            self._loop.stop()
