@@ -8,6 +8,15 @@ log=${LONGSHORE_DOCKERD_LOG:-/var/log/longshore-dockerd.log}
 engine_up() { timeout 5 docker info >/dev/null 2>&1; }
 
 engine_up && exit 0
+case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
+  unix:///var/run/docker.sock|unix:///run/docker.sock) ;;
+  *) echo "ensure-docker: DOCKER_HOST=$DOCKER_HOST does not answer; not starting a local dockerd" >&2
+     exit 1 ;;
+esac
+command -v docker >/dev/null 2>&1 && [ -S /var/run/docker.sock ] && {
+  # A socket without an answering engine: give a dockerd that is starting a moment.
+  for _ in $(seq 1 10); do engine_up && exit 0; sleep 0.5; done
+}
 if [ "$(id -u)" != 0 ]; then
   echo "ensure-docker: no Docker engine reachable and not root: start dockerd or set DOCKER_HOST" >&2
   exit 1

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from tests.support.docker_env import connect_docker
 from tests.support.net import free_port
 
 
@@ -25,3 +26,10 @@ def test_test_deployment_is_short_and_unique(run_id: str, test_deployment: str) 
     int(run_id, 16)
     assert test_deployment.startswith(f"t{run_id}-")
     assert len(test_deployment) <= 16
+
+
+def test_unreachable_engine_fails_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A non-default DOCKER_HOST makes ensure-docker.sh refuse to start a local dockerd.
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/longshore-test.sock")
+    with pytest.raises(RuntimeError, match=r"no Docker engine reachable[\s\S]*not starting"):
+        connect_docker()
