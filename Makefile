@@ -27,9 +27,10 @@ tools/node_modules/.installed: tools/package.json
 protos: $(VENV)/.installed ## Regenerate gen/python from protos/ (idempotent)
 	bash scripts/gen-protos.sh $(PY)
 
-protos-check: protos ## Fail when gen/ is stale against protos/
-	git diff --exit-code -- gen/ || { echo "gen/ is stale: run 'make protos' and commit it" >&2; exit 1; }
-	@test -z "$$(git status --porcelain -- gen/)" || { git status --porcelain -- gen/; echo "gen/ has untracked files: commit them" >&2; exit 1; }
+protos-check: $(VENV)/.installed ## Fail when gen/python differs from what protos/ generate
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	{ bash scripts/gen-protos.sh $(PY) "$$tmp" >/dev/null 2>&1 || { echo "protoc failed: run 'make protos'" >&2; exit 1; }; } && \
+	diff -r -q "$$tmp/longshore" gen/python/longshore || { echo "gen/ is stale: run 'make protos' and commit it" >&2; exit 1; }
 
 buf-lint: tools/node_modules/.installed ## buf STANDARD lint on protos/
 	$(BUF) lint
