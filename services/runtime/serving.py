@@ -71,6 +71,7 @@ class Server:
         self._hooks: list[Callable[[], None]] = []
         self._shutdown_delay = shutdown_delay
         self._stop_requested = threading.Event()
+        self._started = False
         self._stopped = threading.Event()
 
     def add_shutdown_hook(self, hook: Callable[[], None]) -> None:
@@ -78,7 +79,10 @@ class Server:
         self._hooks.append(hook)
 
     def start(self) -> None:
-        """Starts serving and marks every service SERVING."""
+        """Starts serving and marks every service SERVING; a second call does nothing."""
+        if self._started:
+            return
+        self._started = True
         self.grpc_server.start()
         for name in ["", *self._service_names]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -106,7 +110,7 @@ class Server:
         log.info("stopped", extra={"address": self.address})
 
     def serve_until_signal(self, grace: float = 10.0) -> None:
-        """Starts, waits for SIGTERM/SIGINT (or :meth:`request_stop`), then stops."""
+        """Starts (unless started), waits for SIGTERM/SIGINT or :meth:`request_stop`, stops."""
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
