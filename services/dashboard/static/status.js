@@ -1,0 +1,42 @@
+// Status page: versions, backends' health, auth mode.
+"use strict";
+
+(() => {
+  const { api, el, banner } = Longshore;
+
+  function pairs(target, entries) {
+    document.getElementById(target).replaceChildren(...entries.flatMap(([k, v]) =>
+      [el("dt", { text: k }), el("dd", { text: v === undefined || v === "" ? "—" : String(v) })]));
+  }
+
+  async function load() {
+    const data = await api("/api/status/detail");
+    const gw = data.gateway;
+    pairs("versions", [
+      ["dashboard", data.dashboard.version],
+      ["gateway", gw.version || (gw.reachable ? "" : "unreachable")],
+      ["gateway address", gw.address],
+      ["deployment", gw.deployment],
+      ["checked", gw.check_time],
+      ["error", gw.error],
+    ]);
+    pairs("auth", [
+      ["mode", data.auth.mode],
+      ["login methods", data.auth.methods.join(", ") || "none needed"],
+      ["signed in as", data.auth.user],
+      ["via", data.auth.via],
+      ["dashboard key scopes", (gw.scopes || []).join(", ")],
+    ]);
+    const rows = (gw.backends || []).map((b) => el("tr", {},
+      el("td", { text: b.name }),
+      el("td", {}, el("span", { class: `pill ${b.health}`, text: b.health.replaceAll("_", " ") })),
+      el("td", { text: b.version }),
+      el("td", { text: b.address }),
+      el("td", { text: `${Number(b.latency_ms || 0).toFixed(1)} ms` }),
+      el("td", { text: b.detail })));
+    document.querySelector("#backends tbody").replaceChildren(
+      ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "6", class: "empty", text: "no backends reported" }))]));
+  }
+
+  load().catch((error) => { if (error.status !== 401) banner(String(error.message), "error"); });
+})();
