@@ -1,0 +1,1 @@
+"""Longshore clients: the `longshore` command line (``clients.cli``) and a Node example."""

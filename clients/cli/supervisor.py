@@ -1,0 +1,338 @@
+"""Run Longshore's services as child processes: start in order, watch, restart, stop.
+
+What DESIGN.md "Supervision" asks of ``longshore up``: children start in
+order and each must answer its health check before the next starts; a crashed
+child is restarted after ``min(60, 2**n)`` seconds (n = rapid crashes so far),
+``up`` gives up after 5 rapid crashes, and a child that stayed up 300 s has
+its count reset. Unsupervised, a child's exit ends ``up`` with its exit code.
+Each child's output goes to a rotated file under
+``$LONGSHORE_HOME/logs/<service>/`` and, prefixed, to the terminal. Stopping
+goes in reverse order: SIGTERM, a grace period, then SIGKILL - always to the
+child's own pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How to run one service."""
+
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str]
+    grpc_health: str = ""
+    http_health: str = ""
+
+
+@dataclass
+class CrashPolicy:
+    """Decides, per child, whether and when a crashed child comes back.
+
+    Attributes:
+        backoff_base: Seconds of the first delay (1 → 1, 2, 4, ... capped at 60).
+        max_rapid_crashes: Crashes in a row after which supervision gives up.
+        healthy_reset: Uptime (s) after which the crash count starts over.
+    """
+
+    backoff_base: float = 1.0
+    max_rapid_crashes: int = 5
+    healthy_reset: float = 300.0
+    max_delay: float = 60.0
+    crashes: dict[str, int] = field(default_factory=dict)
+
+    def on_crash(self, name: str, uptime: float) -> float | None:
+        """Record a crash of ``name`` after ``uptime`` seconds up.
+
+        Returns:
+            Seconds to wait before restarting it, or None to give up.
+        """
+        count = 0 if uptime >= self.healthy_reset else self.crashes.get(name, 0)
+        count += 1
+        self.crashes[name] = count
+        if count >= self.max_rapid_crashes:
+            return None
+        return float(min(self.max_delay, self.backoff_base * 2 ** (count - 1)))
+
+
+class LogSink:
+    """Writes one child's output lines to its rotated file and, prefixed, to a terminal."""
+
+    def __init__(self, name: str, log_dir: Path, terminal: IO[str] | None, width: int) -> None:
+        directory = log_dir / name
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{name}.log"
+        self._file = logging.handlers.RotatingFileHandler(
+            self.path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+        )
+        self._file.setFormatter(logging.Formatter("%(message)s"))
+        self._terminal = terminal
+        self._prefix = f"{name:<{width}} | "
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        """Record one line (without its newline)."""
+        record = logging.LogRecord("up", logging.INFO, "", 0, line, None, None)
+        with self._lock:
+            self._file.emit(record)
+            if self._terminal is not None:
+                self._terminal.write(self._prefix + line + "\n")
+                self._terminal.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+class Child:
+    """One running (or restartable) service process."""
+
+    def __init__(self, spec: ChildSpec, sink: LogSink, events: queue.Queue[Child]) -> None:
+        self.spec = spec
+        self.sink = sink
+        self._events = events
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.restart_due: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The service name."""
+        return self.spec.name
+
+    def spawn(self) -> None:
+        """Start the process (its own session, so a terminal Ctrl-C reaches only ``up``)."""
+        self.proc = subprocess.Popen(
+            list(self.spec.argv),
+            env=self.spec.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+        proc = self.proc
+        threading.Thread(
+            target=self._pump, args=(proc,), name=f"{self.name}-log", daemon=True
+        ).start()
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            self.sink.write(raw.decode("utf-8", "replace").rstrip("\n"))
+        proc.wait()
+        self._events.put(self)
+
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int:
+        """The exit status as a shell reports it (128+N for signal N)."""
+        code = self.proc.poll() if self.proc is not None else 0
+        if code is None:
+            return 0
+        return 128 - code if code < 0 else code
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Block until the child answers its health check.
+
+        Raises:
+            RuntimeError: It exited first or did not answer in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running():
+                raise RuntimeError(
+                    f"{self.name} exited with {self.exit_code()} before it was healthy "
+                    f"(log: {self.sink.path})"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(
+                    f"{self.name} not healthy after {timeout:g}s (log: {self.sink.path})"
+                )
+            if self._probe(min(1.0, remaining)):
+                return
+
+    def _probe(self, timeout: float) -> bool:
+        if self.spec.grpc_health:
+            with grpc.insecure_channel(self.spec.grpc_health) as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=timeout, wait_for_ready=True
+                    )
+                except grpc.RpcError:
+                    time.sleep(0.1)
+                    return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        if self.spec.http_health:
+            try:
+                with urllib.request.urlopen(self.spec.http_health, timeout=timeout):  # noqa: S310
+                    return True
+            except urllib.error.HTTPError:
+                return True  # it answered (e.g. 401 from the auth gate): it is up
+            except OSError:
+                time.sleep(0.2)
+                return False
+        return True
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM, wait ``grace`` seconds, then SIGKILL (own pid only)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Supervisor:
+    """Starts children in order, supervises them, and stops them in reverse order."""
+
+    def __init__(
+        self,
+        specs: Sequence[ChildSpec],
+        *,
+        log_dir: Path,
+        supervise: bool = True,
+        policy: CrashPolicy | None = None,
+        terminal: IO[str] | None = None,
+        say: Callable[[str], None] = print,
+        grace: float = 15.0,
+        health_timeout: float = 60.0,
+    ) -> None:
+        width = max(len(s.name) for s in specs)
+        self._events: queue.Queue[Child] = queue.Queue()
+        self.children = [
+            Child(spec, LogSink(spec.name, log_dir, terminal, width), self._events)
+            for spec in specs
+        ]
+        self._supervise = supervise
+        self._policy = policy or CrashPolicy()
+        self._say = say
+        self._grace = grace
+        self._health_timeout = health_timeout
+        self._stop = threading.Event()
+        self._stopping = False
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop everything (safe from a signal handler)."""
+        self._stop.set()
+
+    def start(self) -> None:
+        """Start every child in order, each healthy before the next.
+
+        Raises:
+            RuntimeError: A child did not become healthy; the ones started are stopped.
+        """
+        try:
+            for child in self.children:
+                if self._stop.is_set():
+                    raise RuntimeError("interrupted while starting")
+                child.spawn()
+                assert child.proc is not None
+                self._say(f"started {child.name} (pid {child.proc.pid})")
+                child.wait_healthy(self._health_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def run(self) -> int:
+        """Supervise until asked to stop or a child ends ``up``; return the exit code."""
+        try:
+            while not self._stop.is_set():
+                timeout = self._next_wakeup()
+                try:
+                    child = self._events.get(timeout=timeout)
+                except queue.Empty:
+                    self._restart_due()
+                    continue
+                if self._stopping or child.restart_due is not None:
+                    continue
+                code = child.exit_code()
+                if not self._supervise:
+                    self._say(f"{child.name} exited with {code}; stopping (--no-supervise)")
+                    return code
+                uptime = time.monotonic() - child.started_at
+                delay = self._policy.on_crash(child.name, uptime)
+                if delay is None:
+                    self._say(
+                        f"{child.name} crashed {self._policy.max_rapid_crashes} times in a row "
+                        f"(last exit {code}); giving up (log: {child.sink.path})"
+                    )
+                    return code or 1
+                self._say(f"{child.name} exited with {code}; restarting in {delay:g}s")
+                child.restart_due = time.monotonic() + delay
+            return 0
+        finally:
+            self.stop()
+
+    def _next_wakeup(self) -> float:
+        due = [c.restart_due for c in self.children if c.restart_due is not None]
+        # Short enough that a stop request is noticed promptly; no busy loop.
+        wait = 0.25
+        if due:
+            wait = max(0.0, min(wait, min(due) - time.monotonic()))
+        return wait
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if (
+                child.restart_due is not None
+                and child.restart_due <= now
+                and not self._stop.is_set()
+            ):
+                child.restart_due = None
+                child.spawn()
+                assert child.proc is not None
+                self._say(f"restarted {child.name} (pid {child.proc.pid})")
+
+    def stop(self) -> None:
+        """Stop every child in reverse start order (idempotent)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for child in reversed(self.children):
+            if child.running():
+                self._say(f"stopping {child.name}")
+            child.stop(self._grace)
+        for child in self.children:
+            child.sink.close()
+
+
+def child_env(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a child: ``base`` with ``extra`` on top."""
+    env = dict(base)
+    env.update(extra)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def current_env() -> dict[str, str]:
+    """A copy of this process's environment (the one place ``up`` reads it)."""
+    return dict(os.environ)
