@@ -1,0 +1,1 @@
+"""Kanban-dispatch service: boards, profiles, tasks, runs and the dispatcher."""

@@ -1,0 +1,54 @@
+"""``python -m services.kanban``: wiring only (settings, logs, tracing, database, server)."""
+
+from __future__ import annotations
+
+import logging
+
+from services.kanban.executor import Executor
+from services.kanban.sandbox_client import SandboxClient
+from services.kanban.service import build_app
+from services.kanban.settings import KanbanSettings
+from services.runtime.config import load_settings
+from services.runtime.logs import configure_logging
+from services.runtime.serving import build_server
+from services.runtime.tracing import configure_tracing
+
+log = logging.getLogger("services.kanban")
+
+
+def main() -> None:
+    """Migrate the database, then serve until SIGTERM/SIGINT."""
+    settings = load_settings(KanbanSettings)
+    section = settings.kanban
+    configure_logging("kanban", settings.log_level)
+    configure_tracing("kanban", endpoint=settings.otel_endpoint)
+    sandboxes = SandboxClient(settings.sandbox.addr, internal_token=settings.internal_token or None)
+    executor = Executor(
+        sandboxes,
+        heartbeat_interval=max(1.0, section.claim_ttl_seconds / 3),
+        max_output_bytes=section.run_output_max_bytes,
+    )
+    app = build_app(settings, executor=executor)
+    server = build_server(
+        app.grpc_services(),
+        listen=section.listen,
+        max_workers=section.max_workers,
+        internal_token=settings.internal_token or None,
+        shutdown_delay=settings.shutdown_delay_seconds,
+    )
+    # After the server drained: stop ticking, let held runs be reclaimed
+    # after their lease (abandoned), then end streams and close the pool.
+    server.add_shutdown_hook(app.dispatcher.stop)
+    server.add_shutdown_hook(lambda: executor.shutdown(wait=False))
+    server.add_shutdown_hook(app.close)
+    server.add_shutdown_hook(sandboxes.close)
+    server.start()
+    app.start()
+    if section.dispatcher_enabled:
+        app.dispatcher.start()
+    log.info("kanban serving on %s", server.address, extra={"instance": app.dispatcher.instance})
+    server.serve_until_signal()
+
+
+if __name__ == "__main__":
+    main()

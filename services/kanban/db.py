@@ -1,0 +1,175 @@
+"""Engine and transactions for the kanban database (SQLite or PostgreSQL).
+
+One rule keeps both backends safe with several writers: a write transaction
+is exclusive from its first statement. On SQLite every write transaction
+starts with ``BEGIN IMMEDIATE`` (WAL mode, a busy timeout), so there is a
+single writer and no "database is locked" upgrade failure mid-transaction.
+On PostgreSQL every write transaction first takes one transaction-scoped
+advisory lock, so writes from every replica are serialized too: caps counted
+inside a write transaction are exact, and event ids become visible in id
+order, which WatchEvents relies on to lose nothing. Reads never take it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+# Key of the PostgreSQL advisory lock every write transaction holds.
+WRITE_LOCK_KEY = 0x4C6F6E67  # "Long"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_READONLY = "longshore_readonly"
+
+
+def normalize_url(url: str) -> str:
+    """Return ``url`` with PostgreSQL URLs pinned to the psycopg 3 driver.
+
+    Args:
+        url: A SQLAlchemy database URL, e.g. ``postgresql://u@h/db`` or
+            ``sqlite:////path/kanban.db``.
+
+    Returns:
+        The URL to pass to :func:`sqlalchemy.create_engine`.
+    """
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def default_url(home: Path) -> str:
+    """Return the default database URL: a SQLite file under ``home``."""
+    return f"sqlite:///{home / 'kanban.db'}"
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" hook below decide how each transaction starts.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        readonly = conn.get_execution_options().get(_READONLY, False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, *, instrument: bool = True) -> Engine:
+    """Create an engine for ``url`` with the backend's safety settings.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite:///...`` or ``postgresql+psycopg://...``).
+        instrument: Attach the OpenTelemetry SQLAlchemy instrumentation.
+
+    Returns:
+        The engine.
+    """
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            pool_size=8,
+            max_overflow=16,
+        )
+        _install_sqlite_hooks(engine)
+    else:
+        engine = create_engine(url, pool_size=8, max_overflow=24, pool_pre_ping=True)
+    if instrument:
+        try:
+            from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+            SQLAlchemyInstrumentor().instrument(engine=engine)
+        except Exception:  # instrumentation must never stop the service
+            log.warning("sqlalchemy instrumentation unavailable", exc_info=True)
+    return engine
+
+
+class Database:
+    """Sessions on one engine: exclusive write transactions and plain reads.
+
+    Args:
+        engine: The engine from :func:`make_engine`.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._writes = sessionmaker(engine, expire_on_commit=False)
+        self._reads = sessionmaker(
+            engine.execution_options(**{_READONLY: True}), expire_on_commit=False
+        )
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether the backend is PostgreSQL."""
+        return self.dialect == "postgresql"
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every committed write transaction."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """Open an exclusive write transaction; commit on success.
+
+        Yields:
+            A session inside the transaction; store functions only flush.
+        """
+        with self._writes.begin() as session:
+            if self.is_postgres:
+                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
+            yield session
+        for listener in list(self._listeners):
+            listener()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """Open a read-only session (its transaction is rolled back on close).
+
+        Yields:
+            A session for reads.
+        """
+        with self._reads() as session:
+            yield session
+
+    @contextmanager
+    def unlocked_write(self) -> Iterator[Session]:
+        """Open a write transaction without the PostgreSQL write lock.
+
+        Only for single-row compare-and-set updates that append no event
+        (lease renewal, output chunks): row locks make them safe, and they
+        must not queue behind the dispatcher. On SQLite it is a plain write.
+
+        Yields:
+            A session inside the transaction.
+        """
+        with self._writes.begin() as session:
+            yield session
+        for listener in list(self._listeners):
+            listener()
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()

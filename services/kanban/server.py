@@ -1,0 +1,472 @@
+"""KanbanService servicer: protos in, store calls in one transaction, protos out.
+
+Each handler owns its transaction (``with db.write()`` or ``db.read()``);
+rules live in :mod:`services.kanban.store`. What must follow a commit
+(killing a cancelled run's exec, releasing a sandbox, waking the dispatcher)
+comes back as :class:`~services.kanban.store.Effects` and goes to the
+dispatcher once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import grpc
+from longshore.kanban.v1 import kanban_service_pb2 as pb
+from longshore.kanban.v1 import kanban_service_pb2_grpc as pb_grpc
+from longshore.kanban.v1 import task_pb2
+from opentelemetry import propagate
+from sqlalchemy.orm import Session
+
+from services.kanban import convert, models, pagination
+from services.kanban.db import Database
+from services.kanban.events_bus import EventBus
+from services.kanban.server_runs import RunReads
+from services.kanban.store import Effects, boards, comments, events, profiles, tasks
+from services.kanban.tick import Dispatcher
+from services.runtime.errors import InvalidArgument
+
+SOURCE = "api"
+WATCH_BATCH = 500
+WATCH_IDLE_SECONDS = 1.0
+
+
+def _current_traceparent() -> str:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def _time_key(value: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument("page_token: malformed") from exc
+
+
+class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
+    """Implements ``longshore.kanban.v1.KanbanService``.
+
+    Args:
+        db: The database.
+        bus: Rings when the event log may have grown.
+        dispatcher: Plans readiness, runs ticks, applies post-commit effects.
+    """
+
+    def __init__(self, db: Database, bus: EventBus, dispatcher: Dispatcher) -> None:
+        self._db = db
+        self._bus = bus
+        self._dispatcher = dispatcher
+
+    def _after(self, effects: Effects) -> None:
+        self._dispatcher.apply_effects(effects)
+
+    # -- boards ---------------------------------------------------------
+
+    def CreateBoard(
+        self, request: pb.CreateBoardRequest, context: grpc.ServicerContext
+    ) -> pb.CreateBoardResponse:
+        b = request.board
+        with self._db.write() as s:
+            row = boards.create(
+                s, board_id=b.board_id, display_name=b.display_name, description=b.description
+            )
+            return pb.CreateBoardResponse(board=convert.board(row, {}))
+
+    def GetBoard(
+        self, request: pb.GetBoardRequest, context: grpc.ServicerContext
+    ) -> pb.GetBoardResponse:
+        with self._db.read() as s:
+            row = boards.get(s, request.board_id)
+            counts = boards.task_counts(s, [row.board_id])
+            return pb.GetBoardResponse(board=convert.board(row, counts[row.board_id]))
+
+    def ListBoards(
+        self, request: pb.ListBoardsRequest, context: grpc.ServicerContext
+    ) -> pb.ListBoardsResponse:
+        size = pagination.page_size(request.page_size)
+        key = pagination.decode_token(request.page_token, "boards", None)
+        with self._db.read() as s:
+            rows = boards.list_boards(s, after=key[0] if key else None, limit=size + 1)
+            page = rows[:size]
+            counts = boards.task_counts(s, [r.board_id for r in page])
+            token = (
+                pagination.encode_token("boards", None, [page[-1].board_id])
+                if len(rows) > size
+                else ""
+            )
+            return pb.ListBoardsResponse(
+                boards=[convert.board(r, counts[r.board_id]) for r in page], next_page_token=token
+            )
+
+    def DeleteBoard(
+        self, request: pb.DeleteBoardRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteBoardResponse:
+        effects = Effects()
+        with self._db.write() as s:
+            for task_id in boards.delete_board(s, request.board_id, force=request.force):
+                tasks.delete_task(s, task_id, source=SOURCE, effects=effects)
+            boards.remove(s, request.board_id)
+        self._after(effects)
+        return pb.DeleteBoardResponse()
+
+    # -- profiles -------------------------------------------------------
+
+    def CreateProfile(
+        self, request: pb.CreateProfileRequest, context: grpc.ServicerContext
+    ) -> pb.CreateProfileResponse:
+        values = convert.profile_values(request.profile)
+        with self._db.write() as s:
+            row = profiles.create(s, name=request.profile.name, **values)
+            return pb.CreateProfileResponse(profile=convert.profile(row))
+
+    def GetProfile(
+        self, request: pb.GetProfileRequest, context: grpc.ServicerContext
+    ) -> pb.GetProfileResponse:
+        with self._db.read() as s:
+            return pb.GetProfileResponse(profile=convert.profile(profiles.get(s, request.name)))
+
+    def ListProfiles(
+        self, request: pb.ListProfilesRequest, context: grpc.ServicerContext
+    ) -> pb.ListProfilesResponse:
+        size = pagination.page_size(request.page_size)
+        key = pagination.decode_token(request.page_token, "profiles", None)
+        with self._db.read() as s:
+            rows = profiles.list_profiles(s, after=key[0] if key else None, limit=size + 1)
+            page = rows[:size]
+            running = profiles.running_counts(s)
+            token = (
+                pagination.encode_token("profiles", None, [page[-1].name])
+                if len(rows) > size
+                else ""
+            )
+            return pb.ListProfilesResponse(
+                profiles=[convert.profile(r) for r in page],
+                next_page_token=token,
+                running={r.name: running.get(r.name, 0) for r in page},
+            )
+
+    def UpdateProfile(
+        self, request: pb.UpdateProfileRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateProfileResponse:
+        paths = list(request.update_mask.paths)
+        if not paths:
+            raise InvalidArgument("update_mask: name at least one field")
+        allowed = {
+            "executor",
+            "sandbox_spec",
+            "max_in_progress",
+            "keep_sandbox",
+            "default_max_runtime",
+            "description",
+        }
+        bad = [p for p in paths if p not in allowed]
+        if bad:
+            raise InvalidArgument(f"update_mask: {bad[0]!r} is unknown or immutable")
+        values = convert.profile_values(request.profile, paths)
+        with self._db.write() as s:
+            row = profiles.update(s, request.profile.name, values)
+            msg = convert.profile(row)
+        self._dispatcher.wake()
+        return pb.UpdateProfileResponse(profile=msg)
+
+    def DeleteProfile(
+        self, request: pb.DeleteProfileRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteProfileResponse:
+        with self._db.write() as s:
+            profiles.delete(s, request.name)
+        return pb.DeleteProfileResponse()
+
+    # -- tasks ----------------------------------------------------------
+
+    def CreateTask(
+        self, request: pb.CreateTaskRequest, context: grpc.ServicerContext
+    ) -> pb.CreateTaskResponse:
+        t = request.task
+        values: dict[str, object] = {
+            "board_id": t.board_id or models.DEFAULT_BOARD,
+            "title": t.title,
+            "description": t.description,
+            "assignee": t.assignee or None,
+            "priority": t.priority,
+            "command": list(t.command),
+            "image": t.image,
+            "env": dict(t.env),
+            "labels": dict(t.labels),
+            "trace_parent": _current_traceparent(),
+        }
+        if t.status:
+            values["status"] = convert.task_status_name(t.status)
+        if t.HasField("max_runtime"):
+            values["max_runtime_seconds"] = convert.seconds_of(t.max_runtime, "task.max_runtime")
+        effects = Effects()
+        with self._db.write() as s:
+            row, dedup = tasks.create(
+                s,
+                values=values,
+                parents=list(request.parent_ids),
+                request_id=request.request_id,
+                source=SOURCE,
+                effects=effects,
+            )
+            parents = tasks.parent_ids(s, [row.task_id])[row.task_id]
+            msg = convert.task(row, parents)
+        self._after(effects)
+        return pb.CreateTaskResponse(task=msg, deduplicated=dedup)
+
+    def GetTask(
+        self, request: pb.GetTaskRequest, context: grpc.ServicerContext
+    ) -> pb.GetTaskResponse:
+        with self._db.read() as s:
+            row = tasks.get(s, request.task_id)
+            parents = tasks.parent_ids(s, [row.task_id])[row.task_id]
+            readiness = self._dispatcher.readiness(s, [row])[row.task_id].to_proto()
+            return pb.GetTaskResponse(task=convert.task(row, parents, readiness))
+
+    def ListTasks(
+        self, request: pb.ListTasksRequest, context: grpc.ServicerContext
+    ) -> pb.ListTasksResponse:
+        size = pagination.page_size(request.page_size)
+        statuses = [convert.task_status_name(v) for v in request.statuses]
+        filters = [request.board_id, sorted(statuses), request.assignee]
+        key = pagination.decode_token(request.page_token, "tasks", filters)
+        after = None
+        if key is not None:
+            try:
+                after = (int(key[0]), _time_key(key[1]), str(key[2]))
+            except (IndexError, TypeError, ValueError) as exc:
+                raise InvalidArgument("page_token: malformed") from exc
+        with self._db.read() as s:
+            boards.require(s, request.board_id)
+            rows = tasks.list_tasks(
+                s,
+                board_id=request.board_id,
+                statuses=statuses,
+                assignee=request.assignee,
+                after=after,
+                limit=size + 1,
+            )
+            page = rows[:size]
+            parents = tasks.parent_ids(s, [r.task_id for r in page])
+            readiness = self._dispatcher.readiness(s, page) if request.include_readiness else {}
+            token = ""
+            if len(rows) > size:
+                last = page[-1]
+                token = pagination.encode_token(
+                    "tasks", filters, [last.priority, last.create_time.isoformat(), last.task_id]
+                )
+            return pb.ListTasksResponse(
+                tasks=[
+                    convert.task(
+                        r,
+                        parents[r.task_id],
+                        readiness[r.task_id].to_proto() if r.task_id in readiness else None,
+                    )
+                    for r in page
+                ],
+                next_page_token=token,
+            )
+
+    def UpdateTask(
+        self, request: pb.UpdateTaskRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateTaskResponse:
+        paths = list(request.update_mask.paths)
+        if not paths:
+            raise InvalidArgument("update_mask: name at least one field")
+        values = convert.task_values(request.task, paths)
+        with self._db.write() as s:
+            row = tasks.update(s, request.task.task_id, values, source=SOURCE)
+            parents = tasks.parent_ids(s, [row.task_id])[row.task_id]
+            return pb.UpdateTaskResponse(task=convert.task(row, parents))
+
+    def DeleteTask(
+        self, request: pb.DeleteTaskRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteTaskResponse:
+        effects = Effects()
+        with self._db.write() as s:
+            tasks.delete_task(s, request.task_id, source=SOURCE, effects=effects)
+        self._after(effects)
+        return pb.DeleteTaskResponse()
+
+    def _changed(self, s: Session, row: models.Task) -> task_pb2.Task:
+        return convert.task(row, tasks.parent_ids(s, [row.task_id])[row.task_id])
+
+    def MoveTask(
+        self, request: pb.MoveTaskRequest, context: grpc.ServicerContext
+    ) -> pb.MoveTaskResponse:
+        status = convert.task_status_name(request.status)
+        effects = Effects()
+        with self._db.write() as s:
+            row = tasks.move(
+                s, request.task_id, status, reason=request.reason, source=SOURCE, effects=effects
+            )
+            msg = self._changed(s, row)
+        self._after(effects)
+        return pb.MoveTaskResponse(task=msg)
+
+    def AssignTask(
+        self, request: pb.AssignTaskRequest, context: grpc.ServicerContext
+    ) -> pb.AssignTaskResponse:
+        effects = Effects()
+        with self._db.write() as s:
+            row = tasks.assign(s, request.task_id, request.assignee, source=SOURCE, effects=effects)
+            msg = self._changed(s, row)
+        self._after(effects)
+        return pb.AssignTaskResponse(task=msg)
+
+    def BlockTask(
+        self, request: pb.BlockTaskRequest, context: grpc.ServicerContext
+    ) -> pb.BlockTaskResponse:
+        effects = Effects()
+        with self._db.write() as s:
+            row = tasks.block(s, request.task_id, request.reason, source=SOURCE, effects=effects)
+            msg = self._changed(s, row)
+        self._after(effects)
+        return pb.BlockTaskResponse(task=msg)
+
+    def UnblockTask(
+        self, request: pb.UnblockTaskRequest, context: grpc.ServicerContext
+    ) -> pb.UnblockTaskResponse:
+        effects = Effects()
+        with self._db.write() as s:
+            row = tasks.unblock(s, request.task_id, request.reason, source=SOURCE, effects=effects)
+            msg = self._changed(s, row)
+        self._after(effects)
+        return pb.UnblockTaskResponse(task=msg)
+
+    def LinkTasks(
+        self, request: pb.LinkTasksRequest, context: grpc.ServicerContext
+    ) -> pb.LinkTasksResponse:
+        effects = Effects()
+        with self._db.write() as s:
+            row = tasks.link(s, request.parent_id, request.child_id, source=SOURCE, effects=effects)
+            msg = self._changed(s, row)
+        self._after(effects)
+        return pb.LinkTasksResponse(child=msg)
+
+    def UnlinkTasks(
+        self, request: pb.UnlinkTasksRequest, context: grpc.ServicerContext
+    ) -> pb.UnlinkTasksResponse:
+        effects = Effects()
+        with self._db.write() as s:
+            row = tasks.unlink(
+                s, request.parent_id, request.child_id, source=SOURCE, effects=effects
+            )
+            msg = self._changed(s, row)
+        self._after(effects)
+        return pb.UnlinkTasksResponse(child=msg)
+
+    def ExplainTask(
+        self, request: pb.ExplainTaskRequest, context: grpc.ServicerContext
+    ) -> pb.ExplainTaskResponse:
+        with self._db.read() as s:
+            row = tasks.get(s, request.task_id)
+            readiness = self._dispatcher.readiness(s, [row])[row.task_id]
+            return pb.ExplainTaskResponse(
+                task_id=row.task_id,
+                status=convert.task_status_value(row.status),
+                readiness=readiness.to_proto(),
+            )
+
+    # -- comments and events --------------------------------------------
+
+    def AddComment(
+        self, request: pb.AddCommentRequest, context: grpc.ServicerContext
+    ) -> pb.AddCommentResponse:
+        with self._db.write() as s:
+            row = comments.add(
+                s, task_id=request.task_id, author=request.author, body=request.body, source=SOURCE
+            )
+            return pb.AddCommentResponse(comment=convert.comment(row))
+
+    def ListComments(
+        self, request: pb.ListCommentsRequest, context: grpc.ServicerContext
+    ) -> pb.ListCommentsResponse:
+        size = pagination.page_size(request.page_size)
+        key = pagination.decode_token(request.page_token, "comments", request.task_id)
+        after = (_time_key(key[0]), str(key[1])) if key else None
+        with self._db.read() as s:
+            rows = comments.list_comments(s, request.task_id, after=after, limit=size + 1)
+            page = rows[:size]
+            token = ""
+            if len(rows) > size:
+                last = page[-1]
+                token = pagination.encode_token(
+                    "comments", request.task_id, [last.create_time.isoformat(), last.comment_id]
+                )
+            return pb.ListCommentsResponse(
+                comments=[convert.comment(r) for r in page], next_page_token=token
+            )
+
+    def ListTaskEvents(
+        self, request: pb.ListTaskEventsRequest, context: grpc.ServicerContext
+    ) -> pb.ListTaskEventsResponse:
+        if request.after_event_id < 0:
+            raise InvalidArgument("after_event_id: must not be negative")
+        size = pagination.page_size(request.page_size)
+        filters = [request.task_id, request.board_id, request.after_event_id]
+        key = pagination.decode_token(request.page_token, "events", filters)
+        after = int(key[0]) if key else request.after_event_id
+        with self._db.read() as s:
+            rows = events.list_events(
+                s,
+                after_event_id=after,
+                task_id=request.task_id,
+                board_id=request.board_id,
+                limit=size + 1,
+            )
+            page = rows[:size]
+            token = (
+                pagination.encode_token("events", filters, [page[-1].event_id])
+                if len(rows) > size
+                else ""
+            )
+            return pb.ListTaskEventsResponse(
+                events=[convert.event(r) for r in page], next_page_token=token
+            )
+
+    def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchEventsResponse]:
+        if request.since_event_id < 0:
+            raise InvalidArgument("since_event_id: must not be negative")
+        with self._db.read() as s:
+            boards.require(s, request.board_id)
+        cursor = request.since_event_id
+        while context.is_active() and not self._bus.closed:
+            version = self._bus.version
+            with self._db.read() as s:
+                rows = events.list_events(
+                    s,
+                    after_event_id=cursor,
+                    task_id=request.task_id,
+                    board_id=request.board_id,
+                    limit=WATCH_BATCH,
+                )
+                batch = [convert.event(r) for r in rows]
+            for msg in batch:
+                yield pb.WatchEventsResponse(event=msg)
+                cursor = msg.event_id
+            if len(batch) < WATCH_BATCH:
+                self._bus.wait(version, WATCH_IDLE_SECONDS)
+
+    # -- dispatch -------------------------------------------------------
+
+    def Dispatch(
+        self, request: pb.DispatchRequest, context: grpc.ServicerContext
+    ) -> pb.DispatchResponse:
+        if request.max_spawn < 0:
+            raise InvalidArgument("max_spawn: must not be negative")
+        if request.board_id:
+            with self._db.read() as s:
+                boards.require(s, request.board_id)
+        started = dt.datetime.now(dt.UTC)
+        result = self._dispatcher.tick(
+            dry_run=request.dry_run,
+            board_id=request.board_id,
+            max_spawn=request.max_spawn or None,
+        )
+        response = pb.DispatchResponse(result=result)
+        response.duration.FromTimedelta(dt.datetime.now(dt.UTC) - started)
+        return response

@@ -1,0 +1,104 @@
+"""The run-reading RPCs of KanbanService: ListTaskRuns, GetRunOutput, StreamRunOutput."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import grpc
+from longshore.kanban.v1 import kanban_service_pb2 as pb
+from sqlalchemy.orm import Session
+
+from services.kanban import convert, models, pagination
+from services.kanban.db import Database
+from services.kanban.events_bus import EventBus
+from services.kanban.store import runs
+from services.runtime.errors import InvalidArgument
+
+STREAM_CHUNK = 64 * 1024
+FOLLOW_IDLE_SECONDS = 0.5
+
+
+def _run_for(s: Session, run_id: str, task_id: str) -> models.TaskRun:
+    if run_id:
+        return runs.get_run(s, run_id)
+    if not task_id:
+        raise InvalidArgument("run_id or task_id: one is required")
+    return runs.latest_run(s, task_id)
+
+
+class RunReads:
+    """Mixin for :class:`~services.kanban.server.KanbanServicer`: reading runs."""
+
+    _db: Database
+    _bus: EventBus
+
+    def ListTaskRuns(
+        self, request: pb.ListTaskRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListTaskRunsResponse:
+        size = pagination.page_size(request.page_size)
+        key = pagination.decode_token(request.page_token, "runs", request.task_id)
+        after = None
+        if key:
+            try:
+                after = (dt.datetime.fromisoformat(key[0]), str(key[1]))
+            except (IndexError, TypeError, ValueError) as exc:
+                raise InvalidArgument("page_token: malformed") from exc
+        with self._db.read() as s:
+            rows = runs.list_runs(s, request.task_id, after=after, limit=size + 1)
+            page = rows[:size]
+            token = ""
+            if len(rows) > size:
+                last = page[-1]
+                token = pagination.encode_token(
+                    "runs", request.task_id, [last.start_time.isoformat(), last.run_id]
+                )
+            return pb.ListTaskRunsResponse(
+                runs=[convert.run(r) for r in page], next_page_token=token
+            )
+
+    def GetRunOutput(
+        self, request: pb.GetRunOutputRequest, context: grpc.ServicerContext
+    ) -> pb.GetRunOutputResponse:
+        if request.offset < 0:
+            raise InvalidArgument("offset: must not be negative")
+        if request.limit < 0:
+            raise InvalidArgument("limit: must not be negative")
+        with self._db.read() as s:
+            run = _run_for(s, request.run_id, request.task_id)
+            data, next_offset = runs.read_output(s, run, request.offset, request.limit)
+            ended = run.status != models.RUN_RUNNING
+            return pb.GetRunOutputResponse(
+                run_id=run.run_id,
+                data=data,
+                next_offset=next_offset,
+                eof=ended and next_offset >= run.output_bytes,
+                truncated=run.output_truncated,
+            )
+
+    def StreamRunOutput(
+        self, request: pb.StreamRunOutputRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamRunOutputResponse]:
+        if request.offset < 0:
+            raise InvalidArgument("offset: must not be negative")
+        with self._db.read() as s:
+            run_id = _run_for(s, request.run_id, request.task_id).run_id
+        offset = request.offset
+        while context.is_active():
+            version = self._bus.version
+            with self._db.read() as s:
+                run = runs.get_run(s, run_id)
+                data, offset = runs.read_output(s, run, offset, STREAM_CHUNK)
+                ended = run.status != models.RUN_RUNNING
+                at_end = offset >= run.output_bytes
+            if data:
+                yield pb.StreamRunOutputResponse(
+                    run_id=run_id, data=data, next_offset=offset, eof=False
+                )
+                continue
+            if at_end and (ended or not request.follow):
+                yield pb.StreamRunOutputResponse(run_id=run_id, next_offset=offset, eof=ended)
+                return
+            if self._bus.closed:
+                return
+            self._bus.wait(version, FOLLOW_IDLE_SECONDS)

@@ -1,0 +1,114 @@
+"""Settings of the kanban-dispatch service (sections `kanban`, `database`, `sandbox`).
+
+Caps are read as text on purpose: the anchor treats 0, a negative number or
+a non-integer as "no cap" (with a warning) rather than refusing to start, and
+the planner's ``parse_cap`` is the one place that interprets them
+(:meth:`DispatchLimits.from_section`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.kanban.planner import PlannerSettings, parse_cap, planner_settings
+from services.runtime.config import BaseSettings, PeerSection
+
+
+@dataclass(frozen=True)
+class KanbanSection:
+    """The `kanban` section: server and dispatcher settings."""
+
+    listen: str = field(
+        default="127.0.0.1:50052", metadata={"help": "host:port the kanban gRPC server binds."}
+    )
+    addr: str = field(
+        default="127.0.0.1:50052", metadata={"help": "host:port where peers find the service."}
+    )
+    max_workers: int = field(default=32, metadata={"help": "gRPC server worker threads."})
+    default_assignee: str = field(
+        default="",
+        metadata={"help": "Profile given to unassigned ready tasks; empty or blank = none."},
+    )
+    max_in_progress: str = field(
+        default="",
+        metadata={"help": "Most tasks running at once overall; empty, 0, negative = no cap."},
+    )
+    max_in_progress_per_profile: str = field(
+        default="",
+        metadata={"help": "Most running tasks per profile unless the profile sets its own."},
+    )
+    max_spawn: str = field(
+        default="", metadata={"help": "Most tasks one tick spawns; empty, 0, negative = no cap."}
+    )
+    failure_limit: str = field(
+        default="2",
+        metadata={"help": "Counted failures in a row that block a task (the breaker)."},
+    )
+    claim_ttl_seconds: float = field(
+        default=60.0, metadata={"help": "Lease of a claimed run; heartbeats renew it."}
+    )
+    dispatch_interval_seconds: float = field(
+        default=5.0, metadata={"help": "Seconds between dispatcher ticks (it also wakes on ready)."}
+    )
+    default_max_runtime_seconds: float = field(
+        default=3600.0, metadata={"help": "Max runtime of a task whose task and profile set none."}
+    )
+    run_output_max_bytes: int = field(
+        default=1_048_576, metadata={"help": "Output kept per run; beyond it output is dropped."}
+    )
+    dispatcher_enabled: bool = field(
+        default=True, metadata={"help": "Run the dispatcher loop in this process."}
+    )
+
+
+@dataclass(frozen=True)
+class DatabaseSection:
+    """The `database` section."""
+
+    url: str = field(
+        default="",
+        metadata={
+            "help": "SQLAlchemy URL (sqlite:///... or postgresql://...); "
+            "empty = SQLite file $LONGSHORE_HOME/kanban.db."
+        },
+    )
+
+
+def _sandbox_peer() -> PeerSection:
+    return PeerSection(addr="127.0.0.1:50053")
+
+
+@dataclass(frozen=True)
+class KanbanSettings(BaseSettings):
+    """Every setting of the kanban-dispatch service."""
+
+    kanban: KanbanSection = field(default_factory=KanbanSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    sandbox: PeerSection = field(default_factory=_sandbox_peer)
+
+
+@dataclass(frozen=True)
+class DispatchLimits:
+    """The dispatcher's interpreted limits, parsed once per process.
+
+    Attributes:
+        planner: Default assignee, caps and failure limit for the planner.
+        max_spawn: Most spawns per tick, or None.
+    """
+
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    max_spawn: int | None = None
+
+    @classmethod
+    def from_section(cls, section: KanbanSection) -> DispatchLimits:
+        """Interpret the `kanban` section's limits, warning about invalid caps."""
+        failure_limit = parse_cap(section.failure_limit, setting="kanban.failure_limit")
+        return cls(
+            planner=planner_settings(
+                default_assignee=section.default_assignee,
+                max_in_progress=section.max_in_progress,
+                max_in_progress_per_profile=section.max_in_progress_per_profile,
+                failure_limit=failure_limit if failure_limit is not None else 2,
+            ),
+            max_spawn=parse_cap(section.max_spawn, setting="kanban.max_spawn"),
+        )

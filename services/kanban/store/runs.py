@@ -1,0 +1,374 @@
+"""Runs: the compare-and-set claim, leases, heartbeats, fencing, output chunks,
+and how a run's end moves its task (done, retry, or the breaker).
+
+A run's ``run_id`` is the fencing token. Every run-affecting call names it;
+:func:`fenced` refuses any run that is not the task's current running run,
+so a stale holder changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from services.kanban.models import (
+    BLOCKED,
+    DONE,
+    READY,
+    RUN_FAILED,
+    RUN_LOST,
+    RUN_RUNNING,
+    RUN_SPAWN_FAILED,
+    RUN_SUCCEEDED,
+    RUN_TIMED_OUT,
+    RUNNING,
+    RunOutput,
+    Task,
+    TaskRun,
+    utcnow,
+)
+from services.kanban.store import Effects, events, new_id, tasks
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+
+MAX_CHUNK = 64 * 1024
+DEFAULT_READ_LIMIT = 1024 * 1024
+_FAILURE_EVENT = {
+    RUN_FAILED: "failed",
+    RUN_TIMED_OUT: "timed_out",
+    RUN_SPAWN_FAILED: "spawn_failed",
+    RUN_LOST: "reclaimed",
+}
+
+
+def end_run(
+    run: TaskRun,
+    *,
+    status: str,
+    error: str = "",
+    exit_code: int | None = None,
+    counted: bool = False,
+    now: dt.datetime | None = None,
+) -> None:
+    """Mark a run ended (no event, no task change)."""
+    run.status = status
+    run.error = error
+    run.exit_code = exit_code
+    run.counted_failure = counted
+    run.end_time = now or utcnow()
+    run.lease_expire_time = None
+
+
+def get_run(session: Session, run_id: str) -> TaskRun:
+    """Return a run.
+
+    Raises:
+        InvalidArgument: Empty id.
+        NotFound: No such run.
+    """
+    if not run_id:
+        raise InvalidArgument("run_id: required")
+    run = session.get(TaskRun, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
+
+
+def fenced(session: Session, run_id: str, *, lock: bool = False) -> tuple[TaskRun, Task]:
+    """Return the run and its task if ``run_id`` still holds the task.
+
+    Raises:
+        InvalidArgument: Empty id.
+        NotFound: No such run.
+        FailedPrecondition: The run is stale (ended, reclaimed or cancelled).
+    """
+    if not run_id:
+        raise InvalidArgument("run_id: required")
+    run = session.get(TaskRun, run_id, with_for_update=lock)
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    task = session.get(Task, run.task_id, with_for_update=lock)
+    if run.status != RUN_RUNNING or task is None or task.current_run_id != run_id:
+        raise FailedPrecondition(f"run {run_id!r} is stale: {run.status}")
+    return run, task
+
+
+def claim(
+    session: Session,
+    task: Task,
+    *,
+    profile: str,
+    worker_id: str,
+    executor_instance: str,
+    lease_seconds: float,
+    source: str,
+    now: dt.datetime | None = None,
+    event_kind: str = "claimed",
+) -> TaskRun | None:
+    """Claim a ready task: compare-and-set ready → running and create its run.
+
+    Returns:
+        The new run, or None when the task was no longer ready.
+    """
+    now = now or utcnow()
+    run_id = new_id("r")
+    result = session.execute(
+        update(Task)
+        .where(Task.task_id == task.task_id, Task.status == READY)
+        .values(status=RUNNING, current_run_id=run_id, update_time=now, assignee=profile)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    session.refresh(task)
+    run = TaskRun(
+        run_id=run_id,
+        task_id=task.task_id,
+        profile=profile,
+        status=RUN_RUNNING,
+        worker_id=worker_id,
+        executor_instance=executor_instance,
+        start_time=now,
+        lease_expire_time=now + dt.timedelta(seconds=lease_seconds),
+    )
+    session.add(run)
+    session.flush()
+    events.append(
+        session,
+        task_id=task.task_id,
+        board_id=task.board_id,
+        kind=event_kind,
+        source=source,
+        payload={"profile": profile, "worker_id": worker_id},
+        run_id=run_id,
+        now=now,
+    )
+    return run
+
+
+def heartbeat(session: Session, run_id: str, *, lease_seconds: float) -> dt.datetime | None:
+    """Renew a running run's lease (compare-and-set on its status).
+
+    Returns:
+        The new lease expiry, or None when the run is not running any more.
+    """
+    expire = utcnow() + dt.timedelta(seconds=lease_seconds)
+    result = session.execute(
+        update(TaskRun)
+        .where(TaskRun.run_id == run_id, TaskRun.status == RUN_RUNNING)
+        .values(lease_expire_time=expire)
+        .execution_options(synchronize_session=False)
+    )
+    return expire if result.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def set_sandbox(session: Session, run_id: str, sandbox_id: str) -> None:
+    """Record the sandbox a running run uses (and on its task)."""
+    run = session.get(TaskRun, run_id)
+    if run is None:
+        return
+    run.sandbox_id = sandbox_id
+    task = session.get(Task, run.task_id)
+    if task is not None:
+        task.sandbox_id = sandbox_id
+    session.flush()
+
+
+def append_output(session: Session, run_id: str, data: bytes, *, max_bytes: int) -> TaskRun:
+    """Append output to a running run, keeping at most ``max_bytes`` in all.
+
+    Raises:
+        NotFound, FailedPrecondition: As :func:`fenced`.
+    """
+    run, _task = fenced(session, run_id, lock=True)
+    keep = max(0, max_bytes - run.output_bytes)
+    kept = data[:keep]
+    if len(data) > keep:
+        run.output_truncated = True
+    offset = run.output_bytes
+    for start in range(0, len(kept), MAX_CHUNK):
+        piece = kept[start : start + MAX_CHUNK]
+        session.add(RunOutput(run_id=run_id, offset=offset + start, data=piece))
+    run.output_bytes = offset + len(kept)
+    session.flush()
+    return run
+
+
+def read_output(session: Session, run: TaskRun, offset: int, limit: int) -> tuple[bytes, int]:
+    """Return up to ``limit`` bytes of a run's output from ``offset``, and the next offset."""
+    if offset < 0:
+        raise InvalidArgument("offset: must not be negative")
+    limit = limit or DEFAULT_READ_LIMIT
+    stmt = (
+        select(RunOutput.offset, RunOutput.data)
+        .where(
+            RunOutput.run_id == run.run_id,
+            RunOutput.offset >= offset - MAX_CHUNK,
+            RunOutput.offset < offset + limit,
+        )
+        .order_by(RunOutput.offset)
+    )
+    out = bytearray()
+    for chunk_offset, data in session.execute(stmt):
+        end = chunk_offset + len(data)
+        if end <= offset:
+            continue
+        out += data[max(0, offset - chunk_offset) :]
+    out = out[:limit]
+    return bytes(out), offset + len(out)
+
+
+def latest_run(session: Session, task_id: str) -> TaskRun:
+    """Return a task's newest run.
+
+    Raises:
+        NotFound: The task does not exist or has no runs.
+    """
+    tasks.get(session, task_id)
+    stmt = (
+        select(TaskRun)
+        .where(TaskRun.task_id == task_id)
+        .order_by(TaskRun.start_time.desc(), TaskRun.run_id.desc())
+        .limit(1)
+    )
+    run = session.scalar(stmt)
+    if run is None:
+        raise NotFound(f"task {task_id!r} has no runs")
+    return run
+
+
+def list_runs(
+    session: Session, task_id: str, *, after: tuple[dt.datetime, str] | None, limit: int
+) -> list[TaskRun]:
+    """Return a task's runs, newest first."""
+    tasks.get(session, task_id)
+    stmt = select(TaskRun).where(TaskRun.task_id == task_id)
+    if after is not None:
+        t, rid = after
+        stmt = stmt.where(
+            (TaskRun.start_time < t) | ((TaskRun.start_time == t) & (TaskRun.run_id < rid))
+        )
+    stmt = stmt.order_by(TaskRun.start_time.desc(), TaskRun.run_id.desc()).limit(limit)
+    return list(session.scalars(stmt))
+
+
+def running_runs(session: Session) -> list[TaskRun]:
+    """Return every running run."""
+    return list(session.scalars(select(TaskRun).where(TaskRun.status == RUN_RUNNING)))
+
+
+def running_total(session: Session) -> int:
+    """Return how many runs are running."""
+    stmt = select(func.count()).select_from(TaskRun).where(TaskRun.status == RUN_RUNNING)
+    return int(session.scalar(stmt) or 0)
+
+
+def complete(session: Session, run_id: str, *, summary: str, source: str, effects: Effects) -> Task:
+    """End a run successfully: the task is done and its failure streak resets.
+
+    Raises:
+        NotFound, FailedPrecondition: As :func:`fenced`.
+    """
+    run, task = fenced(session, run_id, lock=True)
+    now = utcnow()
+    end_run(run, status=RUN_SUCCEEDED, exit_code=run.exit_code or 0, now=now)
+    task.current_run_id = None
+    task.failure_count = 0
+    events.append(
+        session,
+        task_id=task.task_id,
+        board_id=task.board_id,
+        kind="completed",
+        source=source,
+        payload={"summary": summary},
+        run_id=run_id,
+        now=now,
+    )
+    tasks.set_status(session, task, DONE, reason="completed", source=source, effects=effects)
+    return task
+
+
+@dataclass(frozen=True, slots=True)
+class FailureOutcome:
+    """What a counted failure did to its task."""
+
+    task: Task
+    blocked: bool
+    reason: str
+
+
+def fail(
+    session: Session,
+    run: TaskRun,
+    task: Task,
+    *,
+    status: str,
+    error: str,
+    retryable: bool,
+    failure_limit: int,
+    source: str,
+    effects: Effects,
+    exit_code: int | None = None,
+    reason: str = "",
+) -> FailureOutcome:
+    """End ``run`` with a counted failure and retry or block its task.
+
+    The caller has checked that ``run`` holds ``task`` (see :func:`fenced`).
+    Every failure class counts: failed, timed out, spawn failed and lost
+    (reclaimed). At ``failure_limit`` counted failures, or for a
+    non-retryable failure, the task is blocked with a ``gave_up`` event.
+    """
+    now = utcnow()
+    end_run(run, status=status, error=error, exit_code=exit_code, counted=True, now=now)
+    task.current_run_id = None
+    task.failure_count += 1
+    payload: dict[str, object] = {"error": error, "failure_count": task.failure_count}
+    if exit_code is not None:
+        payload["exit_code"] = exit_code
+    if reason:
+        payload["reason"] = reason
+    events.append(
+        session,
+        task_id=task.task_id,
+        board_id=task.board_id,
+        kind=_FAILURE_EVENT.get(status, "failed"),
+        source=source,
+        payload=payload,
+        run_id=run.run_id,
+        now=now,
+    )
+    tripped = task.failure_count >= failure_limit
+    if tripped or not retryable:
+        why = (
+            f"{task.failure_count} failures: {error}"
+            if tripped
+            else f"non-retryable failure: {error}"
+        )
+        task.status = BLOCKED
+        task.blocked_reason = why
+        task.breaker_open = tripped
+        task.update_time = now
+        events.append(
+            session,
+            task_id=task.task_id,
+            board_id=task.board_id,
+            kind="gave_up",
+            source=source,
+            payload={"reason": why, "failure_count": task.failure_count},
+            run_id=run.run_id,
+            now=now,
+        )
+        return FailureOutcome(task, True, why)
+    task.status = READY
+    task.ready_time = now
+    task.update_time = now
+    effects.wake = True
+    return FailureOutcome(task, False, "")
+
+
+def expired_runs(session: Session, now: dt.datetime) -> list[TaskRun]:
+    """Return running runs whose lease ended before ``now``."""
+    stmt = select(TaskRun).where(TaskRun.status == RUN_RUNNING, TaskRun.lease_expire_time < now)
+    return list(session.scalars(stmt.order_by(TaskRun.start_time, TaskRun.run_id)))

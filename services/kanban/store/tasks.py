@@ -1,0 +1,540 @@
+"""Tasks: create, read, list, update, move along the transition table, assign,
+block, link, delete. The transition table here is the one in task.proto.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.orm import Session
+
+from services.kanban.models import (
+    ARCHIVED,
+    BLOCKED,
+    DONE,
+    READY,
+    RUN_CANCELLED,
+    RUNNING,
+    TODO,
+    TRIAGE,
+    Board,
+    Comment,
+    Profile,
+    RunOutput,
+    Task,
+    TaskLink,
+    TaskRun,
+    utcnow,
+)
+from services.kanban.store import Effects, Release, events, new_id, runs
+from services.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    TRIAGE: frozenset({TODO, READY, ARCHIVED}),
+    TODO: frozenset({READY, BLOCKED, ARCHIVED, TRIAGE}),
+    READY: frozenset({TODO, RUNNING, BLOCKED, ARCHIVED}),
+    RUNNING: frozenset({READY, DONE, BLOCKED, ARCHIVED}),
+    BLOCKED: frozenset({READY, TODO, ARCHIVED}),
+    DONE: frozenset({ARCHIVED, READY}),
+    ARCHIVED: frozenset(),
+}
+CREATE_STATUSES = frozenset({TRIAGE, TODO, READY})
+UPDATABLE_FIELDS = frozenset(
+    {
+        "title",
+        "description",
+        "priority",
+        "command",
+        "image",
+        "env",
+        "max_runtime_seconds",
+        "labels",
+    }
+)
+MAX_TITLE = 200
+MAX_REQUEST_ID = 128
+
+
+def get(session: Session, task_id: str, *, for_update: bool = False) -> Task:
+    """Return a task.
+
+    Raises:
+        InvalidArgument: Empty id.
+        NotFound: No such task.
+    """
+    if not task_id:
+        raise InvalidArgument("task_id: required")
+    task = session.get(Task, task_id, with_for_update=for_update)
+    if task is None:
+        raise NotFound(f"task {task_id!r} not found")
+    return task
+
+
+def _validate(values: dict[str, Any]) -> None:
+    if "title" in values:
+        title = values["title"]
+        if not title.strip():
+            raise InvalidArgument("task.title: required")
+        if len(title) > MAX_TITLE:
+            raise InvalidArgument(f"task.title: at most {MAX_TITLE} characters")
+    if "command" in values and any(not isinstance(a, str) for a in values["command"]):
+        raise InvalidArgument("task.command: every argument must be a string")
+    runtime = values.get("max_runtime_seconds")
+    if runtime is not None and runtime <= 0:
+        raise InvalidArgument("task.max_runtime: must be positive")
+
+
+def waiting_on(session: Session, task_ids: Iterable[str]) -> dict[str, list[str]]:
+    """Return, per child id, its parents that are not done (only non-empty)."""
+    ids = list(task_ids)
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        stmt = (
+            select(TaskLink.child_id, TaskLink.parent_id)
+            .join(Task, Task.task_id == TaskLink.parent_id)
+            .where(TaskLink.child_id.in_(chunk), Task.status != DONE)
+            .order_by(TaskLink.child_id, TaskLink.parent_id)
+        )
+        for child, parent in session.execute(stmt):
+            out.setdefault(child, []).append(parent)
+    return out
+
+
+def parent_ids(session: Session, task_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Return, per child id, every parent id (sorted)."""
+    out: dict[str, list[str]] = {t: [] for t in task_ids}
+    if not task_ids:
+        return out
+    stmt = (
+        select(TaskLink.child_id, TaskLink.parent_id)
+        .where(TaskLink.child_id.in_(list(task_ids)))
+        .order_by(TaskLink.parent_id)
+    )
+    for child, parent in session.execute(stmt):
+        out[child].append(parent)
+    return out
+
+
+def create(
+    session: Session,
+    *,
+    values: dict[str, Any],
+    parents: Sequence[str],
+    request_id: str,
+    source: str,
+    effects: Effects,
+) -> tuple[Task, bool]:
+    """Create a task, or return the one an earlier call with ``request_id`` made.
+
+    Args:
+        session: The caller's write session.
+        values: Column values: board_id, title, status and the optional fields.
+        parents: Parent task ids to wait for.
+        request_id: Idempotency key; empty = none.
+        source: Event source.
+        effects: Collects the dispatcher wake-up.
+
+    Returns:
+        The task and whether it was deduplicated.
+
+    Raises:
+        InvalidArgument: Bad title, status, parents or command.
+        NotFound: The board or a parent does not exist.
+        AlreadyExists: ``request_id`` was used for another board.
+    """
+    board_id = values.get("board_id") or "default"
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument(f"request_id: at most {MAX_REQUEST_ID} characters")
+    if request_id:
+        existing = session.scalar(select(Task).where(Task.request_id == request_id))
+        if existing is not None:
+            if existing.board_id != board_id:
+                raise AlreadyExists(f"request_id {request_id!r} was used for another board")
+            return existing, True
+    _validate({"title": values.get("title", ""), **values})
+    status = values.get("status") or READY
+    if status not in CREATE_STATUSES:
+        raise InvalidArgument("task.status: must be TRIAGE, TODO or READY on create")
+    if session.get(Board, board_id) is None:
+        raise NotFound(f"board {board_id!r} not found")
+    unique_parents = list(dict.fromkeys(parents))
+    for parent in unique_parents:
+        if not parent:
+            raise InvalidArgument("parent_ids: empty id")
+        if session.get(Task, parent) is None:
+            raise NotFound(f"parent task {parent!r} not found")
+    now = utcnow()
+    task = Task(**{**values, "board_id": board_id, "status": status})
+    task.task_id = new_id("t")
+    task.request_id = request_id or None
+    task.create_time = task.update_time = now
+    open_parents = [
+        p
+        for p in unique_parents
+        if session.get(Task, p).status != DONE  # type: ignore[union-attr]
+    ]
+    if status == READY and open_parents:
+        task.status = TODO
+    task.ready_time = now if task.status == READY else None
+    session.add(task)
+    for parent in unique_parents:
+        session.add(TaskLink(parent_id=parent, child_id=task.task_id))
+    session.flush()
+    events.append(
+        session,
+        task_id=task.task_id,
+        board_id=board_id,
+        kind="created",
+        source=source,
+        payload={
+            "title": task.title,
+            "status": task.status,
+            "assignee": task.assignee or "",
+            "parent_ids": unique_parents,
+        },
+        now=now,
+    )
+    effects.wake = effects.wake or task.status in (READY, TODO)
+    return task, False
+
+
+def list_tasks(
+    session: Session,
+    *,
+    board_id: str,
+    statuses: Sequence[str],
+    assignee: str,
+    after: tuple[int, dt.datetime, str] | None,
+    limit: int,
+) -> list[Task]:
+    """Return tasks by priority (high first), then age, then id."""
+    stmt = select(Task)
+    if board_id:
+        stmt = stmt.where(Task.board_id == board_id)
+    if statuses:
+        stmt = stmt.where(Task.status.in_(list(statuses)))
+    if assignee:
+        stmt = stmt.where(Task.assignee == assignee)
+    if after is not None:
+        prio, created, tid = after
+        stmt = stmt.where(
+            or_(
+                Task.priority < prio,
+                and_(
+                    Task.priority == prio,
+                    or_(
+                        Task.create_time > created,
+                        and_(Task.create_time == created, Task.task_id > tid),
+                    ),
+                ),
+            )
+        )
+    stmt = stmt.order_by(Task.priority.desc(), Task.create_time, Task.task_id).limit(limit)
+    return list(session.scalars(stmt))
+
+
+def update(session: Session, task_id: str, values: dict[str, Any], *, source: str) -> Task:
+    """Change the given fields of a task.
+
+    Raises:
+        InvalidArgument: A field is unknown or output-only, or a value is bad.
+        NotFound: No such task.
+    """
+    unknown = sorted(set(values) - UPDATABLE_FIELDS)
+    if unknown:
+        raise InvalidArgument(f"update_mask: {unknown[0]!r} is unknown or output-only")
+    _validate(values)
+    task = get(session, task_id)
+    for key, value in values.items():
+        setattr(task, key, value)
+    task.update_time = utcnow()
+    events.append(
+        session,
+        task_id=task_id,
+        board_id=task.board_id,
+        kind="updated",
+        source=source,
+        payload={"fields": sorted(values)},
+    )
+    return task
+
+
+def _release_if_finished(session: Session, task: Task, effects: Effects) -> None:
+    if task.status not in (DONE, ARCHIVED) or not task.assignee:
+        return
+    profile = session.get(Profile, task.assignee)
+    if profile is not None and profile.executor == "sandbox" and not profile.keep_sandbox:
+        effects.releases.append(Release(task.task_id, task.assignee, task.sandbox_id))
+
+
+def cancel_current_run(
+    session: Session, task: Task, *, reason: str, source: str, effects: Effects
+) -> None:
+    """End the task's current run ``cancelled`` (the exec is killed after commit)."""
+    if not task.current_run_id:
+        return
+    run = session.get(TaskRun, task.current_run_id)
+    task.current_run_id = None
+    if run is None or run.status != "running":
+        return
+    runs.end_run(run, status=RUN_CANCELLED, error=reason)
+    effects.cancelled_runs.append(run.run_id)
+    events.append(
+        session,
+        task_id=task.task_id,
+        board_id=task.board_id,
+        kind="cancelled",
+        source=source,
+        payload={"reason": reason},
+        run_id=run.run_id,
+    )
+
+
+def set_status(
+    session: Session,
+    task: Task,
+    status: str,
+    *,
+    reason: str,
+    source: str,
+    effects: Effects,
+    kind: str = "moved",
+) -> None:
+    """Move ``task`` to ``status`` with an event, without checking the table."""
+    previous = task.status
+    now = utcnow()
+    if previous == RUNNING and status != RUNNING:
+        cancel_current_run(
+            session, task, reason=reason or f"moved to {status}", source=source, effects=effects
+        )
+    task.status = status
+    task.update_time = now
+    if status == READY:
+        task.ready_time = now
+        effects.wake = True
+    if status == BLOCKED:
+        task.blocked_reason = reason
+    elif previous == BLOCKED:
+        task.blocked_reason = ""
+        task.breaker_open = False
+    if status == DONE:
+        effects.wake = True  # children may be promotable
+    _release_if_finished(session, task, effects)
+    events.append(
+        session,
+        task_id=task.task_id,
+        board_id=task.board_id,
+        kind=kind,
+        source=source,
+        payload={"from": previous, "to": status, "reason": reason},
+        now=now,
+    )
+
+
+def move(
+    session: Session, task_id: str, status: str, *, reason: str, source: str, effects: Effects
+) -> Task:
+    """Move a task along the transition table.
+
+    Raises:
+        NotFound: No such task.
+        FailedPrecondition: The move is not allowed (to running by hand, or to
+            ready while parents are not done).
+    """
+    task = get(session, task_id, for_update=True)
+    if status == task.status:
+        return task
+    if status == RUNNING:
+        raise FailedPrecondition("task status: only a dispatcher or worker claim moves to running")
+    if status not in TRANSITIONS[task.status]:
+        raise FailedPrecondition(f"task {task_id!r}: cannot move from {task.status} to {status}")
+    if status == READY:
+        pending = waiting_on(session, [task_id]).get(task_id, [])
+        if pending:
+            raise FailedPrecondition(f"task {task_id!r}: parents not done: {', '.join(pending)}")
+    if status == BLOCKED and not reason.strip():
+        reason = "blocked by hand"
+    set_status(session, task, status, reason=reason, source=source, effects=effects)
+    return task
+
+
+def assign(session: Session, task_id: str, assignee: str, *, source: str, effects: Effects) -> Task:
+    """Set or clear a task's assignee.
+
+    Raises:
+        NotFound: No such task or profile.
+        FailedPrecondition: The task is running, done or archived.
+    """
+    task = get(session, task_id, for_update=True)
+    if task.status in (RUNNING, DONE, ARCHIVED):
+        raise FailedPrecondition(f"task {task_id!r} is {task.status}; cannot reassign")
+    if assignee and session.get(Profile, assignee) is None:
+        raise NotFound(f"profile {assignee!r} not found")
+    previous = task.assignee or ""
+    task.assignee = assignee or None
+    task.update_time = utcnow()
+    effects.wake = effects.wake or task.status == READY
+    events.append(
+        session,
+        task_id=task_id,
+        board_id=task.board_id,
+        kind="assigned",
+        source=source,
+        payload={"from": previous, "to": assignee},
+    )
+    return task
+
+
+def block(session: Session, task_id: str, reason: str, *, source: str, effects: Effects) -> Task:
+    """Block a task with a reason; a running task's run is cancelled.
+
+    Raises:
+        InvalidArgument: Empty reason.
+        NotFound: No such task.
+        FailedPrecondition: The task is done or archived.
+    """
+    if not reason.strip():
+        raise InvalidArgument("reason: required")
+    task = get(session, task_id, for_update=True)
+    if task.status in (DONE, ARCHIVED):
+        raise FailedPrecondition(f"task {task_id!r} is {task.status}; cannot block")
+    if task.status == BLOCKED:
+        task.blocked_reason = reason
+        return task
+    set_status(
+        session, task, BLOCKED, reason=reason, source=source, effects=effects, kind="blocked"
+    )
+    return task
+
+
+def unblock(session: Session, task_id: str, reason: str, *, source: str, effects: Effects) -> Task:
+    """Unblock a task to ready (or todo while parents are not done); reset failures.
+
+    Raises:
+        NotFound: No such task.
+        FailedPrecondition: The task is not blocked.
+    """
+    task = get(session, task_id, for_update=True)
+    if task.status != BLOCKED:
+        raise FailedPrecondition(f"task {task_id!r} is {task.status}, not blocked")
+    target = TODO if waiting_on(session, [task_id]).get(task_id) else READY
+    task.failure_count = 0
+    set_status(
+        session, task, target, reason=reason, source=source, effects=effects, kind="unblocked"
+    )
+    return task
+
+
+def _ancestors(session: Session, task_id: str) -> set[str]:
+    seen: set[str] = set()
+    frontier = [task_id]
+    while frontier:
+        stmt = select(TaskLink.parent_id).where(TaskLink.child_id.in_(frontier))
+        frontier = [p for p in session.scalars(stmt) if p not in seen]
+        seen.update(frontier)
+    return seen
+
+
+def link(session: Session, parent_id: str, child_id: str, *, source: str, effects: Effects) -> Task:
+    """Make ``child_id`` wait for ``parent_id``.
+
+    Raises:
+        InvalidArgument: A self link.
+        NotFound: Either task.
+        FailedPrecondition: A cycle, or the child is running or done.
+    """
+    if parent_id and parent_id == child_id:
+        raise InvalidArgument("child_id: a task cannot wait for itself")
+    parent = get(session, parent_id)
+    child = get(session, child_id, for_update=True)
+    if child.status in (RUNNING, DONE):
+        raise FailedPrecondition(f"task {child_id!r} is {child.status}; cannot add a parent")
+    if session.get(TaskLink, (parent_id, child_id)) is not None:
+        return child
+    if child_id in _ancestors(session, parent_id):
+        raise FailedPrecondition(f"linking {parent_id!r} -> {child_id!r} would make a cycle")
+    session.add(TaskLink(parent_id=parent_id, child_id=child_id))
+    session.flush()
+    events.append(
+        session,
+        task_id=child_id,
+        board_id=child.board_id,
+        kind="linked",
+        source=source,
+        payload={"parent_id": parent_id},
+    )
+    if child.status == READY and parent.status != DONE:
+        set_status(
+            session, child, TODO, reason=f"waiting on {parent_id}", source=source, effects=effects
+        )
+    return child
+
+
+def unlink(
+    session: Session, parent_id: str, child_id: str, *, source: str, effects: Effects
+) -> Task:
+    """Remove a link.
+
+    Raises:
+        NotFound: Either task, or the link.
+    """
+    get(session, parent_id)
+    child = get(session, child_id)
+    found = session.get(TaskLink, (parent_id, child_id))
+    if found is None:
+        raise NotFound(f"link {parent_id!r} -> {child_id!r} not found")
+    session.delete(found)
+    session.flush()
+    events.append(
+        session,
+        task_id=child_id,
+        board_id=child.board_id,
+        kind="unlinked",
+        source=source,
+        payload={"parent_id": parent_id},
+    )
+    effects.wake = effects.wake or child.status == TODO
+    return child
+
+
+def delete_task(session: Session, task_id: str, *, source: str, effects: Effects) -> None:
+    """Delete a task, its links, comments, runs and output (events stay).
+
+    Raises:
+        NotFound: No such task.
+    """
+    task = get(session, task_id, for_update=True)
+    if task.status == RUNNING:
+        cancel_current_run(session, task, reason="task deleted", source=source, effects=effects)
+    if task.assignee and task.sandbox_id:
+        profile = session.get(Profile, task.assignee)
+        if profile is not None and not profile.keep_sandbox:
+            effects.releases.append(Release(task.task_id, task.assignee, task.sandbox_id))
+    run_ids = list(session.scalars(select(TaskRun.run_id).where(TaskRun.task_id == task_id)))
+    if run_ids:
+        session.execute(delete(RunOutput).where(RunOutput.run_id.in_(run_ids)))
+    session.execute(delete(TaskRun).where(TaskRun.task_id == task_id))
+    session.execute(delete(Comment).where(Comment.task_id == task_id))
+    session.execute(
+        delete(TaskLink).where(or_(TaskLink.parent_id == task_id, TaskLink.child_id == task_id))
+    )
+    events.append(
+        session,
+        task_id=task_id,
+        board_id=task.board_id,
+        kind="deleted",
+        source=source,
+        payload={"title": task.title},
+    )
+    session.delete(task)
+    session.flush()
+    effects.wake = True  # its children may now be promotable

@@ -1,0 +1,317 @@
+"""The dispatcher: one real tick (or a dry run), and the loop that ticks.
+
+A tick reads a :mod:`~services.kanban.snapshot`, asks the pure planner for a
+:class:`~services.kanban.planner.Plan`, and applies it in the same
+exclusive write transaction (see :mod:`services.kanban.db`): reclaim,
+promote, assign defaults, trip breakers, then claim each spawned task with a
+compare-and-set that creates its run. Only after the commit are the claimed
+runs handed to the executor. A dry run builds the same snapshot in a read
+transaction and returns the plan: it writes nothing, and predicts exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from google.protobuf import timestamp_pb2
+from longshore.kanban.v1 import dispatch_pb2
+from opentelemetry import trace
+from sqlalchemy.orm import Session
+
+from services.kanban import convert, models, snapshot
+from services.kanban.db import Database
+from services.kanban.executor import RunJob, RunSink, merge_spec
+from services.kanban.planner import Plan, Readiness, ReadinessReason, plan
+from services.kanban.run_sink import DbRunSink
+from services.kanban.settings import DispatchLimits, KanbanSection
+from services.kanban.store import Effects, events, runs, tasks
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+SOURCE = "kanban.dispatcher"
+DEFAULT_ASSIGNEE_SOURCE = "kanban.default_assignee"
+
+
+class RunStarter(Protocol):
+    """What the dispatcher needs from the executor (``executor.Executor``)."""
+
+    def start(self, job: RunJob, sink: RunSink) -> None:
+        """Start a claimed run; its sink hears the rest."""
+
+    def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Kill a held run's exec."""
+
+    def release(
+        self, task_id: str, profile: str, sandbox_id: str = "", *, force: bool = True
+    ) -> object:
+        """Release a task's sandbox in the background."""
+
+
+class Dispatcher:
+    """Plans, applies and loops dispatcher ticks for one kanban process.
+
+    Args:
+        db: The database.
+        section: The `kanban` settings section.
+        limits: Interpreted caps and defaults.
+        executor: Runs sandbox runs; None = sandbox tasks fail to spawn.
+        instance: This process's id, recorded on the runs it spawns.
+        clock: Returns "now" (tests inject one).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        section: KanbanSection,
+        limits: DispatchLimits,
+        executor: RunStarter | None,
+        instance: str,
+        clock: Callable[[], dt.datetime] = models.utcnow,
+    ) -> None:
+        self._db = db
+        self._section = section
+        self.limits = limits
+        self._executor = executor
+        self.instance = instance
+        self._clock = clock
+        self._tick_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sink = DbRunSink(
+            db,
+            lease_seconds=section.claim_ttl_seconds,
+            max_output_bytes=section.run_output_max_bytes,
+            failure_limit=limits.planner.failure_limit,
+            after_commit=self.apply_effects,
+        )
+
+    # -- readiness ------------------------------------------------------
+
+    def readiness(self, session: Session, rows: Sequence[models.Task]) -> dict[str, Readiness]:
+        """Explain each task as the next tick would see it."""
+        snap = snapshot.build(session, now=self._clock(), extra_task_ids=[r.task_id for r in rows])
+        result = plan(snap, settings=self.limits.planner).readiness
+        fallback = Readiness(ReadinessReason.NOT_DISPATCHABLE)
+        return {r.task_id: result.get(r.task_id, fallback) for r in rows}
+
+    # -- one tick ---------------------------------------------------------
+
+    def tick(
+        self, *, dry_run: bool = False, board_id: str = "", max_spawn: int | None = None
+    ) -> dispatch_pb2.DispatchResult:
+        """Run one tick, or with ``dry_run`` plan one and write nothing.
+
+        Args:
+            dry_run: Plan only.
+            board_id: Only this board's tasks.
+            max_spawn: Spawn at most this many; None = the setting.
+
+        Returns:
+            Every bucket of the tick.
+        """
+        spawn_cap = max_spawn if max_spawn is not None else self.limits.max_spawn
+        with tracer.start_as_current_span("kanban.dispatch.tick", attributes={"dry_run": dry_run}):
+            now = self._clock()
+            tick_time = timestamp_pb2.Timestamp()
+            tick_time.FromDatetime(now)
+            if dry_run:
+                with self._db.read() as s:
+                    snap = snapshot.build(s, now=now, board_id=board_id)
+                    result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
+                proto = result.to_proto(dry_run=True)
+                proto.tick_time.CopyFrom(tick_time)
+                return proto
+            with self._tick_lock:
+                return self._real_tick(now, board_id, spawn_cap, tick_time)
+
+    def _real_tick(
+        self,
+        now: dt.datetime,
+        board_id: str,
+        spawn_cap: int | None,
+        tick_time: timestamp_pb2.Timestamp,
+    ) -> dispatch_pb2.DispatchResult:
+        effects = Effects()
+        jobs: list[RunJob] = []
+        with self._db.write() as s:
+            snap = snapshot.build(s, now=now, board_id=board_id)
+            result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
+            proto = result.to_proto(dry_run=False)
+            proto.tick_time.CopyFrom(tick_time)
+            self._apply(s, result, proto, jobs, effects, now)
+        self._start(jobs)
+        self.apply_effects(effects)
+        return proto
+
+    def _apply(
+        self,
+        s: Session,
+        result: Plan,
+        proto: dispatch_pb2.DispatchResult,
+        jobs: list[RunJob],
+        effects: Effects,
+        now: dt.datetime,
+    ) -> None:
+        limit = self.limits.planner.failure_limit
+        for reclaim in (*result.reclaimed, *result.crashed):
+            run = s.get(models.TaskRun, reclaim.run_id)
+            task = s.get(models.Task, reclaim.task_id)
+            if run is None or task is None or task.current_run_id != run.run_id:
+                continue
+            runs.fail(
+                s,
+                run,
+                task,
+                status=models.RUN_LOST,
+                error=reclaim.reason,
+                retryable=True,
+                failure_limit=limit,
+                source=SOURCE,
+                effects=effects,
+                reason=reclaim.reason,
+            )
+            effects.cancelled_runs.append(run.run_id)  # kill a straggling exec, if any
+        for task_id in result.promoted:
+            task = s.get(models.Task, task_id)
+            if task is not None and task.status == models.TODO:
+                tasks.set_status(
+                    s,
+                    task,
+                    models.READY,
+                    reason="parents done",
+                    source=SOURCE,
+                    effects=effects,
+                    kind="promoted",
+                )
+        for ref in result.auto_assigned_default:
+            task = s.get(models.Task, ref.task_id)
+            if task is not None and not task.assignee:
+                task.assignee = ref.assignee
+                task.update_time = now
+                events.append(
+                    s,
+                    task_id=task.task_id,
+                    board_id=task.board_id,
+                    kind="assigned",
+                    source=DEFAULT_ASSIGNEE_SOURCE,
+                    payload={"from": "", "to": ref.assignee},
+                    now=now,
+                )
+        for blocked in result.auto_blocked:
+            task = s.get(models.Task, blocked.task_id)
+            if task is None or task.status != models.READY:
+                continue  # a reclaim above already blocked it
+            task.status = models.BLOCKED
+            task.breaker_open = True
+            task.blocked_reason = blocked.reason
+            task.update_time = now
+            events.append(
+                s,
+                task_id=task.task_id,
+                board_id=task.board_id,
+                kind="gave_up",
+                source=SOURCE,
+                payload={"reason": blocked.reason},
+                now=now,
+            )
+        profiles = {p.name: p for p in s.query(models.Profile).all()} if result.spawned else {}
+        for i, ref in enumerate(result.spawned):
+            task = s.get(models.Task, ref.task_id)
+            profile = profiles.get(ref.assignee)
+            if task is None or profile is None:
+                continue
+            run = runs.claim(
+                s,
+                task,
+                profile=ref.assignee,
+                worker_id=f"kanban-executor/{self.instance}",
+                executor_instance=self.instance,
+                lease_seconds=self._section.claim_ttl_seconds,
+                source=SOURCE,
+                now=now,
+                event_kind="spawned",
+            )
+            if run is None:
+                continue
+            proto.spawned[i].run_id = run.run_id
+            jobs.append(self._job(task, profile, run.run_id))
+
+    def _job(self, task: models.Task, profile: models.Profile, run_id: str) -> RunJob:
+        timeout = (
+            task.max_runtime_seconds
+            or profile.default_max_runtime_seconds
+            or self._section.default_max_runtime_seconds
+        )
+        return RunJob(
+            run_id=run_id,
+            task_id=task.task_id,
+            profile=profile.name,
+            spec=merge_spec(convert.spec_proto(profile.sandbox_spec or {}), image=task.image),
+            command=tuple(task.command or ()),
+            timeout_seconds=float(timeout),
+            persist=True,
+            env=dict(task.env or {}),
+            trace_parent=task.trace_parent,
+        )
+
+    def _start(self, jobs: list[RunJob]) -> None:
+        for job in jobs:
+            if self._executor is None:
+                from services.kanban.executor import Outcome, OutcomeKind
+
+                self.sink.finished(
+                    job.run_id,
+                    Outcome(OutcomeKind.SPAWN_FAILED, error="no sandbox executor configured"),
+                )
+                continue
+            self._executor.start(job, self.sink)
+
+    # -- after a commit ---------------------------------------------------
+
+    def apply_effects(self, effects: Effects) -> None:
+        """Kill cancelled execs, release finished tasks' sandboxes, wake the loop."""
+        if self._executor is not None:
+            for run_id in effects.cancelled_runs:
+                self._executor.cancel(run_id, "the task left running")
+            for rel in effects.releases:
+                self._executor.release(rel.task_id, rel.profile, rel.sandbox_id, force=True)
+        if effects.wake:
+            self.wake()
+
+    # -- the loop -----------------------------------------------------------
+
+    def wake(self) -> None:
+        """Tick as soon as possible (a task may have become ready)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the loop thread: a tick every interval, and on every wake."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="kanban-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop after its current tick."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        interval = max(0.05, self._section.dispatch_interval_seconds)
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.tick()
+            except Exception:
+                log.exception("dispatcher tick failed")

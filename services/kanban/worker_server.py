@@ -1,0 +1,210 @@
+"""WorkerService servicer: external workers claim, heartbeat, stream and finish runs.
+
+ClaimTask is a compare-and-set inside an exclusive write transaction, after
+counting the profile's and the global running runs, so caps are exact even
+with several kanban replicas on one PostgreSQL. Every later call is fenced by
+``run_id``: a stale one changes nothing and is FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from longshore.kanban.v1 import worker_service_pb2 as pb
+from longshore.kanban.v1 import worker_service_pb2_grpc as pb_grpc
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.kanban import convert, models
+from services.kanban.db import Database
+from services.kanban.events_bus import EventBus
+from services.kanban.settings import DispatchLimits, KanbanSection
+from services.kanban.store import Effects, events, profiles, runs, tasks
+from services.kanban.tick import Dispatcher
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+
+MAX_WAIT_SECONDS = 60.0
+POLL_SLICE_SECONDS = 1.0
+
+
+class WorkerServicer(pb_grpc.WorkerServiceServicer):
+    """Implements ``longshore.kanban.v1.WorkerService``.
+
+    Args:
+        db: The database.
+        bus: Rings when the event log may have grown (a task may be claimable).
+        dispatcher: Applies post-commit effects.
+        section: The `kanban` settings (lease, output cap).
+        limits: Interpreted caps.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        bus: EventBus,
+        dispatcher: Dispatcher,
+        *,
+        section: KanbanSection,
+        limits: DispatchLimits,
+    ) -> None:
+        self._db = db
+        self._bus = bus
+        self._dispatcher = dispatcher
+        self._section = section
+        self._limits = limits
+
+    def _try_claim(
+        self, s: Session, profile: models.Profile, worker_id: str, board_id: str
+    ) -> tuple[models.Task, models.TaskRun] | None:
+        settings = self._limits.planner
+        cap = profile.max_in_progress or settings.max_in_progress_per_profile
+        counts = profiles.running_counts(s)
+        if cap and counts.get(profile.name, 0) >= cap:
+            return None
+        if settings.max_in_progress and sum(counts.values()) >= settings.max_in_progress:
+            return None
+        stmt = select(models.Task).where(
+            models.Task.status == models.READY,
+            models.Task.assignee == profile.name,
+            models.Task.failure_count < settings.failure_limit,
+        )
+        if board_id:
+            stmt = stmt.where(models.Task.board_id == board_id)
+        stmt = stmt.order_by(
+            models.Task.priority.desc(), models.Task.create_time, models.Task.task_id
+        ).limit(1)
+        task = s.scalar(stmt)
+        if task is None:
+            return None
+        run = runs.claim(
+            s,
+            task,
+            profile=profile.name,
+            worker_id=worker_id,
+            executor_instance="",
+            lease_seconds=self._section.claim_ttl_seconds,
+            source=f"worker:{worker_id}",
+        )
+        return (task, run) if run is not None else None
+
+    def ClaimTask(
+        self, request: pb.ClaimTaskRequest, context: grpc.ServicerContext
+    ) -> pb.ClaimTaskResponse:
+        if not request.profile:
+            raise InvalidArgument("profile: required")
+        if not request.worker_id:
+            raise InvalidArgument("worker_id: required")
+        wait = min(convert.seconds_of(request.wait, "wait"), MAX_WAIT_SECONDS)
+        with self._db.read() as s:
+            profile = profiles.get(s, request.profile)
+            if profile.executor != models.EXECUTOR_EXTERNAL:
+                raise FailedPrecondition(
+                    f"profile {request.profile!r} has executor {profile.executor}, not external"
+                )
+            if request.board_id and s.get(models.Board, request.board_id) is None:
+                raise NotFound(f"board {request.board_id!r} not found")
+        deadline = time.monotonic() + wait
+        while True:
+            version = self._bus.version
+            with self._db.write() as s:
+                profile = profiles.get(s, request.profile)
+                claimed = self._try_claim(s, profile, request.worker_id, request.board_id)
+                if claimed is not None:
+                    task, run = claimed
+                    parents = tasks.parent_ids(s, [task.task_id])[task.task_id]
+                    return pb.ClaimTaskResponse(
+                        task=convert.task(task, parents),
+                        run_id=run.run_id,
+                        lease_expire_time=convert.timestamp(run.lease_expire_time),
+                        profile=convert.profile(profile),
+                    )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not context.is_active() or self._bus.closed:
+                return pb.ClaimTaskResponse()
+            self._bus.wait(version, min(remaining, POLL_SLICE_SECONDS))
+
+    def _refuse(self, run_id: str) -> None:
+        """Raise NotFound or FailedPrecondition for a run that did not renew."""
+        with self._db.read() as s:
+            run = runs.get_run(s, run_id)
+            status = run.status
+        with self._db.write() as s:
+            run = runs.get_run(s, run_id)
+            if not events.has_event(s, run_id=run_id, kind="heartbeat_refused"):
+                task = s.get(models.Task, run.task_id)
+                events.append(
+                    s,
+                    task_id=run.task_id,
+                    board_id=task.board_id if task is not None else "",
+                    kind="heartbeat_refused",
+                    source=f"worker:{run.worker_id}",
+                    payload={"status": status},
+                    run_id=run_id,
+                )
+        raise FailedPrecondition(f"run {run_id!r} is stale: {status}")
+
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        if not request.run_id:
+            raise InvalidArgument("run_id: required")
+        with self._db.unlocked_write() as s:
+            expire = runs.heartbeat(
+                s, request.run_id, lease_seconds=self._section.claim_ttl_seconds
+            )
+        if expire is None:
+            self._refuse(request.run_id)
+        return pb.HeartbeatResponse(lease_expire_time=convert.timestamp(expire))
+
+    def AppendOutput(
+        self, request: pb.AppendOutputRequest, context: grpc.ServicerContext
+    ) -> pb.AppendOutputResponse:
+        with self._db.unlocked_write() as s:
+            run = runs.append_output(
+                s, request.run_id, request.data, max_bytes=self._section.run_output_max_bytes
+            )
+            return pb.AppendOutputResponse(
+                output_bytes=run.output_bytes, truncated=run.output_truncated
+            )
+
+    def CompleteTask(
+        self, request: pb.CompleteTaskRequest, context: grpc.ServicerContext
+    ) -> pb.CompleteTaskResponse:
+        effects = Effects()
+        with self._db.write() as s:
+            run, _task = runs.fenced(s, request.run_id, lock=True)
+            task = runs.complete(
+                s,
+                request.run_id,
+                summary=request.summary,
+                source=f"worker:{run.worker_id}",
+                effects=effects,
+            )
+            msg = convert.task(task, tasks.parent_ids(s, [task.task_id])[task.task_id])
+        self._dispatcher.apply_effects(effects)
+        return pb.CompleteTaskResponse(task=msg)
+
+    def FailTask(
+        self, request: pb.FailTaskRequest, context: grpc.ServicerContext
+    ) -> pb.FailTaskResponse:
+        if not request.error.strip():
+            raise InvalidArgument("error: required")
+        effects = Effects()
+        with self._db.write() as s:
+            run, task = runs.fenced(s, request.run_id, lock=True)
+            outcome = runs.fail(
+                s,
+                run,
+                task,
+                status=models.RUN_FAILED,
+                error=request.error,
+                retryable=request.retryable,
+                failure_limit=self._limits.planner.failure_limit,
+                source=f"worker:{run.worker_id}",
+                effects=effects,
+                exit_code=request.exit_code or None,
+            )
+            msg = convert.task(outcome.task, tasks.parent_ids(s, [task.task_id])[task.task_id])
+        self._dispatcher.apply_effects(effects)
+        return pb.FailTaskResponse(task=msg, blocked=outcome.blocked)
