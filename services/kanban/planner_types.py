@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from longshore.kanban.v1 import dispatch_pb2, task_pb2
 
@@ -174,16 +175,16 @@ class PlannerSettings:
     failure_limit: int = 2
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRef:
+# The bucket entries are named tuples: a 10,000-task plan makes 10,000 of them,
+# and a tuple is built twice as fast as a frozen dataclass.
+class TaskRef(NamedTuple):
     """A task a bucket names, with the assignee involved (``""`` when none)."""
 
     task_id: str
     assignee: str
 
 
-@dataclass(frozen=True, slots=True)
-class CappedRef:
+class CappedRef(NamedTuple):
     """A ready task deferred because its assignee has ``running`` of ``cap`` running."""
 
     task_id: str
@@ -192,16 +193,14 @@ class CappedRef:
     cap: int
 
 
-@dataclass(frozen=True, slots=True)
-class BlockedRef:
+class BlockedRef(NamedTuple):
     """A task the failure breaker blocks in this tick, and why."""
 
     task_id: str
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class ReclaimRef:
+class ReclaimRef(NamedTuple):
     """A run taken back in this tick; ``blocked`` when it tripped the breaker."""
 
     task_id: str
