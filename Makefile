@@ -63,5 +63,18 @@ bench: bootstrap ## Run the benchmarks under bench/ and write bench/results/
 	bash scripts/ensure-docker.sh
 	$(PY) -m bench
 
+.PHONY: base-image images
+base-image: ## Build the local Python base image once when the official slim image cannot be pulled
+	bash scripts/base-image.sh >/dev/null
+
+images: ## Build the four service images (wheels built on the host; base from base-image)
+	bash scripts/compose-images.sh
+
+up: ## Run the system with compose: install what is missing, build, start, wait, print addresses (PROFILES="postgres tracing")
+	PROFILES="$(PROFILES)" bash scripts/compose-up.sh
+
+down: ## Stop the compose stack (VOLUMES=1 also removes its volumes and sandboxes)
+	VOLUMES="$(VOLUMES)" bash scripts/compose-down.sh
+
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache
