@@ -148,12 +148,11 @@ def page_size(value: int) -> int:
 
 def encode_page_token(info: SandboxInfo) -> str:
     """An opaque cursor after ``info`` in newest-first order."""
-    created = info.create_time.timestamp() if info.create_time else 0.0
-    raw = json.dumps({"c": created, "i": info.sandbox_id}).encode()
+    raw = json.dumps({"c": info.created_ns, "i": info.sandbox_id}).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def decode_page_token(token: str) -> tuple[float, str] | None:
+def decode_page_token(token: str) -> tuple[int, str] | None:
     """The cursor of a page token (None for the first page).
 
     Raises:
@@ -163,7 +162,7 @@ def decode_page_token(token: str) -> tuple[float, str] | None:
         return None
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return float(data["c"]), str(data["i"])
+        return int(data["c"]), str(data["i"])
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise InvalidArgument("page_token: not a token from a previous response") from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ DEPLOYMENT = PREFIX + "deployment"
 PERSIST = PREFIX + "persist"
 OWNER = PREFIX + "owner"
 CONFIG_HASH = PREFIX + "config-hash"
+#: Creation time in nanoseconds: the engine's list reports whole seconds only,
+#: and "newest first" must be exact without an inspect per container.
+CREATED_NS = PREFIX + "created-ns"
 
 MAX_VALUE_LENGTH = 63
 UNKNOWN = "unknown"
@@ -110,9 +114,11 @@ def sandbox_labels(
     persist: bool,
     owner: str,
     config_hash: str,
+    created_ns: int = 0,
 ) -> dict[str, str]:
     """Returns the full label set of a new sandbox."""
     return {
+        CREATED_NS: str(created_ns or time.time_ns()),
         MANAGED: "1",
         TASK_ID: sanitize(task_id),
         PROFILE: sanitize(profile),
@@ -160,3 +166,9 @@ def config_hash(
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def created_ns(values: Mapping[str, str], fallback_seconds: float = 0.0) -> int:
+    """The creation time in ns from the labels, else from the engine's seconds."""
+    raw = values.get(CREATED_NS, "")
+    return int(raw) if raw.isdigit() else int(fallback_seconds * 1_000_000_000)

@@ -158,7 +158,13 @@ class SandboxManager:
             found = self.api.containers(all=True, filters=filters)
         if not found:
             return self._create_persistent(task_id, profile, spec, Outcome.CREATED, "")
-        found.sort(key=lambda c: (c.get("State") == "running", c.get("Created", 0)), reverse=True)
+        found.sort(
+            key=lambda c: (
+                c.get("State") == "running",
+                labels.created_ns(c.get("Labels") or {}, c.get("Created", 0)),
+            ),
+            reverse=True,
+        )
         current = found[0]
         cid = str(current["Id"])
         old_hash = (current.get("Labels") or {}).get(labels.CONFIG_HASH, "")
@@ -333,35 +339,39 @@ class SandboxManager:
         with engine_call("containers.list", profile=profile or None):
             rows = self.api.containers(all=True, filters=filters)
         infos = [self._info_from_list(r) for r in rows]
-        infos.sort(key=lambda i: (i.create_time or datetime.min.replace(tzinfo=UTC), i.sandbox_id))
-        infos.reverse()
+        infos.sort(key=lambda i: (i.created_ns, i.sandbox_id), reverse=True)
         return infos
 
     def _info_from_list(self, row: Mapping[str, Any]) -> SandboxInfo:
         names = row.get("Names") or [""]
         created = row.get("Created")
+        lbl = dict(row.get("Labels") or {})
         return SandboxInfo(
             sandbox_id=str(row["Id"]),
             name=str(names[0]).lstrip("/"),
             state=str(row.get("State", "")),
             image=str(row.get("Image", "")),
-            labels=dict(row.get("Labels") or {}),
+            labels=lbl,
             create_time=datetime.fromtimestamp(created, UTC) if created else None,
             last_used_time=self.last_used(str(row["Id"])),
+            created_ns=labels.created_ns(lbl, created or 0),
         )
 
     def _info_from_inspect(self, data: Mapping[str, Any]) -> SandboxInfo:
         state = data.get("State") or {}
+        lbl = dict((data.get("Config") or {}).get("Labels") or {})
+        created = parse_docker_time(str(data.get("Created", "")))
         return SandboxInfo(
             sandbox_id=str(data["Id"]),
             name=str(data.get("Name", "")).lstrip("/"),
             state=str(state.get("Status", "")),
             image=str((data.get("Config") or {}).get("Image", "")),
-            labels=dict((data.get("Config") or {}).get("Labels") or {}),
-            create_time=parse_docker_time(str(data.get("Created", ""))),
+            labels=lbl,
+            create_time=created,
             start_time=parse_docker_time(str(state.get("StartedAt", ""))),
             finish_time=parse_docker_time(str(state.get("FinishedAt", ""))),
             last_used_time=self.last_used(str(data["Id"])),
+            created_ns=labels.created_ns(lbl, created.timestamp() if created else 0.0),
         )
 
     # ---- exec ----------------------------------------------------------------------

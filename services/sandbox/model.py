@@ -91,6 +91,7 @@ class SandboxInfo:
     start_time: datetime | None = None
     finish_time: datetime | None = None
     last_used_time: datetime | None = None
+    created_ns: int = 0
 
 
 @dataclass(frozen=True)

@@ -66,12 +66,7 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         )
         if cursor is not None:
             created, last_id = cursor
-            infos = [
-                i
-                for i in infos
-                if ((i.create_time.timestamp() if i.create_time else 0.0), i.sandbox_id)
-                < (created, last_id)
-            ]
+            infos = [i for i in infos if (i.created_ns, i.sandbox_id) < (created, last_id)]
         page = infos[:size]
         token = convert.encode_page_token(page[-1]) if len(infos) > size else ""
         return sandbox_service_pb2.ListSandboxesResponse(
