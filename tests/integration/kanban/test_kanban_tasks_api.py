@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
-from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.kanban.v1 import board_pb2, task_pb2
+from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.kanban.v1 import worker_service_pb2 as wpb
 
 from tests.integration.kanban.conftest import Kanban
