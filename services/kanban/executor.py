@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 
 @dataclass(eq=False)
@@ -77,6 +76,7 @@ class Executor:
             outcome says ``truncated``.
         heartbeats: Start the background heartbeat thread (tests turn it off
             and call :meth:`heartbeat_once`).
+        tracer_provider: Provider of the run spans; the global one by default.
     """
 
     def __init__(
@@ -87,8 +87,10 @@ class Executor:
         heartbeat_interval: float = 10.0,
         max_output_bytes: int = 1 << 20,
         heartbeats: bool = True,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._sandboxes = sandboxes
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._max_output = max_output_bytes
         self._interval = heartbeat_interval
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="kanban-run")
@@ -253,7 +255,7 @@ class Executor:
             context = (
                 propagate.extract({"traceparent": job.trace_parent}) if job.trace_parent else None
             )
-            with tracer.start_as_current_span(
+            with self._tracer.start_as_current_span(
                 "kanban.run",
                 context=context,
                 attributes={

@@ -23,6 +23,7 @@ from typing import Protocol
 import grpc
 from google.protobuf import duration_pb2
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2, sandbox_service_pb2_grpc
+from opentelemetry import trace
 
 from services.runtime.channels import open_channel
 
@@ -280,8 +281,9 @@ class SandboxClient:
         exec_grace: Added to an exec's own timeout for the call's deadline, so
             the service's timeout (which kills the process tree and reports
             ``timed_out``) fires first.
+        tracer_provider: Provider of the client spans; the global one by default.
         channel_factory: Opens a channel (tests may inject one); defaults to
-            ``open_channel(addr, internal_token=...)``.
+            ``open_channel(addr, internal_token=..., tracer_provider=...)``.
     """
 
     def __init__(
@@ -292,10 +294,13 @@ class SandboxClient:
         acquire_timeout: float = 120.0,
         call_timeout: float = 10.0,
         exec_grace: float = 30.0,
+        tracer_provider: trace.TracerProvider | None = None,
         channel_factory: Callable[[], grpc.Channel] | None = None,
     ) -> None:
         self._factory = channel_factory or (
-            lambda: open_channel(addr, internal_token=internal_token)
+            lambda: open_channel(
+                addr, internal_token=internal_token, tracer_provider=tracer_provider
+            )
         )
         self._channel = self._factory()
         self._stub = sandbox_service_pb2_grpc.SandboxServiceStub(self._channel)
