@@ -11,6 +11,7 @@ import contextlib
 import logging
 import mimetypes
 import re
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -228,14 +229,23 @@ class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], app: Dashboard) -> None:
-        self.app = app
-        family_host = address[0]
-        if ":" in family_host:
-            import socket
-
+    def __init__(self, address: tuple[str, int], app: Dashboard | None = None) -> None:
+        # Bound before the app exists so the gate learns the real port (port 0 in tests).
+        self._app = app
+        if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    @property
+    def app(self) -> Dashboard:
+        """The application serving requests."""
+        if self._app is None:
+            raise RuntimeError("DashboardServer has no app yet")
+        return self._app
+
+    @app.setter
+    def app(self, value: Dashboard) -> None:
+        self._app = value
 
     @property
     def port(self) -> int:

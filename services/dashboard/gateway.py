@@ -1,8 +1,11 @@
 """The dashboard's only backend: the gateway, reached with the dashboard's key.
 
-Every call carries ``authorization: Bearer <dashboard api key>`` (added by the
-channel) and an explicit deadline. Streams (events, run output) are returned
-as gRPC call objects so a view can cancel them when the browser goes away.
+Every call carries ``authorization: Bearer <dashboard api key>`` and an
+explicit deadline. Streams (events, run output) go over a second, plain
+channel so that they return real gRPC call objects a view can ``cancel()``
+when the browser goes away (the instrumented channel wraps server streams in
+generators, which cannot be cancelled from another thread); their trace
+context is injected into the metadata by hand.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from longshore.kanban.v1 import (
     task_pb2,
 )
 from longshore.sandbox.v1 import sandbox_service_pb2_grpc
+from opentelemetry import propagate
 
 from services.runtime.channels import open_channel
 
@@ -32,37 +36,34 @@ class GatewayClient:
         address: The gateway's ``host:port``.
         api_key: The dashboard's own gateway API key ("" sends none).
         timeout: Deadline of each unary call, in seconds.
-        channel: An existing channel (tests); ``address`` is ignored then.
     """
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        api_key: str,
-        timeout: float = 10.0,
-        channel: grpc.Channel | None = None,
-    ) -> None:
-        metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
+    def __init__(self, address: str, *, api_key: str, timeout: float = 10.0) -> None:
+        self._metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
         self.address = address
-        self._channel = channel or open_channel(address, metadata=metadata)
-        self._own_metadata = metadata if channel is not None else []
         self.timeout = timeout
+        self._channel = open_channel(address, metadata=self._metadata)
+        self._stream_channel = grpc.insecure_channel(address)
         self.kanban = kanban_service_pb2_grpc.KanbanServiceStub(self._channel)
         self.sandbox = sandbox_service_pb2_grpc.SandboxServiceStub(self._channel)
         self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
+        self._kanban_streams = kanban_service_pb2_grpc.KanbanServiceStub(self._stream_channel)
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channels."""
         self._channel.close()
+        self._stream_channel.close()
 
     def call(self, method: Any, request: Any) -> Any:
-        """Call a unary stub method with the deadline and the dashboard's key."""
-        return method(request, timeout=self.timeout, metadata=self._own_metadata or None)
+        """Call a unary stub method with the deadline (the channel adds the key)."""
+        return method(request, timeout=self.timeout)
 
     def stream(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        """Start a server-streaming call; the result is iterable and cancellable."""
-        return method(request, timeout=timeout, metadata=self._own_metadata or None)
+        """Start a server-streaming call on the plain channel; it is cancellable."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        metadata = tuple(self._metadata) + tuple(carrier.items())
+        return method(request, timeout=timeout, metadata=metadata)
 
     # Status -----------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class GatewayClient:
         request = kanban_service_pb2.WatchEventsRequest(
             since_event_id=since, board_id=board_id, task_id=task_id
         )
-        return self.stream(self.kanban.WatchEvents, request)  # type: ignore[no-any-return]
+        return self.stream(self._kanban_streams.WatchEvents, request)  # type: ignore[no-any-return]
 
     def stream_output(
         self, *, task_id: str, run_id: str, offset: int
@@ -134,4 +135,4 @@ class GatewayClient:
         request = kanban_service_pb2.StreamRunOutputRequest(
             task_id=task_id, run_id=run_id, offset=offset, follow=True
         )
-        return self.stream(self.kanban.StreamRunOutput, request)  # type: ignore[no-any-return]
+        return self.stream(self._kanban_streams.StreamRunOutput, request)  # type: ignore[no-any-return]

@@ -95,8 +95,9 @@ def build_dashboard(
     proxy = None
     if section.trusted_proxy_header:
         proxy = ProxyAuth(section.trusted_proxy_header, section.trusted_proxies)
+    server = DashboardServer((host, port))
     gate = Gate(
-        GateConfig(mode=mode, port=port, bind_host=host, methods=methods),
+        GateConfig(mode=mode, port=server.port, bind_host=host, methods=methods),
         sessions=sessions,
         proxy=proxy,
     )
@@ -125,7 +126,7 @@ def build_dashboard(
     router = Router()
     register_all(router, ctx)
     app = Dashboard(gate, router, hub)
-    server = DashboardServer((host, port), app)
+    server.app = app
     log.info(
         "dashboard ready",
         extra={"listen": section.listen, "mode": mode.value, "login_methods": methods.names()},
