@@ -18,7 +18,7 @@ def main() -> None:
     settings = load_settings(SandboxSettings)
     section = settings.sandbox
     configure_logging("sandbox", settings.log_level)
-    configure_tracing("sandbox", endpoint=settings.otel_endpoint)
+    tracer_provider = configure_tracing("sandbox", endpoint=settings.otel_endpoint)
     client = create_client(
         timeout=section.docker_timeout_seconds,
         pool_size=section.max_workers + section.cleanup_workers + section.reap_workers + 4,
@@ -39,6 +39,7 @@ def main() -> None:
 
     server.add_shutdown_hook(drain_cleanups)
     server.add_shutdown_hook(client.close)
+    server.add_shutdown_hook(tracer_provider.shutdown)
     server.start()
     reaper.start()
     server.serve_until_signal()
