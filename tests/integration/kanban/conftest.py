@@ -41,11 +41,13 @@ class FakeExecutor:
     released: list[tuple[str, str, str]] = field(default_factory=list)
     sink: RunSink | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    started: threading.Event = field(default_factory=threading.Event)
 
     def start(self, job: RunJob, sink: RunSink) -> None:
         with self.lock:
             self.jobs.append(job)
             self.sink = sink
+        self.started.set()
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
         with self.lock:
