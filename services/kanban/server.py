@@ -23,7 +23,7 @@ from services.kanban import convert, models, pagination
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.server_runs import RunReads
-from services.kanban.store import Effects, boards, comments, events, profiles, tasks
+from services.kanban.store import Effects, boards, comments, events, links, profiles, tasks
 from services.kanban.tick import Dispatcher
 from services.runtime.errors import InvalidArgument
 
@@ -210,7 +210,7 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
                 source=SOURCE,
                 effects=effects,
             )
-            parents = tasks.parent_ids(s, [row.task_id])[row.task_id]
+            parents = links.parent_ids(s, [row.task_id])[row.task_id]
             msg = convert.task(row, parents)
         self._after(effects)
         return pb.CreateTaskResponse(task=msg, deduplicated=dedup)
@@ -220,7 +220,7 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
     ) -> pb.GetTaskResponse:
         with self._db.read() as s:
             row = tasks.get(s, request.task_id)
-            parents = tasks.parent_ids(s, [row.task_id])[row.task_id]
+            parents = links.parent_ids(s, [row.task_id])[row.task_id]
             readiness = self._dispatcher.readiness(s, [row])[row.task_id].to_proto()
             return pb.GetTaskResponse(task=convert.task(row, parents, readiness))
 
@@ -248,7 +248,7 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
                 limit=size + 1,
             )
             page = rows[:size]
-            parents = tasks.parent_ids(s, [r.task_id for r in page])
+            parents = links.parent_ids(s, [r.task_id for r in page])
             readiness = self._dispatcher.readiness(s, page) if request.include_readiness else {}
             token = ""
             if len(rows) > size:
@@ -277,7 +277,7 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
         values = convert.task_values(request.task, paths)
         with self._db.write() as s:
             row = tasks.update(s, request.task.task_id, values, source=SOURCE)
-            parents = tasks.parent_ids(s, [row.task_id])[row.task_id]
+            parents = links.parent_ids(s, [row.task_id])[row.task_id]
             return pb.UpdateTaskResponse(task=convert.task(row, parents))
 
     def DeleteTask(
@@ -290,7 +290,7 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
         return pb.DeleteTaskResponse()
 
     def _changed(self, s: Session, row: models.Task) -> task_pb2.Task:
-        return convert.task(row, tasks.parent_ids(s, [row.task_id])[row.task_id])
+        return convert.task(row, links.parent_ids(s, [row.task_id])[row.task_id])
 
     def MoveTask(
         self, request: pb.MoveTaskRequest, context: grpc.ServicerContext
@@ -340,7 +340,7 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
     ) -> pb.LinkTasksResponse:
         effects = Effects()
         with self._db.write() as s:
-            row = tasks.link(s, request.parent_id, request.child_id, source=SOURCE, effects=effects)
+            row = links.link(s, request.parent_id, request.child_id, source=SOURCE, effects=effects)
             msg = self._changed(s, row)
         self._after(effects)
         return pb.LinkTasksResponse(child=msg)
@@ -350,7 +350,7 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
     ) -> pb.UnlinkTasksResponse:
         effects = Effects()
         with self._db.write() as s:
-            row = tasks.unlink(
+            row = links.unlink(
                 s, request.parent_id, request.child_id, source=SOURCE, effects=effects
             )
             msg = self._changed(s, row)

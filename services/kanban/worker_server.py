@@ -20,7 +20,7 @@ from services.kanban import convert, models
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, events, profiles, runs, tasks
+from services.kanban.store import Effects, events, links, profiles, runs
 from services.kanban.tick import Dispatcher
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -112,7 +112,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 claimed = self._try_claim(s, profile, request.worker_id, request.board_id)
                 if claimed is not None:
                     task, run = claimed
-                    parents = tasks.parent_ids(s, [task.task_id])[task.task_id]
+                    parents = links.parent_ids(s, [task.task_id])[task.task_id]
                     return pb.ClaimTaskResponse(
                         task=convert.task(task, parents),
                         run_id=run.run_id,
@@ -181,7 +181,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 source=f"worker:{run.worker_id}",
                 effects=effects,
             )
-            msg = convert.task(task, tasks.parent_ids(s, [task.task_id])[task.task_id])
+            msg = convert.task(task, links.parent_ids(s, [task.task_id])[task.task_id])
         self._dispatcher.apply_effects(effects)
         return pb.CompleteTaskResponse(task=msg)
 
@@ -205,6 +205,6 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 effects=effects,
                 exit_code=request.exit_code or None,
             )
-            msg = convert.task(outcome.task, tasks.parent_ids(s, [task.task_id])[task.task_id])
+            msg = convert.task(outcome.task, links.parent_ids(s, [task.task_id])[task.task_id])
         self._dispatcher.apply_effects(effects)
         return pb.FailTaskResponse(task=msg, blocked=outcome.blocked)

@@ -5,7 +5,7 @@ block, link, delete. The transition table here is the one in task.proto.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, select
@@ -29,7 +29,7 @@ from services.kanban.models import (
     TaskRun,
     utcnow,
 )
-from services.kanban.store import Effects, Release, events, new_id, runs
+from services.kanban.store import Effects, Release, events, links, new_id, runs
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -90,38 +90,6 @@ def _validate(values: dict[str, Any]) -> None:
     runtime = values.get("max_runtime_seconds")
     if runtime is not None and runtime <= 0:
         raise InvalidArgument("task.max_runtime: must be positive")
-
-
-def waiting_on(session: Session, task_ids: Iterable[str]) -> dict[str, list[str]]:
-    """Return, per child id, its parents that are not done (only non-empty)."""
-    ids = list(task_ids)
-    out: dict[str, list[str]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        stmt = (
-            select(TaskLink.child_id, TaskLink.parent_id)
-            .join(Task, Task.task_id == TaskLink.parent_id)
-            .where(TaskLink.child_id.in_(chunk), Task.status != DONE)
-            .order_by(TaskLink.child_id, TaskLink.parent_id)
-        )
-        for child, parent in session.execute(stmt):
-            out.setdefault(child, []).append(parent)
-    return out
-
-
-def parent_ids(session: Session, task_ids: Sequence[str]) -> dict[str, list[str]]:
-    """Return, per child id, every parent id (sorted)."""
-    out: dict[str, list[str]] = {t: [] for t in task_ids}
-    if not task_ids:
-        return out
-    stmt = (
-        select(TaskLink.child_id, TaskLink.parent_id)
-        .where(TaskLink.child_id.in_(list(task_ids)))
-        .order_by(TaskLink.parent_id)
-    )
-    for child, parent in session.execute(stmt):
-        out[child].append(parent)
-    return out
 
 
 def create(
@@ -358,7 +326,7 @@ def move(
     if status not in TRANSITIONS[task.status]:
         raise FailedPrecondition(f"task {task_id!r}: cannot move from {task.status} to {status}")
     if status == READY:
-        pending = waiting_on(session, [task_id]).get(task_id, [])
+        pending = links.waiting_on(session, [task_id]).get(task_id, [])
         if pending:
             raise FailedPrecondition(f"task {task_id!r}: parents not done: {', '.join(pending)}")
     if status == BLOCKED and not reason.strip():
@@ -426,84 +394,12 @@ def unblock(session: Session, task_id: str, reason: str, *, source: str, effects
     task = get(session, task_id, for_update=True)
     if task.status != BLOCKED:
         raise FailedPrecondition(f"task {task_id!r} is {task.status}, not blocked")
-    target = TODO if waiting_on(session, [task_id]).get(task_id) else READY
+    target = TODO if links.waiting_on(session, [task_id]).get(task_id) else READY
     task.failure_count = 0
     set_status(
         session, task, target, reason=reason, source=source, effects=effects, kind="unblocked"
     )
     return task
-
-
-def _ancestors(session: Session, task_id: str) -> set[str]:
-    seen: set[str] = set()
-    frontier = [task_id]
-    while frontier:
-        stmt = select(TaskLink.parent_id).where(TaskLink.child_id.in_(frontier))
-        frontier = [p for p in session.scalars(stmt) if p not in seen]
-        seen.update(frontier)
-    return seen
-
-
-def link(session: Session, parent_id: str, child_id: str, *, source: str, effects: Effects) -> Task:
-    """Make ``child_id`` wait for ``parent_id``.
-
-    Raises:
-        InvalidArgument: A self link.
-        NotFound: Either task.
-        FailedPrecondition: A cycle, or the child is running or done.
-    """
-    if parent_id and parent_id == child_id:
-        raise InvalidArgument("child_id: a task cannot wait for itself")
-    parent = get(session, parent_id)
-    child = get(session, child_id, for_update=True)
-    if child.status in (RUNNING, DONE):
-        raise FailedPrecondition(f"task {child_id!r} is {child.status}; cannot add a parent")
-    if session.get(TaskLink, (parent_id, child_id)) is not None:
-        return child
-    if child_id in _ancestors(session, parent_id):
-        raise FailedPrecondition(f"linking {parent_id!r} -> {child_id!r} would make a cycle")
-    session.add(TaskLink(parent_id=parent_id, child_id=child_id))
-    session.flush()
-    events.append(
-        session,
-        task_id=child_id,
-        board_id=child.board_id,
-        kind="linked",
-        source=source,
-        payload={"parent_id": parent_id},
-    )
-    if child.status == READY and parent.status != DONE:
-        set_status(
-            session, child, TODO, reason=f"waiting on {parent_id}", source=source, effects=effects
-        )
-    return child
-
-
-def unlink(
-    session: Session, parent_id: str, child_id: str, *, source: str, effects: Effects
-) -> Task:
-    """Remove a link.
-
-    Raises:
-        NotFound: Either task, or the link.
-    """
-    get(session, parent_id)
-    child = get(session, child_id)
-    found = session.get(TaskLink, (parent_id, child_id))
-    if found is None:
-        raise NotFound(f"link {parent_id!r} -> {child_id!r} not found")
-    session.delete(found)
-    session.flush()
-    events.append(
-        session,
-        task_id=child_id,
-        board_id=child.board_id,
-        kind="unlinked",
-        source=source,
-        payload={"parent_id": parent_id},
-    )
-    effects.wake = effects.wake or child.status == TODO
-    return child
 
 
 def delete_task(session: Session, task_id: str, *, source: str, effects: Effects) -> None:
