@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import docker
 from services.kanban.executor import Executor, Outcome, OutcomeKind, RunJob
 from services.kanban.sandbox_client import FailureKind, SandboxClient
+from services.runtime.testing import RunningServer
 from services.sandbox import labels
 from tests.support.net import free_port
 from tests.unit.kanban_executor.fakes import RecordingSink
@@ -236,3 +237,17 @@ def test_run_and_sandbox_calls_join_the_task_trace(
         assert format(child.context.trace_id, "032x") == trace_id
         assert child.parent is not None
         assert child.parent.span_id == run_span.context.span_id
+
+
+def test_a_client_without_the_internal_token_is_refused(
+    sandbox_service: RunningServer, sandbox_image: str
+) -> None:
+    client = SandboxClient(sandbox_service.address, acquire_timeout=10)
+    executor = Executor(client, heartbeats=False)
+    try:
+        outcome = run(executor, make_job(sandbox_image, ["true"]))
+    finally:
+        executor.shutdown(wait=True)
+        client.close()
+    assert outcome.kind is OutcomeKind.SPAWN_FAILED
+    assert outcome.failure_kind is FailureKind.OTHER
