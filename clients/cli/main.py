@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_ERROR
+    except Exception as exc:  # a bug, not a user error: still one line, no traceback
+        out.warn(f"error: unexpected {type(exc).__name__}: {exc} (please report this)")
+        return EXIT_ERROR
     return code
 
 

@@ -72,7 +72,7 @@ def _register_queries(cmds: Any) -> None:
 
     logs = cmds.add_parser("logs", help="print a run's output")
     logs.add_argument("task_id")
-    logs.add_argument("--run", default="", help="run id (default: the latest)")
+    logs.add_argument("--run", dest="run_id", default="", help="run id (default: the latest)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until it ends")
     logs.set_defaults(run=_logs)
 
@@ -306,7 +306,7 @@ def _rm(args: argparse.Namespace, ctx: Context) -> int:
 
 def _logs(args: argparse.Namespace, ctx: Context) -> int:
     request = kanban_service_pb2.StreamRunOutputRequest(
-        run_id=args.run, task_id=args.task_id, follow=args.follow
+        run_id=args.run_id, task_id=args.task_id, follow=args.follow
     )
     # A follow may last as long as the run; plain reads get the usual deadline.
     timeout = None if args.follow else ctx.config.timeout
