@@ -1,7 +1,7 @@
 #!/bin/sh
 # Build stage of every service image: creates the venv /opt/longshore and installs
 # the project's runtime dependencies (read from pyproject.toml) into it. When the
-# host built wheels into docker/wheels/ (scripts/compose-wheels.sh) they are the
+# host built wheels into deploy/wheels/ (scripts/compose-wheels.sh) they are the
 # only source (`--no-index`: no network needed); otherwise pip uses the index.
 set -eu
 python3 -m venv /opt/longshore

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # Builds, on the host, every wheel the service images install (the project's
-# runtime dependencies plus the build backend) into docker/wheels/, so that the
+# runtime dependencies plus the build backend) into deploy/wheels/, so that the
 # image build installs them with `pip --no-index` and never needs the network
 # (containers here reach package registries only through a proxy whose CA the
 # base image does not trust). Skips the work when the cache matches pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=docker/wheels
+out=deploy/wheels
 
 # A Python of the base image's minor (3.11) builds the wheels: the project venv
 # when there is one, else a throwaway venv (a fresh machine running `make up`).
 py=${PY:-.venv/bin/python}
 if [ ! -x "$py" ]; then
-  py=docker/.wheel-venv/bin/python
+  py=deploy/.wheel-venv/bin/python
   if [ ! -x "$py" ]; then
-    python3 -m venv docker/.wheel-venv 2>/dev/null || {
+    python3 -m venv deploy/.wheel-venv 2>/dev/null || {
       [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-      python3 -m venv docker/.wheel-venv
+      python3 -m venv deploy/.wheel-venv
     }
   fi
 fi
