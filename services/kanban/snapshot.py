@@ -8,9 +8,10 @@ task says about itself is exactly what the next tick would do.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import DateTime, String, func, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
 from services.kanban import models
@@ -25,35 +26,47 @@ from services.kanban.planner import (
     TaskView,
 )
 
-_TASK_COLUMNS = (
-    Task.task_id,
-    Task.board_id,
-    Task.status,
-    Task.assignee,
-    Task.priority,
-    Task.create_time,
-    Task.failure_count,
-    Task.breaker_open,
-    Task.blocked_reason,
-)
+_STATUS = {status.value: status for status in TaskStatus}
 
 
-def _view(row: Sequence[object], waiting: dict[str, list[str]]) -> TaskView:
-    task_id, board_id, status, assignee, priority, created, failures, breaker, reason = row
-    assert isinstance(task_id, str)
-    assert isinstance(created, dt.datetime)
-    return TaskView(
-        task_id=task_id,
-        board_id=str(board_id),
-        status=TaskStatus(str(status)),
-        assignee=str(assignee or ""),
-        priority=int(priority),  # type: ignore[call-overload]
-        create_time=created,
-        waiting_on=tuple(waiting.get(task_id, ())),
-        failure_count=int(failures),  # type: ignore[call-overload]
-        breaker_open=bool(breaker),
-        last_error=str(reason or ""),
+def _task_columns(dialect: str) -> tuple[Any, ...]:
+    # The hot path reads 10,000 rows: skip the ORM and the aware-UTC type
+    # decorator. The planner only compares create times within one snapshot,
+    # so SQLite's naive UTC text (parsed in C) and PostgreSQL's aware values
+    # (decoded by psycopg) both work, as long as one snapshot uses one kind.
+    created: Any = (
+        type_coerce(Task.create_time, String)
+        if dialect == "sqlite"
+        else type_coerce(Task.create_time, DateTime(timezone=True))
     )
+    return (
+        Task.task_id,
+        Task.board_id,
+        Task.status,
+        Task.assignee,
+        Task.priority,
+        created,
+        Task.failure_count,
+        Task.breaker_open,
+        Task.blocked_reason,
+    )
+
+
+def _views(rows: Iterable[Any], waiting: dict[str, list[str]], out: dict[str, TaskView]) -> None:
+    parse = dt.datetime.fromisoformat
+    for task_id, board_id, status, assignee, priority, created, failures, breaker, reason in rows:
+        out[task_id] = TaskView(
+            task_id,
+            board_id,
+            _STATUS[status],
+            assignee or "",
+            priority,
+            parse(created) if isinstance(created, str) else created,
+            tuple(waiting[task_id]) if task_id in waiting else (),
+            failures,
+            bool(breaker),
+            reason or "",
+        )
 
 
 def profile_views(session: Session) -> dict[str, ProfileView]:
@@ -111,15 +124,17 @@ def build(
         reclaims.append(ReclaimView(task_id, run_id, profile, kind))
         reclaim_tasks.append(task_id)
 
-    stmt = select(*_TASK_COLUMNS).where(Task.status.in_([READY, TODO]))
+    conn = session.connection()
+    columns = _task_columns(conn.dialect.name)
+    stmt = select(*columns).where(Task.status.in_([READY, TODO]))
     if board_id:
         stmt = stmt.where(Task.board_id == board_id)
-    views = {str(r[0]): _view(r, waiting) for r in session.execute(stmt)}
+    views: dict[str, TaskView] = {}
+    _views(conn.execute(stmt).all(), waiting, views)
     others = [t for t in (*reclaim_tasks, *extra_task_ids) if t not in views]
     for start in range(0, len(others), 500):
         chunk = others[start : start + 500]
-        for r in session.execute(select(*_TASK_COLUMNS).where(Task.task_id.in_(chunk))):
-            views[str(r[0])] = _view(r, waiting)
+        _views(conn.execute(select(*columns).where(Task.task_id.in_(chunk))).all(), waiting, views)
     if board_id:
         reclaims = [
             rc for rc in reclaims if rc.task_id in views and views[rc.task_id].board_id == board_id

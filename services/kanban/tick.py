@@ -20,6 +20,7 @@ from typing import Protocol
 from google.protobuf import timestamp_pb2
 from longshore.kanban.v1 import dispatch_pb2
 from opentelemetry import trace
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.kanban import convert, models, snapshot
@@ -220,27 +221,35 @@ class Dispatcher:
                 payload={"reason": blocked.reason},
                 now=now,
             )
-        profiles = {p.name: p for p in s.query(models.Profile).all()} if result.spawned else {}
+        if not result.spawned:
+            return
+        profiles = {p.name: p for p in s.scalars(select(models.Profile))}
+        wanted = [ref.task_id for ref in result.spawned]
+        loaded = {
+            t.task_id: t
+            for t in s.scalars(select(models.Task).where(models.Task.task_id.in_(wanted)))
+        }
+        claims = [
+            (loaded[ref.task_id], ref.assignee)
+            for ref in result.spawned
+            if ref.task_id in loaded and ref.assignee in profiles
+        ]
+        won = runs.claim_many(
+            s,
+            claims,
+            worker_id=f"kanban-executor/{self.instance}",
+            executor_instance=self.instance,
+            lease_seconds=self._section.claim_ttl_seconds,
+            source=SOURCE,
+            now=now,
+            event_kind="spawned",
+        )
         for i, ref in enumerate(result.spawned):
-            task = s.get(models.Task, ref.task_id)
-            profile = profiles.get(ref.assignee)
-            if task is None or profile is None:
-                continue
-            run = runs.claim(
-                s,
-                task,
-                profile=ref.assignee,
-                worker_id=f"kanban-executor/{self.instance}",
-                executor_instance=self.instance,
-                lease_seconds=self._section.claim_ttl_seconds,
-                source=SOURCE,
-                now=now,
-                event_kind="spawned",
-            )
+            run = won.get(ref.task_id)
             if run is None:
                 continue
             proto.spawned[i].run_id = run.run_id
-            jobs.append(self._job(task, profile, run.run_id))
+            jobs.append(self._job(loaded[ref.task_id], profiles[ref.assignee], run.run_id))
 
     def _job(self, task: models.Task, profile: models.Profile, run_id: str) -> RunJob:
         timeout = (

@@ -21,6 +21,7 @@ def append(
     payload: dict[str, Any] | None = None,
     run_id: str = "",
     now: dt.datetime | None = None,
+    flush: bool = True,
 ) -> TaskEvent:
     """Append one event and flush so it has its id.
 
@@ -33,6 +34,8 @@ def append(
         payload: Kind-specific details (JSON-serializable).
         run_id: The run concerned, when any.
         now: Event time; defaults to now.
+        flush: Flush at once so the event has its id (batches pass False
+            and flush once).
 
     Returns:
         The new event row.
@@ -47,7 +50,8 @@ def append(
         create_time=now or utcnow(),
     )
     session.add(event)
-    session.flush()
+    if flush:
+        session.flush()
     return event
 
 

@@ -9,10 +9,12 @@ so a stale holder changes nothing.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from services.kanban.models import (
     BLOCKED,
@@ -112,40 +114,116 @@ def claim(
     Returns:
         The new run, or None when the task was no longer ready.
     """
-    now = now or utcnow()
-    run_id = new_id("r")
-    result = session.execute(
-        update(Task)
-        .where(Task.task_id == task.task_id, Task.status == READY)
-        .values(status=RUNNING, current_run_id=run_id, update_time=now, assignee=profile)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    session.refresh(task)
-    run = TaskRun(
-        run_id=run_id,
-        task_id=task.task_id,
-        profile=profile,
-        status=RUN_RUNNING,
+    won = claim_many(
+        session,
+        [(task, profile)],
         worker_id=worker_id,
         executor_instance=executor_instance,
-        start_time=now,
-        lease_expire_time=now + dt.timedelta(seconds=lease_seconds),
-    )
-    session.add(run)
-    session.flush()
-    events.append(
-        session,
-        task_id=task.task_id,
-        board_id=task.board_id,
-        kind=event_kind,
+        lease_seconds=lease_seconds,
         source=source,
-        payload={"profile": profile, "worker_id": worker_id},
-        run_id=run_id,
         now=now,
+        event_kind=event_kind,
     )
-    return run
+    return won.get(task.task_id)
+
+
+def claim_many(
+    session: Session,
+    claims: Sequence[tuple[Task, str]],
+    *,
+    worker_id: str,
+    executor_instance: str,
+    lease_seconds: float,
+    source: str,
+    now: dt.datetime | None = None,
+    event_kind: str = "claimed",
+) -> dict[str, TaskRun]:
+    """Claim many ready tasks in one round trip (the dispatcher's batch).
+
+    Each claim is ``UPDATE tasks SET status='running', current_run_id=:run
+    WHERE task_id=:task AND status='ready'``; a task another caller took
+    meanwhile simply is not won.
+
+    Args:
+        session: The caller's write session.
+        claims: (task, profile) pairs.
+        worker_id: Holder recorded on the runs.
+        executor_instance: Spawning process, for crash detection ("" for workers).
+        lease_seconds: Initial lease.
+        source: Event source.
+        now: Claim time.
+        event_kind: ``claimed`` (a worker) or ``spawned`` (the dispatcher).
+
+    Returns:
+        The new run per won task id.
+    """
+    if not claims:
+        return {}
+    now = now or utcnow()
+    run_ids = {task.task_id: new_id("r") for task, _ in claims}
+    table = Task.__table__
+    stmt = (
+        update(table)
+        .where(table.c.task_id == bindparam("b_task"), table.c.status == READY)
+        .values(
+            status=RUNNING,
+            current_run_id=bindparam("b_run"),
+            update_time=bindparam("b_now", type_=Task.update_time.type),
+            assignee=bindparam("b_profile"),
+        )
+    )
+    session.execute(
+        stmt,
+        [
+            {"b_task": t.task_id, "b_run": run_ids[t.task_id], "b_now": now, "b_profile": p}
+            for t, p in claims
+        ],
+    )
+    check = select(Task.task_id, Task.current_run_id).where(Task.task_id.in_(list(run_ids)))
+    won_ids = {tid for tid, rid in session.execute(check) if rid == run_ids[tid]}
+    lease = now + dt.timedelta(seconds=lease_seconds)
+    won: dict[str, TaskRun] = {}
+    for task, profile in claims:
+        if task.task_id not in won_ids:
+            continue
+        run_id = run_ids[task.task_id]
+        for key, value in (
+            ("status", RUNNING),
+            ("current_run_id", run_id),
+            ("update_time", now),
+            ("assignee", profile),
+        ):
+            set_committed_value(task, key, value)
+        run = TaskRun(
+            run_id=run_id,
+            task_id=task.task_id,
+            profile=profile,
+            status=RUN_RUNNING,
+            worker_id=worker_id,
+            executor_instance=executor_instance,
+            start_time=now,
+            lease_expire_time=lease,
+            sandbox_id="",
+            error="",
+            output_bytes=0,
+            output_truncated=False,
+            counted_failure=False,
+        )
+        session.add(run)
+        won[task.task_id] = run
+        events.append(
+            session,
+            task_id=task.task_id,
+            board_id=task.board_id,
+            kind=event_kind,
+            source=source,
+            payload={"profile": profile, "worker_id": worker_id},
+            run_id=run_id,
+            now=now,
+            flush=False,
+        )
+    session.flush()
+    return won
 
 
 def heartbeat(session: Session, run_id: str, *, lease_seconds: float) -> dt.datetime | None:
