@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -161,7 +162,7 @@ def claim_many(
         return {}
     now = now or utcnow()
     run_ids = {task.task_id: new_id("r") for task, _ in claims}
-    table = Task.__table__
+    table = cast(Table, Task.__table__)
     stmt = (
         update(table)
         .where(table.c.task_id == bindparam("b_task"), table.c.status == READY)
