@@ -218,9 +218,14 @@ class Gate:
         return Verdict(denial=self._unauthenticated(request, "unauthenticated", clear=dead))
 
     def session_cookie(self, request: Request, value: str) -> str:
-        """A ``Set-Cookie`` value carrying a freshly signed session."""
-        ttl = int(self.sessions.ttl_seconds) if self.sessions else 0
-        return cookie_header(value, max_age=ttl, secure=self.is_secure(request))
+        """A ``Set-Cookie`` value carrying a freshly signed session.
+
+        The browser keeps the cookie for the session's hard lifetime; the
+        signed expiry inside decides, so an idle session is answered
+        ``session_expired`` (and cleared) rather than silently vanishing.
+        """
+        max_age = int(self.sessions.max_lifetime_seconds) if self.sessions else 0
+        return cookie_header(value, max_age=max_age, secure=self.is_secure(request))
 
     # Answers ----------------------------------------------------------------
 

@@ -94,6 +94,11 @@ class SessionCodec:
         """Idle lifetime of a cookie, in seconds."""
         return self._ttl
 
+    @property
+    def max_lifetime_seconds(self) -> float:
+        """Hard limit of a session after login, in seconds."""
+        return self._max
+
     def sign(self, purpose: str, value: str) -> str:
         """Return a hex HMAC of ``value`` for one purpose (e.g. CSRF tokens)."""
         message = f"{purpose}\0{value}".encode()
