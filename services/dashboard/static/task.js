@@ -16,6 +16,10 @@
     banner(String(error.message || error), "error");
   }
 
+  function clock(timestamp) {
+    return timestamp ? new Date(timestamp).toLocaleTimeString() : "";
+  }
+
   function field(name, value) {
     return [el("dt", { text: name }), el("dd", { text: value === undefined || value === "" ? "—" : value })];
   }
@@ -61,13 +65,13 @@
       waiting.has(id) ? el("span", { class: "muted", text: " (waiting)" }) : el("span", { class: "muted", text: " (done)" })))
       : [el("li", { class: "empty", text: "no dependencies" })]));
     const rows = data.runs.map((run) => el("tr", { dataset: { runId: run.run_id } },
-      el("td", { text: run.run_id }),
+      el("td", { text: run.run_id.slice(0, 12), title: run.run_id }),
       el("td", {}, el("span", { class: `pill ${run.status}`, text: run.status })),
       el("td", { text: run.profile }),
       el("td", { text: run.sandbox_id ? run.sandbox_id.slice(0, 12) : "—", title: run.sandbox_id }),
       el("td", { text: run.status === "running" ? "" : String(run.exit_code), title: run.error }),
-      el("td", { text: time(run.start_time) }),
-      el("td", { text: time(run.end_time) })));
+      el("td", { text: clock(run.start_time), title: run.start_time || "" }),
+      el("td", { text: clock(run.end_time), title: run.end_time || "" })));
     document.querySelector("#task-runs tbody").replaceChildren(
       ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "7", class: "empty", text: "no runs yet" }))]));
     document.getElementById("task-events").replaceChildren(...data.events.map(eventItem));
