@@ -17,6 +17,7 @@ and image sizes go to ``test-artifacts/compose-e2e.json`` and the terminal.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from typing import Any, TypeVar
 import docker
 import grpc
 import pytest
+import yaml
 from longshore.kanban.v1 import kanban_service_pb2, kanban_service_pb2_grpc
 
 from tests.support.docker_env import RUN_LABEL
@@ -374,3 +376,79 @@ def test_compose_stack_from_nothing_to_teardown(
     finally:
         receiver.stop()
         stack.timings["test_seconds"] = round(time.monotonic() - started, 1)
+
+
+def run_script(name: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/<name>`` with a clean environment plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSHORE_", "COMPOSE_"))}
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / name), *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def env_values(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs if not k.startswith("#")}
+
+
+def test_env_file_is_generated_once_and_only_hashes_reach_the_gateway(tmp_path: Path) -> None:
+    env_file = tmp_path / "x.env"
+    first = run_script("compose-env.sh", str(env_file), env={"LONGSHORE_GATEWAY_PORT": "50999"})
+    assert first.returncode == 0, first.stderr
+    values = env_values(env_file)
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert values["LONGSHORE_GATEWAY_PORT"] == "50999"
+    key, dash = values["LONGSHORE_API_KEY"], values["LONGSHORE_DASHBOARD_API_KEY"]
+    assert key.startswith("lsk_") and dash.startswith("lsk_") and key != dash
+    entries = values["LONGSHORE_GATEWAY_API_KEYS"].split(",")
+    assert entries == [
+        f"admin:admin:{hashlib.sha256(key.encode()).hexdigest()}",
+        f"dashboard:read+write:{hashlib.sha256(dash.encode()).hexdigest()}",
+    ]
+    assert len(values["LONGSHORE_DASHBOARD_SESSION_SECRET"]) >= 32
+    assert values["DOCKER_GID"].isdigit()
+
+    # A second run changes nothing; an emptied value is filled, the others are kept.
+    run_script("compose-env.sh", str(env_file), env={})
+    assert env_values(env_file) == values
+    env_file.write_text(env_file.read_text().replace(values["LONGSHORE_INTERNAL_TOKEN"], ""))
+    run_script("compose-env.sh", str(env_file), env={})
+    again = env_values(env_file)
+    assert again["LONGSHORE_INTERNAL_TOKEN"] not in ("", values["LONGSHORE_INTERNAL_TOKEN"])
+    assert {k: v for k, v in again.items() if k != "LONGSHORE_INTERNAL_TOKEN"} == {
+        k: v for k, v in values.items() if k != "LONGSHORE_INTERNAL_TOKEN"
+    }
+
+
+@pytest.mark.parametrize("profiles", [(), ("postgres",), ("tracing",), ("postgres", "tracing")])
+def test_compose_file_validates_with_each_profile(
+    tmp_path: Path, profiles: tuple[str, ...]
+) -> None:
+    env_file = tmp_path / "x.env"
+    assert run_script("compose-env.sh", str(env_file), env={}).returncode == 0
+    cmd = [*compose_binary(), "-f", str(REPO / "compose.yaml"), "--env-file", str(env_file)]
+    cmd += ["-p", "lsconfigcheck"]
+    for profile in profiles:
+        cmd += ["--profile", profile]
+    proc = subprocess.run(
+        [*cmd, "config"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    # Compose v1 lists every service in `config`, v2 only the active profiles' ones.
+    assert {*SERVICES, *profiles} <= set(services)
+    assert all(services[name]["profiles"] == [name] for name in profiles)
+
+
+def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("COMPOSE_PROJECT_NAME=lsconfigcheck\n")
+    cmd = [*compose_binary(), "-f", str(REPO / "compose.yaml"), "--env-file", str(empty), "config"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSHORE_", "COMPOSE_"))}
+    proc = subprocess.run(cmd, cwd=REPO, env=base, capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "run make up" in proc.stderr
