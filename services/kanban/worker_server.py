@@ -96,19 +96,17 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if not request.worker_id:
             raise InvalidArgument("worker_id: required")
         wait = min(convert.seconds_of(request.wait, "wait"), MAX_WAIT_SECONDS)
-        with self._db.read() as s:
-            profile = profiles.get(s, request.profile)
-            if profile.executor != models.EXECUTOR_EXTERNAL:
-                raise FailedPrecondition(
-                    f"profile {request.profile!r} has executor {profile.executor}, not external"
-                )
-            if request.board_id and s.get(models.Board, request.board_id) is None:
-                raise NotFound(f"board {request.board_id!r} not found")
         deadline = time.monotonic() + wait
         while True:
             version = self._bus.version
             with self._db.write() as s:
                 profile = profiles.get(s, request.profile)
+                if profile.executor != models.EXECUTOR_EXTERNAL:
+                    raise FailedPrecondition(
+                        f"profile {request.profile!r} has executor {profile.executor}, not external"
+                    )
+                if request.board_id and s.get(models.Board, request.board_id) is None:
+                    raise NotFound(f"board {request.board_id!r} not found")
                 claimed = self._try_claim(s, profile, request.worker_id, request.board_id)
                 if claimed is not None:
                     task, run = claimed
