@@ -15,17 +15,18 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import docker
 import docker.errors
 from opentelemetry import trace
 
-import docker
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.sandbox import labels
 from services.sandbox.cleanup import CleanupPool
 from services.sandbox.docker_client import engine_call, is_conflict
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 Clock = Callable[[], datetime]
+#: How long an acquire keeps re-probing while another process holds the key.
+_ACQUIRE_DEADLINE_SECONDS = 30.0
 
 
 def utcnow() -> datetime:
@@ -153,80 +156,83 @@ class SandboxManager:
                     self._key_locks[key] = (lock, users - 1)
 
     def _acquire_persistent(self, task_id: str, profile: str, spec: ResolvedSpec) -> AcquireResult:
+        # Each round re-probes, so whatever another process did meanwhile
+        # (created, started, replaced the container) is seen, not fought.
         filters = {"label": labels.key_filters(self.deployment, profile, task_id)}
-        with engine_call("containers.list", task_id=task_id, profile=profile):
-            found = self.api.containers(all=True, filters=filters)
-        if not found:
-            return self._create_persistent(task_id, profile, spec, Outcome.CREATED, "")
-        found.sort(
-            key=lambda c: (
-                c.get("State") == "running",
-                labels.created_ns(c.get("Labels") or {}, c.get("Created", 0)),
-            ),
-            reverse=True,
-        )
-        current = found[0]
-        cid = str(current["Id"])
-        old_hash = (current.get("Labels") or {}).get(labels.CONFIG_HASH, "")
-        if old_hash != spec.config_hash:
-            self._remove_now(cid)
-            reason = f"config hash changed: {old_hash or 'none'} -> {spec.config_hash}"
-            return self._create_persistent(
-                task_id, profile, spec, Outcome.REPLACED_CONFIG_CHANGED, reason
+        name = labels.container_name(self.deployment, profile, task_id)
+        outcome, reason = Outcome.CREATED, "no sandbox for the key"
+        deadline = time.monotonic() + _ACQUIRE_DEADLINE_SECONDS
+        backoff = 0.02
+        while time.monotonic() < deadline:
+            with engine_call("containers.list", task_id=task_id, profile=profile):
+                found = self.api.containers(all=True, filters=filters)
+            if not found:
+                try:
+                    info = self._create_started(task_id, profile, spec, persist=True, name=name)
+                except docker.errors.APIError as exc:
+                    if not is_conflict(exc):
+                        raise
+                    # The engine reserves the name before the container shows up in
+                    # lists or inspects; under load that window lasts a while.
+                    log.info(
+                        "name taken by a concurrent acquire; adopting",
+                        extra={"container_name": name},
+                    )
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 0.5)
+                    continue
+                except NotFound:
+                    continue  # removed by a concurrent acquire right after we made it
+                return AcquireResult(info, outcome, reason)
+            found.sort(
+                key=lambda c: (
+                    c.get("State") == "running",
+                    labels.created_ns(c.get("Labels") or {}, c.get("Created", 0)),
+                ),
+                reverse=True,
             )
-        return self._attach(task_id, profile, spec, cid, str(current.get("State", "")))
+            current = found[0]
+            cid = str(current["Id"])
+            old_hash = (current.get("Labels") or {}).get(labels.CONFIG_HASH, "")
+            if old_hash != spec.config_hash:
+                self._remove_now(cid)
+                outcome = Outcome.REPLACED_CONFIG_CHANGED
+                reason = f"config hash changed: {old_hash or 'none'} -> {spec.config_hash}"
+                continue
+            attached = self._attach(cid, str(current.get("State", "")))
+            if attached is not None:
+                return attached
+            outcome = Outcome.REPLACED_START_FAILED
+            reason = f"start of {current.get('State')} sandbox failed"
+        raise Unavailable(f"sandbox {name!r} kept changing under concurrent acquires; retry")
 
-    def _attach(
-        self, task_id: str, profile: str, spec: ResolvedSpec, cid: str, state: str
-    ) -> AcquireResult:
+    def _attach(self, cid: str, state: str) -> AcquireResult | None:
+        """Attaches to (starting if needed) a sandbox; None when it was broken and removed."""
         if state == "running":
             return AcquireResult(self._inspect_info(cid), Outcome.REUSED_RUNNING, "attached")
         if state in ("exited", "created", "paused"):
             try:
                 self._start(cid, unpause=state == "paused")
             except (docker.errors.APIError, FailedPrecondition, NotFound) as exc:
+                # Another manager may have started (or removed) it meanwhile.
+                try:
+                    info = self._inspect_info(cid)
+                except NotFound:
+                    return None
+                if info.state == "running":
+                    return AcquireResult(info, Outcome.REUSED_RUNNING, "started concurrently")
+                log.warning(
+                    "start of a stopped sandbox failed; replacing it",
+                    extra={"sandbox_id": cid, "state": info.state, "error": _explain(exc)},
+                )
                 self._remove_now(cid)
-                reason = f"start of {state} sandbox failed: {_explain(exc)}"
-                return self._create_persistent(
-                    task_id, profile, spec, Outcome.REPLACED_START_FAILED, reason
-                )
-            return AcquireResult(
-                self._inspect_info(cid), Outcome.RESTARTED, f"started {state} sandbox"
-            )
-        # restarting, removing or dead: not worth waiting for.
+                return None
+            info = self._inspect_info(cid)
+            if info.state == "running":
+                return AcquireResult(info, Outcome.RESTARTED, f"started {state} sandbox")
+        # restarting, removing, dead, or exited again right after start.
         self._remove_now(cid)
-        return self._create_persistent(
-            task_id, profile, spec, Outcome.REPLACED_START_FAILED, f"sandbox was {state}"
-        )
-
-    def _create_persistent(
-        self, task_id: str, profile: str, spec: ResolvedSpec, outcome: Outcome, reason: str
-    ) -> AcquireResult:
-        name = labels.container_name(self.deployment, profile, task_id)
-        for _ in range(3):
-            try:
-                info = self._create_started(task_id, profile, spec, persist=True, name=name)
-                return AcquireResult(info, outcome, reason or "no sandbox for the key")
-            except docker.errors.APIError as exc:
-                if not is_conflict(exc):
-                    raise
-            # Another process created the name first: adopt it when it is ours.
-            try:
-                existing = self._inspect(name)
-            except NotFound:
-                continue  # it went away meanwhile: try to create again
-            lbl = existing["Config"].get("Labels") or {}
-            ours = lbl.get(labels.DEPLOYMENT) == self._dep_label
-            if ours and lbl.get(labels.CONFIG_HASH) == spec.config_hash:
-                state = existing["State"]["Status"]
-                result = self._attach(task_id, profile, spec, existing["Id"], state)
-                return AcquireResult(
-                    result.sandbox,
-                    result.outcome,
-                    f"adopted concurrently created sandbox; {reason}",
-                )
-            self._remove_now(existing["Id"])
-        raise FailedPrecondition(f"container name {name!r} stays taken; cannot create sandbox")
+        return None
 
     def _create_started(
         self, task_id: str, profile: str, spec: ResolvedSpec, *, persist: bool, name: str
@@ -256,14 +262,16 @@ class SandboxManager:
             )["Id"]
         try:
             self._start(cid)
-            info = self._inspect_info(cid)
-            if info.state != "running":
-                raise FailedPrecondition(
-                    f"sandbox from image {spec.image!r} exited right after start"
-                )
-        except BaseException:
+        except (docker.errors.APIError, FailedPrecondition, NotFound) as exc:
+            log.warning(
+                "start of a new sandbox failed", extra={"sandbox_id": cid, "error": _explain(exc)}
+            )
+        info = self._inspect_info(cid)
+        if info.state != "running":
             self._remove_now(cid)
-            raise
+            raise FailedPrecondition(
+                f"sandbox from image {spec.image!r} does not stay running (state {info.state})"
+            )
         return info
 
     def _start(self, cid: str, *, unpause: bool = False) -> None:

@@ -7,12 +7,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import grpc
 import pytest
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
-import docker
 from services.runtime.channels import open_channel
 from services.sandbox import labels
 from tests.support.net import free_port
@@ -113,7 +113,8 @@ def test_twenty_threads_across_two_processes_yield_one_container(
         t.start()
     for t in threads:
         t.join()
-    assert not errors, errors
+    logs = "\n".join(m.proc.log_text()[-4000:] for m in (a, b))
+    assert not errors, f"{errors}\n{logs}"
     assert len(set(ids)) == 1
     rows = engine.api.containers(
         all=True,
