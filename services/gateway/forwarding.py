@@ -4,7 +4,7 @@ The gateway never deserializes a forwarded message: a generic handler serves
 each method discovered from the generated descriptors, checks the caller's
 key, scope and rate, and relays the request bytes to the backend that owns the
 service and the response bytes (or the upstream status) back. Deadlines are
-propagated (capped), cancellation goes both ways, the internal service
+propagated (capped), cancellation goes both ways (streams and long polls), the internal service
 credential and the caller's key name are added, and W3C trace context is
 injected so the backend's spans join the caller's trace.
 """
@@ -53,6 +53,11 @@ _STRIPPED = frozenset(
         "grpc-timeout",
     }
 )
+# Unary methods whose backend waits on purpose: forwarded so that a client's
+# cancellation reaches the backend. Other unary calls are short and forwarded
+# with a plain blocking call (cheaper); a cancelled one runs out upstream
+# within its propagated deadline. Server streams always pass cancellation on.
+LONG_POLL_METHODS = frozenset({"/longshore.kanban.v1.WorkerService/ClaimTask"})
 # A remaining time beyond this means the client set no deadline at all.
 _NO_DEADLINE = 10 * 365 * 86400.0
 
@@ -250,12 +255,18 @@ class Forwarder(grpc.GenericRpcHandler):
         principal = self._prepare(info, request, context)
         timeout = self._timeout(context, streaming=False)
         with _client_span(self._tracer, info, backend, principal) as span:
-            future = call.future(
-                request, timeout=timeout, metadata=self._metadata(principal, context)
-            )
-            context.add_callback(lambda: _discard(future.cancel()))
+            # Inside the client span, so the backend's spans become its children.
+            metadata = self._metadata(principal, context)
             try:
-                response: bytes = future.result()
+                if info.path in LONG_POLL_METHODS:
+                    # Worth a future (about +0.5 ms): a caller that gives up
+                    # must not hold a backend long poll until its deadline.
+                    future = call.future(request, timeout=timeout, metadata=metadata)
+                    if not context.add_callback(lambda: _discard(future.cancel())):
+                        future.cancel()  # the caller left before we registered
+                    response: bytes = future.result()
+                else:
+                    response = call(request, timeout=timeout, metadata=metadata)
             except grpc.RpcError as exc:
                 raise _upstream_error(exc, backend, span) from None
         self._check_response(len(response), info)
@@ -274,7 +285,8 @@ class Forwarder(grpc.GenericRpcHandler):
         with _client_span(self._tracer, info, backend, principal) as span:
             responses = call(request, timeout=timeout, metadata=self._metadata(principal, context))
             cancel: Callable[[], Any] = responses.cancel
-            context.add_callback(lambda: _discard(cancel()))
+            if not context.add_callback(lambda: _discard(cancel())):
+                cancel()  # the caller left before we registered
             try:
                 for message in responses:
                     self._check_response(len(message), info)

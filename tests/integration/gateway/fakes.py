@@ -69,7 +69,8 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         self, request: kanban_service_pb2.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[kanban_service_pb2.WatchEventsResponse]:
         _record(self.seen, context)
-        context.add_callback(self.seen.stream_cancelled.set)
+        if not context.add_callback(self.seen.stream_cancelled.set):
+            self.seen.stream_cancelled.set()
         yield kanban_service_pb2.WatchEventsResponse(
             event=event_pb2.TaskEvent(event_id=1, kind="created")
         )
@@ -86,7 +87,8 @@ class FakeWorker(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> worker_service_pb2.ClaimTaskResponse:
         _record(self.seen, context)
         ended = threading.Event()
-        context.add_callback(ended.set)
+        if not context.add_callback(ended.set):
+            ended.set()  # cancelled already
         ended.wait(request.wait.seconds)  # long poll: nothing ever becomes ready
         self.seen.claim_ended.set()
         return worker_service_pb2.ClaimTaskResponse()

@@ -195,6 +195,21 @@ def test_deadline_propagates_to_a_long_poll(gw: Stack) -> None:
     assert gw.seen.claim_ended.wait(5)
 
 
+def test_cancelling_a_long_poll_reaches_the_backend(gw: Stack) -> None:
+    claim = worker_service_pb2.ClaimTaskRequest(
+        profile="p", worker_id="w", wait=Duration(seconds=30)
+    )
+    gw.seen.claim_ended.clear()
+    gw.seen.metadata = {}
+    future = gw.worker.ClaimTask.future(claim, timeout=30, metadata=auth(WORKER))
+    deadline = time.monotonic() + 5
+    while gw.seen.metadata.get("longshore-principal") != "bot":
+        assert time.monotonic() < deadline, "the claim never reached the backend"
+        time.sleep(0.05)
+    future.cancel()
+    assert gw.seen.claim_ended.wait(5)
+
+
 def test_stream_cancellation_reaches_the_backend(gw: Stack) -> None:
     gw.seen.stream_cancelled.clear()
     stream = gw.kanban.WatchEvents(
