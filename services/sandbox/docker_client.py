@@ -9,15 +9,19 @@ FAILED_PRECONDITION.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import docker
 import docker.errors
 import requests
 from opentelemetry import trace
 
-import docker
 from services.runtime.errors import FailedPrecondition, NotFound, Unavailable
+from services.sandbox import labels
+from services.sandbox.model import SandboxInfo
 
 tracer = trace.get_tracer(__name__)
 
@@ -95,3 +99,76 @@ def engine_call(
             raise Unavailable(f"docker engine timed out during {op}") from exc
         except (requests.exceptions.ConnectionError, ConnectionError) as exc:
             raise Unavailable(f"docker engine unreachable during {op}: {exc}") from exc
+
+
+_TIMESTAMP = re.compile(
+    r"\A(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?\Z"
+)
+
+
+def parse_docker_time(raw: str) -> datetime | None:
+    """Parses an engine timestamp (RFC 3339, nanosecond precision) to aware UTC.
+
+    Returns:
+        The instant, or None for the zero value (``0001-01-01T00:00:00Z``, a
+        container that never finished), an empty string or garbage.
+    """
+    match = _TIMESTAMP.match(raw.strip()) if raw else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, frac, zone = match.groups()
+    if int(year) <= 1:
+        return None
+    micros = int((frac or "0")[:6].ljust(6, "0"))
+    try:
+        stamp = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, UTC
+        )
+    except ValueError:
+        return None
+    if zone and zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        stamp -= sign * offset
+    return stamp
+
+
+LastUsed = Callable[[str], datetime | None]
+
+
+def info_from_list(row: Mapping[str, Any], last_used: LastUsed) -> SandboxInfo:
+    """A domain record from one row of the engine's container list."""
+    names = row.get("Names") or [""]
+    created = row.get("Created")
+    lbl = dict(row.get("Labels") or {})
+    return SandboxInfo(
+        sandbox_id=str(row["Id"]),
+        name=str(names[0]).lstrip("/"),
+        state=str(row.get("State", "")),
+        image=str(row.get("Image", "")),
+        labels=lbl,
+        create_time=datetime.fromtimestamp(created, UTC) if created else None,
+        last_used_time=last_used(str(row["Id"])),
+        created_ns=labels.created_ns(lbl, created or 0),
+    )
+
+
+def info_from_inspect(data: Mapping[str, Any], last_used: LastUsed) -> SandboxInfo:
+    """A domain record from a container inspect."""
+    state = data.get("State") or {}
+    config = data.get("Config") or {}
+    lbl = dict(config.get("Labels") or {})
+    created = parse_docker_time(str(data.get("Created", "")))
+    return SandboxInfo(
+        sandbox_id=str(data["Id"]),
+        name=str(data.get("Name", "")).lstrip("/"),
+        state=str(state.get("Status", "")),
+        image=str(config.get("Image", "")),
+        labels=lbl,
+        create_time=created,
+        start_time=parse_docker_time(str(state.get("StartedAt", ""))),
+        finish_time=parse_docker_time(str(state.get("FinishedAt", ""))),
+        last_used_time=last_used(str(data["Id"])),
+        created_ns=labels.created_ns(lbl, created.timestamp() if created else 0.0),
+    )

@@ -29,7 +29,12 @@ from opentelemetry import trace
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.sandbox import labels
 from services.sandbox.cleanup import CleanupPool
-from services.sandbox.docker_client import engine_call, is_conflict
+from services.sandbox.docker_client import (
+    engine_call,
+    info_from_inspect,
+    info_from_list,
+    is_conflict,
+)
 from services.sandbox.execution import ExecRun, validate
 from services.sandbox.hardening import host_config_kwargs, resolve_spec
 from services.sandbox.metrics import SandboxMetrics
@@ -43,7 +48,7 @@ from services.sandbox.model import (
     SandboxInfo,
     Spec,
 )
-from services.sandbox.reaper import Candidate, parse_docker_time
+from services.sandbox.reaper import Candidate
 from services.sandbox.settings import SandboxSection
 
 log = logging.getLogger(__name__)
@@ -296,7 +301,7 @@ class SandboxManager:
             return dict(self.api.inspect_container(ref))
 
     def _inspect_info(self, ref: str) -> SandboxInfo:
-        return self._info_from_inspect(self._inspect(ref))
+        return info_from_inspect(self._inspect(ref), self.last_used)
 
     def get(self, sandbox_id: str) -> SandboxInfo:
         """Returns one sandbox of this deployment by id, unique id prefix or name.
@@ -313,7 +318,7 @@ class SandboxManager:
             raise NotFound(f"sandbox {sandbox_id!r} not found")
         with self._state_lock:
             self._known[sandbox_id] = data["Id"]
-        return self._info_from_inspect(data)
+        return info_from_inspect(data, self.last_used)
 
     def resolve_id(self, sandbox_id: str) -> str:
         """Full id of a sandbox of this deployment (cached: labels never change).
@@ -346,41 +351,9 @@ class SandboxManager:
             filters["status"] = list(states)
         with engine_call("containers.list", profile=profile or None):
             rows = self.api.containers(all=True, filters=filters)
-        infos = [self._info_from_list(r) for r in rows]
+        infos = [info_from_list(r, self.last_used) for r in rows]
         infos.sort(key=lambda i: (i.created_ns, i.sandbox_id), reverse=True)
         return infos
-
-    def _info_from_list(self, row: Mapping[str, Any]) -> SandboxInfo:
-        names = row.get("Names") or [""]
-        created = row.get("Created")
-        lbl = dict(row.get("Labels") or {})
-        return SandboxInfo(
-            sandbox_id=str(row["Id"]),
-            name=str(names[0]).lstrip("/"),
-            state=str(row.get("State", "")),
-            image=str(row.get("Image", "")),
-            labels=lbl,
-            create_time=datetime.fromtimestamp(created, UTC) if created else None,
-            last_used_time=self.last_used(str(row["Id"])),
-            created_ns=labels.created_ns(lbl, created or 0),
-        )
-
-    def _info_from_inspect(self, data: Mapping[str, Any]) -> SandboxInfo:
-        state = data.get("State") or {}
-        lbl = dict((data.get("Config") or {}).get("Labels") or {})
-        created = parse_docker_time(str(data.get("Created", "")))
-        return SandboxInfo(
-            sandbox_id=str(data["Id"]),
-            name=str(data.get("Name", "")).lstrip("/"),
-            state=str(state.get("Status", "")),
-            image=str((data.get("Config") or {}).get("Image", "")),
-            labels=lbl,
-            create_time=created,
-            start_time=parse_docker_time(str(state.get("StartedAt", ""))),
-            finish_time=parse_docker_time(str(state.get("FinishedAt", ""))),
-            last_used_time=self.last_used(str(data["Id"])),
-            created_ns=labels.created_ns(lbl, created.timestamp() if created else 0.0),
-        )
 
     # ---- exec ----------------------------------------------------------------------
 

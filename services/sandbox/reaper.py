@@ -16,15 +16,15 @@ than ``lifetime_seconds`` are removed, persistent running ones idle longer than
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from services.sandbox import labels
+from services.sandbox.docker_client import parse_docker_time
 
 if TYPE_CHECKING:
     from services.sandbox.manager import SandboxManager
@@ -32,37 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_LIFETIME_SECONDS = 60
-_TIMESTAMP = re.compile(
-    r"\A(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?\Z"
-)
-
-
-def parse_docker_time(raw: str) -> datetime | None:
-    """Parses an engine timestamp (RFC 3339, nanosecond precision) to aware UTC.
-
-    Returns:
-        The instant, or None for the zero value (``0001-01-01T00:00:00Z``, a
-        container that never finished), an empty string or garbage.
-    """
-    match = _TIMESTAMP.match(raw.strip()) if raw else None
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, frac, zone = match.groups()
-    if int(year) <= 1:
-        return None
-    micros = int((frac or "0")[:6].ljust(6, "0"))
-    try:
-        stamp = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, UTC
-        )
-    except ValueError:
-        return None
-    if zone and zone != "Z":
-        sign = -1 if zone[0] == "-" else 1
-        digits = zone[1:].replace(":", "")
-        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
-        stamp -= sign * offset
-    return stamp
 
 
 def default_max_age(lifetime_seconds: int) -> timedelta:
