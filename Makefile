@@ -9,7 +9,7 @@ BUF    := tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap protos protos-check buf-lint lint fmt typecheck check test test-unit test-integration bench up down clean
+.PHONY: help bootstrap protos protos-check buf-lint lint fmt typecheck config-docs-check check test test-unit test-integration bench up down clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh python
 	@touch $@
 
-tools/node_modules/.installed: tools/package.json
+tools/node_modules/.installed: tools/package.json clients/node/package.json
 	bash scripts/bootstrap.sh node
 	@touch $@
 
@@ -46,7 +46,10 @@ fmt: $(VENV)/.installed ## ruff format + autofix
 typecheck: $(VENV)/.installed ## mypy --strict on services/
 	$(BIN)/mypy services
 
-check: protos-check buf-lint lint typecheck ## Every static check CI runs
+config-docs-check: $(VENV)/.installed ## Fail when docs/configuration.md is stale against the settings models
+	$(PY) scripts/gen-config-docs.py --check
+
+check: protos-check buf-lint lint typecheck config-docs-check ## Every static check CI runs
 
 test: bootstrap check ## Install what is missing, then run the whole suite (what CI runs)
 	bash scripts/ensure-docker.sh

@@ -40,8 +40,12 @@ system_packages() {
 python_env() {
   local venv=${VENV:-.venv}
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip >/dev/null
-  "$venv/bin/pip" install -q -e '.[dev]'
+  # This machine's pip config names local mirrors that may be absent; their
+  # per-package "Location ... is ignored" warnings are noise, not errors.
+  "$venv/bin/pip" install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
+  "$venv/bin/pip" install -q -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+  "$venv/bin/python" -c "import grpc, docker, sqlalchemy, pytest" \
+    || { echo "bootstrap: the venv is incomplete; see pip's output above" >&2; exit 1; }
 }
 
 node_tools() {
