@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+
 from tests.support.docker_env import (
     IMAGE_REPOSITORY,
     RUN_LABEL,

@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+import docker
 from google.protobuf import duration_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
-import docker
 from bench import Context, Result, Stats, stopwatch
 from services.runtime.testing import serve_in_process
 from services.sandbox import labels

@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import docker
 from docker.utils.socket import frames_iter
 
-import docker
 from services.runtime.errors import InvalidArgument
 from services.sandbox.docker_client import engine_call
 from services.sandbox.metrics import SandboxMetrics
@@ -164,6 +164,22 @@ class ExecRun:
             exit_code = -1
         self._metrics.exec(timed_out=timed_out)
         yield ExecExit(exit_code, signal, timed_out, truncated, duration, produced)
+
+    def cancel(self) -> None:
+        """Kills the command's process tree and unblocks the reader; safe from any thread.
+
+        A cancelled call may be waiting on a command that prints nothing, so
+        the reader is blocked on the socket: closing it is what wakes it.
+        Does nothing once the command has finished.
+        """
+        if self._finished.is_set():
+            return
+        log.info(
+            "exec cancelled by the caller; killing its process tree",
+            extra={"sandbox_id": self._cid},
+        )
+        self._kill_tree()
+        self._close()
 
     def _feed_stdin(self) -> None:
         raw = getattr(self._sock, "_sock", self._sock)

@@ -358,9 +358,16 @@ class SandboxManager:
     # ---- exec ----------------------------------------------------------------------
 
     def exec(
-        self, sandbox_id: str, command: ExecCommand
+        self,
+        sandbox_id: str,
+        command: ExecCommand,
+        on_cancel: Callable[[Callable[[], None]], object] | None = None,
     ) -> Generator[OutputChunk | ExecExit, None, None]:
         """Runs a command; yields output chunks as produced, then one :class:`ExecExit`.
+
+        ``on_cancel`` registers the run's cancel function (e.g. a gRPC
+        context's ``add_callback``), so a caller that goes away kills the
+        command even while it prints nothing.
 
         Raises:
             InvalidArgument: Empty sandbox_id or argv, negative timeout.
@@ -372,6 +379,8 @@ class SandboxManager:
         timeout = command.timeout_seconds or self.section.exec_timeout_seconds
         cap = command.max_output_bytes or self.section.exec_max_output_bytes
         run = ExecRun(self.api, cid, command, timeout=timeout, max_output=cap, metrics=self.metrics)
+        if on_cancel is not None:
+            on_cancel(run.cancel)
         self.touch(cid)
         with self._state_lock:
             self._busy[cid] += 1

@@ -80,12 +80,14 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         if not request.sandbox_id:
             raise InvalidArgument("sandbox_id: required")
         command = convert.exec_from_proto(request)
-        events = self.manager.exec(request.sandbox_id, command)
+        # The callback fires when the call ends for any reason; after a normal
+        # exit it does nothing, after a cancel it kills the command's tree.
+        events = self.manager.exec(request.sandbox_id, command, on_cancel=context.add_callback)
         try:
             for event in events:
                 yield convert.exec_event_to_proto(event)
         finally:
-            events.close()  # a cancelled call kills the command inside the sandbox
+            events.close()
 
     def ReleaseSandbox(
         self, request: sandbox_service_pb2.ReleaseSandboxRequest, context: grpc.ServicerContext

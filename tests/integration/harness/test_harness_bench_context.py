@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import docker
+
 from bench.context import Context
 from tests.support.docker_env import DEPLOYMENT_LABEL, RUN_LABEL
 

@@ -7,13 +7,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.kanban.v1 import kanban_service_pb2_grpc, profile_pb2
 from longshore.kanban.v1 import task_pb2 as S
 from longshore.sandbox.v1 import sandbox_pb2
 
-import docker
 from services.runtime.channels import open_channel
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import docker
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import docker
 from services.kanban.executor import Executor
 from services.kanban.sandbox_client import SandboxClient
 from services.runtime.testing import RunningServer, serve_in_process

@@ -12,11 +12,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
+import docker
 import pytest
 from longshore.sandbox.v1 import sandbox_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import docker
 from services.kanban.executor import Executor, Outcome, OutcomeKind, RunJob
 from services.kanban.sandbox_client import FailureKind, SandboxClient
 from services.runtime.testing import RunningServer
@@ -189,11 +189,6 @@ def test_refused_heartbeat_cancels_the_run(executor: Executor, sandbox_image: st
     assert "heartbeat refused" in outcome.error
 
 
-@pytest.mark.xfail(
-    reason="the sandbox service notices a cancelled Exec only when it next sends output: "
-    "a silent command keeps running until its exec timeout (asked of the sandbox owner)",
-    strict=False,
-)
 def test_cancel_of_a_silent_command_kills_it_in_the_sandbox(
     executor: Executor, client: SandboxClient, sandbox_image: str
 ) -> None:

@@ -12,10 +12,10 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import docker
 import pytest
 from longshore.sandbox.v1 import sandbox_service_pb2_grpc
 
-import docker
 from services.runtime.testing import serve_in_process
 from services.sandbox import labels
 from services.sandbox.docker_client import create_client

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import docker
 import grpc
 import pytest
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
-import docker
 from services.sandbox import labels
 from services.sandbox.hardening import resolve_spec
 from services.sandbox.manager import SandboxManager

@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import docker
 import grpc
 import pytest
 from google.protobuf import duration_pb2
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
-
-import docker
 
 T = 60
 

@@ -6,13 +6,13 @@ import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 
+import docker
 import grpc
 import pytest
 from google.protobuf import duration_pb2
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
-import docker
 from services.sandbox import labels
 from services.sandbox.manager import SandboxManager
 from services.sandbox.model import Spec
