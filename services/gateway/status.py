@@ -14,6 +14,7 @@ from longshore.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 
 from services.gateway.auth import Gate
 from services.gateway.forwarding import Backend
+from services.runtime.interceptors import VERSION_KEY
 from services.runtime.version import __version__
 
 _GET_STATUS = "/longshore.gateway.v1.GatewayService/GetStatus"
@@ -27,6 +28,7 @@ class Probe:
     health: gateway_service_pb2.BackendHealth.ValueType
     detail: str
     latency_ms: float
+    version: str = ""
 
 
 def probe(channel: grpc.Channel, timeout: float) -> Probe:
@@ -37,17 +39,21 @@ def probe(channel: grpc.Channel, timeout: float) -> Probe:
     stub = health_pb2_grpc.HealthStub(channel)
     started = time.perf_counter()
     try:
-        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        reply, call = stub.Check.with_call(health_pb2.HealthCheckRequest(), timeout=timeout)
     except grpc.RpcError as exc:
         latency = (time.perf_counter() - started) * 1000
         code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         return Probe(BackendHealth.BACKEND_HEALTH_UNREACHABLE, f"{code}: {details}", latency)
     latency = (time.perf_counter() - started) * 1000
+    # Every Longshore server tags its responses with its release (runtime interceptor).
+    version = next(
+        (str(value) for key, value in call.trailing_metadata() or () if key == VERSION_KEY), ""
+    )
     if reply.status == health_pb2.HealthCheckResponse.SERVING:
-        return Probe(BackendHealth.BACKEND_HEALTH_SERVING, "", latency)
+        return Probe(BackendHealth.BACKEND_HEALTH_SERVING, "", latency, version)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    return Probe(BackendHealth.BACKEND_HEALTH_NOT_SERVING, status, latency)
+    return Probe(BackendHealth.BACKEND_HEALTH_NOT_SERVING, status, latency, version)
 
 
 class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
@@ -101,6 +107,7 @@ class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                     health=result.health,
                     detail=result.detail,
                     latency_ms=round(result.latency_ms, 3),
+                    version=result.version,
                 )
             )
         return response

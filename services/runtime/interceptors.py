@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 INTERNAL_TOKEN_KEY = "longshore-internal-token"  # noqa: S105 (a metadata key, not a secret)
 PRINCIPAL_KEY = "longshore-principal"
+# Trailing metadata on every response: which release answered (version skew checks).
+VERSION_KEY = "longshore-version"
 
 # Services anyone may call: probes and tooling must work without credentials.
 OPEN_SERVICE_PREFIXES = (
@@ -142,6 +144,32 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     _abort_for(exc, context, method)
 
             return unary
+
+        return _replace_behaviors(handler, wrap)
+
+
+class VersionInterceptor(grpc.ServerInterceptor):
+    """Adds the server's release as ``longshore-version`` trailing metadata."""
+
+    def __init__(self, version: str) -> None:
+        self._metadata = ((VERSION_KEY, version),)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        metadata = self._metadata
+
+        def wrap(behavior: Behavior, streaming: bool) -> Behavior:
+            def tagged(request: Any, context: grpc.ServicerContext) -> Any:
+                context.set_trailing_metadata(metadata)
+                return behavior(request, context)
+
+            return tagged
 
         return _replace_behaviors(handler, wrap)
 

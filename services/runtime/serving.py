@@ -25,7 +25,11 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import filters, server_interceptor
 
-from services.runtime.interceptors import ErrorInterceptor, InternalTokenInterceptor
+from services.runtime.interceptors import (
+    ErrorInterceptor,
+    InternalTokenInterceptor,
+    VersionInterceptor,
+)
 from services.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -157,7 +161,8 @@ def build_server(
         RuntimeError: The address cannot be bound.
     """
     interceptors: list[grpc.ServerInterceptor] = [
-        server_interceptor(tracer_provider=tracer_provider, filter_=trace_filter())
+        server_interceptor(tracer_provider=tracer_provider, filter_=trace_filter()),
+        VersionInterceptor(__version__),
     ]
     if internal_token is not None:
         interceptors.append(InternalTokenInterceptor(internal_token))

@@ -219,11 +219,13 @@ def test_status_reports_version_and_backend_health(stack: RealStack, stubs: Stub
     ]
     assert all(b.health == BackendHealth.BACKEND_HEALTH_SERVING for b in reply.backends)
     assert all(0 < b.latency_ms < 1000 for b in reply.backends)
+    # Backends report their release through the runtime's trailing metadata.
+    assert [b.version for b in reply.backends] == [reply.version, reply.version]
     assert list(reply.scopes) == ["read"]
 
 
-@pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `make bootstrap` (tools/)")
 def test_buf_curl_lists_services_and_calls_through_reflection(stack: RealStack) -> None:
+    assert BUF.exists(), "buf is installed by `make bootstrap` (tools/package.json)"
     url = f"http://{stack.gateway_addr}"
     listed = subprocess.run(
         [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-services", url],
