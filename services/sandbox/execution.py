@@ -104,6 +104,7 @@ class ExecRun:
         self._timed_out = threading.Event()
         self._finished = threading.Event()
         self._sock: Any = None
+        self._close_lock = threading.Lock()
 
     def events(self) -> Iterator[OutputChunk | ExecExit]:
         """Starts the command and yields its output as it arrives, then the exit.
@@ -182,7 +183,10 @@ class ExecRun:
         self._close()
 
     def _feed_stdin(self) -> None:
-        raw = getattr(self._sock, "_sock", self._sock)
+        sock = self._sock
+        if sock is None:  # already closed by a timeout or a cancel
+            return
+        raw = getattr(sock, "_sock", None) or sock
         try:
             raw.sendall(self._cmd.stdin)
             raw.shutdown(socket.SHUT_WR)
@@ -227,10 +231,13 @@ class ExecRun:
             )
 
     def _close(self) -> None:
-        sock = self._sock
+        # Called from the reader, the timeout timer and a cancel callback:
+        # whoever comes first closes the socket, the others find nothing to do.
+        with self._close_lock:
+            sock, self._sock = self._sock, None
         if sock is None:
             return
-        raw = getattr(sock, "_sock", sock)
+        raw = getattr(sock, "_sock", None) or sock
         with contextlib.suppress(OSError):
             raw.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):

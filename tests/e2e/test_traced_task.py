@@ -80,11 +80,23 @@ def test_a_dispatched_task_is_one_trace_from_gateway_to_docker(
     trace_id = task.trace_id
 
     def complete(spans: list[ReceivedSpan]) -> bool:
+        # Spans arrive in batches, children before the parents that end later:
+        # wait until some Docker exec span's whole ancestry has arrived.
         mine = [s for s in spans if s.trace_id == trace_id]
+        ids = {s.span_id: s for s in mine}
+
+        def rooted(span: ReceivedSpan) -> bool:
+            while span.parent_span_id:
+                if span.parent_span_id not in ids:
+                    return False
+                span = ids[span.parent_span_id]
+            return True
+
         return any(
             s.service_name == "longshore-sandbox"
             and s.name.startswith("docker.")
             and "exec" in s.name
+            and rooted(s)
             for s in mine
         ) and any(s.name == "kanban.run" for s in mine)
 
@@ -106,6 +118,7 @@ def test_a_dispatched_task_is_one_trace_from_gateway_to_docker(
         if s.service_name == "longshore-sandbox"
         and s.name.startswith("docker.")
         and "exec" in s.name
+        and s.parent_span_id in by_id
     )
     path = chain(docker_exec, by_id)
     steps = [(s.service_name, s.kind, s.name) for s in path]
