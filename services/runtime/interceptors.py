@@ -109,8 +109,15 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
     return code is not None and code != grpc.StatusCode.OK
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps exceptions escaping handlers to precise status codes."""
+Wrap = Callable[[Behavior, bool], Behavior]
+
+
+class _WrappingInterceptor(grpc.ServerInterceptor):
+    """Base: wraps a method's behaviour when :meth:`wrapper` returns a wrapper."""
+
+    def wrapper(self, details: grpc.HandlerCallDetails) -> Wrap | None:
+        """Returns how to wrap the call's behaviour, or None to leave it as is."""
+        raise NotImplementedError
 
     def intercept_service(
         self,
@@ -120,7 +127,15 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
+        wrap = self.wrapper(handler_call_details)
+        return handler if wrap is None else _replace_behaviors(handler, wrap)
+
+
+class ErrorInterceptor(_WrappingInterceptor):
+    """Maps exceptions escaping handlers to precise status codes."""
+
+    def wrapper(self, details: grpc.HandlerCallDetails) -> Wrap:
+        method = details.method
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             if streaming:
@@ -145,23 +160,16 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             return unary
 
-        return _replace_behaviors(handler, wrap)
+        return wrap
 
 
-class VersionInterceptor(grpc.ServerInterceptor):
+class VersionInterceptor(_WrappingInterceptor):
     """Adds the server's release as ``longshore-version`` trailing metadata."""
 
     def __init__(self, version: str) -> None:
         self._metadata = ((VERSION_KEY, version),)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+    def wrapper(self, details: grpc.HandlerCallDetails) -> Wrap:
         metadata = self._metadata
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
@@ -171,10 +179,10 @@ class VersionInterceptor(grpc.ServerInterceptor):
 
             return tagged
 
-        return _replace_behaviors(handler, wrap)
+        return wrap
 
 
-class InternalTokenInterceptor(grpc.ServerInterceptor):
+class InternalTokenInterceptor(_WrappingInterceptor):
     """Refuses calls without the internal credential, except health and reflection."""
 
     def __init__(self, token: str) -> None:
@@ -182,22 +190,17 @@ class InternalTokenInterceptor(grpc.ServerInterceptor):
             raise ValueError("LONGSHORE_INTERNAL_TOKEN: must not be empty")
         self._token = token.encode()
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or is_open_method(method):
-            return handler
+    def wrapper(self, details: grpc.HandlerCallDetails) -> Wrap | None:
+        method = details.method
+        if is_open_method(method):
+            return None
         presented = ""
-        for key, value in handler_call_details.invocation_metadata or ():
+        for key, value in details.invocation_metadata or ():
             if key == INTERNAL_TOKEN_KEY:
                 presented = str(value)
                 break
         if hmac.compare_digest(presented.encode(), self._token):
-            return handler
+            return None
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             def refuse(request: Any, context: grpc.ServicerContext) -> Any:
@@ -209,4 +212,4 @@ class InternalTokenInterceptor(grpc.ServerInterceptor):
 
             return refuse
 
-        return _replace_behaviors(handler, wrap)
+        return wrap
