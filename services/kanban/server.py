@@ -10,7 +10,7 @@ dispatcher once the transaction has committed.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from longshore.kanban.v1 import kanban_service_pb2 as pb
@@ -292,69 +292,73 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
     def _changed(self, s: Session, row: models.Task) -> task_pb2.Task:
         return convert.task(row, links.parent_ids(s, [row.task_id])[row.task_id])
 
+    def _change_task(self, change: Callable[[Session, Effects], models.Task]) -> task_pb2.Task:
+        """Applies one task change in a write transaction, then its post-commit effects."""
+        effects = Effects()
+        with self._db.write() as s:
+            msg = self._changed(s, change(s, effects))
+        self._after(effects)
+        return msg
+
     def MoveTask(
         self, request: pb.MoveTaskRequest, context: grpc.ServicerContext
     ) -> pb.MoveTaskResponse:
         status = convert.task_status_name(request.status)
-        effects = Effects()
-        with self._db.write() as s:
-            row = tasks.move(
+        msg = self._change_task(
+            lambda s, effects: tasks.move(
                 s, request.task_id, status, reason=request.reason, source=SOURCE, effects=effects
             )
-            msg = self._changed(s, row)
-        self._after(effects)
+        )
         return pb.MoveTaskResponse(task=msg)
 
     def AssignTask(
         self, request: pb.AssignTaskRequest, context: grpc.ServicerContext
     ) -> pb.AssignTaskResponse:
-        effects = Effects()
-        with self._db.write() as s:
-            row = tasks.assign(s, request.task_id, request.assignee, source=SOURCE, effects=effects)
-            msg = self._changed(s, row)
-        self._after(effects)
+        msg = self._change_task(
+            lambda s, effects: tasks.assign(
+                s, request.task_id, request.assignee, source=SOURCE, effects=effects
+            )
+        )
         return pb.AssignTaskResponse(task=msg)
 
     def BlockTask(
         self, request: pb.BlockTaskRequest, context: grpc.ServicerContext
     ) -> pb.BlockTaskResponse:
-        effects = Effects()
-        with self._db.write() as s:
-            row = tasks.block(s, request.task_id, request.reason, source=SOURCE, effects=effects)
-            msg = self._changed(s, row)
-        self._after(effects)
+        msg = self._change_task(
+            lambda s, effects: tasks.block(
+                s, request.task_id, request.reason, source=SOURCE, effects=effects
+            )
+        )
         return pb.BlockTaskResponse(task=msg)
 
     def UnblockTask(
         self, request: pb.UnblockTaskRequest, context: grpc.ServicerContext
     ) -> pb.UnblockTaskResponse:
-        effects = Effects()
-        with self._db.write() as s:
-            row = tasks.unblock(s, request.task_id, request.reason, source=SOURCE, effects=effects)
-            msg = self._changed(s, row)
-        self._after(effects)
+        msg = self._change_task(
+            lambda s, effects: tasks.unblock(
+                s, request.task_id, request.reason, source=SOURCE, effects=effects
+            )
+        )
         return pb.UnblockTaskResponse(task=msg)
 
     def LinkTasks(
         self, request: pb.LinkTasksRequest, context: grpc.ServicerContext
     ) -> pb.LinkTasksResponse:
-        effects = Effects()
-        with self._db.write() as s:
-            row = links.link(s, request.parent_id, request.child_id, source=SOURCE, effects=effects)
-            msg = self._changed(s, row)
-        self._after(effects)
+        msg = self._change_task(
+            lambda s, effects: links.link(
+                s, request.parent_id, request.child_id, source=SOURCE, effects=effects
+            )
+        )
         return pb.LinkTasksResponse(child=msg)
 
     def UnlinkTasks(
         self, request: pb.UnlinkTasksRequest, context: grpc.ServicerContext
     ) -> pb.UnlinkTasksResponse:
-        effects = Effects()
-        with self._db.write() as s:
-            row = links.unlink(
+        msg = self._change_task(
+            lambda s, effects: links.unlink(
                 s, request.parent_id, request.child_id, source=SOURCE, effects=effects
             )
-            msg = self._changed(s, row)
-        self._after(effects)
+        )
         return pb.UnlinkTasksResponse(child=msg)
 
     def ExplainTask(
