@@ -73,7 +73,7 @@ base-image: ## Build the local Python base image once when the official slim ima
 images: ## Build the four service images (wheels built on the host; base from base-image)
 	bash scripts/compose-images.sh
 
-up: ## Run the system with compose: install what is missing, build, start, wait, print addresses (PROFILES="postgres tracing")
+up: $(VENV)/.installed ## Run the system with compose: install what is missing (incl. the CLI in .venv), build, start, wait, print addresses (PROFILES="postgres tracing")
 	PROFILES="$(PROFILES)" bash scripts/compose-up.sh
 
 down: ## Stop the compose stack (VOLUMES=1 also removes its volumes and sandboxes)
