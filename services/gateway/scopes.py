@@ -33,6 +33,8 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     _SANDBOX + "Exec": SANDBOX_USE,
     _SANDBOX + "ReleaseSandbox": SANDBOX_USE,
     _SANDBOX + "ReapOrphans": ADMIN,
+    # Validating a spec is part of writing profiles (kanban calls it directly).
+    _SANDBOX + "CheckSandboxSpec": ADMIN,
     # KanbanService: boards and profiles shape the deployment -> admin.
     _KANBAN + "CreateBoard": ADMIN,
     _KANBAN + "GetBoard": READ,

@@ -135,6 +135,12 @@ class Profile(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     create_time: Mapped[dt.datetime] = mapped_column(default=utcnow)
     update_time: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Retry policy: 0 / None = the kanban settings' defaults apply.
+    retry_max_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retry_initial_backoff_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    retry_max_backoff_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Exact image references a task may name instead of the spec's image.
+    allowed_images: Mapped[list[Any]] = mapped_column(default=list)
 
 
 class Task(Base):
@@ -169,6 +175,8 @@ class Task(Base):
     create_time: Mapped[dt.datetime] = mapped_column(default=utcnow)
     update_time: Mapped[dt.datetime] = mapped_column(default=utcnow)
     ready_time: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    # Retry backoff: the dispatcher (and ClaimTask) leave the task alone until then.
+    next_attempt_time: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
 
 class TaskLink(Base):
@@ -207,6 +215,10 @@ class TaskRun(Base):
     output_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     output_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     counted_failure: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "work" or "platform" when the run failed (FailureClass); "" otherwise.
+    failure_class: Mapped[str] = mapped_column(String(16), default="")
+    # Principal that claimed it through WorkerService, or "dispatcher".
+    holder: Mapped[str] = mapped_column(String(63), default="")
 
 
 class RunOutput(Base):

@@ -179,6 +179,7 @@ class SpawnFailure(_message.Message):
     ASSIGNEE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     FAILURE_COUNT_FIELD_NUMBER: _builtins.int
+    COUNTED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task."""
     assignee: _builtins.str
@@ -187,6 +188,10 @@ class SpawnFailure(_message.Message):
     """The error."""
     failure_count: _builtins.int
     """Counted failures after this one."""
+    counted: _builtins.bool
+    """Whether this failure counted toward the breaker: work failures do,
+    platform failures (the sandbox backend unreachable) never do.
+    """
     def __init__(
         self,
         *,
@@ -194,10 +199,11 @@ class SpawnFailure(_message.Message):
         assignee: _builtins.str = ...,
         error: _builtins.str = ...,
         failure_count: _builtins.int = ...,
+        counted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "error", b"error", "failure_count", b"failure_count", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "counted", b"counted", "error", b"error", "failure_count", b"failure_count", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -226,11 +232,19 @@ class DispatchResult(_message.Message):
     STOPPED_REASON_FIELD_NUMBER: _builtins.int
     NOT_CONSIDERED_FIELD_NUMBER: _builtins.int
     TICK_TIME_FIELD_NUMBER: _builtins.int
+    BACKING_OFF_FIELD_NUMBER: _builtins.int
+    BACKEND_PAUSED_FIELD_NUMBER: _builtins.int
+    BACKEND_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     """Whether this was a dry run (nothing written)."""
     stopped_reason: _builtins.str
     """Why the walk stopped early, if it did: `max_in_progress reached (8)` or
     `max_spawn reached (3)`; empty when every ready task was considered.
+    """
+    backend_unavailable: _builtins.str
+    """Why dispatch to the sandbox backend is paused, e.g. `sandbox backend
+    unavailable since 12:00:03Z (connection refused), next probe in 4s`;
+    empty while it is available.
     """
     @_builtins.property
     def reclaimed(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReclaimedRun]:
@@ -284,6 +298,16 @@ class DispatchResult(_message.Message):
     def tick_time(self) -> _timestamp_pb2.Timestamp:
         """When the tick ran."""
 
+    @_builtins.property
+    def backing_off(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchTaskRef]:
+        """Ready tasks waiting out their retry backoff."""
+
+    @_builtins.property
+    def backend_paused(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchTaskRef]:
+        """Ready tasks of sandbox profiles held back because the sandbox backend is
+        unavailable.
+        """
+
     def __init__(
         self,
         *,
@@ -302,10 +326,13 @@ class DispatchResult(_message.Message):
         stopped_reason: _builtins.str = ...,
         not_considered: _abc.Iterable[_builtins.str] | None = ...,
         tick_time: _timestamp_pb2.Timestamp | None = ...,
+        backing_off: _abc.Iterable[Global___DispatchTaskRef] | None = ...,
+        backend_paused: _abc.Iterable[Global___DispatchTaskRef] | None = ...,
+        backend_unavailable: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["tick_time", b"tick_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_assigned_default", b"auto_assigned_default", "auto_blocked", b"auto_blocked", "awaiting_worker", b"awaiting_worker", "crashed", b"crashed", "dry_run", b"dry_run", "not_considered", b"not_considered", "promoted", b"promoted", "reclaimed", b"reclaimed", "skipped_nonspawnable", b"skipped_nonspawnable", "skipped_per_profile_capped", b"skipped_per_profile_capped", "skipped_unassigned", b"skipped_unassigned", "spawn_failed", b"spawn_failed", "spawned", b"spawned", "stopped_reason", b"stopped_reason", "tick_time", b"tick_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_assigned_default", b"auto_assigned_default", "auto_blocked", b"auto_blocked", "awaiting_worker", b"awaiting_worker", "backend_paused", b"backend_paused", "backend_unavailable", b"backend_unavailable", "backing_off", b"backing_off", "crashed", b"crashed", "dry_run", b"dry_run", "not_considered", b"not_considered", "promoted", b"promoted", "reclaimed", b"reclaimed", "skipped_nonspawnable", b"skipped_nonspawnable", "skipped_per_profile_capped", b"skipped_per_profile_capped", "skipped_unassigned", b"skipped_unassigned", "spawn_failed", b"spawn_failed", "spawned", b"spawned", "stopped_reason", b"stopped_reason", "tick_time", b"tick_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

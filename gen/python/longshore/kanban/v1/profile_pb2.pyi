@@ -3,10 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from longshore.sandbox.v1 import sandbox_pb2 as _sandbox_pb2
 import builtins as _builtins
@@ -53,6 +55,46 @@ EXECUTOR_NONE: Executor.ValueType  # 3
 Global___Executor: _TypeAlias = Executor  # noqa: Y015
 
 @_typing.final
+class RetryPolicy(_message.Message):
+    """RetryPolicy says how a profile's failed tasks are retried."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    INITIAL_BACKOFF_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """Work failures in a row after which the task is blocked (the breaker).
+    0 = the dispatcher's `kanban.failure_limit`. At most 100.
+    """
+    @_builtins.property
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """Delay before the first retry; doubled after each further failure.
+        Unset or zero = `kanban.retry_initial_backoff_seconds`. At most 1 day.
+        """
+
+    @_builtins.property
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """Longest delay between retries. Unset or zero =
+        `kanban.retry_max_backoff_seconds`. At most 1 day.
+        """
+
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int = ...,
+        initial_backoff: _duration_pb2.Duration | None = ...,
+        max_backoff: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
+
+@_typing.final
 class Profile(_message.Message):
     """Profile is an agent profile: who runs a task and with what limits."""
 
@@ -67,6 +109,8 @@ class Profile(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    ALLOWED_IMAGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Profile name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,62}`. The identifier."""
     executor: Global___Executor.ValueType
@@ -83,8 +127,11 @@ class Profile(_message.Message):
     """Free text."""
     @_builtins.property
     def sandbox_spec(self) -> _sandbox_pb2.SandboxSpec:
-        """Sandbox defaults for tasks of this profile (executor SANDBOX; external
-        workers may use it too). A task may override the image.
+        """Sandbox spec of this profile's tasks: operator policy, validated by the
+        sandbox manager (CheckSandboxSpec) when written. A task may override
+        the image only with one of `allowed_images`. Env values are write-only:
+        reads return each name with the value `<redacted>`, and a write that
+        sends `<redacted>` for a name keeps the stored value.
         """
 
     @_builtins.property
@@ -101,6 +148,16 @@ class Profile(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the profile was last changed."""
 
+    @_builtins.property
+    def retry_policy(self) -> Global___RetryPolicy:
+        """How failed tasks are retried."""
+
+    @_builtins.property
+    def allowed_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Images a task of this profile may name instead of the spec's image
+        (exact references). Empty = only the spec's image. At most 32.
+        """
+
     def __init__(
         self,
         *,
@@ -113,10 +170,12 @@ class Profile(_message.Message):
         description: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        retry_policy: Global___RetryPolicy | None = ...,
+        allowed_images: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_max_runtime", b"default_max_runtime", "sandbox_spec", b"sandbox_spec", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_max_runtime", b"default_max_runtime", "retry_policy", b"retry_policy", "sandbox_spec", b"sandbox_spec", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_max_runtime", b"default_max_runtime", "description", b"description", "executor", b"executor", "keep_sandbox", b"keep_sandbox", "max_in_progress", b"max_in_progress", "name", b"name", "sandbox_spec", b"sandbox_spec", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_images", b"allowed_images", "create_time", b"create_time", "default_max_runtime", b"default_max_runtime", "description", b"description", "executor", b"executor", "keep_sandbox", b"keep_sandbox", "max_in_progress", b"max_in_progress", "name", b"name", "retry_policy", b"retry_policy", "sandbox_spec", b"sandbox_spec", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

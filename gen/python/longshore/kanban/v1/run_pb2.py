@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlongshore/kanban/v1/run.proto\x12\x13longshore.kanban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x03\n\x07TaskRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.longshore.kanban.v1.RunStatus\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x12\n\nsandbox_id\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11lease_expire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\texit_code\x18\n \x01(\x05\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x14\n\x0coutput_bytes\x18\x0c \x01(\x03\x12\x18\n\x10output_truncated\x18\r \x01(\x08\x12\x17\n\x0f\x63ounted_failure\x18\x0e \x01(\x08*\xd6\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x18\n\x14RUN_STATUS_TIMED_OUT\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x13\n\x0fRUN_STATUS_LOST\x10\x06\x12\x1b\n\x17RUN_STATUS_SPAWN_FAILED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlongshore/kanban/v1/run.proto\x12\x13longshore.kanban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x03\n\x07TaskRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.longshore.kanban.v1.RunStatus\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x12\n\nsandbox_id\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11lease_expire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\texit_code\x18\n \x01(\x05\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x14\n\x0coutput_bytes\x18\x0c \x01(\x03\x12\x18\n\x10output_truncated\x18\r \x01(\x08\x12\x17\n\x0f\x63ounted_failure\x18\x0e \x01(\x08\x12\x38\n\rfailure_class\x18\x0f \x01(\x0e\x32!.longshore.kanban.v1.FailureClass\x12\x0e\n\x06holder\x18\x10 \x01(\t*\xd6\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x18\n\x14RUN_STATUS_TIMED_OUT\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x13\n\x0fRUN_STATUS_LOST\x10\x06\x12\x1b\n\x17RUN_STATUS_SPAWN_FAILED\x10\x07*a\n\x0c\x46\x61ilureClass\x12\x1d\n\x19\x46\x41ILURE_CLASS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46\x41ILURE_CLASS_WORK\x10\x01\x12\x1a\n\x16\x46\x41ILURE_CLASS_PLATFORM\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'longshore.kanban.v1.run_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=493
-  _globals['_RUNSTATUS']._serialized_end=707
+  _globals['_RUNSTATUS']._serialized_start=567
+  _globals['_RUNSTATUS']._serialized_end=781
+  _globals['_FAILURECLASS']._serialized_start=783
+  _globals['_FAILURECLASS']._serialized_end=880
   _globals['_TASKRUN']._serialized_start=88
-  _globals['_TASKRUN']._serialized_end=490
+  _globals['_TASKRUN']._serialized_end=564
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,40 @@ RUN_STATUS_SPAWN_FAILED: RunStatus.ValueType  # 7
 """The executor could not start it (sandbox service down, image missing)."""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
+class _FailureClass:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FailureClassEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureClass.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FAILURE_CLASS_UNSPECIFIED: _FailureClass.ValueType  # 0
+    """The run did not fail (running or succeeded)."""
+    FAILURE_CLASS_WORK: _FailureClass.ValueType  # 1
+    """The work failed: non-zero exit, timeout, missing image, invalid spec.
+    Counts toward the profile's retry limit (the breaker).
+    """
+    FAILURE_CLASS_PLATFORM: _FailureClass.ValueType  # 2
+    """The platform failed: the sandbox manager or its engine unreachable, a
+    lease lost through a restart of our own service, an operator's cancel.
+    Never counts; the task is retried with backoff.
+    """
+
+class FailureClass(_FailureClass, metaclass=_FailureClassEnumTypeWrapper):
+    """FailureClass says whose failure ended a run."""
+
+FAILURE_CLASS_UNSPECIFIED: FailureClass.ValueType  # 0
+"""The run did not fail (running or succeeded)."""
+FAILURE_CLASS_WORK: FailureClass.ValueType  # 1
+"""The work failed: non-zero exit, timeout, missing image, invalid spec.
+Counts toward the profile's retry limit (the breaker).
+"""
+FAILURE_CLASS_PLATFORM: FailureClass.ValueType  # 2
+"""The platform failed: the sandbox manager or its engine unreachable, a
+lease lost through a restart of our own service, an operator's cancel.
+Never counts; the task is retried with backoff.
+"""
+Global___FailureClass: _TypeAlias = FailureClass  # noqa: Y015
+
 @_typing.final
 class TaskRun(_message.Message):
     """TaskRun is one attempt at a task. Its run_id is the fencing token: only a
@@ -85,6 +119,8 @@ class TaskRun(_message.Message):
     OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     OUTPUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     COUNTED_FAILURE_FIELD_NUMBER: _builtins.int
+    FAILURE_CLASS_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run id (the fencing token)."""
     task_id: _builtins.str
@@ -107,6 +143,13 @@ class TaskRun(_message.Message):
     """Output beyond the kept limit was dropped."""
     counted_failure: _builtins.bool
     """Whether a failure of this run counted toward the breaker."""
+    failure_class: Global___FailureClass.ValueType
+    """Whose failure ended the run, when it failed."""
+    holder: _builtins.str
+    """Principal (API key name) that claimed the run through WorkerService, or
+    `dispatcher` for runs the dispatcher executes. Only it may heartbeat,
+    append to, complete or fail the run.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the run started."""
@@ -136,10 +179,12 @@ class TaskRun(_message.Message):
         output_bytes: _builtins.int = ...,
         output_truncated: _builtins.bool = ...,
         counted_failure: _builtins.bool = ...,
+        failure_class: Global___FailureClass.ValueType = ...,
+        holder: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "lease_expire_time", b"lease_expire_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted_failure", b"counted_failure", "end_time", b"end_time", "error", b"error", "exit_code", b"exit_code", "lease_expire_time", b"lease_expire_time", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "profile", b"profile", "run_id", b"run_id", "sandbox_id", b"sandbox_id", "start_time", b"start_time", "status", b"status", "task_id", b"task_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted_failure", b"counted_failure", "end_time", b"end_time", "error", b"error", "exit_code", b"exit_code", "failure_class", b"failure_class", "holder", b"holder", "lease_expire_time", b"lease_expire_time", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "profile", b"profile", "run_id", b"run_id", "sandbox_id", b"sandbox_id", "start_time", b"start_time", "status", b"status", "task_id", b"task_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

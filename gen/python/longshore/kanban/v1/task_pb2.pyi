@@ -104,6 +104,14 @@ class _ReadinessReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Readi
     """The assignee's executor is `external`: waiting for a worker to claim it."""
     READINESS_REASON_NOT_DISPATCHABLE: _ReadinessReason.ValueType  # 11
     """Not in a dispatchable status (triage, blocked by hand, done, archived)."""
+    READINESS_REASON_BACKING_OFF: _ReadinessReason.ValueType  # 12
+    """Ready, waiting out the retry backoff after a failure (until
+    `next_attempt_time`).
+    """
+    READINESS_REASON_BACKEND_UNAVAILABLE: _ReadinessReason.ValueType  # 13
+    """Ready, but the sandbox backend (the sandbox manager or its engine) is
+    unavailable: dispatch to it is paused until a probe succeeds.
+    """
 
 class ReadinessReason(_ReadinessReason, metaclass=_ReadinessReasonEnumTypeWrapper):
     """ReadinessReason says why a task is or is not about to run."""
@@ -132,6 +140,14 @@ READINESS_REASON_AWAITING_WORKER: ReadinessReason.ValueType  # 10
 """The assignee's executor is `external`: waiting for a worker to claim it."""
 READINESS_REASON_NOT_DISPATCHABLE: ReadinessReason.ValueType  # 11
 """Not in a dispatchable status (triage, blocked by hand, done, archived)."""
+READINESS_REASON_BACKING_OFF: ReadinessReason.ValueType  # 12
+"""Ready, waiting out the retry backoff after a failure (until
+`next_attempt_time`).
+"""
+READINESS_REASON_BACKEND_UNAVAILABLE: ReadinessReason.ValueType  # 13
+"""Ready, but the sandbox backend (the sandbox manager or its engine) is
+unavailable: dispatch to it is paused until a probe succeeds.
+"""
 Global___ReadinessReason: _TypeAlias = ReadinessReason  # noqa: Y015
 
 @_typing.final
@@ -241,6 +257,7 @@ class Task(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     READINESS_FIELD_NUMBER: _builtins.int
     SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Task id, assigned by the service. Output only."""
     board_id: _builtins.str
@@ -258,7 +275,9 @@ class Task(_message.Message):
     priority: _builtins.int
     """Higher runs first; ties go to the older task."""
     image: _builtins.str
-    """Image overriding the profile's sandbox image, when set."""
+    """Image overriding the profile's sandbox image, when set; must be the
+    profile's image or one of its `allowed_images`.
+    """
     blocked_reason: _builtins.str
     """Why the task is blocked (set by BlockTask or by the breaker)."""
     failure_count: _builtins.int
@@ -281,7 +300,10 @@ class Task(_message.Message):
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Environment for the command; values are never logged or put in argv."""
+        """Environment for the command; values are never logged or put in argv.
+        Write-only: reads return each name with the value `<redacted>`, and a
+        write that sends `<redacted>` for a name keeps the stored value.
+        """
 
     @_builtins.property
     def max_runtime(self) -> _duration_pb2.Duration:
@@ -307,6 +329,12 @@ class Task(_message.Message):
     def readiness(self) -> Global___Readiness:
         """Why it is (not) running; filled when the request asks for it."""
 
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """Earliest time the next attempt may start (retry backoff after a
+        failure); unset when the task may start at once. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -331,10 +359,11 @@ class Task(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         readiness: Global___Readiness | None = ...,
         sandbox_id: _builtins.str = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "max_runtime", b"max_runtime", "readiness", b"readiness", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "max_runtime", b"max_runtime", "next_attempt_time", b"next_attempt_time", "readiness", b"readiness", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "blocked_reason", b"blocked_reason", "board_id", b"board_id", "command", b"command", "create_time", b"create_time", "current_run_id", b"current_run_id", "description", b"description", "env", b"env", "failure_count", b"failure_count", "image", b"image", "labels", b"labels", "max_runtime", b"max_runtime", "parent_ids", b"parent_ids", "priority", b"priority", "readiness", b"readiness", "sandbox_id", b"sandbox_id", "status", b"status", "task_id", b"task_id", "title", b"title", "trace_id", b"trace_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "blocked_reason", b"blocked_reason", "board_id", b"board_id", "command", b"command", "create_time", b"create_time", "current_run_id", b"current_run_id", "description", b"description", "env", b"env", "failure_count", b"failure_count", "image", b"image", "labels", b"labels", "max_runtime", b"max_runtime", "next_attempt_time", b"next_attempt_time", "parent_ids", b"parent_ids", "priority", b"priority", "readiness", b"readiness", "sandbox_id", b"sandbox_id", "status", b"status", "task_id", b"task_id", "title", b"title", "trace_id", b"trace_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

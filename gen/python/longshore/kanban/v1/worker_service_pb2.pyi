@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from longshore.kanban.v1 import profile_pb2 as _profile_pb2
 from longshore.kanban.v1 import task_pb2 as _task_pb2
+from longshore.sandbox.v1 import sandbox_pb2 as _sandbox_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -68,8 +69,16 @@ class ClaimTaskResponse(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
+    SANDBOX_TOKEN_FIELD_NUMBER: _builtins.int
+    SANDBOX_TOKEN_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SANDBOX_SPEC_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run (fencing token) to present on every later call."""
+    sandbox_token: _builtins.str
+    """Proves to the sandbox manager that the caller holds this run: send it as
+    metadata `longshore-sandbox-token` on AcquireSandbox, Exec, GetSandbox
+    and ReleaseSandbox. Renewed by Heartbeat. Empty when no task was claimed.
+    """
     @_builtins.property
     def task(self) -> _task_pb2.Task:
         """The task; unset when none was ready within `wait`."""
@@ -80,7 +89,18 @@ class ClaimTaskResponse(_message.Message):
 
     @_builtins.property
     def profile(self) -> _profile_pb2.Profile:
-        """The profile, so the worker knows the sandbox spec to use."""
+        """The profile (env values redacted)."""
+
+    @_builtins.property
+    def sandbox_token_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the sandbox token stops being accepted unless renewed."""
+
+    @_builtins.property
+    def sandbox_spec(self) -> _sandbox_pb2.SandboxSpec:
+        """The run's sandbox spec: the profile's spec with the task's image and env
+        applied, env values included (only the run's holder receives them).
+        Pass it unchanged to AcquireSandbox: the token admits this spec only.
+        """
 
     def __init__(
         self,
@@ -89,10 +109,13 @@ class ClaimTaskResponse(_message.Message):
         run_id: _builtins.str = ...,
         lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
         profile: _profile_pb2.Profile | None = ...,
+        sandbox_token: _builtins.str = ...,
+        sandbox_token_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        sandbox_spec: _sandbox_pb2.SandboxSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time", "profile", b"profile", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time", "profile", b"profile", "sandbox_spec", b"sandbox_spec", "sandbox_token_expire_time", b"sandbox_token_expire_time", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time", "profile", b"profile", "run_id", b"run_id", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time", "profile", b"profile", "run_id", b"run_id", "sandbox_spec", b"sandbox_spec", "sandbox_token", b"sandbox_token", "sandbox_token_expire_time", b"sandbox_token_expire_time", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -127,18 +150,28 @@ class HeartbeatResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SANDBOX_TOKEN_FIELD_NUMBER: _builtins.int
+    SANDBOX_TOKEN_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    sandbox_token: _builtins.str
+    """A renewed sandbox token for the run (see ClaimTaskResponse)."""
     @_builtins.property
     def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the lease now ends."""
+
+    @_builtins.property
+    def sandbox_token_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the renewed sandbox token stops being accepted."""
 
     def __init__(
         self,
         *,
         lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        sandbox_token: _builtins.str = ...,
+        sandbox_token_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time", "sandbox_token_expire_time", b"sandbox_token_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expire_time", b"lease_expire_time", "sandbox_token", b"sandbox_token", "sandbox_token_expire_time", b"sandbox_token_expire_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,6 +289,7 @@ class FailTaskRequest(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run's fencing token."""
     error: _builtins.str
@@ -264,6 +298,11 @@ class FailTaskRequest(_message.Message):
     """Whether a retry may succeed; false blocks the task at once."""
     exit_code: _builtins.int
     """Exit code, when the failure was a command's exit."""
+    platform: _builtins.bool
+    """The platform failed, not the work (e.g. the sandbox manager was
+    unreachable): the failure does not count toward the breaker and the
+    task is retried with backoff, whatever `retryable` says.
+    """
     def __init__(
         self,
         *,
@@ -271,10 +310,11 @@ class FailTaskRequest(_message.Message):
         error: _builtins.str = ...,
         retryable: _builtins.bool = ...,
         exit_code: _builtins.int = ...,
+        platform: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "exit_code", b"exit_code", "retryable", b"retryable", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "exit_code", b"exit_code", "platform", b"platform", "retryable", b"retryable", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

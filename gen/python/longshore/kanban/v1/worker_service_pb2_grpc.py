@@ -31,6 +31,10 @@ class WorkerServiceStub:
     returned: the fencing token. A stale run_id (the lease expired and the task
     was reclaimed, or the task left running) changes nothing and is
     FAILED_PRECONDITION.
+
+    A run belongs to the principal (API key name) that claimed it: every later
+    call on it from another principal is PERMISSION_DENIED, and so is every
+    call on a run the dispatcher executes itself (executor `sandbox`).
     """
 
     def __init__(self, channel):
@@ -72,6 +76,10 @@ class WorkerServiceServicer:
     returned: the fencing token. A stale run_id (the lease expired and the task
     was reclaimed, or the task left running) changes nothing and is
     FAILED_PRECONDITION.
+
+    A run belongs to the principal (API key name) that claimed it: every later
+    call on it from another principal is PERMISSION_DENIED, and so is every
+    call on a run the dispatcher executes itself (executor `sandbox`).
     """
 
     def ClaimTask(self, request, context):
@@ -87,8 +95,9 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Heartbeat renews the run's lease.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (run), FAILED_PRECONDITION (stale run:
+        """Heartbeat renews the run's lease and its sandbox token.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (run), PERMISSION_DENIED (the run is
+        another principal's or the dispatcher's), FAILED_PRECONDITION (stale run:
         reclaimed, cancelled or finished).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -113,9 +122,11 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FailTask(self, request, context):
-        """FailTask ends the run with a failure; it counts toward the breaker. A
-        retryable failure returns the task to ready unless the breaker trips; a
-        non-retryable one blocks it.
+        """FailTask ends the run with a failure. A work failure counts toward the
+        breaker: a retryable one returns the task to ready after the profile's
+        retry backoff unless the breaker trips; a non-retryable one blocks it. A
+        platform failure (`platform`) never counts: the task is retried with
+        backoff.
         Errors: as Heartbeat.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -164,6 +175,10 @@ class WorkerService:
     returned: the fencing token. A stale run_id (the lease expired and the task
     was reclaimed, or the task left running) changes nothing and is
     FAILED_PRECONDITION.
+
+    A run belongs to the principal (API key name) that claimed it: every later
+    call on it from another principal is PERMISSION_DENIED, and so is every
+    call on a run the dispatcher executes itself (executor `sandbox`).
     """
 
     @staticmethod

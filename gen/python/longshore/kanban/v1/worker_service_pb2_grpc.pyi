@@ -32,6 +32,10 @@ class WorkerServiceStub:
     returned: the fencing token. A stale run_id (the lease expired and the task
     was reclaimed, or the task left running) changes nothing and is
     FAILED_PRECONDITION.
+
+    A run belongs to the principal (API key name) that claimed it: every later
+    call on it from another principal is PERMISSION_DENIED, and so is every
+    call on a run the dispatcher executes itself (executor `sandbox`).
     """
 
     @_typing.overload
@@ -47,8 +51,9 @@ class WorkerServiceStub:
     external).
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.HeartbeatRequest, _worker_service_pb2.HeartbeatResponse]
-    """Heartbeat renews the run's lease.
-    Errors: INVALID_ARGUMENT, NOT_FOUND (run), FAILED_PRECONDITION (stale run:
+    """Heartbeat renews the run's lease and its sandbox token.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (run), PERMISSION_DENIED (the run is
+    another principal's or the dispatcher's), FAILED_PRECONDITION (stale run:
     reclaimed, cancelled or finished).
     """
     AppendOutput: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.AppendOutputRequest, _worker_service_pb2.AppendOutputResponse]
@@ -61,9 +66,11 @@ class WorkerServiceStub:
     Errors: as Heartbeat.
     """
     FailTask: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.FailTaskRequest, _worker_service_pb2.FailTaskResponse]
-    """FailTask ends the run with a failure; it counts toward the breaker. A
-    retryable failure returns the task to ready unless the breaker trips; a
-    non-retryable one blocks it.
+    """FailTask ends the run with a failure. A work failure counts toward the
+    breaker: a retryable one returns the task to ready after the profile's
+    retry backoff unless the breaker trips; a non-retryable one blocks it. A
+    platform failure (`platform`) never counts: the task is retried with
+    backoff.
     Errors: as Heartbeat.
     """
 
@@ -74,6 +81,10 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     returned: the fencing token. A stale run_id (the lease expired and the task
     was reclaimed, or the task left running) changes nothing and is
     FAILED_PRECONDITION.
+
+    A run belongs to the principal (API key name) that claimed it: every later
+    call on it from another principal is PERMISSION_DENIED, and so is every
+    call on a run the dispatcher executes itself (executor `sandbox`).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -86,8 +97,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     external).
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.HeartbeatRequest, _worker_service_pb2.HeartbeatResponse]  # type: ignore[assignment]
-    """Heartbeat renews the run's lease.
-    Errors: INVALID_ARGUMENT, NOT_FOUND (run), FAILED_PRECONDITION (stale run:
+    """Heartbeat renews the run's lease and its sandbox token.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (run), PERMISSION_DENIED (the run is
+    another principal's or the dispatcher's), FAILED_PRECONDITION (stale run:
     reclaimed, cancelled or finished).
     """
     AppendOutput: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.AppendOutputRequest, _worker_service_pb2.AppendOutputResponse]  # type: ignore[assignment]
@@ -100,9 +112,11 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     Errors: as Heartbeat.
     """
     FailTask: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.FailTaskRequest, _worker_service_pb2.FailTaskResponse]  # type: ignore[assignment]
-    """FailTask ends the run with a failure; it counts toward the breaker. A
-    retryable failure returns the task to ready unless the breaker trips; a
-    non-retryable one blocks it.
+    """FailTask ends the run with a failure. A work failure counts toward the
+    breaker: a retryable one returns the task to ready after the profile's
+    retry backoff unless the breaker trips; a non-retryable one blocks it. A
+    platform failure (`platform`) never counts: the task is retried with
+    backoff.
     Errors: as Heartbeat.
     """
 
@@ -112,6 +126,10 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     returned: the fencing token. A stale run_id (the lease expired and the task
     was reclaimed, or the task left running) changes nothing and is
     FAILED_PRECONDITION.
+
+    A run belongs to the principal (API key name) that claimed it: every later
+    call on it from another principal is PERMISSION_DENIED, and so is every
+    call on a run the dispatcher executes itself (executor `sandbox`).
     """
 
     @_abc_1.abstractmethod
@@ -134,8 +152,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_service_pb2.HeartbeatRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_worker_service_pb2.HeartbeatResponse, _abc.Awaitable[_worker_service_pb2.HeartbeatResponse]]:
-        """Heartbeat renews the run's lease.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (run), FAILED_PRECONDITION (stale run:
+        """Heartbeat renews the run's lease and its sandbox token.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (run), PERMISSION_DENIED (the run is
+        another principal's or the dispatcher's), FAILED_PRECONDITION (stale run:
         reclaimed, cancelled or finished).
         """
 
@@ -166,9 +185,11 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_service_pb2.FailTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_worker_service_pb2.FailTaskResponse, _abc.Awaitable[_worker_service_pb2.FailTaskResponse]]:
-        """FailTask ends the run with a failure; it counts toward the breaker. A
-        retryable failure returns the task to ready unless the breaker trips; a
-        non-retryable one blocks it.
+        """FailTask ends the run with a failure. A work failure counts toward the
+        breaker: a retryable one returns the task to ready after the profile's
+        retry backoff unless the breaker trips; a non-retryable one blocks it. A
+        platform failure (`platform`) never counts: the task is retried with
+        backoff.
         Errors: as Heartbeat.
         """
 

@@ -46,6 +46,60 @@ OUTPUT_STREAM_STDERR: OutputStream.ValueType  # 2
 Global___OutputStream: _TypeAlias = OutputStream  # noqa: Y015
 
 @_typing.final
+class CheckSandboxSpecRequest(_message.Message):
+    """CheckSandboxSpecRequest names a spec to validate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    ALLOWED_IMAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> _sandbox_pb2.SandboxSpec:
+        """The spec, as a profile or a task would pass it to AcquireSandbox."""
+
+    @_builtins.property
+    def allowed_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """When not empty, `spec.image` must be one of these exact references (the
+        profile's image and its allowed images).
+        """
+
+    def __init__(
+        self,
+        *,
+        spec: _sandbox_pb2.SandboxSpec | None = ...,
+        allowed_images: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_images", b"allowed_images", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckSandboxSpecRequest: _TypeAlias = CheckSandboxSpecRequest  # noqa: Y015
+
+@_typing.final
+class CheckSandboxSpecResponse(_message.Message):
+    """CheckSandboxSpecResponse says the spec is admissible."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_HASH_FIELD_NUMBER: _builtins.int
+    config_hash: _builtins.str
+    """The config hash a sandbox of this spec would carry."""
+    def __init__(
+        self,
+        *,
+        config_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_hash", b"config_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckSandboxSpecResponse: _TypeAlias = CheckSandboxSpecResponse  # noqa: Y015
+
+@_typing.final
 class AcquireSandboxRequest(_message.Message):
     """AcquireSandboxRequest asks for a sandbox for one task under one profile."""
 
@@ -307,7 +361,9 @@ class ExecRequest(_message.Message):
     and `truncated` is reported); 0 = the manager's default cap.
     """
     user: _builtins.str
-    """User to run as, overriding the sandbox's user."""
+    """User to run as, overriding the sandbox's user. Only an admin caller (or
+    another Longshore service) may name a user other than the sandbox's own.
+    """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Command and arguments (no shell unless argv names one). Required."""

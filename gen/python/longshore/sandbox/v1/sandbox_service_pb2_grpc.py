@@ -30,6 +30,20 @@ class SandboxServiceStub:
     goes through it. Sandboxes are found by their `io.longshore.*` labels and
     scoped to the manager's deployment; a sandbox of another deployment is
     NOT_FOUND.
+
+    Who may call what. A call forwarded by the gateway carries the caller's
+    principal (`longshore-principal`) and scopes (`longshore-scopes`); a call
+    without them comes from another Longshore service (kanban's executor) and
+    is trusted. An `admin` caller (an operator) may use every sandbox. Any
+    other caller may acquire, exec in and release only the sandbox of a task
+    whose live run it holds, proven by the run's sandbox token (metadata
+    `longshore-sandbox-token`, returned by WorkerService.ClaimTask and renewed
+    by Heartbeat): it names the deployment, task, profile, run, the digest of
+    the run's sandbox spec and an expiry, and is signed with the internal
+    credential. Without a valid token, or for another task's sandbox, the call
+    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
+    `sandbox.allowed_capabilities`, both empty by default).
     """
 
     def __init__(self, channel):
@@ -68,6 +82,11 @@ class SandboxServiceStub:
                 request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReapOrphansRequest.SerializeToString,
                 response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReapOrphansResponse.FromString,
                 _registered_method=True)
+        self.CheckSandboxSpec = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/CheckSandboxSpec',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -75,6 +94,20 @@ class SandboxServiceServicer:
     goes through it. Sandboxes are found by their `io.longshore.*` labels and
     scoped to the manager's deployment; a sandbox of another deployment is
     NOT_FOUND.
+
+    Who may call what. A call forwarded by the gateway carries the caller's
+    principal (`longshore-principal`) and scopes (`longshore-scopes`); a call
+    without them comes from another Longshore service (kanban's executor) and
+    is trusted. An `admin` caller (an operator) may use every sandbox. Any
+    other caller may acquire, exec in and release only the sandbox of a task
+    whose live run it holds, proven by the run's sandbox token (metadata
+    `longshore-sandbox-token`, returned by WorkerService.ClaimTask and renewed
+    by Heartbeat): it names the deployment, task, profile, run, the digest of
+    the run's sandbox spec and an expiry, and is signed with the internal
+    credential. Without a valid token, or for another task's sandbox, the call
+    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
+    `sandbox.allowed_capabilities`, both empty by default).
     """
 
     def AcquireSandbox(self, request, context):
@@ -82,10 +115,15 @@ class SandboxServiceServicer:
         persist_across_processes (the default) an existing sandbox for the key is
         reused, restarted or replaced; concurrent acquires for one key yield one
         container, within a process and across processes.
+        A non-admin caller must present the run's sandbox token and a spec whose
+        digest equals the token's (the `sandbox_spec` ClaimTask returned).
         Errors: INVALID_ARGUMENT (task_id, profile or a spec field is invalid,
-        e.g. a relative volume path or the engine socket), FAILED_PRECONDITION
-        (the image does not exist on the engine), UNAVAILABLE (the Docker engine
-        cannot be reached), DEADLINE_EXCEEDED.
+        e.g. a relative volume path or the engine socket), PERMISSION_DENIED (a
+        spec field outside the manager's policy, e.g. `spec.volumes[0].host_path`;
+        no, an expired or a forged sandbox token; a token for another task,
+        profile or spec), FAILED_PRECONDITION (the image does not exist on the
+        engine), UNAVAILABLE (the Docker engine cannot be reached),
+        DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,8 +131,10 @@ class SandboxServiceServicer:
 
     def GetSandbox(self, request, context):
         """GetSandbox returns one sandbox by id.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
-        this deployment), UNAVAILABLE (engine unreachable).
+        A non-admin caller needs the sandbox token of the sandbox's task.
+        Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
+        token, or a token for another task), NOT_FOUND (no such sandbox in this
+        deployment), UNAVAILABLE (engine unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,9 +153,13 @@ class SandboxServiceServicer:
         """Exec runs a command in a running sandbox and streams its output as it is
         produced, then exactly one final message carrying the exit status. A
         timeout kills the command's whole process tree inside the container.
+        A non-admin caller needs the sandbox token of the sandbox's task and may
+        run only as the sandbox's own user.
         Errors: INVALID_ARGUMENT (empty sandbox_id or argv, negative timeout),
-        NOT_FOUND (no such sandbox), FAILED_PRECONDITION (the sandbox is not
-        running), UNAVAILABLE (engine unreachable).
+        PERMISSION_DENIED (no token, a token for another task, or a `user`
+        other than the sandbox's), NOT_FOUND (no such sandbox),
+        FAILED_PRECONDITION (the sandbox is not running), UNAVAILABLE (engine
+        unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,7 +169,9 @@ class SandboxServiceServicer:
         """ReleaseSandbox ends a caller's use of a sandbox. A persistent sandbox is
         left running unless force_remove; otherwise it is stopped (bounded) and
         removed on a cleanup worker thread, and the call returns at once.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox),
+        A non-admin caller needs the sandbox token of the sandbox's task.
+        Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
+        token, or a token for another task), NOT_FOUND (no such sandbox),
         UNAVAILABLE (engine unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -138,6 +184,21 @@ class SandboxServiceServicer:
         candidate was spared. Running sandboxes are never reaped.
         Errors: INVALID_ARGUMENT (negative max_age), UNAVAILABLE (engine
         unreachable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckSandboxSpec(self, request, context):
+        """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
+        and against the same policy, without touching the engine. Kanban calls it
+        when a profile or a task is written, so a spec that could never run is
+        refused then, not at spawn time.
+        Errors: INVALID_ARGUMENT (a spec field is malformed, named
+        `spec.<field>`), PERMISSION_DENIED (a spec field asks for more than the
+        policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
+        sandbox.allowed_capabilities`, or `spec.image` is not in
+        `allowed_images`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +237,11 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReapOrphansRequest.FromString,
                     response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReapOrphansResponse.SerializeToString,
             ),
+            'CheckSandboxSpec': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckSandboxSpec,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'longshore.sandbox.v1.SandboxService', rpc_method_handlers)
@@ -189,6 +255,20 @@ class SandboxService:
     goes through it. Sandboxes are found by their `io.longshore.*` labels and
     scoped to the manager's deployment; a sandbox of another deployment is
     NOT_FOUND.
+
+    Who may call what. A call forwarded by the gateway carries the caller's
+    principal (`longshore-principal`) and scopes (`longshore-scopes`); a call
+    without them comes from another Longshore service (kanban's executor) and
+    is trusted. An `admin` caller (an operator) may use every sandbox. Any
+    other caller may acquire, exec in and release only the sandbox of a task
+    whose live run it holds, proven by the run's sandbox token (metadata
+    `longshore-sandbox-token`, returned by WorkerService.ClaimTask and renewed
+    by Heartbeat): it names the deployment, task, profile, run, the digest of
+    the run's sandbox spec and an expiry, and is signed with the internal
+    credential. Without a valid token, or for another task's sandbox, the call
+    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
+    `sandbox.allowed_capabilities`, both empty by default).
     """
 
     @staticmethod
@@ -343,6 +423,33 @@ class SandboxService:
             '/longshore.sandbox.v1.SandboxService/ReapOrphans',
             longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReapOrphansRequest.SerializeToString,
             longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReapOrphansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckSandboxSpec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/CheckSandboxSpec',
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,20 @@ class SandboxServiceStub:
     goes through it. Sandboxes are found by their `io.longshore.*` labels and
     scoped to the manager's deployment; a sandbox of another deployment is
     NOT_FOUND.
+
+    Who may call what. A call forwarded by the gateway carries the caller's
+    principal (`longshore-principal`) and scopes (`longshore-scopes`); a call
+    without them comes from another Longshore service (kanban's executor) and
+    is trusted. An `admin` caller (an operator) may use every sandbox. Any
+    other caller may acquire, exec in and release only the sandbox of a task
+    whose live run it holds, proven by the run's sandbox token (metadata
+    `longshore-sandbox-token`, returned by WorkerService.ClaimTask and renewed
+    by Heartbeat): it names the deployment, task, profile, run, the digest of
+    the run's sandbox spec and an expiry, and is signed with the internal
+    credential. Without a valid token, or for another task's sandbox, the call
+    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
+    `sandbox.allowed_capabilities`, both empty by default).
     """
 
     @_typing.overload
@@ -42,15 +56,22 @@ class SandboxServiceStub:
     persist_across_processes (the default) an existing sandbox for the key is
     reused, restarted or replaced; concurrent acquires for one key yield one
     container, within a process and across processes.
+    A non-admin caller must present the run's sandbox token and a spec whose
+    digest equals the token's (the `sandbox_spec` ClaimTask returned).
     Errors: INVALID_ARGUMENT (task_id, profile or a spec field is invalid,
-    e.g. a relative volume path or the engine socket), FAILED_PRECONDITION
-    (the image does not exist on the engine), UNAVAILABLE (the Docker engine
-    cannot be reached), DEADLINE_EXCEEDED.
+    e.g. a relative volume path or the engine socket), PERMISSION_DENIED (a
+    spec field outside the manager's policy, e.g. `spec.volumes[0].host_path`;
+    no, an expired or a forged sandbox token; a token for another task,
+    profile or spec), FAILED_PRECONDITION (the image does not exist on the
+    engine), UNAVAILABLE (the Docker engine cannot be reached),
+    DEADLINE_EXCEEDED.
     """
     GetSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.GetSandboxRequest, _sandbox_service_pb2.GetSandboxResponse]
     """GetSandbox returns one sandbox by id.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
-    this deployment), UNAVAILABLE (engine unreachable).
+    A non-admin caller needs the sandbox token of the sandbox's task.
+    Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
+    token, or a token for another task), NOT_FOUND (no such sandbox in this
+    deployment), UNAVAILABLE (engine unreachable).
     """
     ListSandboxes: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.ListSandboxesRequest, _sandbox_service_pb2.ListSandboxesResponse]
     """ListSandboxes lists this deployment's sandboxes, newest first.
@@ -61,15 +82,21 @@ class SandboxServiceStub:
     """Exec runs a command in a running sandbox and streams its output as it is
     produced, then exactly one final message carrying the exit status. A
     timeout kills the command's whole process tree inside the container.
+    A non-admin caller needs the sandbox token of the sandbox's task and may
+    run only as the sandbox's own user.
     Errors: INVALID_ARGUMENT (empty sandbox_id or argv, negative timeout),
-    NOT_FOUND (no such sandbox), FAILED_PRECONDITION (the sandbox is not
-    running), UNAVAILABLE (engine unreachable).
+    PERMISSION_DENIED (no token, a token for another task, or a `user`
+    other than the sandbox's), NOT_FOUND (no such sandbox),
+    FAILED_PRECONDITION (the sandbox is not running), UNAVAILABLE (engine
+    unreachable).
     """
     ReleaseSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.ReleaseSandboxRequest, _sandbox_service_pb2.ReleaseSandboxResponse]
     """ReleaseSandbox ends a caller's use of a sandbox. A persistent sandbox is
     left running unless force_remove; otherwise it is stopped (bounded) and
     removed on a cleanup worker thread, and the call returns at once.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox),
+    A non-admin caller needs the sandbox token of the sandbox's task.
+    Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
+    token, or a token for another task), NOT_FOUND (no such sandbox),
     UNAVAILABLE (engine unreachable).
     """
     ReapOrphans: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.ReapOrphansRequest, _sandbox_service_pb2.ReapOrphansResponse]
@@ -79,6 +106,17 @@ class SandboxServiceStub:
     Errors: INVALID_ARGUMENT (negative max_age), UNAVAILABLE (engine
     unreachable).
     """
+    CheckSandboxSpec: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.CheckSandboxSpecRequest, _sandbox_service_pb2.CheckSandboxSpecResponse]
+    """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
+    and against the same policy, without touching the engine. Kanban calls it
+    when a profile or a task is written, so a spec that could never run is
+    refused then, not at spawn time.
+    Errors: INVALID_ARGUMENT (a spec field is malformed, named
+    `spec.<field>`), PERMISSION_DENIED (a spec field asks for more than the
+    policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
+    sandbox.allowed_capabilities`, or `spec.image` is not in
+    `allowed_images`).
+    """
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
@@ -86,6 +124,20 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     goes through it. Sandboxes are found by their `io.longshore.*` labels and
     scoped to the manager's deployment; a sandbox of another deployment is
     NOT_FOUND.
+
+    Who may call what. A call forwarded by the gateway carries the caller's
+    principal (`longshore-principal`) and scopes (`longshore-scopes`); a call
+    without them comes from another Longshore service (kanban's executor) and
+    is trusted. An `admin` caller (an operator) may use every sandbox. Any
+    other caller may acquire, exec in and release only the sandbox of a task
+    whose live run it holds, proven by the run's sandbox token (metadata
+    `longshore-sandbox-token`, returned by WorkerService.ClaimTask and renewed
+    by Heartbeat): it names the deployment, task, profile, run, the digest of
+    the run's sandbox spec and an expiry, and is signed with the internal
+    credential. Without a valid token, or for another task's sandbox, the call
+    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
+    `sandbox.allowed_capabilities`, both empty by default).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -94,15 +146,22 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     persist_across_processes (the default) an existing sandbox for the key is
     reused, restarted or replaced; concurrent acquires for one key yield one
     container, within a process and across processes.
+    A non-admin caller must present the run's sandbox token and a spec whose
+    digest equals the token's (the `sandbox_spec` ClaimTask returned).
     Errors: INVALID_ARGUMENT (task_id, profile or a spec field is invalid,
-    e.g. a relative volume path or the engine socket), FAILED_PRECONDITION
-    (the image does not exist on the engine), UNAVAILABLE (the Docker engine
-    cannot be reached), DEADLINE_EXCEEDED.
+    e.g. a relative volume path or the engine socket), PERMISSION_DENIED (a
+    spec field outside the manager's policy, e.g. `spec.volumes[0].host_path`;
+    no, an expired or a forged sandbox token; a token for another task,
+    profile or spec), FAILED_PRECONDITION (the image does not exist on the
+    engine), UNAVAILABLE (the Docker engine cannot be reached),
+    DEADLINE_EXCEEDED.
     """
     GetSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.GetSandboxRequest, _sandbox_service_pb2.GetSandboxResponse]  # type: ignore[assignment]
     """GetSandbox returns one sandbox by id.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
-    this deployment), UNAVAILABLE (engine unreachable).
+    A non-admin caller needs the sandbox token of the sandbox's task.
+    Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
+    token, or a token for another task), NOT_FOUND (no such sandbox in this
+    deployment), UNAVAILABLE (engine unreachable).
     """
     ListSandboxes: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.ListSandboxesRequest, _sandbox_service_pb2.ListSandboxesResponse]  # type: ignore[assignment]
     """ListSandboxes lists this deployment's sandboxes, newest first.
@@ -113,15 +172,21 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """Exec runs a command in a running sandbox and streams its output as it is
     produced, then exactly one final message carrying the exit status. A
     timeout kills the command's whole process tree inside the container.
+    A non-admin caller needs the sandbox token of the sandbox's task and may
+    run only as the sandbox's own user.
     Errors: INVALID_ARGUMENT (empty sandbox_id or argv, negative timeout),
-    NOT_FOUND (no such sandbox), FAILED_PRECONDITION (the sandbox is not
-    running), UNAVAILABLE (engine unreachable).
+    PERMISSION_DENIED (no token, a token for another task, or a `user`
+    other than the sandbox's), NOT_FOUND (no such sandbox),
+    FAILED_PRECONDITION (the sandbox is not running), UNAVAILABLE (engine
+    unreachable).
     """
     ReleaseSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.ReleaseSandboxRequest, _sandbox_service_pb2.ReleaseSandboxResponse]  # type: ignore[assignment]
     """ReleaseSandbox ends a caller's use of a sandbox. A persistent sandbox is
     left running unless force_remove; otherwise it is stopped (bounded) and
     removed on a cleanup worker thread, and the call returns at once.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox),
+    A non-admin caller needs the sandbox token of the sandbox's task.
+    Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
+    token, or a token for another task), NOT_FOUND (no such sandbox),
     UNAVAILABLE (engine unreachable).
     """
     ReapOrphans: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.ReapOrphansRequest, _sandbox_service_pb2.ReapOrphansResponse]  # type: ignore[assignment]
@@ -131,12 +196,37 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     Errors: INVALID_ARGUMENT (negative max_age), UNAVAILABLE (engine
     unreachable).
     """
+    CheckSandboxSpec: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.CheckSandboxSpecRequest, _sandbox_service_pb2.CheckSandboxSpecResponse]  # type: ignore[assignment]
+    """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
+    and against the same policy, without touching the engine. Kanban calls it
+    when a profile or a task is written, so a spec that could never run is
+    refused then, not at spawn time.
+    Errors: INVALID_ARGUMENT (a spec field is malformed, named
+    `spec.<field>`), PERMISSION_DENIED (a spec field asks for more than the
+    policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
+    sandbox.allowed_capabilities`, or `spec.image` is not in
+    `allowed_images`).
+    """
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
     """SandboxService owns the Docker engine: every container call in Longshore
     goes through it. Sandboxes are found by their `io.longshore.*` labels and
     scoped to the manager's deployment; a sandbox of another deployment is
     NOT_FOUND.
+
+    Who may call what. A call forwarded by the gateway carries the caller's
+    principal (`longshore-principal`) and scopes (`longshore-scopes`); a call
+    without them comes from another Longshore service (kanban's executor) and
+    is trusted. An `admin` caller (an operator) may use every sandbox. Any
+    other caller may acquire, exec in and release only the sandbox of a task
+    whose live run it holds, proven by the run's sandbox token (metadata
+    `longshore-sandbox-token`, returned by WorkerService.ClaimTask and renewed
+    by Heartbeat): it names the deployment, task, profile, run, the digest of
+    the run's sandbox spec and an expiry, and is signed with the internal
+    credential. Without a valid token, or for another task's sandbox, the call
+    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
+    `sandbox.allowed_capabilities`, both empty by default).
     """
 
     @_abc_1.abstractmethod
@@ -149,10 +239,15 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         persist_across_processes (the default) an existing sandbox for the key is
         reused, restarted or replaced; concurrent acquires for one key yield one
         container, within a process and across processes.
+        A non-admin caller must present the run's sandbox token and a spec whose
+        digest equals the token's (the `sandbox_spec` ClaimTask returned).
         Errors: INVALID_ARGUMENT (task_id, profile or a spec field is invalid,
-        e.g. a relative volume path or the engine socket), FAILED_PRECONDITION
-        (the image does not exist on the engine), UNAVAILABLE (the Docker engine
-        cannot be reached), DEADLINE_EXCEEDED.
+        e.g. a relative volume path or the engine socket), PERMISSION_DENIED (a
+        spec field outside the manager's policy, e.g. `spec.volumes[0].host_path`;
+        no, an expired or a forged sandbox token; a token for another task,
+        profile or spec), FAILED_PRECONDITION (the image does not exist on the
+        engine), UNAVAILABLE (the Docker engine cannot be reached),
+        DEADLINE_EXCEEDED.
         """
 
     @_abc_1.abstractmethod
@@ -162,8 +257,10 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_service_pb2.GetSandboxResponse, _abc.Awaitable[_sandbox_service_pb2.GetSandboxResponse]]:
         """GetSandbox returns one sandbox by id.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
-        this deployment), UNAVAILABLE (engine unreachable).
+        A non-admin caller needs the sandbox token of the sandbox's task.
+        Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
+        token, or a token for another task), NOT_FOUND (no such sandbox in this
+        deployment), UNAVAILABLE (engine unreachable).
         """
 
     @_abc_1.abstractmethod
@@ -186,9 +283,13 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         """Exec runs a command in a running sandbox and streams its output as it is
         produced, then exactly one final message carrying the exit status. A
         timeout kills the command's whole process tree inside the container.
+        A non-admin caller needs the sandbox token of the sandbox's task and may
+        run only as the sandbox's own user.
         Errors: INVALID_ARGUMENT (empty sandbox_id or argv, negative timeout),
-        NOT_FOUND (no such sandbox), FAILED_PRECONDITION (the sandbox is not
-        running), UNAVAILABLE (engine unreachable).
+        PERMISSION_DENIED (no token, a token for another task, or a `user`
+        other than the sandbox's), NOT_FOUND (no such sandbox),
+        FAILED_PRECONDITION (the sandbox is not running), UNAVAILABLE (engine
+        unreachable).
         """
 
     @_abc_1.abstractmethod
@@ -200,7 +301,9 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         """ReleaseSandbox ends a caller's use of a sandbox. A persistent sandbox is
         left running unless force_remove; otherwise it is stopped (bounded) and
         removed on a cleanup worker thread, and the call returns at once.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox),
+        A non-admin caller needs the sandbox token of the sandbox's task.
+        Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
+        token, or a token for another task), NOT_FOUND (no such sandbox),
         UNAVAILABLE (engine unreachable).
         """
 
@@ -215,6 +318,23 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         candidate was spared. Running sandboxes are never reaped.
         Errors: INVALID_ARGUMENT (negative max_age), UNAVAILABLE (engine
         unreachable).
+        """
+
+    @_abc_1.abstractmethod
+    def CheckSandboxSpec(
+        self,
+        request: _sandbox_service_pb2.CheckSandboxSpecRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_service_pb2.CheckSandboxSpecResponse, _abc.Awaitable[_sandbox_service_pb2.CheckSandboxSpecResponse]]:
+        """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
+        and against the same policy, without touching the engine. Kanban calls it
+        when a profile or a task is written, so a spec that could never run is
+        refused then, not at spawn time.
+        Errors: INVALID_ARGUMENT (a spec field is malformed, named
+        `spec.<field>`), PERMISSION_DENIED (a spec field asks for more than the
+        policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
+        sandbox.allowed_capabilities`, or `spec.image` is not in
+        `allowed_images`).
         """
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
