@@ -23,8 +23,9 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from services.gateway.auth import Gate, Principal
+from services.runtime.callers import PRINCIPAL_KEY, SCOPES_KEY, caller_metadata
 from services.runtime.errors import ResourceExhausted, Unavailable
-from services.runtime.interceptors import INTERNAL_TOKEN_KEY, PRINCIPAL_KEY
+from services.runtime.interceptors import INTERNAL_TOKEN_KEY
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,16 @@ FORWARDED_SERVICES: tuple[tuple[Any, str, str], ...] = (
     (worker_service_pb2, "WorkerService", "kanban"),
 )
 
-# Metadata never relayed upstream: credentials the gateway replaces, trace
-# headers it re-injects from its own span, and transport headers.
+# Metadata never relayed upstream: credentials and caller identity the gateway
+# replaces, trace headers it re-injects from its own span, and transport
+# headers. A sandbox token (`longshore-sandbox-token`) is relayed: the sandbox
+# manager verifies it.
 _STRIPPED = frozenset(
     {
         "authorization",
         INTERNAL_TOKEN_KEY,
         PRINCIPAL_KEY,
+        SCOPES_KEY,
         "traceparent",
         "tracestate",
         "baggage",
@@ -232,7 +236,9 @@ class Forwarder(grpc.GenericRpcHandler):
             if key not in _STRIPPED and not key.startswith(":")
         ]
         metadata.append((INTERNAL_TOKEN_KEY, self._token))
-        metadata.append((PRINCIPAL_KEY, principal.name))
+        # The backends trust these only because the internal token comes with
+        # them; a client's own copies were stripped above.
+        metadata.extend(caller_metadata(principal.name, principal.scopes))
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         metadata.extend(carrier.items())

@@ -22,7 +22,6 @@ from services.runtime.errors import ServiceError
 log = logging.getLogger(__name__)
 
 INTERNAL_TOKEN_KEY = "longshore-internal-token"  # noqa: S105 (a metadata key, not a secret)
-PRINCIPAL_KEY = "longshore-principal"
 # Trailing metadata on every response: which release answered (version skew checks).
 VERSION_KEY = "longshore-version"
 
@@ -47,11 +46,6 @@ def metadata_value(context: grpc.ServicerContext, key: str) -> str:
         if item_key == key:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return ""
-
-
-def principal(context: grpc.ServicerContext) -> str:
-    """Names who made the call, as the gateway forwarded it (``""`` if direct)."""
-    return metadata_value(context, PRINCIPAL_KEY)
 
 
 def _replace_behaviors(
