@@ -14,7 +14,7 @@ from longshore.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 
 from services.gateway.auth import Gate
 from services.gateway.forwarding import Backend
-from services.runtime.interceptors import VERSION_KEY
+from services.runtime.interceptors import HEALTH_DETAIL_KEY, VERSION_KEY
 from services.runtime.version import __version__
 
 _GET_STATUS = "/longshore.gateway.v1.GatewayService/GetStatus"
@@ -47,12 +47,14 @@ def probe(channel: grpc.Channel, timeout: float) -> Probe:
         return Probe(BackendHealth.BACKEND_HEALTH_UNREACHABLE, f"{code}: {details}", latency)
     latency = (time.perf_counter() - started) * 1000
     # Every Longshore server tags its responses with its release (runtime interceptor).
-    version = next(
-        (str(value) for key, value in call.trailing_metadata() or () if key == VERSION_KEY), ""
-    )
+    trailers = {key: str(value) for key, value in call.trailing_metadata() or ()}
+    version = trailers.get(VERSION_KEY, "")
     if reply.status == health_pb2.HealthCheckResponse.SERVING:
         return Probe(BackendHealth.BACKEND_HEALTH_SERVING, "", latency, version)
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    # The backend says why (its engine or database unreachable) when it knows.
+    status = trailers.get(HEALTH_DETAIL_KEY) or health_pb2.HealthCheckResponse.ServingStatus.Name(
+        reply.status
+    )
     return Probe(BackendHealth.BACKEND_HEALTH_NOT_SERVING, status, latency, version)
 
 

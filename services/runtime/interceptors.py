@@ -157,18 +157,34 @@ class ErrorInterceptor(_WrappingInterceptor):
         return wrap
 
 
-class VersionInterceptor(_WrappingInterceptor):
-    """Adds the server's release as ``longshore-version`` trailing metadata."""
+HEALTH_DETAIL_KEY = "longshore-health-detail"
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
-    def __init__(self, version: str) -> None:
+
+class VersionInterceptor(_WrappingInterceptor):
+    """Adds the server's release as ``longshore-version`` trailing metadata.
+
+    On health checks it also says why the server is not serving
+    (``longshore-health-detail``, e.g. "docker engine unreachable: connection
+    refused"): the gRPC health protocol carries only a status, and the gateway's
+    status and ``longshore status`` show the reason.
+    """
+
+    def __init__(self, version: str, health_detail: Callable[[], str] | None = None) -> None:
         self._metadata = ((VERSION_KEY, version),)
+        self._health_detail = health_detail
 
     def wrapper(self, details: grpc.HandlerCallDetails) -> Wrap:
         metadata = self._metadata
+        detail = self._health_detail if details.method == _HEALTH_CHECK else None
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             def tagged(request: Any, context: grpc.ServicerContext) -> Any:
-                context.set_trailing_metadata(metadata)
+                text = detail() if detail is not None else ""
+                if text:
+                    context.set_trailing_metadata((*metadata, (HEALTH_DETAIL_KEY, text[:500])))
+                else:
+                    context.set_trailing_metadata(metadata)
                 return behavior(request, context)
 
             return tagged

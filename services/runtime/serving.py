@@ -77,6 +77,32 @@ class Server:
         self._stop_requested = threading.Event()
         self._started = False
         self._stopped = threading.Event()
+        self._unhealthy_detail = ""
+
+    @property
+    def health_detail(self) -> str:
+        """Why the server reports NOT_SERVING ("" while healthy)."""
+        return self._unhealthy_detail
+
+    def set_serving(self, serving: bool, detail: str = "") -> None:
+        """Report every service SERVING or NOT_SERVING (with why) on the health service.
+
+        A dependency probe calls this (the engine for the sandbox manager, the
+        database for kanban). Ignored once shutdown began: draining stays
+        NOT_SERVING. Before :meth:`start`, the state is applied at start.
+        """
+        if self._stopped.is_set():
+            return
+        self._unhealthy_detail = "" if serving else (detail or "not serving")
+        if not self._started:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._service_names]:
+            self.health.set(name, status)
 
     def add_shutdown_hook(self, hook: Callable[[], None]) -> None:
         """Runs ``hook`` after the server drained, before :meth:`stop` returns."""
@@ -88,8 +114,13 @@ class Server:
             return
         self._started = True
         self.grpc_server.start()
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if self._unhealthy_detail
+            else health_pb2.HealthCheckResponse.SERVING
+        )
         for name in ["", *self._service_names]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(name, status)
         log.info("serving", extra={"address": self.address, "services": self._service_names})
 
     def request_stop(self) -> None:
@@ -160,9 +191,10 @@ def build_server(
     Raises:
         RuntimeError: The address cannot be bound.
     """
+    detail = _Detail()
     interceptors: list[grpc.ServerInterceptor] = [
         server_interceptor(tracer_provider=tracer_provider, filter_=trace_filter()),
-        VersionInterceptor(__version__),
+        VersionInterceptor(__version__, health_detail=detail),
     ]
     if internal_token is not None:
         interceptors.append(InternalTokenInterceptor(internal_token))
@@ -199,4 +231,15 @@ def build_server(
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     log.debug("built server", extra={"listen": listen, "version": __version__})
-    return Server(grpc_server, port, host, names, health_servicer, shutdown_delay)
+    server = Server(grpc_server, port, host, names, health_servicer, shutdown_delay)
+    detail.server = server
+    return server
+
+
+class _Detail:
+    """The health detail of a server built later (the interceptors come first)."""
+
+    server: Server | None = None
+
+    def __call__(self) -> str:
+        return self.server.health_detail if self.server is not None else ""

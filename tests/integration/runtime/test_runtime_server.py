@@ -130,3 +130,23 @@ def test_healthcheck_probe_exit_codes(capsys: pytest.CaptureFixture[str]) -> Non
     assert healthcheck.main([running.address, "--timeout", "0.5"]) == 1
     out = capsys.readouterr().out
     assert "SERVING" in out and "NOT_SERVING" in out
+
+
+def test_a_server_reports_not_serving_with_its_reason_and_recovers() -> None:
+    from longshore.gateway.v1.gateway_service_pb2 import BackendHealth
+
+    from services.gateway.status import probe
+
+    with serve_in_process([gateway_service(FailingGateway("not_found"))]) as running:
+        channel = running.channel()
+        health_stub = health_pb2_grpc.HealthStub(channel)
+        running.server.set_serving(False, "docker engine unreachable: connection refused")
+        reply = health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        seen = probe(channel, 5)
+        assert seen.health == BackendHealth.BACKEND_HEALTH_NOT_SERVING
+        assert seen.detail == "docker engine unreachable: connection refused"
+        running.server.set_serving(True)
+        reply = health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert probe(channel, 5).detail == ""

@@ -76,8 +76,8 @@ class ClaimTaskResponse(_message.Message):
     """The run (fencing token) to present on every later call."""
     sandbox_token: _builtins.str
     """Proves to the sandbox manager that the caller holds this run: send it as
-    metadata `longshore-sandbox-token` on AcquireSandbox, Exec, GetSandbox
-    and ReleaseSandbox. Renewed by Heartbeat. Empty when no task was claimed.
+    metadata `longshore-sandbox-token` on AcquireSandbox, Exec and
+    ReleaseSandbox. Renewed by Heartbeat. Empty when no task was claimed.
     """
     @_builtins.property
     def task(self) -> _task_pb2.Task:

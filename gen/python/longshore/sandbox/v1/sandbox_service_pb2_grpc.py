@@ -41,7 +41,8 @@ class SandboxServiceStub:
     by Heartbeat): it names the deployment, task, profile, run, the digest of
     the run's sandbox spec and an expiry, and is signed with the internal
     credential. Without a valid token, or for another task's sandbox, the call
-    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is PERMISSION_DENIED naming what was refused. GetSandbox and ListSandboxes
+    are reads: the `read` scope suffices. Whatever the caller, a spec
     is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
     `sandbox.allowed_capabilities`, both empty by default).
     """
@@ -105,7 +106,8 @@ class SandboxServiceServicer:
     by Heartbeat): it names the deployment, task, profile, run, the digest of
     the run's sandbox spec and an expiry, and is signed with the internal
     credential. Without a valid token, or for another task's sandbox, the call
-    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is PERMISSION_DENIED naming what was refused. GetSandbox and ListSandboxes
+    are reads: the `read` scope suffices. Whatever the caller, a spec
     is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
     `sandbox.allowed_capabilities`, both empty by default).
     """
@@ -131,10 +133,10 @@ class SandboxServiceServicer:
 
     def GetSandbox(self, request, context):
         """GetSandbox returns one sandbox by id.
-        A non-admin caller needs the sandbox token of the sandbox's task.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
-        token, or a token for another task), NOT_FOUND (no such sandbox in this
-        deployment), UNAVAILABLE (engine unreachable).
+        Like ListSandboxes it needs only the `read` scope: a sandbox record
+        carries labels and state, never env values.
+        Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
+        this deployment), UNAVAILABLE (engine unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,7 +268,8 @@ class SandboxService:
     by Heartbeat): it names the deployment, task, profile, run, the digest of
     the run's sandbox spec and an expiry, and is signed with the internal
     credential. Without a valid token, or for another task's sandbox, the call
-    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is PERMISSION_DENIED naming what was refused. GetSandbox and ListSandboxes
+    are reads: the `read` scope suffices. Whatever the caller, a spec
     is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
     `sandbox.allowed_capabilities`, both empty by default).
     """

@@ -42,7 +42,8 @@ class SandboxServiceStub:
     by Heartbeat): it names the deployment, task, profile, run, the digest of
     the run's sandbox spec and an expiry, and is signed with the internal
     credential. Without a valid token, or for another task's sandbox, the call
-    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is PERMISSION_DENIED naming what was refused. GetSandbox and ListSandboxes
+    are reads: the `read` scope suffices. Whatever the caller, a spec
     is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
     `sandbox.allowed_capabilities`, both empty by default).
     """
@@ -68,10 +69,10 @@ class SandboxServiceStub:
     """
     GetSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.GetSandboxRequest, _sandbox_service_pb2.GetSandboxResponse]
     """GetSandbox returns one sandbox by id.
-    A non-admin caller needs the sandbox token of the sandbox's task.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
-    token, or a token for another task), NOT_FOUND (no such sandbox in this
-    deployment), UNAVAILABLE (engine unreachable).
+    Like ListSandboxes it needs only the `read` scope: a sandbox record
+    carries labels and state, never env values.
+    Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
+    this deployment), UNAVAILABLE (engine unreachable).
     """
     ListSandboxes: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.ListSandboxesRequest, _sandbox_service_pb2.ListSandboxesResponse]
     """ListSandboxes lists this deployment's sandboxes, newest first.
@@ -135,7 +136,8 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     by Heartbeat): it names the deployment, task, profile, run, the digest of
     the run's sandbox spec and an expiry, and is signed with the internal
     credential. Without a valid token, or for another task's sandbox, the call
-    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is PERMISSION_DENIED naming what was refused. GetSandbox and ListSandboxes
+    are reads: the `read` scope suffices. Whatever the caller, a spec
     is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
     `sandbox.allowed_capabilities`, both empty by default).
     """
@@ -158,10 +160,10 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """
     GetSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.GetSandboxRequest, _sandbox_service_pb2.GetSandboxResponse]  # type: ignore[assignment]
     """GetSandbox returns one sandbox by id.
-    A non-admin caller needs the sandbox token of the sandbox's task.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
-    token, or a token for another task), NOT_FOUND (no such sandbox in this
-    deployment), UNAVAILABLE (engine unreachable).
+    Like ListSandboxes it needs only the `read` scope: a sandbox record
+    carries labels and state, never env values.
+    Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
+    this deployment), UNAVAILABLE (engine unreachable).
     """
     ListSandboxes: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.ListSandboxesRequest, _sandbox_service_pb2.ListSandboxesResponse]  # type: ignore[assignment]
     """ListSandboxes lists this deployment's sandboxes, newest first.
@@ -224,7 +226,8 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
     by Heartbeat): it names the deployment, task, profile, run, the digest of
     the run's sandbox spec and an expiry, and is signed with the internal
     credential. Without a valid token, or for another task's sandbox, the call
-    is PERMISSION_DENIED naming what was refused. Whatever the caller, a spec
+    is PERMISSION_DENIED naming what was refused. GetSandbox and ListSandboxes
+    are reads: the `read` scope suffices. Whatever the caller, a spec
     is admitted only within the manager's policy (`sandbox.allowed_host_paths`,
     `sandbox.allowed_capabilities`, both empty by default).
     """
@@ -257,10 +260,10 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_service_pb2.GetSandboxResponse, _abc.Awaitable[_sandbox_service_pb2.GetSandboxResponse]]:
         """GetSandbox returns one sandbox by id.
-        A non-admin caller needs the sandbox token of the sandbox's task.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
-        token, or a token for another task), NOT_FOUND (no such sandbox in this
-        deployment), UNAVAILABLE (engine unreachable).
+        Like ListSandboxes it needs only the `read` scope: a sandbox record
+        carries labels and state, never env values.
+        Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
+        this deployment), UNAVAILABLE (engine unreachable).
         """
 
     @_abc_1.abstractmethod
