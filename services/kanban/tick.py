@@ -30,6 +30,7 @@ from services.kanban.planner import Plan, Readiness, ReadinessReason, plan
 from services.kanban.run_sink import DbRunSink
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, events, runs, tasks
+from services.runtime.callers import DISPATCHER
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -241,6 +242,7 @@ class Dispatcher:
             executor_instance=self.instance,
             lease_seconds=self._section.claim_ttl_seconds,
             source=SOURCE,
+            holder=DISPATCHER,
             now=now,
             event_kind="spawned",
         )

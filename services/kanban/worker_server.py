@@ -22,6 +22,7 @@ from services.kanban.events_bus import EventBus
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, events, links, profiles, runs
 from services.kanban.tick import Dispatcher
+from services.runtime.callers import caller
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 MAX_WAIT_SECONDS = 60.0
@@ -55,7 +56,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self._limits = limits
 
     def _try_claim(
-        self, s: Session, profile: models.Profile, worker_id: str, board_id: str
+        self, s: Session, profile: models.Profile, worker_id: str, board_id: str, holder: str
     ) -> tuple[models.Task, models.TaskRun] | None:
         settings = self._limits.planner
         cap = profile.max_in_progress or settings.max_in_progress_per_profile
@@ -85,6 +86,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             executor_instance="",
             lease_seconds=self._section.claim_ttl_seconds,
             source=f"worker:{worker_id}",
+            holder=holder,
         )
         return (task, run) if run is not None else None
 
@@ -107,7 +109,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                     )
                 if request.board_id and s.get(models.Board, request.board_id) is None:
                     raise NotFound(f"board {request.board_id!r} not found")
-                claimed = self._try_claim(s, profile, request.worker_id, request.board_id)
+                claimed = self._try_claim(
+                    s, profile, request.worker_id, request.board_id, caller(context).principal
+                )
                 if claimed is not None:
                     task, run = claimed
                     parents = links.parent_ids(s, [task.task_id])[task.task_id]

@@ -107,6 +107,7 @@ def claim(
     executor_instance: str,
     lease_seconds: float,
     source: str,
+    holder: str,
     now: dt.datetime | None = None,
     event_kind: str = "claimed",
 ) -> TaskRun | None:
@@ -122,6 +123,7 @@ def claim(
         executor_instance=executor_instance,
         lease_seconds=lease_seconds,
         source=source,
+        holder=holder,
         now=now,
         event_kind=event_kind,
     )
@@ -136,6 +138,7 @@ def claim_many(
     executor_instance: str,
     lease_seconds: float,
     source: str,
+    holder: str,
     now: dt.datetime | None = None,
     event_kind: str = "claimed",
 ) -> dict[str, TaskRun]:
@@ -152,6 +155,8 @@ def claim_many(
         executor_instance: Spawning process, for crash detection ("" for workers).
         lease_seconds: Initial lease.
         source: Event source.
+        holder: Principal that owns the runs (the claiming API key's name, or
+            ``dispatcher``); only it may change them through WorkerService.
         now: Claim time.
         event_kind: ``claimed`` (a worker) or ``spawned`` (the dispatcher).
 
@@ -202,6 +207,7 @@ def claim_many(
             status=RUN_RUNNING,
             worker_id=worker_id,
             executor_instance=executor_instance,
+            holder=holder,
             start_time=now,
             lease_expire_time=lease,
             sandbox_id="",
