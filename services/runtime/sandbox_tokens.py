@@ -41,6 +41,9 @@ class SandboxGrant:
     run_id: str
     spec_digest: str
     expires: float  # Unix seconds
+    #: Key name that holds the run: the sandbox manager refuses the token from
+    #: any other key, so a leaked token is useless without its holder's key.
+    holder: str = ""
 
 
 def spec_digest(spec: sandbox_pb2.SandboxSpec) -> str:
@@ -101,6 +104,7 @@ class SandboxTokens:
                 run_id=str(raw["run_id"]),
                 spec_digest=str(raw["spec_digest"]),
                 expires=float(raw["expires"]),
+                holder=str(raw.get("holder", "")),
             )
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise PermissionDenied("sandbox token: malformed claims") from exc
