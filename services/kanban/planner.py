@@ -8,9 +8,14 @@ plan applied (``tick.py`` applies it with compare-and-set claims).
 Semantics (DESIGN.md "Kanban-dispatch semantics", after the anchor's
 ``dispatch_once``), in tick order:
 
-1. **Reclaim.** Each :class:`ReclaimView` frees its slot. The reclaim counts as
-   a failure: at ``failure_limit`` the task is auto-blocked, else it is ready
-   again and walked in this same tick.
+1. **Reclaim.** Each :class:`ReclaimView` frees its slot. An expired lease of
+   an external worker is the work's failure and counts: at the profile's
+   limit (``RetryPolicy.max_attempts``, else ``failure_limit``) the task is
+   auto-blocked. A run whose executor is gone was lost to our own restart:
+   the platform's failure, never counted. Either way a task that is not
+   blocked is ready again with a retry backoff from ``snapshot.now`` (see
+   :func:`backoff_seconds`), so the walk of this same tick shows it
+   ``backing_off``.
 2. **Promote.** ``todo`` tasks with nothing in ``waiting_on`` become ready and
    are walked in this same tick (so a dry run that shows them promoted also
    shows what the walk does with them, exactly like the real tick).
@@ -19,11 +24,15 @@ Semantics (DESIGN.md "Kanban-dispatch semantics", after the anchor's
    walk stops (``stopped_reason``; the rest are ``not_considered``), likewise
    once ``max_spawn`` tasks were spawned. Then per task:
 
-   - ``failure_count >= failure_limit`` → ``auto_blocked``;
+   - ``failure_count >=`` the profile's limit → ``auto_blocked``;
+   - ``next_attempt_time`` after ``snapshot.now`` → ``backing_off``;
    - unassigned → takes ``default_assignee`` when set (``auto_assigned_default``)
      and goes on, else ``skipped_unassigned``;
    - assignee naming no profile or a profile with executor ``none`` →
      ``skipped_nonspawnable``;
+   - a ``sandbox`` profile while ``snapshot.sandbox_backend`` is set (the
+     dispatcher's breaker holds the sandbox backend unavailable) →
+     ``backend_paused`` (external profiles are unaffected);
    - assignee at its cap → ``skipped_per_profile_capped`` (running, cap);
    - executor ``external`` → ``awaiting_worker`` (a worker claims it; it does
      not use a slot or ``max_spawn`` until claimed);
@@ -35,16 +44,20 @@ Every task in the snapshot gets a :class:`Readiness` in ``plan.readiness``;
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from operator import attrgetter
 
 from services.kanban.planner_types import (
+    BackendView,
     BlockedRef,
     CappedRef,
     ExecutorKind,
+    FailureClass,
     Plan,
     PlannerSettings,
     ProfileView,
@@ -53,16 +66,20 @@ from services.kanban.planner_types import (
     ReclaimKind,
     ReclaimRef,
     ReclaimView,
+    RetryPolicy,
     Snapshot,
     TaskRef,
     TaskStatus,
     TaskView,
+    clock_text,
 )
 
 __all__ = [
+    "BackendView",
     "BlockedRef",
     "CappedRef",
     "ExecutorKind",
+    "FailureClass",
     "Plan",
     "PlannerSettings",
     "ProfileView",
@@ -71,16 +88,21 @@ __all__ = [
     "ReclaimKind",
     "ReclaimRef",
     "ReclaimView",
+    "RetryPolicy",
     "Snapshot",
     "TaskRef",
     "TaskStatus",
     "TaskView",
     "apply",
+    "backoff_seconds",
+    "clock_text",
     "explain",
+    "next_attempt_time",
     "normalize_assignee",
     "parse_cap",
     "plan",
     "planner_settings",
+    "retry_policy",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,6 +162,8 @@ def planner_settings(
     max_in_progress: object = None,
     max_in_progress_per_profile: object = None,
     failure_limit: int = 2,
+    retry_initial_backoff_seconds: float = 5.0,
+    retry_max_backoff_seconds: float = 300.0,
 ) -> PlannerSettings:
     """Build :class:`PlannerSettings` from raw setting values (see :func:`parse_cap`).
 
@@ -148,10 +172,15 @@ def planner_settings(
         max_in_progress: ``kanban.max_in_progress`` as configured.
         max_in_progress_per_profile: ``kanban.max_in_progress_per_profile``.
         failure_limit: ``kanban.failure_limit``; below 1 is treated as 1.
+        retry_initial_backoff_seconds: ``kanban.retry_initial_backoff_seconds``;
+            negative is treated as 0 (retry at once).
+        retry_max_backoff_seconds: ``kanban.retry_max_backoff_seconds``; below
+            the initial delay is treated as the initial delay.
 
     Returns:
         The parsed settings.
     """
+    initial = max(0.0, retry_initial_backoff_seconds)
     return PlannerSettings(
         default_assignee=normalize_assignee(default_assignee),
         max_in_progress=parse_cap(max_in_progress, setting="kanban.max_in_progress"),
@@ -159,7 +188,82 @@ def planner_settings(
             max_in_progress_per_profile, setting="kanban.max_in_progress_per_profile"
         ),
         failure_limit=max(1, failure_limit),
+        retry_initial_backoff_seconds=initial,
+        retry_max_backoff_seconds=max(initial, retry_max_backoff_seconds),
     )
+
+
+# Longest delay any policy can ask for; keeps ``now + delay`` representable.
+MAX_BACKOFF_SECONDS = 366 * 86400.0
+
+
+def retry_policy(profile: ProfileView | None, settings: PlannerSettings) -> RetryPolicy:
+    """A profile's retry policy with its zeros replaced by the settings' values.
+
+    Args:
+        profile: The profile, or ``None`` (unknown: the settings apply).
+        settings: The dispatcher's settings.
+
+    Returns:
+        A policy whose three fields are all set (``max_attempts`` >= 1).
+    """
+    own = profile.retry if profile is not None else RetryPolicy()
+    attempts = own.max_attempts if own.max_attempts > 0 else settings.failure_limit
+    initial = (
+        own.initial_backoff_seconds
+        if own.initial_backoff_seconds > 0
+        else settings.retry_initial_backoff_seconds
+    )
+    longest = (
+        own.max_backoff_seconds
+        if own.max_backoff_seconds > 0
+        else settings.retry_max_backoff_seconds
+    )
+    return RetryPolicy(max(1, attempts), initial, max(initial, longest))
+
+
+def backoff_seconds(failures: int, policy: RetryPolicy) -> float:
+    """The delay before the retry after ``failures`` failures in a row.
+
+    ``min(max_backoff, initial * 2**(failures - 1))``: the first retry waits
+    the initial delay, each further failure doubles it, up to the maximum.
+    Overflow-safe for any ``failures`` (a huge count is simply the maximum)
+    and never longer than :data:`MAX_BACKOFF_SECONDS`.
+
+    Args:
+        failures: Failures in a row, this one included (below 1 counts as 1).
+        policy: A resolved policy (see :func:`retry_policy`).
+
+    Returns:
+        Seconds, ``>= 0``.
+    """
+    initial = max(0.0, policy.initial_backoff_seconds)
+    longest = min(max(initial, policy.max_backoff_seconds), MAX_BACKOFF_SECONDS)
+    if initial == 0.0:
+        return 0.0
+    # 2**1000 times any positive initial delay exceeds every cap we allow, and
+    # ldexp stays finite there; larger exponents are clamped before the call.
+    exponent = min(max(0, failures - 1), 1000)
+    try:
+        delay = math.ldexp(initial, exponent)
+    except OverflowError:
+        delay = math.inf
+    return min(longest, initial if delay < initial else delay)
+
+
+def next_attempt_time(now: dt.datetime, failures: int, policy: RetryPolicy) -> dt.datetime:
+    """``now`` plus :func:`backoff_seconds` (the task's ``next_attempt_time``)."""
+    return now + dt.timedelta(seconds=backoff_seconds(failures, policy))
+
+
+def _later(when: dt.datetime, now: dt.datetime) -> bool:
+    # A naive value is UTC (SQLite hands back naive text); compare like with like.
+    if (when.tzinfo is None) != (now.tzinfo is None):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        else:
+            now = now.replace(tzinfo=dt.UTC)
+    return when > now
 
 
 def _walk_order(tasks: Iterable[TaskView]) -> list[TaskView]:
@@ -183,35 +287,14 @@ def plan(snapshot: Snapshot, *, settings: PlannerSettings, max_spawn: int | None
     """
     result = Plan()
     readiness = result.readiness
-    profiles = snapshot.profiles
     running = dict(snapshot.running)
-    limit = settings.failure_limit
     spawn_limit = max_spawn if max_spawn is not None and max_spawn > 0 else None
 
     by_id = {t.task_id: t for t in snapshot.tasks}
     walk: list[TaskView] = []
     reclaimed_ids: set[str] = set()
 
-    for rc in sorted(snapshot.reclaims, key=attrgetter("task_id", "run_id")):
-        if rc.profile in running:
-            running[rc.profile] = max(0, running[rc.profile] - 1)
-        task = by_id.get(rc.task_id)
-        blocked = False
-        if task is not None and rc.task_id not in reclaimed_ids:
-            reclaimed_ids.add(rc.task_id)
-            failures = task.failure_count + 1
-            if failures >= limit:
-                blocked = True
-                reason = f"{failures} failures: {rc.kind.value}"
-                result.auto_blocked.append(BlockedRef(rc.task_id, reason))
-                readiness[rc.task_id] = Readiness(
-                    ReadinessReason.BREAKER_OPEN, assignee=task.assignee, detail=reason
-                )
-            else:
-                walk.append(replace(task, status=TaskStatus.READY, failure_count=failures))
-        ref = ReclaimRef(rc.task_id, rc.run_id, rc.kind.value, blocked=blocked)
-        bucket = result.reclaimed if rc.kind is ReclaimKind.LEASE_EXPIRED else result.crashed
-        bucket.append(ref)
+    _reclaim(snapshot, settings, result, running, by_id, walk, reclaimed_ids)
 
     todo_promoted: list[TaskView] = []
     for task in snapshot.tasks:
@@ -235,8 +318,71 @@ def plan(snapshot: Snapshot, *, settings: PlannerSettings, max_spawn: int | None
         result.promoted.append(task.task_id)
         walk.append(task)
 
-    _walk(_walk_order(walk), result, profiles, running, settings, spawn_limit)
+    backend = snapshot.sandbox_backend
+    if backend is not None:
+        result.backend_unavailable = backend.message(snapshot.now)
+    _walk(_walk_order(walk), result, snapshot, running, settings, spawn_limit)
     return result
+
+
+def _reclaim(
+    snapshot: Snapshot,
+    settings: PlannerSettings,
+    result: Plan,
+    running: dict[str, int],
+    by_id: Mapping[str, TaskView],
+    walk: list[TaskView],
+    reclaimed_ids: set[str],
+) -> None:
+    """Take back expired runs: free their slots, then block or re-walk their tasks."""
+    readiness = result.readiness
+    profiles = snapshot.profiles
+    now = snapshot.now
+    for rc in sorted(snapshot.reclaims, key=attrgetter("task_id", "run_id")):
+        if rc.profile in running:
+            running[rc.profile] = max(0, running[rc.profile] - 1)
+        task = by_id.get(rc.task_id)
+        blocked = False
+        failure_class = rc.kind.failure_class
+        retry_at: dt.datetime | None = None
+        if task is not None and rc.task_id not in reclaimed_ids:
+            reclaimed_ids.add(rc.task_id)
+            policy = retry_policy(profiles.get(rc.profile), settings)
+            if failure_class is FailureClass.WORK:
+                failures = streak = task.failure_count + 1
+            else:
+                failures, streak = task.failure_count, task.platform_streak + 1
+            if failure_class is FailureClass.WORK and failures >= policy.max_attempts:
+                blocked = True
+                reason = f"{failures} failures: {rc.kind.value}"
+                result.auto_blocked.append(BlockedRef(rc.task_id, reason))
+                readiness[rc.task_id] = Readiness(
+                    ReadinessReason.BREAKER_OPEN, assignee=task.assignee, detail=reason
+                )
+            else:
+                if now is not None:
+                    retry_at = next_attempt_time(now, streak, policy)
+                # Walked in this tick like any ready task: with a backoff it
+                # lands in ``backing_off``, exactly as the next tick would see it.
+                walk.append(
+                    replace(
+                        task,
+                        status=TaskStatus.READY,
+                        failure_count=failures,
+                        next_attempt_time=retry_at,
+                        runs=max(task.runs, 1),
+                    )
+                )
+        ref = ReclaimRef(
+            rc.task_id,
+            rc.run_id,
+            rc.kind.value,
+            blocked=blocked,
+            failure_class=failure_class,
+            next_attempt_time=retry_at,
+        )
+        bucket = result.reclaimed if rc.kind is ReclaimKind.LEASE_EXPIRED else result.crashed
+        bucket.append(ref)
 
 
 def _static_readiness(task: TaskView) -> Readiness:
@@ -261,7 +407,7 @@ _UNKNOWN, _NOT_SPAWNABLE, _EXTERNAL, _SANDBOX = range(4)
 class _Lane:
     """Per-assignee state of one walk: looked up once, then reused per task."""
 
-    __slots__ = ("assignee", "cap", "capped", "kind", "readiness", "running")
+    __slots__ = ("assignee", "cap", "capped", "kind", "paused", "readiness", "running")
 
     def __init__(self, assignee: str, kind: int, cap: int, running: int) -> None:
         self.assignee = assignee
@@ -269,6 +415,7 @@ class _Lane:
         self.cap = cap
         self.running = running
         self.capped: Readiness | None = None
+        self.paused: Readiness | None = None
         reason = {
             _UNKNOWN: ReadinessReason.ASSIGNEE_UNKNOWN,
             _NOT_SPAWNABLE: ReadinessReason.ASSIGNEE_NOT_SPAWNABLE,
@@ -276,6 +423,13 @@ class _Lane:
             _SANDBOX: ReadinessReason.WILL_DISPATCH,
         }[kind]
         self.readiness = Readiness(reason, assignee=assignee)
+
+
+def _limit(profile: ProfileView | None, default: int) -> int:
+    """The work failures that block a task of ``profile`` (its policy, else the setting)."""
+    if profile is not None and profile.retry.max_attempts > 0:
+        return profile.retry.max_attempts
+    return default
 
 
 def _lane(
@@ -303,12 +457,15 @@ def _lane(
 def _walk(  # noqa: PLR0915
     ordered: list[TaskView],
     result: Plan,
-    profiles: Mapping[str, ProfileView],
+    snapshot: Snapshot,
     running: dict[str, int],
     settings: PlannerSettings,
     spawn_limit: int | None,
 ) -> None:
     readiness = result.readiness
+    profiles = snapshot.profiles
+    now = snapshot.now
+    paused = result.backend_unavailable or None
     limit = settings.failure_limit
     default = settings.default_assignee
     per_profile = settings.max_in_progress_per_profile
@@ -327,13 +484,24 @@ def _walk(  # noqa: PLR0915
             _stop_walk(result, ordered, index, total, global_cap, spawn_limit)
             break
         task_id = task.task_id
-        if task.failure_count >= limit:
+        failures = task.failure_count
+        if failures and failures >= _limit(profiles.get(task.assignee or default or ""), limit):
             reason = f"{task.failure_count} failures" + (
                 f": {task.last_error}" if task.last_error else ""
             )
             result.auto_blocked.append(BlockedRef(task_id, reason))
             readiness[task_id] = Readiness(
                 ReadinessReason.BREAKER_OPEN, assignee=task.assignee, detail=reason
+            )
+            continue
+        retry_at = task.next_attempt_time
+        if retry_at is not None and now is not None and _later(retry_at, now):
+            result.backing_off.append(TaskRef(task_id, task.assignee))
+            readiness[task_id] = Readiness(
+                ReadinessReason.BACKING_OFF,
+                assignee=task.assignee,
+                next_attempt_time=retry_at,
+                attempt=task.runs + 1,
             )
             continue
         assignee = task.assignee
@@ -351,6 +519,14 @@ def _walk(  # noqa: PLR0915
         if kind < _EXTERNAL:
             result.skipped_nonspawnable.append(TaskRef(task_id, assignee))
             readiness[task_id] = lane.readiness
+            continue
+        if paused is not None and kind == _SANDBOX:
+            result.backend_paused.append(TaskRef(task_id, assignee))
+            if lane.paused is None:
+                lane.paused = Readiness(
+                    ReadinessReason.BACKEND_UNAVAILABLE, assignee=assignee, detail=paused
+                )
+            readiness[task_id] = lane.paused
             continue
         if lane.running >= lane.cap:
             capped_refs.append(CappedRef(task_id, assignee, lane.running, lane.cap))
@@ -447,11 +623,15 @@ def apply(snapshot: Snapshot, result: Plan) -> Snapshot:
     for rc_ref in (*result.reclaimed, *result.crashed):
         task = tasks.get(rc_ref.task_id)
         if task is not None:
+            counted = rc_ref.failure_class is FailureClass.WORK
             tasks[task.task_id] = replace(
                 task,
                 status=TaskStatus.READY,
-                failure_count=task.failure_count + 1,
-                last_error=rc_ref.reason,
+                failure_count=task.failure_count + 1 if counted else task.failure_count,
+                last_error=rc_ref.reason if counted else task.last_error,
+                next_attempt_time=rc_ref.next_attempt_time,
+                runs=max(task.runs, 1),
+                platform_streak=0 if counted else task.platform_streak + 1,
             )
     for task_id in result.promoted:
         tasks[task_id] = replace(tasks[task_id], status=TaskStatus.READY)
@@ -468,5 +648,10 @@ def apply(snapshot: Snapshot, result: Plan) -> Snapshot:
         tasks[ref.task_id] = replace(tasks[ref.task_id], status=TaskStatus.RUNNING)
         running[ref.assignee] = running.get(ref.assignee, 0) + 1
     return Snapshot(
-        tasks=tuple(tasks.values()), profiles=snapshot.profiles, running=running, reclaims=()
+        tasks=tuple(tasks.values()),
+        profiles=snapshot.profiles,
+        running=running,
+        reclaims=(),
+        now=snapshot.now,
+        sandbox_backend=snapshot.sandbox_backend,
     )

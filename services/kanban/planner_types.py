@@ -9,9 +9,10 @@ the same values. ``planner.py`` re-exports every name here.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from longshore.kanban.v1 import dispatch_pb2, task_pb2
@@ -51,6 +52,17 @@ class ReadinessReason(enum.IntEnum):
     BREAKER_OPEN = task_pb2.READINESS_REASON_BREAKER_OPEN
     AWAITING_WORKER = task_pb2.READINESS_REASON_AWAITING_WORKER
     NOT_DISPATCHABLE = task_pb2.READINESS_REASON_NOT_DISPATCHABLE
+    BACKING_OFF = task_pb2.READINESS_REASON_BACKING_OFF
+    BACKEND_UNAVAILABLE = task_pb2.READINESS_REASON_BACKEND_UNAVAILABLE
+
+
+class FailureClass(enum.StrEnum):
+    """Whose failure ended a run (``TaskRun.failure_class``; FailureClass in run.proto)."""
+
+    WORK = "work"
+    """The work failed (exit, timeout, missing image, invalid spec): it counts."""
+    PLATFORM = "platform"
+    """The platform failed (a backend down, our own restart, a cancel): never counts."""
 
 
 class ReclaimKind(enum.StrEnum):
@@ -58,6 +70,62 @@ class ReclaimKind(enum.StrEnum):
 
     LEASE_EXPIRED = "lease expired"
     EXECUTOR_GONE = "executor gone"
+
+    @property
+    def failure_class(self) -> FailureClass:
+        """An external worker that stops heartbeating failed its work; a run of
+        ours whose executor is gone was lost to our own restart (the platform)."""
+        return FailureClass.WORK if self is ReclaimKind.LEASE_EXPIRED else FailureClass.PLATFORM
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a profile's failed tasks are retried (``RetryPolicy`` in profile.proto).
+
+    Zeros mean "the dispatcher's setting"; :func:`planner.retry_policy`
+    resolves them.
+
+    Attributes:
+        max_attempts: Work failures in a row that block the task (the breaker).
+        initial_backoff_seconds: Delay before the first retry; doubled per failure.
+        max_backoff_seconds: Longest delay between retries.
+    """
+
+    max_attempts: int = 0
+    initial_backoff_seconds: float = 0.0
+    max_backoff_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendView:
+    """A backend the dispatcher's breaker holds open (unavailable), as one tick sees it.
+
+    Attributes:
+        name: The backend (``sandbox``).
+        since: When it became unavailable (aware UTC).
+        reason: Why, e.g. the probe's error or the health detail.
+        next_probe: When the breaker probes it next (aware UTC).
+    """
+
+    name: str
+    since: datetime
+    reason: str
+    next_probe: datetime
+
+    def message(self, now: datetime | None) -> str:
+        """``sandbox backend unavailable since 12:00:03Z (reason), next probe in 4s``."""
+        text = f"{self.name} backend unavailable since {clock_text(self.since)} ({self.reason})"
+        if now is None:
+            return text
+        left = max(0, math.ceil((self.next_probe - now).total_seconds()))
+        return f"{text}, next probe in {left}s"
+
+
+def clock_text(when: datetime) -> str:
+    """``HH:MM:SSZ`` of an aware (or naive UTC) time."""
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +150,12 @@ class TaskView:
         breaker_open: For a ``blocked`` task: whether the failure breaker
             (rather than a person) blocked it.
         last_error: The last counted failure, used in a breaker reason.
+        next_attempt_time: For a ``ready`` task retried after a failure: the
+            walk leaves it alone until then (aware UTC; ``None`` = at once).
+        runs: Runs the task has had (filled for tasks backing off or being
+            reclaimed: the next one is attempt ``runs + 1``).
+        platform_streak: Platform failures in a row ending its latest runs
+            (filled for reclaimed tasks: the exponent of a platform backoff).
     """
 
     task_id: str
@@ -94,6 +168,9 @@ class TaskView:
     failure_count: int = 0
     breaker_open: bool = False
     last_error: str = ""
+    next_attempt_time: datetime | None = None
+    runs: int = 0
+    platform_streak: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +182,13 @@ class ProfileView:
         executor: How its tasks run.
         max_in_progress: The profile's own cap; ``0`` (or less) means the
             ``max_in_progress_per_profile`` setting applies.
+        retry: Its retry policy (zeros = the settings').
     """
 
     name: str
     executor: ExecutorKind
     max_in_progress: int = 0
+    retry: RetryPolicy = RetryPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +220,19 @@ class Snapshot:
             ``reclaims`` (the planner subtracts those) and runs that predate
             the tick. Runs of external workers count too.
         reclaims: Running runs whose lease expired or whose executor is gone.
+        now: The tick's time (aware UTC): tasks whose ``next_attempt_time``
+            is later are backing off, and reclaimed tasks back off from it.
+            ``None`` = no backoff applies (a snapshot without a clock).
+        sandbox_backend: The sandbox backend while the dispatcher's breaker
+            holds it unavailable; ``None`` while it is available.
     """
 
     tasks: tuple[TaskView, ...]
     profiles: Mapping[str, ProfileView]
     running: Mapping[str, int] = field(default_factory=dict)
     reclaims: tuple[ReclaimView, ...] = ()
+    now: datetime | None = None
+    sandbox_backend: BackendView | None = None
 
     @property
     def running_total(self) -> int:
@@ -166,13 +252,19 @@ class PlannerSettings:
         max_in_progress: Global cap on running runs; ``None`` = no cap.
         max_in_progress_per_profile: Cap for profiles without their own;
             ``None`` = no cap.
-        failure_limit: Counted failures at which the breaker blocks a task.
+        failure_limit: Counted failures at which the breaker blocks a task,
+            for profiles whose retry policy sets none.
+        retry_initial_backoff_seconds: First retry delay, for profiles whose
+            retry policy sets none.
+        retry_max_backoff_seconds: Longest retry delay, likewise.
     """
 
     default_assignee: str | None = None
     max_in_progress: int | None = None
     max_in_progress_per_profile: int | None = None
     failure_limit: int = 2
+    retry_initial_backoff_seconds: float = 5.0
+    retry_max_backoff_seconds: float = 300.0
 
 
 # The bucket entries are named tuples: a 10,000-task plan makes 10,000 of them,
@@ -201,12 +293,19 @@ class BlockedRef(NamedTuple):
 
 
 class ReclaimRef(NamedTuple):
-    """A run taken back in this tick; ``blocked`` when it tripped the breaker."""
+    """A run taken back in this tick; ``blocked`` when it tripped the breaker.
+
+    ``failure_class`` says whose failure it was (only ``work`` counts) and
+    ``next_attempt_time`` when the task may run again (``None``: at once,
+    or blocked).
+    """
 
     task_id: str
     run_id: str
     reason: str
     blocked: bool = False
+    failure_class: FailureClass = FailureClass.WORK
+    next_attempt_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +319,10 @@ class Readiness:
             (AT_GLOBAL_CAP).
         cap: The cap that applied.
         waiting_on: Parents not done yet (WAITING_ON_PARENTS).
-        detail: Extra words for the message (e.g. the breaker's reason).
+        detail: Extra words for the message (e.g. the breaker's reason, or
+            the backend's unavailability for BACKEND_UNAVAILABLE).
+        next_attempt_time: When a BACKING_OFF task may run again.
+        attempt: The attempt a BACKING_OFF task will make next (1 = first).
     """
 
     reason: ReadinessReason
@@ -229,6 +331,8 @@ class Readiness:
     cap: int = 0
     waiting_on: tuple[str, ...] = ()
     detail: str = ""
+    next_attempt_time: datetime | None = None
+    attempt: int = 0
 
     @property
     def message(self) -> str:
@@ -268,6 +372,11 @@ def _message(r: Readiness) -> str:
         return "blocked by the failure breaker" + (f": {r.detail}" if r.detail else "")
     if reason is ReadinessReason.AWAITING_WORKER:
         return f"waiting for an external {r.assignee} worker to claim it"
+    if reason is ReadinessReason.BACKING_OFF:
+        when = clock_text(r.next_attempt_time) if r.next_attempt_time is not None else "soon"
+        return f"retrying after backoff at {when} (attempt {r.attempt})"
+    if reason is ReadinessReason.BACKEND_UNAVAILABLE:
+        return r.detail or "the backend is unavailable"
     return r.detail or "not in a dispatchable status"
 
 
@@ -290,6 +399,9 @@ class Plan:
     skipped_per_profile_capped: list[CappedRef] = field(default_factory=list)
     auto_blocked: list[BlockedRef] = field(default_factory=list)
     awaiting_worker: list[TaskRef] = field(default_factory=list)
+    backing_off: list[TaskRef] = field(default_factory=list)
+    backend_paused: list[TaskRef] = field(default_factory=list)
+    backend_unavailable: str = ""
     stopped_reason: str = ""
     not_considered: list[str] = field(default_factory=list)
     readiness: dict[str, Readiness] = field(default_factory=dict)
@@ -322,6 +434,9 @@ class Plan:
             awaiting_worker=[_ref_proto(t) for t in self.awaiting_worker],
             stopped_reason=self.stopped_reason,
             not_considered=self.not_considered,
+            backing_off=[_ref_proto(t) for t in self.backing_off],
+            backend_paused=[_ref_proto(t) for t in self.backend_paused],
+            backend_unavailable=self.backend_unavailable,
         )
 
 

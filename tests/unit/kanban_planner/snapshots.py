@@ -25,6 +25,8 @@ def task(
     waiting_on: tuple[str, ...] = (),
     failure_count: int = 0,
     breaker_open: bool = False,
+    next_attempt_time: datetime | None = None,
+    runs: int = 0,
 ) -> TaskView:
     """A task created ``age`` seconds after the epoch (smaller = older)."""
     return TaskView(
@@ -37,6 +39,8 @@ def task(
         waiting_on=waiting_on,
         failure_count=failure_count,
         breaker_open=breaker_open,
+        next_attempt_time=next_attempt_time,
+        runs=runs,
     )
 
 

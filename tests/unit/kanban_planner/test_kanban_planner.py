@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.kanban import planner as planner_module
 from services.kanban.planner import (
+    BackendView,
     BlockedRef,
     CappedRef,
     ExecutorKind,
+    FailureClass,
     PlannerSettings,
+    ProfileView,
     ReadinessReason,
     ReclaimKind,
     ReclaimRef,
     ReclaimView,
+    RetryPolicy,
     Snapshot,
     TaskRef,
     TaskStatus,
     apply,
+    backoff_seconds,
     explain,
     parse_cap,
     plan,
     planner_settings,
+    retry_policy,
 )
 from tests.unit.kanban_planner.snapshots import profiles, task
 
@@ -35,6 +42,7 @@ PROFS = profiles(
     ("remote", ExecutorKind.EXTERNAL, 0),
 )
 CAP2 = PlannerSettings(max_in_progress_per_profile=2)
+NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def snap(*tasks: object, running: dict[str, int] | None = None, **kw: object) -> Snapshot:
@@ -181,17 +189,44 @@ def test_reclaim_frees_the_slot_counts_a_failure_and_rewalks_the_task() -> None:
     assert {t.task_id: t.failure_count for t in after.tasks}["t1"] == 1
 
 
-def test_reclaim_at_the_failure_limit_blocks_the_task() -> None:
+def test_an_expired_worker_lease_at_the_failure_limit_blocks_the_task() -> None:
     s = snap(
-        task("t1", "builder", status=TaskStatus.RUNNING, failure_count=1),
-        running={"builder": 1},
-        reclaims=(ReclaimView("t1", "run-9", "builder", ReclaimKind.EXECUTOR_GONE),),
+        task("t1", "remote", status=TaskStatus.RUNNING, failure_count=1),
+        running={"remote": 1},
+        reclaims=(ReclaimView("t1", "run-9", "remote", ReclaimKind.LEASE_EXPIRED),),
     )
     result = plan(s, settings=PlannerSettings(failure_limit=2))
-    assert result.crashed == [ReclaimRef("t1", "run-9", "executor gone", blocked=True)]
-    assert result.auto_blocked == [BlockedRef("t1", "2 failures: executor gone")]
+    assert result.reclaimed == [ReclaimRef("t1", "run-9", "lease expired", blocked=True)]
+    assert result.auto_blocked == [BlockedRef("t1", "2 failures: lease expired")]
     assert result.spawned == []
     assert result.readiness["t1"].reason is ReadinessReason.BREAKER_OPEN
+
+
+def test_a_run_lost_to_our_own_restart_never_counts_and_backs_off() -> None:
+    s = snap(
+        task("t1", "builder", status=TaskStatus.RUNNING, failure_count=1, runs=3),
+        running={"builder": 1},
+        reclaims=(ReclaimView("t1", "run-9", "builder", ReclaimKind.EXECUTOR_GONE),),
+        now=NOW,
+    )
+    result = plan(s, settings=PlannerSettings(failure_limit=2, retry_initial_backoff_seconds=4))
+    retry_at = NOW + timedelta(seconds=4)
+    assert result.crashed == [
+        ReclaimRef(
+            "t1",
+            "run-9",
+            "executor gone",
+            failure_class=FailureClass.PLATFORM,
+            next_attempt_time=retry_at,
+        )
+    ]
+    assert result.auto_blocked == []
+    assert result.backing_off == [TaskRef("t1", "builder")]
+    why = result.readiness["t1"]
+    assert why.reason is ReadinessReason.BACKING_OFF
+    assert why.message == "retrying after backoff at 12:00:04Z (attempt 4)"
+    after = {t.task_id: t for t in apply(s, result).tasks}["t1"]
+    assert (after.failure_count, after.next_attempt_time) == (1, retry_at)
 
 
 def test_ready_task_past_the_limit_is_auto_blocked() -> None:
@@ -249,3 +284,109 @@ def test_invalid_caps_mean_no_cap_in_the_plan() -> None:
     s = snap(*(task(f"t{i}", "builder", age=i) for i in range(5)))
     settings = planner_settings(max_in_progress="0", max_in_progress_per_profile=-2)
     assert len(plan(s, settings=settings).spawned) == 5
+
+
+def test_a_task_backing_off_waits_and_then_dispatches() -> None:
+    later = NOW + timedelta(seconds=30)
+    waiting = task("t1", "builder", failure_count=1, next_attempt_time=later, runs=1)
+    result = plan(snap(waiting, task("t2", "builder", age=1), now=NOW), settings=CAP2)
+    assert result.backing_off == [TaskRef("t1", "builder")]
+    assert result.spawned == [TaskRef("t2", "builder")]
+    why = result.readiness["t1"]
+    assert (why.reason, why.attempt, why.next_attempt_time) == (
+        ReadinessReason.BACKING_OFF,
+        2,
+        later,
+    )
+    assert why.message == "retrying after backoff at 12:00:30Z (attempt 2)"
+    assert why.to_proto().reason == 12
+    due = plan(snap(waiting, now=later + timedelta(microseconds=1)), settings=CAP2)
+    assert due.spawned == [TaskRef("t1", "builder")] and due.backing_off == []
+    # The proto carries the bucket.
+    assert [r.task_id for r in result.to_proto(dry_run=True).backing_off] == ["t1"]
+
+
+def test_the_breaker_comes_before_the_backoff() -> None:
+    later = NOW + timedelta(seconds=30)
+    worn = task("t1", "builder", failure_count=2, next_attempt_time=later)
+    result = plan(snap(worn, now=NOW), settings=PlannerSettings(failure_limit=2))
+    assert result.auto_blocked == [BlockedRef("t1", "2 failures")]
+    assert result.backing_off == []
+
+
+def test_a_profile_retry_policy_sets_its_own_limit() -> None:
+    profs = dict(PROFS)
+    profs["patient"] = ProfileView("patient", SANDBOX, retry=RetryPolicy(max_attempts=5))
+    s = Snapshot(
+        tasks=(task("t1", "patient", failure_count=4), task("t2", "builder", failure_count=4)),
+        profiles=profs,
+    )
+    result = plan(s, settings=PlannerSettings(failure_limit=2))
+    assert result.spawned == [TaskRef("t1", "patient")]
+    assert result.auto_blocked == [BlockedRef("t2", "4 failures")]
+
+
+def test_a_down_sandbox_backend_pauses_sandbox_profiles_only() -> None:
+    backend = BackendView(
+        "sandbox",
+        since=NOW - timedelta(seconds=7),
+        reason="connection refused",
+        next_probe=NOW + timedelta(seconds=3.2),
+    )
+    s = snap(
+        task("t1", "builder"),
+        task("t2", "remote", age=1),
+        task("t3", "human", age=2),
+        now=NOW,
+        sandbox_backend=backend,
+    )
+    result = plan(s, settings=CAP2)
+    message = "sandbox backend unavailable since 11:59:53Z (connection refused), next probe in 4s"
+    assert result.backend_unavailable == message
+    assert result.backend_paused == [TaskRef("t1", "builder")]
+    assert result.spawned == []
+    assert result.awaiting_worker == [TaskRef("t2", "remote")]
+    assert result.skipped_nonspawnable == [TaskRef("t3", "human")]
+    why = result.readiness["t1"]
+    assert (why.reason, why.message) == (ReadinessReason.BACKEND_UNAVAILABLE, message)
+    proto = result.to_proto(dry_run=False)
+    assert proto.backend_unavailable == message
+    assert [r.task_id for r in proto.backend_paused] == ["t1"]
+    # Available again: it spawns, and the result says nothing about the backend.
+    back = plan(snap(task("t1", "builder"), now=NOW), settings=CAP2)
+    assert back.spawned == [TaskRef("t1", "builder")] and back.backend_unavailable == ""
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected"),
+    [(0, 5.0), (1, 5.0), (2, 10.0), (3, 20.0), (6, 160.0), (7, 300.0), (64, 300.0)],
+)
+def test_backoff_doubles_from_the_initial_delay_up_to_the_maximum(
+    failures: int, expected: float
+) -> None:
+    assert backoff_seconds(failures, RetryPolicy(2, 5.0, 300.0)) == expected
+
+
+@pytest.mark.parametrize("failures", [1023, 1024, 1025, 10**6, 2**62, 2**200])
+def test_backoff_is_overflow_safe(failures: int) -> None:
+    policy = RetryPolicy(2, 1e300, 1e308)
+    delay = backoff_seconds(failures, policy)
+    assert delay == planner_module.MAX_BACKOFF_SECONDS
+    assert NOW + timedelta(seconds=delay) > NOW
+
+
+def test_zero_initial_backoff_means_retry_at_once() -> None:
+    assert backoff_seconds(9, RetryPolicy(2, 0.0, 300.0)) == 0.0
+
+
+def test_retry_policy_falls_back_to_the_settings() -> None:
+    settings = PlannerSettings(
+        failure_limit=3, retry_initial_backoff_seconds=2, retry_max_backoff_seconds=60
+    )
+    assert retry_policy(None, settings) == RetryPolicy(3, 2.0, 60.0)
+    own = ProfileView("p", SANDBOX, retry=RetryPolicy(7, 0.5, 0.0))
+    assert retry_policy(own, settings) == RetryPolicy(7, 0.5, 60.0)
+    # A maximum below the initial delay is the initial delay.
+    assert retry_policy(ProfileView("q", SANDBOX, retry=RetryPolicy(0, 90, 10)), settings) == (
+        RetryPolicy(3, 90.0, 90.0)
+    )
