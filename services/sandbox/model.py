@@ -92,6 +92,9 @@ class SandboxInfo:
     finish_time: datetime | None = None
     last_used_time: datetime | None = None
     created_ns: int = 0
+    #: The container's configured user (``Config.User``; "" = the image's
+    #: default). Known from an inspect only; a list row leaves it "".
+    user: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """gRPC handlers of ``longshore.sandbox.v1.SandboxService``: protos in, domain calls, protos out.
 
-Rules live in :mod:`.manager` and :mod:`.reaper`; errors are typed service
-errors mapped to status codes by the runtime's interceptor.
+Rules live in :mod:`.manager`, :mod:`.reaper`, :mod:`.policy` (what a spec may
+ask for) and :mod:`.access` (who may use which sandbox, checked here before
+any engine side effect); errors are typed service errors mapped to status
+codes by the runtime's interceptor.
 """
 
 from __future__ import annotations
@@ -9,28 +11,46 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
-from longshore.sandbox.v1 import sandbox_service_pb2, sandbox_service_pb2_grpc
+from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2, sandbox_service_pb2_grpc
 
 from services.runtime.errors import InvalidArgument, Unavailable
 from services.runtime.serving import GrpcService
 from services.sandbox import convert
+from services.sandbox.access import SandboxAccess
+from services.sandbox.hardening import resolve_spec
 from services.sandbox.manager import SandboxManager
+from services.sandbox.model import Spec
+from services.sandbox.policy import check_image_allowed
 from services.sandbox.reaper import Reaper
 
 SERVICE_NAME = "longshore.sandbox.v1.SandboxService"
 
 
 class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
-    """Implements the SandboxService contract over a :class:`SandboxManager`."""
+    """Implements the SandboxService contract over a :class:`SandboxManager`.
 
-    def __init__(self, manager: SandboxManager, reaper: Reaper) -> None:
+    Args:
+        manager: The manager of this deployment's sandboxes.
+        reaper: The orphan reaper.
+        internal_token: The internal credential sandbox tokens are signed
+            under; empty: no token verifies, so only operators may acquire,
+            exec and release.
+    """
+
+    def __init__(
+        self, manager: SandboxManager, reaper: Reaper, *, internal_token: str = ""
+    ) -> None:
         self.manager = manager
         self.reaper = reaper
+        self.access = SandboxAccess(internal_token, manager.deployment)
 
     def AcquireSandbox(
         self, request: sandbox_service_pb2.AcquireSandboxRequest, context: grpc.ServicerContext
     ) -> sandbox_service_pb2.AcquireSandboxResponse:
         """See the proto."""
+        # Who may ask comes first: a refused caller never reaches the engine.
+        grant = self.access.grant(context)
+        self.access.check_acquire(grant, request.task_id, request.profile, request.spec)
         persist = (
             request.persist_across_processes
             if request.HasField("persist_across_processes")
@@ -39,7 +59,7 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         result = self.manager.acquire(
             request.task_id,
             request.profile,
-            convert.spec_from_proto(request.spec),
+            _spec(request.spec),
             persist=persist,
         )
         return convert.acquire_to_proto(result)
@@ -80,9 +100,17 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         if not request.sandbox_id:
             raise InvalidArgument("sandbox_id: required")
         command = convert.exec_from_proto(request)
+        sandbox_id = request.sandbox_id
+        grant = self.access.grant(context)
+        if grant is not None:
+            # Checked on the inspected container, then used by its full id, so
+            # the command runs in exactly the sandbox whose labels were checked.
+            info = self.manager.get(sandbox_id)
+            self.access.check_sandbox(grant, info, exec_user=request.user)
+            sandbox_id = info.sandbox_id
         # The callback fires when the call ends for any reason; after a normal
         # exit it does nothing, after a cancel it kills the command's tree.
-        events = self.manager.exec(request.sandbox_id, command, on_cancel=context.add_callback)
+        events = self.manager.exec(sandbox_id, command, on_cancel=context.add_callback)
         try:
             for event in events:
                 yield convert.exec_event_to_proto(event)
@@ -93,13 +121,20 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         self, request: sandbox_service_pb2.ReleaseSandboxRequest, context: grpc.ServicerContext
     ) -> sandbox_service_pb2.ReleaseSandboxResponse:
         """See the proto."""
-        scheduled = self.manager.release(request.sandbox_id, force_remove=request.force_remove)
+        sandbox_id = request.sandbox_id
+        grant = self.access.grant(context)
+        if grant is not None:
+            info = self.manager.get(sandbox_id)
+            self.access.check_sandbox(grant, info)
+            sandbox_id = info.sandbox_id
+        scheduled = self.manager.release(sandbox_id, force_remove=request.force_remove)
         return sandbox_service_pb2.ReleaseSandboxResponse(removal_scheduled=scheduled)
 
     def ReapOrphans(
         self, request: sandbox_service_pb2.ReapOrphansRequest, context: grpc.ServicerContext
     ) -> sandbox_service_pb2.ReapOrphansResponse:
         """See the proto."""
+        self.access.require_operator(context, "ReapOrphans")
         max_age = None
         if request.HasField("max_age"):
             if request.max_age.seconds < 0 or request.max_age.nanos < 0:
@@ -109,6 +144,26 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         if report.error:
             raise Unavailable(report.error)
         return convert.reap_to_proto(report)
+
+    def CheckSandboxSpec(
+        self, request: sandbox_service_pb2.CheckSandboxSpecRequest, context: grpc.ServicerContext
+    ) -> sandbox_service_pb2.CheckSandboxSpecResponse:
+        """See the proto."""
+        self.access.require_operator(context, "CheckSandboxSpec")
+        # The very code an acquire runs, minus the engine.
+        resolved = resolve_spec(_spec(request.spec), self.manager.section)
+        check_image_allowed(request.spec.image, list(request.allowed_images), self.manager.section)
+        return sandbox_service_pb2.CheckSandboxSpecResponse(config_hash=resolved.config_hash)
+
+
+_NETWORK_MODES = frozenset(sandbox_pb2.NetworkMode.values())
+
+
+def _spec(msg: sandbox_pb2.SandboxSpec) -> Spec:
+    """The domain spec of a request, refusing what the domain record cannot say."""
+    if msg.network not in _NETWORK_MODES:
+        raise InvalidArgument(f"spec.network: unknown network mode {msg.network}")
+    return convert.spec_from_proto(msg)
 
 
 def grpc_service(servicer: SandboxServicer) -> GrpcService:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
 from services.runtime.config import BaseSettings
@@ -18,6 +20,10 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
     "SETUID",
     "KILL",
 )
+
+
+#: A capability name as the engine spells it (with or without ``CAP_``).
+CAPABILITY_NAME = re.compile(r"\A(CAP_)?[A-Z_]{2,32}\Z")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,32 @@ class SandboxSection:
     capabilities: tuple[str, ...] = field(
         default=DEFAULT_CAPABILITIES,
         metadata={"help": "Capabilities kept after dropping all (comma-separated)."},
+    )
+    allowed_host_paths: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Absolute host directories a spec may bind-mount (a bind's host path "
+            "must equal one or lie under one; comma-separated; empty: no host binds). "
+            "Named volumes need no entry; the engine socket is always refused."
+        },
+    )
+    allowed_capabilities: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Capabilities a spec may add on top of sandbox.capabilities "
+            "(comma-separated; empty: none)."
+        },
+    )
+    max_cpus: float = field(
+        default=2.0,
+        metadata={"help": "Largest CPU limit a spec may ask for, in cores (at most the host's)."},
+    )
+    max_memory_bytes: int = field(
+        default=16 * 1024 * 1024 * 1024,
+        metadata={"help": "Largest memory limit a spec may ask for, in bytes."},
+    )
+    max_pids_limit: int = field(
+        default=4096, metadata={"help": "Largest process limit a spec may ask for."}
     )
     lifetime_seconds: int = field(
         default=300,
@@ -86,6 +118,34 @@ class SandboxSection:
     cleanup_drain_seconds: float = field(
         default=15.0, metadata={"help": "How long shutdown waits for outstanding cleanups."}
     )
+
+    def __post_init__(self) -> None:
+        # The policy settings are checked once here, so a manager never starts
+        # with an allowlist it would misread or defaults its own maxima refuse.
+        for path in self.allowed_host_paths:
+            if not path.startswith("/") or ".." in path.split("/"):
+                raise ValueError(
+                    f"sandbox.allowed_host_paths: {path[:100]!r} is not an absolute path "
+                    "without '..'"
+                )
+        for cap in self.allowed_capabilities:
+            if not CAPABILITY_NAME.match(cap.strip().upper()):
+                raise ValueError(f"sandbox.allowed_capabilities: invalid capability {cap[:100]!r}")
+        if not (math.isfinite(self.max_cpus) and self.max_cpus > 0):
+            raise ValueError(f"sandbox.max_cpus: must be a positive number, got {self.max_cpus}")
+        for name in ("max_memory_bytes", "max_pids_limit"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")
+        for default, limit in (
+            ("default_cpus", "max_cpus"),
+            ("default_memory_bytes", "max_memory_bytes"),
+            ("default_pids_limit", "max_pids_limit"),
+        ):
+            if getattr(self, default) > getattr(self, limit):
+                raise ValueError(
+                    f"sandbox.{default}: {getattr(self, default)} exceeds "
+                    f"sandbox.{limit} ({getattr(self, limit)})"
+                )
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ def test_upstream_errors_pass_through_unchanged(stack: RealStack, stubs: Stubs) 
                 task_id="t1",
                 profile="p",
                 spec=sandbox_pb2.SandboxSpec(
-                    volumes=[sandbox_pb2.VolumeMount(host_path="rel", container_path="/x")]
+                    volumes=[sandbox_pb2.VolumeMount(host_path="rel/x", container_path="/x")]
                 ),
             ),
             lambda ch: sandbox_service_pb2_grpc.SandboxServiceStub(ch).AcquireSandbox,

@@ -143,7 +143,7 @@ def test_missing_image_is_failed_precondition_naming_it(stub: SandboxServiceStub
             "t",
             "p",
             sandbox_pb2.SandboxSpec(
-                volumes=[sandbox_pb2.VolumeMount(host_path="rel", container_path="/x")]
+                volumes=[sandbox_pb2.VolumeMount(host_path="rel/x", container_path="/x")]
             ),
             "spec.volumes[0].host_path",
         ),

@@ -61,15 +61,17 @@ def test_container_names_are_valid_deterministic_and_distinct(d: str, p: str, t:
 
 
 def test_config_hash_covers_everything_but_env_values() -> None:
-    section = SandboxSection(default_image="img")
+    section = SandboxSection(
+        default_image="img", allowed_host_paths=("/srv",), allowed_capabilities=("NET_ADMIN",)
+    )
     base = resolve_spec(Spec(env={"TOKEN": "a"}), section).config_hash
     assert resolve_spec(Spec(env={"TOKEN": "b"}), section).config_hash == base
     variants = [
         Spec(env={"OTHER": "a"}),
         Spec(env={"TOKEN": "a"}, image="img2"),
         Spec(env={"TOKEN": "a"}, cpus=2),
-        Spec(env={"TOKEN": "a"}, memory_bytes=1),
-        Spec(env={"TOKEN": "a"}, pids_limit=7),
+        Spec(env={"TOKEN": "a"}, memory_bytes=64 * 1024 * 1024),
+        Spec(env={"TOKEN": "a"}, pids_limit=77),
         Spec(env={"TOKEN": "a"}, volumes=(Volume("/srv", "/srv", True),)),
         Spec(env={"TOKEN": "a"}, workdir="/w"),
         Spec(env={"TOKEN": "a"}, read_only_rootfs=True),

@@ -145,7 +145,9 @@ Global___ReuseOutcome: _TypeAlias = ReuseOutcome  # noqa: Y015
 
 @_typing.final
 class VolumeMount(_message.Message):
-    """VolumeMount binds a host path into a sandbox."""
+    """VolumeMount binds a host path, or mounts a named Docker volume, into a
+    sandbox.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -153,9 +155,20 @@ class VolumeMount(_message.Message):
     CONTAINER_PATH_FIELD_NUMBER: _builtins.int
     READ_ONLY_FIELD_NUMBER: _builtins.int
     host_path: _builtins.str
-    """Absolute path on the host. The Docker engine socket is always refused."""
+    """Absolute path on the host, at most 4096 characters, without `..`, `:` or
+    `,`. It must equal or lie under one of the manager's
+    `sandbox.allowed_host_paths` (empty by default: PERMISSION_DENIED). The
+    Docker engine socket, and any directory above it, is always refused
+    (INVALID_ARGUMENT). A value without `/` that is a Docker volume name
+    (`[A-Za-z0-9][A-Za-z0-9_.-]+`, at most 255 characters) mounts that named
+    volume instead and needs no allowlist entry (the engine creates it when
+    it does not exist).
+    """
     container_path: _builtins.str
-    """Absolute path inside the sandbox."""
+    """Absolute path inside the sandbox, at most 4096 characters, without `..`,
+    `:` or `,`; not `/`, not `/tmp` (the sandbox's tmpfs), and not the
+    container path of another mount of the spec.
+    """
     read_only: _builtins.bool
     """Mount read-only."""
     def __init__(
@@ -178,7 +191,10 @@ class SandboxSpec(_message.Message):
     """SandboxSpec describes the container a sandbox runs in. Fields left at zero
     take the manager's configured defaults. Every field except `env` values
     contributes to the sandbox's config hash; env contributes its names only,
-    so rotating a secret does not replace the sandbox.
+    so rotating a secret does not replace the sandbox. Whoever asks, admins
+    included, a spec is admitted only within the manager's policy: a malformed
+    field is INVALID_ARGUMENT, a field beyond the policy PERMISSION_DENIED,
+    each naming the field (`spec.<field>`).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -217,35 +233,56 @@ class SandboxSpec(_message.Message):
     image: _builtins.str
     """Image reference, e.g. `longshore/sandbox-test:latest`. Required unless the
     manager has a default image. The image must exist on the engine: the
-    manager never pulls implicitly.
+    manager never pulls implicitly. At most 255 characters, no whitespace or
+    control characters.
     """
     cpus: _builtins.float
-    """CPU limit in cores (e.g. 0.5). 0 = the manager's default."""
+    """CPU limit in cores (e.g. 0.5). 0 = the manager's default. When set: a
+    finite number, at least 0.01, at most `sandbox.max_cpus` (default 2).
+    """
     memory_bytes: _builtins.int
-    """Memory limit in bytes. 0 = the manager's default."""
+    """Memory limit in bytes. 0 = the manager's default. When set: at least
+    6291456 (6 MiB, the engine's minimum), at most `sandbox.max_memory_bytes`
+    (default 16 GiB).
+    """
     pids_limit: _builtins.int
-    """Maximum number of processes. 0 = the manager's default."""
+    """Maximum number of processes. 0 = the manager's default. When set: at
+    least 8, at most `sandbox.max_pids_limit` (default 4096).
+    """
     workdir: _builtins.str
-    """Working directory inside the container. Empty = the image's default."""
+    """Working directory inside the container. Empty = the image's default.
+    Absolute, at most 4096 characters, without `..`.
+    """
     network: Global___NetworkMode.ValueType
     """Network the container may reach."""
     read_only_rootfs: _builtins.bool
     """Mount the root filesystem read-only (`/tmp` stays a writable tmpfs)."""
     user: _builtins.str
-    """User to run as (`uid[:gid]` or a name the image knows). Empty = image default."""
+    """User to run as (`uid[:gid]` or a name the image knows), at most 64
+    characters. Empty = image default.
+    """
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Environment variables set in the container. Values never appear in any
-        process argv and are never logged.
+        process argv and are never logged. Names match `[A-Za-z_][A-Za-z0-9_]*`;
+        at most 128 entries; each value at most 32 KiB (32768 bytes) without NUL;
+        names and values together at most 256 KiB.
         """
 
     @_builtins.property
     def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeMount]:
-        """Host paths mounted into the container."""
+        """Host paths or named volumes mounted into the container. At most 32
+        entries.
+        """
 
     @_builtins.property
     def cap_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Extra capabilities to add on top of the manager's minimal list."""
+        """Extra capabilities to add on top of the manager's minimal list
+        (`sandbox.capabilities`), e.g. `NET_ADMIN` (a `CAP_` prefix and case are
+        ignored). Each must be in the manager's `sandbox.allowed_capabilities`
+        (empty by default: PERMISSION_DENIED) or already in the minimal list. At
+        most 64 entries.
+        """
 
     def __init__(
         self,

@@ -60,7 +60,8 @@ class CheckSandboxSpecRequest(_message.Message):
     @_builtins.property
     def allowed_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """When not empty, `spec.image` must be one of these exact references (the
-        profile's image and its allowed images).
+        profile's image and its allowed images). An empty entry, like an empty
+        `spec.image`, stands for the manager's default image.
         """
 
     def __init__(

@@ -184,8 +184,9 @@ class SandboxServiceServicer:
         """ReapOrphans removes exited sandboxes of this deployment whose
         `State.FinishedAt` is older than the max age, and reports why each other
         candidate was spared. Running sandboxes are never reaped.
-        Errors: INVALID_ARGUMENT (negative max_age), UNAVAILABLE (engine
-        unreachable).
+        Operators only (an `admin` key or another Longshore service).
+        Errors: INVALID_ARGUMENT (negative max_age), PERMISSION_DENIED (not an
+        operator), UNAVAILABLE (engine unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,12 +196,13 @@ class SandboxServiceServicer:
         """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
         and against the same policy, without touching the engine. Kanban calls it
         when a profile or a task is written, so a spec that could never run is
-        refused then, not at spawn time.
+        refused then, not at spawn time. Operators only (an `admin` key or
+        another Longshore service).
         Errors: INVALID_ARGUMENT (a spec field is malformed, named
         `spec.<field>`), PERMISSION_DENIED (a spec field asks for more than the
         policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
         sandbox.allowed_capabilities`, or `spec.image` is not in
-        `allowed_images`).
+        `allowed_images`; the caller is not an operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -104,19 +104,21 @@ class SandboxServiceStub:
     """ReapOrphans removes exited sandboxes of this deployment whose
     `State.FinishedAt` is older than the max age, and reports why each other
     candidate was spared. Running sandboxes are never reaped.
-    Errors: INVALID_ARGUMENT (negative max_age), UNAVAILABLE (engine
-    unreachable).
+    Operators only (an `admin` key or another Longshore service).
+    Errors: INVALID_ARGUMENT (negative max_age), PERMISSION_DENIED (not an
+    operator), UNAVAILABLE (engine unreachable).
     """
     CheckSandboxSpec: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.CheckSandboxSpecRequest, _sandbox_service_pb2.CheckSandboxSpecResponse]
     """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
     and against the same policy, without touching the engine. Kanban calls it
     when a profile or a task is written, so a spec that could never run is
-    refused then, not at spawn time.
+    refused then, not at spawn time. Operators only (an `admin` key or
+    another Longshore service).
     Errors: INVALID_ARGUMENT (a spec field is malformed, named
     `spec.<field>`), PERMISSION_DENIED (a spec field asks for more than the
     policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
     sandbox.allowed_capabilities`, or `spec.image` is not in
-    `allowed_images`).
+    `allowed_images`; the caller is not an operator).
     """
 
 @_typing.type_check_only
@@ -195,19 +197,21 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """ReapOrphans removes exited sandboxes of this deployment whose
     `State.FinishedAt` is older than the max age, and reports why each other
     candidate was spared. Running sandboxes are never reaped.
-    Errors: INVALID_ARGUMENT (negative max_age), UNAVAILABLE (engine
-    unreachable).
+    Operators only (an `admin` key or another Longshore service).
+    Errors: INVALID_ARGUMENT (negative max_age), PERMISSION_DENIED (not an
+    operator), UNAVAILABLE (engine unreachable).
     """
     CheckSandboxSpec: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.CheckSandboxSpecRequest, _sandbox_service_pb2.CheckSandboxSpecResponse]  # type: ignore[assignment]
     """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
     and against the same policy, without touching the engine. Kanban calls it
     when a profile or a task is written, so a spec that could never run is
-    refused then, not at spawn time.
+    refused then, not at spawn time. Operators only (an `admin` key or
+    another Longshore service).
     Errors: INVALID_ARGUMENT (a spec field is malformed, named
     `spec.<field>`), PERMISSION_DENIED (a spec field asks for more than the
     policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
     sandbox.allowed_capabilities`, or `spec.image` is not in
-    `allowed_images`).
+    `allowed_images`; the caller is not an operator).
     """
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -319,8 +323,9 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         """ReapOrphans removes exited sandboxes of this deployment whose
         `State.FinishedAt` is older than the max age, and reports why each other
         candidate was spared. Running sandboxes are never reaped.
-        Errors: INVALID_ARGUMENT (negative max_age), UNAVAILABLE (engine
-        unreachable).
+        Operators only (an `admin` key or another Longshore service).
+        Errors: INVALID_ARGUMENT (negative max_age), PERMISSION_DENIED (not an
+        operator), UNAVAILABLE (engine unreachable).
         """
 
     @_abc_1.abstractmethod
@@ -332,12 +337,13 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
         and against the same policy, without touching the engine. Kanban calls it
         when a profile or a task is written, so a spec that could never run is
-        refused then, not at spawn time.
+        refused then, not at spawn time. Operators only (an `admin` key or
+        another Longshore service).
         Errors: INVALID_ARGUMENT (a spec field is malformed, named
         `spec.<field>`), PERMISSION_DENIED (a spec field asks for more than the
         policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
         sandbox.allowed_capabilities`, or `spec.image` is not in
-        `allowed_images`).
+        `allowed_images`; the caller is not an operator).
         """
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
