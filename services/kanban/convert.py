@@ -17,7 +17,7 @@ from longshore.kanban.v1 import (
 )
 from longshore.sandbox.v1 import sandbox_pb2
 
-from services.kanban import models
+from services.kanban import models, secrets
 from services.runtime.errors import InvalidArgument
 
 
@@ -101,19 +101,47 @@ def board(row: models.Board, counts: Mapping[str, int] | None = None) -> board_p
     )
 
 
+def redacted_spec(data: Mapping[str, Any]) -> sandbox_pb2.SandboxSpec:
+    """Return the stored spec with every env value replaced by ``<redacted>``."""
+    spec = spec_proto(data)
+    redacted = secrets.redact(spec.env)
+    spec.env.clear()
+    spec.env.update(redacted)
+    return spec
+
+
+def retry_policy(row: models.Profile) -> profile_pb2.RetryPolicy:
+    """Return the RetryPolicy message of a profile row (unset backoffs stay unset)."""
+    return profile_pb2.RetryPolicy(
+        max_attempts=row.retry_max_attempts or 0,
+        initial_backoff=duration(row.retry_initial_backoff_seconds),
+        max_backoff=duration(row.retry_max_backoff_seconds),
+    )
+
+
 def profile(row: models.Profile) -> profile_pb2.Profile:
-    """Return the Profile message of a row."""
+    """Return the Profile message of a row (env values redacted)."""
     return profile_pb2.Profile(
         name=row.name,
         executor=profile_pb2.Executor.Value("EXECUTOR_" + row.executor.upper()),
-        sandbox_spec=spec_proto(row.sandbox_spec or {}),
+        sandbox_spec=redacted_spec(row.sandbox_spec or {}),
         max_in_progress=row.max_in_progress,
         keep_sandbox=row.keep_sandbox,
         default_max_runtime=duration(row.default_max_runtime_seconds),
         description=row.description,
         create_time=timestamp(row.create_time),
         update_time=timestamp(row.update_time),
+        retry_policy=retry_policy(row),
+        allowed_images=list(row.allowed_images or []),
     )
+
+
+def _backoff(policy: profile_pb2.RetryPolicy, name: str) -> float | None:
+    """A backoff in seconds; unset and zero both mean "the dispatcher's default"."""
+    if not policy.HasField(name):  # type: ignore[arg-type]
+        return None
+    seconds = seconds_of(getattr(policy, name), f"profile.retry_policy.{name}")
+    return seconds or None
 
 
 def profile_values(msg: profile_pb2.Profile, fields: Sequence[str] | None = None) -> dict[str, Any]:
@@ -140,6 +168,13 @@ def profile_values(msg: profile_pb2.Profile, fields: Sequence[str] | None = None
         )
     if want("description"):
         values["description"] = msg.description
+    if want("retry_policy"):
+        policy = msg.retry_policy
+        values["retry_max_attempts"] = policy.max_attempts
+        values["retry_initial_backoff_seconds"] = _backoff(policy, "initial_backoff")
+        values["retry_max_backoff_seconds"] = _backoff(policy, "max_backoff")
+    if want("allowed_images"):
+        values["allowed_images"] = list(msg.allowed_images)
     return values
 
 
@@ -154,7 +189,7 @@ def task(
     parent_ids: Sequence[str] = (),
     readiness: task_pb2.Readiness | None = None,
 ) -> task_pb2.Task:
-    """Return the Task message of a row."""
+    """Return the Task message of a row (env values redacted)."""
     return task_pb2.Task(
         task_id=row.task_id,
         board_id=row.board_id,
@@ -165,7 +200,7 @@ def task(
         priority=row.priority,
         command=list(row.command or []),
         image=row.image,
-        env=dict(row.env or {}),
+        env=secrets.redact(row.env or {}),
         max_runtime=duration(row.max_runtime_seconds),
         parent_ids=list(parent_ids),
         labels=dict(row.labels or {}),
@@ -177,6 +212,7 @@ def task(
         update_time=timestamp(row.update_time),
         readiness=readiness,
         sandbox_id=row.sandbox_id,
+        next_attempt_time=timestamp(row.next_attempt_time),
     )
 
 
@@ -234,7 +270,17 @@ def run(row: models.TaskRun) -> run_pb2.TaskRun:
         output_bytes=row.output_bytes,
         output_truncated=row.output_truncated,
         counted_failure=row.counted_failure,
+        failure_class=failure_class(row.failure_class),
+        holder=row.holder or "",
     )
+
+
+def failure_class(stored: str) -> run_pb2.FailureClass.ValueType:
+    """Return the ``FailureClass`` of a stored class (``work``, ``platform`` or empty)."""
+    name = "FAILURE_CLASS_" + (stored or "unspecified").upper()
+    if name not in set(run_pb2.FailureClass.keys()):
+        return run_pb2.FAILURE_CLASS_UNSPECIFIED
+    return run_pb2.FailureClass.Value(name)
 
 
 def event(row: models.TaskEvent) -> event_pb2.TaskEvent:

@@ -16,13 +16,15 @@ import grpc
 from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.kanban.v1 import kanban_service_pb2_grpc as pb_grpc
 from longshore.kanban.v1 import task_pb2
+from longshore.sandbox.v1 import sandbox_pb2
 from opentelemetry import propagate
 from sqlalchemy.orm import Session
 
-from services.kanban import convert, models, pagination
+from services.kanban import convert, models, pagination, secrets
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.server_runs import RunReads
+from services.kanban.spec_checks import SpecChecks
 from services.kanban.store import Effects, boards, comments, events, links, profiles, tasks
 from services.kanban.tick import Dispatcher
 from services.runtime.errors import InvalidArgument
@@ -52,12 +54,16 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
         db: The database.
         bus: Rings when the event log may have grown.
         dispatcher: Plans readiness, runs ticks, applies post-commit effects.
+        spec_checks: Validates profiles' sandbox specs on the sandbox manager.
     """
 
-    def __init__(self, db: Database, bus: EventBus, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, db: Database, bus: EventBus, dispatcher: Dispatcher, *, spec_checks: SpecChecks
+    ) -> None:
         self._db = db
         self._bus = bus
         self._dispatcher = dispatcher
+        self._spec_checks = spec_checks
 
     def _after(self, effects: Effects) -> None:
         self._dispatcher.apply_effects(effects)
@@ -117,6 +123,11 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
         self, request: pb.CreateProfileRequest, context: grpc.ServicerContext
     ) -> pb.CreateProfileResponse:
         values = convert.profile_values(request.profile)
+        profiles.validate(values)
+        spec = request.profile.sandbox_spec
+        secrets.merge({}, spec.env, "sandbox_spec.env")  # `<redacted>` is no value on create
+        # Outside the write transaction: an RPC must not hold the write lock.
+        self._check_spec(spec, values["allowed_images"])
         with self._db.write() as s:
             row = profiles.create(s, name=request.profile.name, **values)
             return pb.CreateProfileResponse(profile=convert.profile(row))
@@ -160,16 +171,38 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
             "keep_sandbox",
             "default_max_runtime",
             "description",
+            "retry_policy",
+            "allowed_images",
         }
         bad = [p for p in paths if p not in allowed]
         if bad:
             raise InvalidArgument(f"update_mask: {bad[0]!r} is unknown or immutable")
         values = convert.profile_values(request.profile, paths)
+        profiles.validate(values)
+        if "sandbox_spec" in values or "allowed_images" in values:
+            with self._db.read() as s:
+                stored = profiles.get(s, request.profile.name)
+                spec_json = values.get("sandbox_spec", stored.sandbox_spec or {})
+                # Checked with the stored values of `<redacted>` env entries;
+                # profiles.update merges again inside its transaction.
+                merged = profiles.merged_spec(stored.sandbox_spec, spec_json)
+                images = values.get("allowed_images", list(stored.allowed_images or []))
+            self._check_spec(convert.spec_proto(merged), images)
         with self._db.write() as s:
             row = profiles.update(s, request.profile.name, values)
             msg = convert.profile(row)
         self._dispatcher.wake()
         return pb.UpdateProfileResponse(profile=msg)
+
+    def _check_spec(self, spec: sandbox_pb2.SandboxSpec, allowed_images: list[str]) -> None:
+        """Ask the sandbox manager whether ``spec`` is admissible (an empty spec asks nothing).
+
+        A profile without a spec (a worker profile that brings its own
+        sandbox, or none) has nothing for the manager to judge, and must not
+        depend on the manager being up.
+        """
+        if spec != sandbox_pb2.SandboxSpec():
+            self._spec_checks.check(spec, allowed_images)
 
     def DeleteProfile(
         self, request: pb.DeleteProfileRequest, context: grpc.ServicerContext
@@ -200,8 +233,10 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
             values["status"] = convert.task_status_name(t.status)
         if t.HasField("max_runtime"):
             values["max_runtime_seconds"] = convert.seconds_of(t.max_runtime, "task.max_runtime")
+        values["env"] = secrets.merge({}, t.env, "task.env")
         effects = Effects()
         with self._db.write() as s:
+            profiles.check_task_image(s, t.assignee, t.image)
             row, dedup = tasks.create(
                 s,
                 values=values,
@@ -275,7 +310,12 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
         if not paths:
             raise InvalidArgument("update_mask: name at least one field")
         values = convert.task_values(request.task, paths)
+        if "env" in values:
+            secrets.check_names(values["env"], "task.env")
         with self._db.write() as s:
+            if "image" in values:
+                current = tasks.get(s, request.task.task_id)
+                profiles.check_task_image(s, current.assignee, values["image"])
             row = tasks.update(s, request.task.task_id, values, source=SOURCE)
             parents = links.parent_ids(s, [row.task_id])[row.task_id]
             return pb.UpdateTaskResponse(task=convert.task(row, parents))
@@ -314,11 +354,16 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
     def AssignTask(
         self, request: pb.AssignTaskRequest, context: grpc.ServicerContext
     ) -> pb.AssignTaskResponse:
-        msg = self._change_task(
-            lambda s, effects: tasks.assign(
+
+        def assign(s: Session, effects: Effects) -> models.Task:
+            # The image was checked against the old assignee (or not at all
+            # while unassigned); the new one must allow it too.
+            profiles.check_task_image(s, request.assignee, tasks.get(s, request.task_id).image)
+            return tasks.assign(
                 s, request.task_id, request.assignee, source=SOURCE, effects=effects
             )
-        )
+
+        msg = self._change_task(assign)
         return pb.AssignTaskResponse(task=msg)
 
     def BlockTask(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import grpc
 from longshore.kanban.v1 import kanban_service_pb2_grpc, worker_service_pb2_grpc
 
 from services.kanban.db import Database, default_url, make_engine
@@ -15,8 +16,11 @@ from services.kanban.migrations import upgrade
 from services.kanban.models import utcnow
 from services.kanban.server import KanbanServicer
 from services.kanban.settings import DispatchLimits, KanbanSettings
+from services.kanban.spec_checks import SpecChecks
 from services.kanban.tick import Dispatcher, RunStarter
 from services.kanban.worker_server import WorkerServicer
+from services.runtime.channels import open_channel
+from services.runtime.sandbox_tokens import SandboxTokens
 from services.runtime.serving import GrpcService
 
 PG_EVENT_POLL_SECONDS = 0.2
@@ -31,6 +35,7 @@ class KanbanApp:
     dispatcher: Dispatcher
     kanban: KanbanServicer
     worker: WorkerServicer
+    owned_channels: list[grpc.Channel] = field(default_factory=list)
 
     def grpc_services(self) -> list[GrpcService]:
         """The servicers to mount."""
@@ -58,6 +63,8 @@ class KanbanApp:
         self.dispatcher.stop()
         self.bus.close()
         self.db.dispose()
+        for channel in self.owned_channels:
+            channel.close()
 
 
 def database_url(settings: KanbanSettings) -> str:
@@ -73,6 +80,7 @@ def build_app(
     instance: str | None = None,
     instrument: bool = True,
     clock: Callable[[], dt.datetime] = utcnow,
+    sandbox_channel: grpc.Channel | None = None,
 ) -> KanbanApp:
     """Build (and migrate) a kanban process from its settings.
 
@@ -83,6 +91,10 @@ def build_app(
         instance: This process's id; random by default.
         instrument: Attach the OTel SQLAlchemy instrumentation.
         clock: The dispatcher's "now" (tests inject one).
+        sandbox_channel: A channel to the sandbox manager for spec checks;
+            by default one to ``settings.sandbox.addr`` is opened (it
+            connects lazily, so kanban starts while the manager is down) and
+            closed with the app.
 
     Returns:
         The parts, not yet started.
@@ -101,10 +113,28 @@ def build_app(
         instance=instance or secrets.token_hex(6),
         clock=clock,
     )
+    owned: list[grpc.Channel] = []
+    if sandbox_channel is None:
+        sandbox_channel = open_channel(
+            settings.sandbox.addr, internal_token=settings.internal_token or None
+        )
+        owned.append(sandbox_channel)
+    # Without an internal credential the sandbox manager verifies no tokens
+    # (it cannot: they are signed with that credential), so none are minted.
+    tokens = SandboxTokens(settings.internal_token) if settings.internal_token else None
     return KanbanApp(
         db=db,
         bus=bus,
         dispatcher=dispatcher,
-        kanban=KanbanServicer(db, bus, dispatcher),
-        worker=WorkerServicer(db, bus, dispatcher, section=settings.kanban, limits=limits),
+        kanban=KanbanServicer(db, bus, dispatcher, spec_checks=SpecChecks(sandbox_channel)),
+        worker=WorkerServicer(
+            db,
+            bus,
+            dispatcher,
+            section=settings.kanban,
+            limits=limits,
+            tokens=tokens,
+            deployment=settings.deployment,
+        ),
+        owned_channels=owned,
     )

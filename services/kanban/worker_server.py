@@ -4,29 +4,77 @@ ClaimTask is a compare-and-set inside an exclusive write transaction, after
 counting the profile's and the global running runs, so caps are exact even
 with several kanban replicas on one PostgreSQL. Every later call is fenced by
 ``run_id``: a stale one changes nothing and is FAILED_PRECONDITION.
+
+A run belongs to its holder, the principal (API key name) that claimed it:
+every later call checks the holder first (another principal's run, or a run
+the dispatcher executes, is PERMISSION_DENIED; an unknown run stays
+NOT_FOUND), then staleness. ClaimTask and Heartbeat hand the holder a sandbox
+token (see :mod:`services.runtime.sandbox_tokens`) for the run's sandbox spec.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import grpc
 from longshore.kanban.v1 import worker_service_pb2 as pb
 from longshore.kanban.v1 import worker_service_pb2_grpc as pb_grpc
+from longshore.sandbox.v1 import sandbox_pb2
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.kanban import convert, models
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
+from services.kanban.executor_types import merge_spec
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, events, links, profiles, runs
 from services.kanban.tick import Dispatcher
-from services.runtime.callers import caller
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.callers import DISPATCHER, Caller, caller
+from services.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from services.runtime.sandbox_tokens import SandboxGrant, SandboxTokens, spec_digest
 
 MAX_WAIT_SECONDS = 60.0
 POLL_SLICE_SECONDS = 1.0
+
+
+def check_holder(run: models.TaskRun, who: Caller) -> None:
+    """Refuse a WorkerService call on a run ``who`` does not hold.
+
+    Raises:
+        PermissionDenied: The dispatcher executes the run (holder
+            ``dispatcher``, or ``executor_instance`` set on rows older than
+            holders), or another principal holds it.
+    """
+    if run.holder == DISPATCHER or (not run.holder and run.executor_instance):
+        raise PermissionDenied(
+            f"run {run.run_id!r} is executed by the dispatcher; WorkerService cannot change it"
+        )
+    # No holder and no executor: claimed before holders were recorded, or by
+    # a peer service directly; there is no principal to compare with. A peer
+    # service (no principal) is trusted like an operator.
+    if not run.holder or who.is_service or who.principal == run.holder:
+        return
+    raise PermissionDenied(
+        f"run {run.run_id!r} is held by key {run.holder!r}, not by {who.describe()}"
+    )
+
+
+def run_spec(task: models.Task, profile: models.Profile) -> sandbox_pb2.SandboxSpec:
+    """The run's sandbox spec with env values: what its holder passes to AcquireSandbox.
+
+    The holder of a live run is trusted with its task's and profile's env
+    values: they are inside the run's sandbox anyway, where any exec can
+    print them. Every other read of a profile or task shows them redacted.
+    """
+    profile_spec = convert.spec_proto(profile.sandbox_spec or {})
+    return merge_spec(profile_spec, image=task.image, env=dict(task.env or {}))
 
 
 class WorkerServicer(pb_grpc.WorkerServiceServicer):
@@ -38,6 +86,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         dispatcher: Applies post-commit effects.
         section: The `kanban` settings (lease, output cap).
         limits: Interpreted caps.
+        tokens: Mints sandbox tokens; None when the deployment has no internal
+            credential (then the sandbox manager checks no tokens either and
+            ClaimTask returns none).
+        deployment: The deployment the tokens name.
     """
 
     def __init__(
@@ -48,12 +100,42 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         *,
         section: KanbanSection,
         limits: DispatchLimits,
+        tokens: SandboxTokens | None,
+        deployment: str,
     ) -> None:
         self._db = db
         self._bus = bus
         self._dispatcher = dispatcher
         self._section = section
         self._limits = limits
+        self._tokens = tokens
+        self._deployment = deployment
+
+    def _token(
+        self,
+        run: models.TaskRun,
+        spec: sandbox_pb2.SandboxSpec,
+        expires: dt.datetime | None,
+    ) -> tuple[str, dt.datetime | None]:
+        """A sandbox token for ``run``'s spec, valid as long as its lease."""
+        if self._tokens is None or expires is None:
+            return "", None
+        grant = SandboxGrant(
+            deployment=self._deployment,
+            task_id=run.task_id,
+            profile=run.profile,
+            run_id=run.run_id,
+            spec_digest=spec_digest(spec),
+            expires=expires.timestamp(),
+            holder=run.holder,
+        )
+        return self._tokens.mint(grant), expires
+
+    def _held(self, s: Session, run_id: str, context: grpc.ServicerContext) -> models.TaskRun:
+        """The run, if the caller holds it (one primary-key read)."""
+        run = runs.get_run(s, run_id)
+        check_holder(run, caller(context))
+        return run
 
     def _try_claim(
         self, s: Session, profile: models.Profile, worker_id: str, board_id: str, holder: str
@@ -115,11 +197,16 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 if claimed is not None:
                     task, run = claimed
                     parents = links.parent_ids(s, [task.task_id])[task.task_id]
+                    spec = run_spec(task, profile)
+                    token, token_expires = self._token(run, spec, run.lease_expire_time)
                     return pb.ClaimTaskResponse(
                         task=convert.task(task, parents),
                         run_id=run.run_id,
                         lease_expire_time=convert.timestamp(run.lease_expire_time),
                         profile=convert.profile(profile),
+                        sandbox_token=token,
+                        sandbox_token_expire_time=convert.timestamp(token_expires),
+                        sandbox_spec=spec,
                     )
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not context.is_active() or self._bus.closed:
@@ -151,18 +238,32 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     ) -> pb.HeartbeatResponse:
         if not request.run_id:
             raise InvalidArgument("run_id: required")
+        token, token_expires = "", None
         with self._db.unlocked_write() as s:
+            # The holder never changes once claimed, so reading it before the
+            # compare-and-set (not under a row lock) is safe.
+            run = self._held(s, request.run_id, context)
             expire = runs.heartbeat(
                 s, request.run_id, lease_seconds=self._section.claim_ttl_seconds
             )
+            if expire is not None and self._tokens is not None:
+                task = s.get(models.Task, run.task_id)
+                profile = s.get(models.Profile, run.profile)
+                if task is not None and profile is not None:
+                    token, token_expires = self._token(run, run_spec(task, profile), expire)
         if expire is None:
             self._refuse(request.run_id)
-        return pb.HeartbeatResponse(lease_expire_time=convert.timestamp(expire))
+        return pb.HeartbeatResponse(
+            lease_expire_time=convert.timestamp(expire),
+            sandbox_token=token,
+            sandbox_token_expire_time=convert.timestamp(token_expires),
+        )
 
     def AppendOutput(
         self, request: pb.AppendOutputRequest, context: grpc.ServicerContext
     ) -> pb.AppendOutputResponse:
         with self._db.unlocked_write() as s:
+            self._held(s, request.run_id, context)
             run = runs.append_output(
                 s, request.run_id, request.data, max_bytes=self._section.run_output_max_bytes
             )
@@ -175,6 +276,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     ) -> pb.CompleteTaskResponse:
         effects = Effects()
         with self._db.write() as s:
+            self._held(s, request.run_id, context)
             run, _task = runs.fenced(s, request.run_id, lock=True)
             task = runs.complete(
                 s,
@@ -194,6 +296,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             raise InvalidArgument("error: required")
         effects = Effects()
         with self._db.write() as s:
+            self._held(s, request.run_id, context)
             run, task = runs.fenced(s, request.run_id, lock=True)
             outcome = runs.fail(
                 s,

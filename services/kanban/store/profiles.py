@@ -1,19 +1,22 @@
-"""Agent profiles."""
+"""Agent profiles: their spec (operator policy), caps, retry policy and image allowlist."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from services.kanban import secrets
 from services.kanban.models import EXECUTORS, RUN_RUNNING, Profile, TaskRun, utcnow
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
 
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -25,11 +28,25 @@ MUTABLE_FIELDS = frozenset(
         "keep_sandbox",
         "default_max_runtime_seconds",
         "description",
+        "retry_max_attempts",
+        "retry_initial_backoff_seconds",
+        "retry_max_backoff_seconds",
+        "allowed_images",
     }
 )
+MAX_ATTEMPTS = 100
+MAX_BACKOFF_SECONDS = 86400.0
+MAX_ALLOWED_IMAGES = 32
+MAX_IMAGE_CHARS = 255
+_QUOTE = 100
 
 
-def _validate(values: dict[str, Any]) -> None:
+def validate(values: Mapping[str, Any]) -> None:
+    """Check profile column values that need no other row.
+
+    Raises:
+        InvalidArgument: A value is out of range; the message names the field.
+    """
     if "executor" in values and values["executor"] not in EXECUTORS:
         raise InvalidArgument("profile.executor: must be specified (sandbox, external or none)")
     if values.get("max_in_progress", 0) < 0:
@@ -37,6 +54,86 @@ def _validate(values: dict[str, Any]) -> None:
     runtime = values.get("default_max_runtime_seconds")
     if runtime is not None and runtime <= 0:
         raise InvalidArgument("profile.default_max_runtime: must be positive")
+    attempts = values.get("retry_max_attempts", 0)
+    if not 0 <= attempts <= MAX_ATTEMPTS:
+        raise InvalidArgument(
+            f"profile.retry_policy.max_attempts: must be between 0 and {MAX_ATTEMPTS}"
+        )
+    initial = values.get("retry_initial_backoff_seconds")
+    longest = values.get("retry_max_backoff_seconds")
+    for name, seconds in (("initial_backoff", initial), ("max_backoff", longest)):
+        if seconds is not None and not 0 <= seconds <= MAX_BACKOFF_SECONDS:
+            raise InvalidArgument(
+                f"profile.retry_policy.{name}: must be between 0 and {MAX_BACKOFF_SECONDS:.0f}s"
+            )
+    if initial and longest and initial > longest:
+        raise InvalidArgument(
+            "profile.retry_policy.initial_backoff: must not exceed retry_policy.max_backoff"
+        )
+    _check_images(values.get("allowed_images", ()))
+
+
+def _check_images(images: Any) -> None:
+    if len(images) > MAX_ALLOWED_IMAGES:
+        raise InvalidArgument(f"profile.allowed_images: at most {MAX_ALLOWED_IMAGES} entries")
+    for i, image in enumerate(images):
+        where = f"profile.allowed_images[{i}]"
+        if not image:
+            raise InvalidArgument(f"{where}: must not be empty")
+        if len(image) > MAX_IMAGE_CHARS:
+            raise InvalidArgument(f"{where}: at most {MAX_IMAGE_CHARS} characters")
+        if any(c.isspace() for c in image):
+            raise InvalidArgument(f"{where}: {image[:_QUOTE]!r} must not contain whitespace")
+
+
+def merged_spec(stored: Mapping[str, Any] | None, written: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the spec JSON to store when ``written`` replaces ``stored``.
+
+    Env values written as ``<redacted>`` keep their stored values (see
+    :mod:`services.kanban.secrets`).
+
+    Raises:
+        InvalidArgument: A bad env name, or ``<redacted>`` for a new one.
+    """
+    stored_env = dict((stored or {}).get("env") or {})
+    spec = dict(written)
+    env = secrets.merge(stored_env, dict(spec.get("env") or {}), "sandbox_spec.env")
+    if env:
+        spec["env"] = env
+    else:
+        spec.pop("env", None)
+    return spec
+
+
+def check_image(profile: Profile, image: str) -> None:
+    """Refuse a task image the profile does not allow.
+
+    A task may leave the image empty (the profile's applies), or name the
+    profile's own image or one of its ``allowed_images``. Checked locally, no
+    RPC: creating tasks must not depend on the sandbox manager being up.
+
+    Raises:
+        PermissionDenied: The image is neither.
+    """
+    if not image:
+        return
+    own = str((profile.sandbox_spec or {}).get("image") or "")
+    if image == own or image in (profile.allowed_images or []):
+        return
+    raise PermissionDenied(f"image: {image[:_QUOTE]!r} is not allowed for profile {profile.name!r}")
+
+
+def check_task_image(session: Session, assignee: str | None, image: str) -> None:
+    """:func:`check_image` for a task's assignee; an unassigned task is checked on assign.
+
+    Raises:
+        PermissionDenied: The assignee's profile does not allow ``image``.
+    """
+    if not assignee or not image:
+        return
+    profile = session.get(Profile, assignee)
+    if profile is not None:
+        check_image(profile, image)
 
 
 def create(session: Session, *, name: str, **values: Any) -> Profile:
@@ -48,7 +145,8 @@ def create(session: Session, *, name: str, **values: Any) -> Profile:
         **values: Column values (executor required; see :data:`MUTABLE_FIELDS`).
 
     Raises:
-        InvalidArgument: Bad name, executor, cap or runtime.
+        InvalidArgument: Bad name, executor, cap, runtime, retry policy,
+            allowed images or env (``<redacted>`` for a new name).
         AlreadyExists: A profile with that name exists.
     """
     if not PROFILE_NAME.fullmatch(name):
@@ -57,9 +155,11 @@ def create(session: Session, *, name: str, **values: Any) -> Profile:
         )
     if "executor" not in values:
         raise InvalidArgument("profile.executor: required")
-    _validate(values)
+    validate(values)
     if session.get(Profile, name) is not None:
         raise AlreadyExists(f"profile {name!r} already exists")
+    if "sandbox_spec" in values:
+        values["sandbox_spec"] = merged_spec(None, values["sandbox_spec"])
     now = utcnow()
     profile = Profile(name=name, create_time=now, update_time=now, **values)
     session.add(profile)
@@ -105,8 +205,16 @@ def update(session: Session, name: str, values: dict[str, Any]) -> Profile:
     unknown = sorted(set(values) - MUTABLE_FIELDS)
     if unknown:
         raise InvalidArgument(f"update_mask: {unknown[0]!r} is unknown or immutable")
-    _validate(values)
+    validate(values)
     profile = get(session, name)
+    if "sandbox_spec" in values:
+        # Merged against the row read in this transaction, so a value kept
+        # through `<redacted>` is the newest stored one even if another
+        # update landed since the caller's spec was checked.
+        values = {
+            **values,
+            "sandbox_spec": merged_spec(profile.sandbox_spec, values["sandbox_spec"]),
+        }
     for key, value in values.items():
         setattr(profile, key, value)
     profile.update_time = utcnow()

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
+from services.kanban import secrets
 from services.kanban.models import (
     ARCHIVED,
     BLOCKED,
@@ -222,6 +223,9 @@ def update(session: Session, task_id: str, values: dict[str, Any], *, source: st
         raise InvalidArgument(f"update_mask: {unknown[0]!r} is unknown or output-only")
     _validate(values)
     task = get(session, task_id)
+    if "env" in values:
+        # `<redacted>` (what every read shows) keeps the stored value.
+        values = {**values, "env": secrets.merge(task.env or {}, values["env"], "task.env")}
     for key, value in values.items():
         setattr(task, key, value)
     task.update_time = utcnow()

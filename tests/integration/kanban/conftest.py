@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import docker
+import grpc
 import pytest
 from longshore.kanban.v1 import (
     kanban_service_pb2,
@@ -21,7 +24,14 @@ from longshore.kanban.v1 import (
 from services.kanban.executor import RunJob, RunSink
 from services.kanban.service import KanbanApp, build_app
 from services.kanban.settings import DatabaseSection, KanbanSection, KanbanSettings
-from services.runtime.testing import serve_in_process
+from services.runtime.testing import RunningServer, serve_in_process
+from services.sandbox import labels
+from services.sandbox.docker_client import create_client
+from services.sandbox.manager import SandboxManager
+from services.sandbox.reaper import Reaper, StartupGuard
+from services.sandbox.server import SandboxServicer
+from services.sandbox.server import grpc_service as sandbox_grpc_service
+from services.sandbox.settings import SandboxSection
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -124,15 +134,34 @@ def kanban_factory(database_url: str, tmp_path: Path) -> Iterator[Callable[..., 
     """Start kanban servers on the test's database with the given `kanban` settings."""
     stack: list[Any] = []
 
-    def start(**section: Any) -> Kanban:
+    def start(
+        sandbox_channel: grpc.Channel | None = None,
+        internal_token: str = "",
+        deployment: str = "default",
+        **section: Any,
+    ) -> Kanban:
         settings = KanbanSettings(
             home=tmp_path,
+            internal_token=internal_token,
+            deployment=deployment,
             kanban=replace(KanbanSection(), dispatcher_enabled=False, **section),
             database=DatabaseSection(url=database_url),
         )
         executor = FakeExecutor()
         clock = Clock()
-        app = build_app(settings, executor=executor, instrument=False, clock=clock)
+        if sandbox_channel is None:
+            # No sandbox manager: spec checks see UNAVAILABLE at once (a
+            # socket path nothing listens on, unlike a port that a stack
+            # started by another test might hold).
+            sandbox_channel = grpc.insecure_channel(f"unix:{tmp_path}/no-sandbox-manager.sock")
+            stack.append((None, sandbox_channel))
+        app = build_app(
+            settings,
+            executor=executor,
+            instrument=False,
+            clock=clock,
+            sandbox_channel=sandbox_channel,
+        )
         ctx = serve_in_process(app.grpc_services())
         running = ctx.__enter__()
         stack.append((ctx, app))
@@ -149,9 +178,52 @@ def kanban_factory(database_url: str, tmp_path: Path) -> Iterator[Callable[..., 
 
     yield start
     for ctx, app in reversed(stack):
+        if ctx is None:
+            app.close()  # a channel
+            continue
         app.bus.close()
         ctx.__exit__(None, None, None)
         app.close()
+
+
+SANDBOX_TOKEN = "kanban-suite-internal-token"
+
+
+@pytest.fixture
+def sandbox_manager(
+    docker_client: docker.DockerClient, sandbox_image: str, test_deployment: str
+) -> Iterator[RunningServer]:
+    """A real sandbox manager (real engine, the test's deployment) served in process.
+
+    It requires :data:`SANDBOX_TOKEN`; ``channel()`` carries it. Containers it
+    made are removed at the end.
+    """
+    section = SandboxSection(
+        default_image=sandbox_image,
+        stop_timeout_seconds=1,
+        reaper_enabled=False,
+        default_memory_bytes=128 * 1024 * 1024,
+        default_cpus=0.5,
+        default_pids_limit=128,
+    )
+    engine = create_client(pool_size=16)
+    manager = SandboxManager(engine, section, deployment=test_deployment)
+    servicer = SandboxServicer(
+        manager, Reaper(manager, guard=StartupGuard()), internal_token=SANDBOX_TOKEN
+    )
+    try:
+        with serve_in_process(
+            [sandbox_grpc_service(servicer)], internal_token=SANDBOX_TOKEN, max_workers=16
+        ) as running:
+            yield running
+    finally:
+        manager.close(15)
+        for row in engine.api.containers(
+            all=True, filters={"label": f"{labels.DEPLOYMENT}={test_deployment}"}
+        ):
+            with contextlib.suppress(docker.errors.NotFound):
+                engine.api.remove_container(row["Id"], force=True, v=True)
+        engine.close()
 
 
 @pytest.fixture

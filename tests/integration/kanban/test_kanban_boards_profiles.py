@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -10,6 +12,7 @@ from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.sandbox.v1 import sandbox_pb2
 
 from services.kanban.migrations import alembic_config, current, upgrade
+from services.runtime.testing import RunningServer
 from tests.integration.kanban.conftest import Kanban
 
 
@@ -84,8 +87,13 @@ def test_list_boards_pages_with_opaque_tokens(kanban: Kanban) -> None:
         assert code(exc) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_profiles_crud_update_mask_and_running_counts(kanban: Kanban) -> None:
+def test_profiles_crud_update_mask_and_running_counts(
+    kanban_factory: Callable[..., Kanban], sandbox_manager: RunningServer
+) -> None:
+    kanban = kanban_factory(sandbox_channel=sandbox_manager.channel())
     spec = sandbox_pb2.SandboxSpec(image="busybox:latest", cpus=0.5, env={"A": "1"})
+    # Env values are write-only: reads name the variable, never its value.
+    shown = sandbox_pb2.SandboxSpec(image="busybox:latest", cpus=0.5, env={"A": "<redacted>"})
     kanban.stub.CreateProfile(
         pb.CreateProfileRequest(
             profile=profile_pb2.Profile(
@@ -95,7 +103,7 @@ def test_profiles_crud_update_mask_and_running_counts(kanban: Kanban) -> None:
         timeout=5,
     )
     got = kanban.stub.GetProfile(pb.GetProfileRequest(name="builder"), timeout=5).profile
-    assert got.sandbox_spec == spec
+    assert got.sandbox_spec == shown
     assert got.executor == profile_pb2.EXECUTOR_SANDBOX
     for bad, status in [
         (profile_pb2.Profile(name="x"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -124,7 +132,7 @@ def test_profiles_crud_update_mask_and_running_counts(kanban: Kanban) -> None:
     ).profile
     assert updated.max_in_progress == 3
     assert updated.description == ""
-    assert updated.sandbox_spec == spec
+    assert updated.sandbox_spec == shown
     with pytest.raises(grpc.RpcError) as exc:
         kanban.stub.UpdateProfile(
             pb.UpdateProfileRequest(

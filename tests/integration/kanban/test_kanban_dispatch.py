@@ -143,7 +143,7 @@ def test_global_cap_and_max_spawn_stop_the_walk(kanban_factory: Any) -> None:
 
 
 def test_spawn_failures_trip_the_breaker_once_and_go_quiet(kanban: Kanban) -> None:
-    kanban.profile("sb", "sandbox")
+    kanban.profile("sb", "sandbox", allowed_images=["busybox:nope"])
     task = kanban.task("t", assignee="sb", image="busybox:nope")
     sink = kanban.app.dispatcher.sink
     for expected in (S.TASK_STATUS_READY, S.TASK_STATUS_BLOCKED):
