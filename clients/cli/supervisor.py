@@ -1,7 +1,9 @@
 """Run Longshore's services as child processes: start in order, watch, restart, stop.
 
-What DESIGN.md "Supervision" asks of ``longshore up``: children start in
-order and each must answer its health check before the next starts; a crashed
+What DESIGN.md "Supervision" asks of ``longshore up``: every child's address
+is checked free before anything starts; children start in order and each must
+answer its health check - from the child itself, not from whatever else holds
+its port - before the next starts; a crashed
 child is restarted after ``min(60, 2**n)`` seconds (n = rapid crashes so far),
 ``up`` gives up after 5 rapid crashes, and a child that stayed up 300 s has
 its count reset. Unsupervised, a child's exit ends ``up`` with its exit code.
@@ -13,10 +15,12 @@ child's own pid.
 
 from __future__ import annotations
 
+import collections
 import logging
 import logging.handlers
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -33,6 +37,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 5
+HEALTH_DETAIL_KEY = "longshore-health-detail"
+# How long a child that exited may take to hand over its last output lines.
+DRAIN_SECONDS = 5.0
+_JSON_MSG = re.compile(r'"msg": "((?:[^"\\]|\\.)*)"')
+# The line of a Python traceback that says what was raised ("pkg.SomeError: why").
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+TAIL_LINES = 40
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,8 @@ class ChildSpec:
     env: dict[str, str]
     grpc_health: str = ""
     http_health: str = ""
+    listen: str = ""
+    """The ``host:port`` the child binds; checked free before anything starts."""
 
 
 @dataclass
@@ -90,11 +103,14 @@ class LogSink:
         self._terminal = terminal
         self._prefix = f"{name:<{width}} | "
         self._lock = threading.Lock()
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
     def write(self, line: str) -> None:
         """Record one line (without its newline)."""
         record = logging.LogRecord("up", logging.INFO, "", 0, line, None, None)
         with self._lock:
+            if line.strip():
+                self.tail.append(line.rstrip())
             self._file.emit(record)
             if self._terminal is not None:
                 self._terminal.write(self._prefix + line + "\n")
@@ -115,6 +131,7 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.restart_due: float | None = None
+        self._drained = threading.Event()
 
     @property
     def name(self) -> str:
@@ -132,6 +149,7 @@ class Child:
             start_new_session=True,
         )
         self.started_at = time.monotonic()
+        self._drained = threading.Event()
         proc = self.proc
         threading.Thread(
             target=self._pump, args=(proc,), name=f"{self.name}-log", daemon=True
@@ -142,7 +160,30 @@ class Child:
         for raw in proc.stdout:
             self.sink.write(raw.decode("utf-8", "replace").rstrip("\n"))
         proc.wait()
+        self._drained.set()
         self._events.put(self)
+
+    def last_words(self) -> str:
+        """Why the child said it stopped: its last output line, for a one-line message.
+
+        A JSON log line gives its ``msg``; after a traceback, the line naming
+        what was raised (the traceback's last line may be a footnote). Waits
+        (bounded) for the output of a child that exited to be read first.
+        """
+        if not self.running():
+            self._drained.wait(DRAIN_SECONDS)
+        tail = list(self.sink.tail)
+        if not tail:
+            return "no output"
+        line = tail[-1]
+        if not line.startswith("{"):
+            # A traceback: its unindented "pkg.SomeError: why" line, not a footnote.
+            line = next((t for t in reversed(tail) if _RAISED.match(t)), line)
+        line = line.strip()
+        match = _JSON_MSG.search(line)
+        if line.startswith("{") and match:
+            line = match.group(1)
+        return line[:300]
 
     def running(self) -> bool:
         """Whether the process is alive."""
@@ -162,41 +203,64 @@ class Child:
             RuntimeError: It exited first or did not answer in time.
         """
         deadline = time.monotonic() + timeout
+        answer = "no answer yet"
         while True:
             if not self.running():
                 raise RuntimeError(
-                    f"{self.name} exited with {self.exit_code()} before it was healthy "
-                    f"(log: {self.sink.path})"
+                    f"{self.name} exited with {self.exit_code()} before it was healthy: "
+                    f"{self.last_words()} (log: {self.sink.path})"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RuntimeError(
-                    f"{self.name} not healthy after {timeout:g}s (log: {self.sink.path})"
+                    f"{self.name} not healthy after {timeout:g}s ({answer}); last output: "
+                    f"{self.last_words()} (log: {self.sink.path})"
                 )
-            if self._probe(min(1.0, remaining)):
+            healthy, answer = self._probe(min(1.0, remaining))
+            if not healthy:
+                continue
+            # Whatever answered must be this child: another process (a second
+            # `up`, a compose stack) may hold the port the child failed to bind.
+            if self._holds_port() is False:
+                answer = f"{answer}, but from another process on {self.spec.listen}"
+                time.sleep(0.2)
+            elif self.running():
                 return
 
-    def _probe(self, timeout: float) -> bool:
+    def _holds_port(self) -> bool | None:
+        """Whether the child listens on its port (None: this system cannot tell)."""
+        if self.proc is None or not self.spec.listen:
+            return None
+        port = int(self.spec.listen.rpartition(":")[2])
+        return listens_on(self.proc.pid, port)
+
+    def _probe(self, timeout: float) -> tuple[bool, str]:
+        """One health check: (healthy, what it answered)."""
         if self.spec.grpc_health:
             with grpc.insecure_channel(self.spec.grpc_health) as channel:
                 try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                    reply, call = health_pb2_grpc.HealthStub(channel).Check.with_call(
                         health_pb2.HealthCheckRequest(), timeout=timeout, wait_for_ready=True
                     )
-                except grpc.RpcError:
+                except grpc.RpcError as exc:
                     time.sleep(0.1)
-                    return False
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+                    return False, exc.code().name if isinstance(exc, grpc.Call) else str(exc)
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            detail = dict(call.trailing_metadata() or ()).get(HEALTH_DETAIL_KEY, "")
+            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+            if not serving:
+                time.sleep(0.2)  # it answered at once: do not spin until it is ready
+            return serving, f"{status}: {detail}" if detail else status
         if self.spec.http_health:
             try:
                 with urllib.request.urlopen(self.spec.http_health, timeout=timeout):  # noqa: S310
-                    return True
+                    return True, "HTTP answered"
             except urllib.error.HTTPError:
-                return True  # it answered (e.g. 401 from the auth gate): it is up
-            except OSError:
+                return True, "HTTP answered"  # e.g. 401 from the auth gate: it is up
+            except OSError as exc:
                 time.sleep(0.2)
-                return False
-        return True
+                return False, str(exc)[:200]
+        return True, "no health check"
 
     def stop(self, grace: float) -> None:
         """SIGTERM, wait ``grace`` seconds, then SIGKILL (own pid only)."""
@@ -247,8 +311,20 @@ class Supervisor:
         """Start every child in order, each healthy before the next.
 
         Raises:
-            RuntimeError: A child did not become healthy; the ones started are stopped.
+            RuntimeError: A child's address is taken (nothing started), or a child
+                did not become healthy (the ones started are stopped); the
+                message names the child and why.
         """
+        # Imported here: the other CLI commands need none of the server plumbing.
+        from services.runtime.serving import BindError, check_listen
+
+        for child in self.children:
+            if child.spec.listen:
+                try:
+                    check_listen(child.spec.listen)
+                except BindError as exc:
+                    # Nothing started yet: the one line is the whole story.
+                    raise RuntimeError(f"{child.name}: {exc}") from None
         try:
             for child in self.children:
                 if self._stop.is_set():
@@ -323,6 +399,39 @@ class Supervisor:
             child.stop(self._grace)
         for child in self.children:
             child.sink.close()
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds a TCP socket listening on ``port``.
+
+    Reads Linux's ``/proc/<pid>/net/tcp{,6}`` (listening sockets and their
+    inodes, in the process's network namespace) and ``/proc/<pid>/fd``.
+
+    Returns:
+        True or False; None where ``/proc`` does not tell (not Linux, or the
+        process is gone).
+    """
+    proc = Path("/proc") / str(pid)
+    listening: set[str] = set()
+    try:
+        for table in ("tcp", "tcp6"):
+            path = proc / "net" / table
+            rows = path.read_text().splitlines()[1:] if path.exists() else []
+            for row in rows:
+                # sl, local "ADDR:PORT" (hex), remote, state (0A = LISTEN), ..., inode
+                cols = row.split()
+                if len(cols) > 9 and cols[3] == "0A" and int(cols[1][-4:], 16) == port:
+                    listening.add(f"socket:[{cols[9]}]")
+        fds = list((proc / "fd").iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if str(fd.readlink()) in listening:
+                return True
+        except OSError:
+            continue  # closed since the listing: not the listener
+    return False
 
 
 def child_env(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:

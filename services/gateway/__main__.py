@@ -15,6 +15,7 @@ from services.gateway.server import build_gateway
 from services.gateway.settings import GatewaySettings
 from services.runtime.config import SettingsError, load_settings
 from services.runtime.logs import configure_logging
+from services.runtime.serving import EXIT_CANNOT_START, BindError
 from services.runtime.tracing import configure_tracing
 
 log = logging.getLogger("services.gateway")
@@ -34,6 +35,9 @@ def main() -> int:
     provider = configure_tracing("gateway", endpoint=settings.otel_endpoint)
     try:
         gateway = build_gateway(settings)
+    except BindError as exc:
+        sys.stderr.write(f"gateway: {exc}\n")
+        return EXIT_CANNOT_START
     except (ApiKeyFormatError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         return 2

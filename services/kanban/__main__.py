@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from services.kanban.executor import Executor
 from services.kanban.sandbox_client import SandboxClient
@@ -10,14 +11,14 @@ from services.kanban.service import build_app
 from services.kanban.settings import KanbanSettings
 from services.runtime.config import load_settings
 from services.runtime.logs import configure_logging
-from services.runtime.serving import build_server
+from services.runtime.serving import EXIT_CANNOT_START, BindError, build_server
 from services.runtime.tracing import configure_tracing
 
 log = logging.getLogger("services.kanban")
 
 
-def main() -> None:
-    """Migrate the database, then serve until SIGTERM/SIGINT."""
+def main() -> int:
+    """Migrate the database, then serve until SIGTERM/SIGINT; return the exit code."""
     settings = load_settings(KanbanSettings)
     section = settings.kanban
     configure_logging("kanban", settings.log_level)
@@ -29,13 +30,21 @@ def main() -> None:
         max_output_bytes=section.run_output_max_bytes,
     )
     app = build_app(settings, executor=executor)
-    server = build_server(
-        app.grpc_services(),
-        listen=section.listen,
-        max_workers=section.max_workers,
-        internal_token=settings.internal_token or None,
-        shutdown_delay=settings.shutdown_delay_seconds,
-    )
+    try:
+        server = build_server(
+            app.grpc_services(),
+            listen=section.listen,
+            max_workers=section.max_workers,
+            internal_token=settings.internal_token or None,
+            shutdown_delay=settings.shutdown_delay_seconds,
+        )
+    except BindError as exc:
+        # One line, no traceback, and last (the supervisor shows the last line):
+        # nothing was started, so close what was built first.
+        app.close()
+        sandboxes.close()
+        sys.stderr.write(f"kanban: {exc}\n")
+        return EXIT_CANNOT_START
     # After the server drained: stop ticking, let held runs be reclaimed
     # after their lease (abandoned), then end streams and close the pool.
     server.add_shutdown_hook(app.dispatcher.stop)
@@ -48,7 +57,8 @@ def main() -> None:
         app.dispatcher.start()
     log.info("kanban serving on %s", server.address, extra={"instance": app.dispatcher.instance})
     server.serve_until_signal()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,8 +10,11 @@ the grace period → run shutdown hooks (e.g. drain cleanup threads) → return.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -35,6 +38,72 @@ from services.runtime.version import __version__
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: What a service's ``__main__`` exits with when it cannot start (bad settings,
+#: an address it cannot listen on): a supervisor must not mistake it for a crash.
+EXIT_CANNOT_START = 2
+
+
+class BindError(RuntimeError):
+    """A server cannot listen on its address; the message is one line for an operator.
+
+    Attributes:
+        listen: The ``host:port`` asked for.
+        reason: Why, as the operating system says it (e.g. "address already in use").
+    """
+
+    def __init__(self, listen: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {listen[:100]}: {reason}")
+        self.listen = listen
+        self.reason = reason
+
+
+def check_listen(listen: str) -> None:
+    """Raises :class:`BindError` when ``listen`` (``host:port``) cannot be bound now.
+
+    gRPC's own bind failure says only "Failed to bind" (the errno goes to a
+    C-core log line), so the address is tried first with a plain socket with
+    the options gRPC binds with: ``SO_REUSEADDR`` on (a port with connections
+    in TIME_WAIT is bindable) and ``SO_REUSEPORT`` off (a port another process
+    listens on is not). Like gRPC, it passes when any resolved address binds.
+    Port 0 (any free port) always passes.
+
+    Args:
+        listen: The address a server is about to bind.
+
+    Raises:
+        BindError: The port is invalid, the host does not resolve, or no
+            address binds; the reason is the operating system's.
+    """
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise BindError(listen, "the port is not a number") from None
+    if not 0 <= port <= 65535:
+        raise BindError(listen, "the port is out of range (0-65535)")
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise BindError(listen, f"cannot resolve {host[:100]!r}: {exc.strerror}") from None
+    failure: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+            return
+        except OSError as exc:
+            failure = failure or exc
+    code = failure.errno if failure is not None else None
+    reason = os.strerror(code).lower() if code else "no address to bind"
+    if code == errno.EADDRNOTAVAIL:
+        reason += " (the host is not an address of this machine)"
+    raise BindError(listen, reason)
 
 
 @dataclass(frozen=True)
@@ -189,8 +258,10 @@ def build_server(
         The server, not yet started.
 
     Raises:
-        RuntimeError: The address cannot be bound.
+        BindError: The address cannot be bound (the message says why).
     """
+    # Before any gRPC object exists: a port in use then costs nothing to report.
+    check_listen(listen)
     detail = _Detail()
     interceptors: list[grpc.ServerInterceptor] = [
         server_interceptor(tracer_provider=tracer_provider, filter_=trace_filter()),
@@ -221,12 +292,14 @@ def build_server(
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], grpc_server
     )
+    # The address was free a moment ago; another process may have taken it since.
+    unbound = BindError(listen, "gRPC could not bind it (GRPC_VERBOSITY=debug says why)")
     try:
         port = grpc_server.add_insecure_port(listen)
-    except RuntimeError as exc:
-        raise RuntimeError(f"cannot bind {listen!r}: {exc}") from exc
+    except RuntimeError:
+        raise unbound from None
     if port == 0:
-        raise RuntimeError(f"cannot bind {listen!r}: address in use or invalid")
+        raise unbound
     host = listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"

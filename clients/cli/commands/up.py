@@ -3,9 +3,14 @@
 Starts sandbox, kanban, gateway (and the dashboard) as child processes with
 the embedded defaults (SQLite under ``LONGSHORE_HOME``, the local Docker
 engine), a fresh internal token and a fresh API key (only its hash is given
-to the gateway), waits for each to be healthy, and prints where everything is.
+to the gateway), waits for each to be healthy, and prints where everything is
+- only then, and only when every child answers its own health check.
 The key is also written to ``$LONGSHORE_HOME/cli.yaml`` so the other
 commands work without flags.
+
+Exposure: every listener binds 127.0.0.1 by default, so sandboxes (on the
+engine's bridge) reach none of them. ``--host`` opens the gateway and the
+dashboard wider; the kanban and sandbox backends always stay on loopback.
 """
 
 from __future__ import annotations
@@ -26,12 +31,20 @@ from clients.cli.supervisor import ChildSpec, CrashPolicy, Supervisor, child_env
 
 FULL_SCOPES = "read+write+worker+admin"
 DASHBOARD_SCOPES = "read+write+admin"
+LOOPBACK = "127.0.0.1"
+HOME_MODE = 0o700
+_EVERY_INTERFACE = ("0.0.0.0", "::", "[::]", "")
 
 
 def register(sub: Any) -> None:
     """Add the ``up`` command."""
     parser = sub.add_parser("up", help="run every service on this machine until Ctrl-C")
-    parser.add_argument("--host", default="127.0.0.1", help="interface every service binds")
+    parser.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help="interface the gateway and the dashboard bind (default 127.0.0.1; the "
+        "kanban and sandbox backends always bind 127.0.0.1)",
+    )
     parser.add_argument("--gateway-port", type=int, default=50051)
     parser.add_argument("--kanban-port", type=int, default=50052)
     parser.add_argument("--sandbox-port", type=int, default=50053)
@@ -45,6 +58,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--quiet", action="store_true", help="keep service logs off the terminal")
     # Test seam: the first restart delay (DESIGN.md: 1 s, doubling, capped at 60 s).
     parser.add_argument("--backoff-base", type=float, default=1.0, help=argparse.SUPPRESS)
+    # Test seam: how long each child may take to answer SERVING.
+    parser.add_argument("--health-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
 
 
@@ -58,10 +73,10 @@ def build_specs(
     """The children of ``up``, in start order."""
     from services.gateway.auth import key_entry
 
-    host = args.host
-    sandbox = f"{host}:{args.sandbox_port}"
-    kanban = f"{host}:{args.kanban_port}"
-    gateway = f"{host}:{args.gateway_port}"
+    sandbox = f"{LOOPBACK}:{args.sandbox_port}"
+    kanban = f"{LOOPBACK}:{args.kanban_port}"
+    gateway_listen = f"{args.host}:{args.gateway_port}"
+    gateway = reachable(args.host, args.gateway_port)
     base = current_env()
     common = {"LONGSHORE_HOME": str(home), "LONGSHORE_INTERNAL_TOKEN": token}
     entries = [key_entry("up", FULL_SCOPES.split("+"), keys["up"])]
@@ -77,6 +92,7 @@ def build_specs(
                 {**common, "LONGSHORE_SANDBOX_LISTEN": sandbox, "LONGSHORE_SANDBOX_ADDR": sandbox},
             ),
             grpc_health=sandbox,
+            listen=sandbox,
         ),
         ChildSpec(
             "kanban",
@@ -91,6 +107,7 @@ def build_specs(
                 },
             ),
             grpc_health=kanban,
+            listen=kanban,
         ),
         ChildSpec(
             "gateway",
@@ -99,7 +116,7 @@ def build_specs(
                 base,
                 {
                     **common,
-                    "LONGSHORE_GATEWAY_LISTEN": gateway,
+                    "LONGSHORE_GATEWAY_LISTEN": gateway_listen,
                     "LONGSHORE_GATEWAY_ADDR": gateway,
                     "LONGSHORE_KANBAN_ADDR": kanban,
                     "LONGSHORE_SANDBOX_ADDR": sandbox,
@@ -107,10 +124,11 @@ def build_specs(
                 },
             ),
             grpc_health=gateway,
+            listen=gateway_listen,
         ),
     ]
     if "dashboard" in keys:
-        dashboard = f"{host}:{args.dashboard_port}"
+        dashboard = f"{args.host}:{args.dashboard_port}"
         specs.append(
             ChildSpec(
                 "dashboard",
@@ -124,10 +142,26 @@ def build_specs(
                         "LONGSHORE_GATEWAY_ADDR": gateway,
                     },
                 ),
-                http_health=f"http://{dashboard}/",
+                http_health=f"http://{reachable(args.host, args.dashboard_port)}/",
+                listen=dashboard,
             )
         )
     return specs
+
+
+def reachable(host: str, port: int) -> str:
+    """Where a client on this machine reaches a listener bound to ``host:port``."""
+    return f"{LOOPBACK if host in _EVERY_INTERFACE else host}:{port}"
+
+
+def make_home(home: Path) -> None:
+    """Create ``LONGSHORE_HOME`` (and its parents) when missing, readable by its owner only.
+
+    It holds the SQLite database, the logs and the CLI's API key. An existing
+    directory keeps the permissions its owner gave it.
+    """
+    if not home.is_dir():
+        home.mkdir(mode=HOME_MODE, parents=True, exist_ok=True)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -135,7 +169,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from services.gateway.auth import new_key
 
     home = ctx.config.home
-    home.mkdir(parents=True, exist_ok=True)
+    make_home(home)
     keys = {"up": new_key()}
     if not args.no_dashboard and _has_dashboard():
         keys["dashboard"] = new_key()
@@ -145,6 +179,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         log_dir=home / "logs",
         supervise=not args.no_supervise,
         policy=CrashPolicy(backoff_base=args.backoff_base),
+        health_timeout=args.health_timeout,
         terminal=None if args.quiet else sys.stdout,
         say=lambda text: ctx.out.warn(f"up: {text}"),
     )
@@ -158,12 +193,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             supervisor.start()
         except RuntimeError as exc:
             raise CliError(f"up: {exc}") from exc
-        gateway = f"{args.host}:{args.gateway_port}"
+        gateway = reachable(args.host, args.gateway_port)
         config_path = write_config_file(home, addr=gateway, api_key=keys["up"])
+        dashboard = f"http://{reachable(args.host, args.dashboard_port)}"
         summary = {
             "gateway": gateway,
+            "gateway_listen": f"{args.host}:{args.gateway_port}",
             "api_key": keys["up"],
-            "dashboard": f"http://{args.host}:{args.dashboard_port}" if "dashboard" in keys else "",
+            "dashboard": dashboard if "dashboard" in keys else "",
             "home": str(home),
             "logs": str(home / "logs"),
             "cli_config": str(config_path),
@@ -172,7 +209,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx.out.json(summary)
         else:
             ctx.out.line("Longshore is up.")
-            ctx.out.line(f"  gateway    {gateway}")
+            wider = (
+                "" if args.host == LOOPBACK else f"   (listening on {summary['gateway_listen']})"
+            )
+            ctx.out.line(f"  gateway    {gateway}{wider}")
             ctx.out.line(f"  api key    {keys['up']}   (saved in {config_path})")
             if summary["dashboard"]:
                 ctx.out.line(f"  dashboard  {summary['dashboard']}")

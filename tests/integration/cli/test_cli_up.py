@@ -1,4 +1,9 @@
-"""`longshore up` as a real process: start, print a working key, supervise, stop cleanly."""
+"""`longshore up` as a real process: start, print a working key, supervise, stop cleanly.
+
+Start-up tells the truth: the banner only once every child answers its own
+health check; a port in use, or a child that dies first, is one line naming
+the service and why, and a non-zero exit.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,45 @@ import contextlib
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from clients.cli.supervisor import ChildSpec, Supervisor
+from services.runtime.testing import serve_in_process
 from tests.integration.cli.test_cli_commands import cli_argv
 from tests.support.net import free_port
+
+BANNER = "Longshore is up"
 
 
 class Up:
     """A running `longshore up` with its output in files."""
 
-    def __init__(self, home: Path, deployment: str, image: str, *extra: str) -> None:
-        self.home = home
+    def __init__(
+        self,
+        out_dir: Path,
+        deployment: str,
+        image: str,
+        *extra: str,
+        home: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.home = home or out_dir
         self.ports = {n: free_port() for n in ("gateway", "kanban", "sandbox", "dashboard")}
         self.env = {
             **os.environ,
-            "LONGSHORE_HOME": str(home),
+            "LONGSHORE_HOME": str(self.home),
             "LONGSHORE_DEPLOYMENT": deployment,
             "LONGSHORE_SANDBOX_DEFAULT_IMAGE": image,
             "LONGSHORE_SHUTDOWN_DELAY_SECONDS": "0",
+            **(env or {}),
         }
         for name in ("LONGSHORE_API_KEY", "LONGSHORE_GATEWAY_ADDR"):
             self.env.pop(name, None)
@@ -39,7 +60,7 @@ class Up:
             *(f"--{n}-port={p}" for n, p in self.ports.items()),
             *extra,
         ]
-        self.out_path, self.err_path = home / "up.out", home / "up.err"
+        self.out_path, self.err_path = out_dir / "up.out", out_dir / "up.err"
         with self.out_path.open("w") as out, self.err_path.open("w") as err:
             self.proc = subprocess.Popen(argv, env=self.env, stdout=out, stderr=err)
 
@@ -88,8 +109,10 @@ def up_factory(tmp_path: Path, test_deployment: str, sandbox_image: str) -> Iter
     started: list[Up] = []
 
     class _Up(Up):
-        def __init__(self, *extra: str) -> None:
-            super().__init__(tmp_path, test_deployment, sandbox_image, *extra)
+        def __init__(
+            self, *extra: str, home: Path | None = None, env: dict[str, str] | None = None
+        ) -> None:
+            super().__init__(tmp_path, test_deployment, sandbox_image, *extra, home=home, env=env)
             started.append(self)
 
     yield _Up
@@ -139,3 +162,80 @@ def test_up_restarts_a_crashed_child_then_stops_in_reverse_order(up_factory: typ
     text = up.text()
     order = [text.index(f"stopping {n}") for n in ("gateway", "kanban", "sandbox")]
     assert order == sorted(order), text
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port this test listens on, so no child of `up` can bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_up_with_a_port_in_use_says_so_in_one_line_and_starts_nothing(
+    up_factory: type[Up], taken_port: int
+) -> None:
+    up = up_factory("--no-supervise", "--no-dashboard", f"--gateway-port={taken_port}")
+    assert up.proc.wait(60) != 0
+    text = up.text()
+    assert BANNER not in text
+    line = f"gateway: cannot listen on 127.0.0.1:{taken_port}: address already in use"
+    assert [t for t in text.splitlines() if t.strip()] == [f"error: up: {line}"], text
+    assert "started" not in text  # checked before any child ran
+
+
+def test_up_names_the_child_that_died_before_it_was_healthy_and_why(
+    up_factory: type[Up],
+) -> None:
+    # Nothing listens on this loopback port: kanban cannot reach its database.
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    up = up_factory("--no-supervise", "--no-dashboard", env={"LONGSHORE_DATABASE_URL": url})
+    assert up.proc.wait(120) == 1
+    text = up.text()
+    assert BANNER not in text
+    assert re.search(
+        r"error: up: kanban exited with 1 before it was healthy: "
+        r"sqlalchemy\.exc\.OperationalError: .*Connection refused",
+        text,
+    ), text
+    assert "stopping sandbox" in text  # what had started is stopped
+
+
+def test_up_creates_a_missing_home_readable_by_its_owner_only(
+    up_factory: type[Up], tmp_path: Path
+) -> None:
+    home = tmp_path / "missing" / "longshore-home"
+    up = up_factory("--no-supervise", "--no-dashboard", home=home)
+    up.wait_for(BANNER)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert (home / "kanban.db").is_file()
+    assert (home / "cli.yaml").is_file()
+    assert up.cli("status").returncode == 0
+
+
+def test_a_health_answer_from_another_process_is_not_the_childs(tmp_path: Path) -> None:
+    """Another server on the child's port answers SERVING: that is not the child's health."""
+    with serve_in_process([]) as other:
+        spec = ChildSpec(
+            "gateway",
+            [sys.executable, "-c", "import time; time.sleep(120)"],
+            dict(os.environ),
+            grpc_health=other.address,
+            listen=other.address,
+        )
+        # Start-up checks the address first: nothing is spawned.
+        refused = Supervisor([spec], log_dir=tmp_path / "a", say=lambda _: None)
+        with pytest.raises(RuntimeError, match=r"^gateway: cannot listen on .*address already"):
+            refused.start()
+        assert refused.children[0].proc is None
+        # Had it been spawned (the port taken in between), its health is still not proven.
+        supervisor = Supervisor([spec], log_dir=tmp_path / "b", say=lambda _: None, grace=5)
+        child = supervisor.children[0]
+        try:
+            child.spawn()
+            with pytest.raises(RuntimeError, match="SERVING, but from another process"):
+                child.wait_healthy(3.0)
+        finally:
+            supervisor.stop()
+        assert not child.running()
