@@ -175,7 +175,9 @@ def test_cancelling_an_exec_stream_kills_the_command(stack: RealStack, stubs: St
     The command keeps printing: the sandbox service notices a cancelled call
     when it next sends output (a silent command is only killed at its timeout).
     """
-    key = stack.keys.worker
+    # An operator's key: a worker key needs its run's sandbox token (see
+    # tests/integration/sandbox/test_sandbox_ownership.py), beside this test's point.
+    key = stack.keys.admin
     acquired = stubs.sandbox.AcquireSandbox(
         sandbox_service_pb2.AcquireSandboxRequest(task_id="cancel-me", profile="gw-test"),
         timeout=60,
