@@ -16,6 +16,16 @@ mirror=${LONGSHORE_BASE_MIRROR:-http://deb.debian.org/debian}
 
 say() { echo "base-image: $*" >&2; }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+# The image's config, for `docker import`. Every image built FROM this one, and
+# every container of those, inherits its labels: so never io.longshore.managed
+# (it marks a sandbox; Longshore and its reaper would take each service
+# container for one), only the component.
+changes=(
+  --change 'ENV LANG=C.UTF-8'
+  --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  --change 'LABEL io.longshore.component=python-base'
+  --change 'CMD ["python3"]'
+)
 
 if [ -n "${LONGSHORE_BASE_IMAGE:-}" ]; then
   echo "$LONGSHORE_BASE_IMAGE"
@@ -26,6 +36,15 @@ if have_image "$official"; then
   exit 0
 fi
 if have_image "$local_tag"; then
+  managed=$(docker image inspect -f '{{index .Config.Labels "io.longshore.managed"}}' "$local_tag")
+  if [ -n "$managed" ] && [ "$managed" != "<no value>" ]; then
+    # Built by an older release with the sandbox label: the same files, re-imported
+    # without it (seconds; no debootstrap).
+    say "re-importing $local_tag without the io.longshore.managed label"
+    cid=$(docker create "$local_tag")
+    docker export "$cid" | docker import "${changes[@]}" - "$local_tag" >/dev/null
+    docker rm "$cid" >/dev/null
+  fi
   say "reusing $local_tag"
   echo "$local_tag"
   exit 0
@@ -60,12 +79,6 @@ rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
   "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
   "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*.log "$rootfs"/var/cache/debconf/*-old
 
-tar -C "$rootfs" -c . | docker import \
-  --change 'ENV LANG=C.UTF-8' \
-  --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-  --change 'LABEL io.longshore.managed=1' \
-  --change 'LABEL io.longshore.component=python-base' \
-  --change 'CMD ["python3"]' \
-  - "$local_tag" >/dev/null
+tar -C "$rootfs" -c . | docker import "${changes[@]}" - "$local_tag" >/dev/null
 say "built $local_tag in $((SECONDS - start)) s"
 echo "$local_tag"

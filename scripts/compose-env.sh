@@ -6,6 +6,8 @@
 # the engine socket. A non-empty value is never changed, so credentials stay
 # stable across `make up` runs. For a new file, a variable set in the calling
 # environment wins over .env.example's default (tests use this for ports etc.).
+# The retired LONGSHORE_{GATEWAY,DASHBOARD}_{BIND,PORT} become *_PUBLISH on
+# loopback, keeping the port (the old default published the gateway on 0.0.0.0).
 # Usage: scripts/compose-env.sh [ENV_FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,26 @@ if created:
 
 filled: list[str] = []
 
+# Retired: the old .env.example wrote LONGSHORE_GATEWAY_BIND=0.0.0.0 into every
+# .env, so an explicit choice cannot be told from the default: the port carries
+# over, the address does not. Opening it again is one visible line (*_PUBLISH).
+retired: set[str] = set()
+for svc in ("GATEWAY", "DASHBOARD"):
+    bind, port = f"LONGSHORE_{svc}_BIND", f"LONGSHORE_{svc}_PORT"
+    publish = f"LONGSHORE_{svc}_PUBLISH"
+    if port in values or bind in values:
+        retired |= {bind, port}
+        old_port = values.pop(port, "") or ("50051" if svc == "GATEWAY" else "8080")
+        values.pop(bind, None)
+        if not values.get(publish):
+            values[publish] = f"127.0.0.1:{old_port}"
+            filled.append(publish)
+            print(
+                f"compose-env: {publish}=127.0.0.1:{old_port} replaces the retired {bind} and "
+                f"{port} (set {publish}=0.0.0.0:{old_port} to publish on every interface)",
+                file=sys.stderr,
+            )
+
 
 def fill(key, make):
     if not values.get(key):
@@ -74,6 +96,8 @@ seen: set[str] = set()
 for line in lines:
     key, sep, _ = line.partition("=")
     key = key.strip()
+    if sep and not line.lstrip().startswith("#") and key in retired:
+        continue
     if sep and not line.lstrip().startswith("#") and key in values:
         out.append(f"{key}={values[key]}")
         seen.add(key)

@@ -16,7 +16,9 @@ services=(${LONGSHORE_SERVICES:-sandbox kanban gateway dashboard})
 base=$(bash scripts/base-image.sh)
 bash scripts/compose-wheels.sh
 
-labels=(--label io.longshore.managed=1)
+# No io.longshore.managed here: that label marks sandboxes, and every container
+# made from these images would inherit it (the Dockerfiles set io.longshore.component).
+labels=()
 [ -n "${COMPOSE_PROJECT_NAME:-}" ] && labels+=(--label "com.docker.compose.project=$COMPOSE_PROJECT_NAME")
 for label in ${LONGSHORE_IMAGE_LABELS:-}; do labels+=(--label "$label"); done
 
@@ -26,7 +28,7 @@ export DOCKER_BUILDKIT=0
 for svc in "${services[@]}"; do
   start=$SECONDS
   log=$(mktemp /tmp/longshore-build-$svc.XXXXXX)
-  if ! docker build --build-arg "BASE_IMAGE=$base" "${labels[@]}" \
+  if ! docker build --build-arg "BASE_IMAGE=$base" ${labels[@]+"${labels[@]}"} \
       -f "services/$svc/Dockerfile" -t "$prefix$svc:$tag" . >"$log" 2>&1; then
     echo "compose-images: building $prefix$svc:$tag failed; last lines of $log:" >&2
     tail -n 30 "$log" >&2

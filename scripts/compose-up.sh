@@ -82,18 +82,24 @@ while :; do
   sleep 2
 done
 
-gateway_port=$("${compose[@]}" "${args[@]}" port gateway 50051 | tail -n 1)
-dashboard_port=$("${compose[@]}" "${args[@]}" port dashboard 8080 | tail -n 1)
-gateway_host=$(env_get LONGSHORE_GATEWAY_BIND)
-case ${gateway_host:-0.0.0.0} in 0.0.0.0 | "::") gateway_host=127.0.0.1 ;; esac
-dashboard_host=$(env_get LONGSHORE_DASHBOARD_BIND)
-case ${dashboard_host:-127.0.0.1} in 0.0.0.0 | "::") dashboard_host=127.0.0.1 ;; esac
+# What the engine actually published (address and port), not what was asked for.
+published() { "${compose[@]}" "${args[@]}" port "$1" "$2" | tail -n 1; }
+gateway_published=$(published gateway 50051)
+dashboard_published=$(published dashboard 8080)
+# A wildcard publish is reached from this machine on loopback.
+local_addr() {
+  case ${1%:*} in 0.0.0.0 | "::" | "[::]") echo "127.0.0.1:${1##*:}" ;; *) echo "$1" ;; esac
+}
+gateway=$(local_addr "$gateway_published")
+dashboard=$(local_addr "$dashboard_published")
+exposure="loopback only"
+[ "$gateway" = "$gateway_published" ] || exposure="EVERY interface: sandboxes and other machines reach it"
 cat <<MSG
 
 Longshore is up (project $project, $((SECONDS - start)) s).
-  gateway    ${gateway_host:-127.0.0.1}:${gateway_port##*:}   (gRPC; clients send 'authorization: Bearer <key>')
+  gateway    $gateway_published   ($exposure; gRPC, clients send 'authorization: Bearer <key>')
   API key    $(env_get LONGSHORE_API_KEY)   (admin; kept in $env_file)
-  dashboard  http://${dashboard_host:-127.0.0.1}:${dashboard_port##*:}/   (log in with the API key)
-CLI:  export LONGSHORE_GATEWAY_ADDR=${gateway_host:-127.0.0.1}:${gateway_port##*:} LONGSHORE_API_KEY=<the key above>
+  dashboard  http://$dashboard/   (published on $dashboard_published; log in with the API key)
+CLI:  export LONGSHORE_GATEWAY_ADDR=$gateway LONGSHORE_API_KEY=<the key above>
 Stop: make down   (make down VOLUMES=1 also deletes the data)
 MSG

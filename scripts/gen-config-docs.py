@@ -58,12 +58,14 @@ COMPOSE_ONLY: tuple[tuple[str, str], ...] = (
         "only its hash is in `LONGSHORE_GATEWAY_API_KEYS`",
     ),
     (
-        "`LONGSHORE_GATEWAY_BIND`, `LONGSHORE_GATEWAY_PORT`",
-        "where the gateway is published on the host; `0.0.0.0:50051`",
+        "`LONGSHORE_GATEWAY_PUBLISH`",
+        "where the gateway is published on the host (address:port); `127.0.0.1:50051`; "
+        "`0.0.0.0:50051` opens it to every interface, sandboxes included "
+        "(docs/operations.md, Exposure)",
     ),
     (
-        "`LONGSHORE_DASHBOARD_BIND`, `LONGSHORE_DASHBOARD_PORT`",
-        "where the dashboard is published on the host; `127.0.0.1:8080`",
+        "`LONGSHORE_DASHBOARD_PUBLISH`",
+        "where the dashboard is published on the host (address:port); `127.0.0.1:8080`",
     ),
     ("`DOCKER_GID`", "group of the engine socket, given to the sandbox manager's user"),
     ("`LONGSHORE_DOCKER_SOCKET`", "engine socket mounted into the sandbox manager"),

@@ -6,7 +6,9 @@ The scenario of issue 7, on the real engine, through ``scripts/compose-up.sh`` a
 through the gateway; the task runs in a labelled sandbox and completes; the
 dashboard serves the board with that task; traces from every service reach a
 receiver; restart the stack and find the task history intact and the persistent
-sandbox reused; tear down and find nothing of the stack left.
+sandbox reused; tear down and find nothing of the stack left. On the way, the
+exposure of issue 10: the gateway and the dashboard are published on 127.0.0.1
+only, and no container or image of the stack carries the sandbox label.
 
 Isolation from a user's stack on the same engine: its own compose project
 (``ls<run_id>``), env file, image tag and published ports, the run label on every
@@ -17,6 +19,7 @@ and image sizes go to ``test-artifacts/compose-e2e.json`` and the terminal.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -39,6 +42,7 @@ import yaml
 from longshore.kanban.v1 import kanban_service_pb2, kanban_service_pb2_grpc
 
 from tests.support.docker_env import RUN_LABEL
+from tests.support.images import build_busybox_image
 from tests.support.net import free_port
 from tests.support.otlp import OtlpReceiver
 
@@ -46,6 +50,8 @@ REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / ".venv" / "bin" / "longshore"
 SERVICES = ("sandbox", "kanban", "gateway", "dashboard")
 TRACED = {f"longshore-{name}" for name in SERVICES}
+SANDBOX_LABEL = "io.longshore.managed"
+LOCAL_BASE = "longshore/python-base:3.11"
 ARTIFACT = REPO / "test-artifacts" / "compose-e2e.json"
 T = TypeVar("T")
 
@@ -132,11 +138,11 @@ class Stack:
 
     @property
     def gateway(self) -> str:
-        return f"127.0.0.1:{self.env('LONGSHORE_GATEWAY_PORT')}"
+        return self.env("LONGSHORE_GATEWAY_PUBLISH")
 
     @property
     def dashboard(self) -> str:
-        return f"http://127.0.0.1:{self.env('LONGSHORE_DASHBOARD_PORT')}"
+        return f"http://{self.env('LONGSHORE_DASHBOARD_PUBLISH')}"
 
     def cli(self, *args: str) -> Any:
         """Run the ``longshore`` CLI on the host with ``--json``; return its output."""
@@ -155,12 +161,16 @@ class Stack:
 
 def override_file(path: Path, run_id: str) -> Path:
     """Compose override putting the run label on every container, network and volume."""
-    labels = {"io.longshore.managed": "1", RUN_LABEL: run_id}
     doc = {
         "services": {name: {"labels": {RUN_LABEL: run_id}} for name in SERVICES},
-        # Top-level labels are replaced, not merged, by an override: repeat managed=1.
-        "networks": {"longshore": {"labels": labels}},
-        "volumes": {name: {"labels": labels} for name in ("kanban-data", "postgres-data")},
+        # Top-level labels are replaced, not merged, by an override: repeat the component.
+        "networks": {
+            "longshore": {"labels": {"io.longshore.component": "network", RUN_LABEL: run_id}}
+        },
+        "volumes": {
+            name: {"labels": {"io.longshore.component": name, RUN_LABEL: run_id}}
+            for name in ("kanban-data", "postgres-data")
+        },
     }
     path.write_text(json.dumps(doc, indent=2))  # JSON is YAML
     return path
@@ -235,9 +245,9 @@ def start_env_file(stack: Stack, receiver: OtlpReceiver) -> None:
         env={
             **stack.environ,
             "LONGSHORE_DEPLOYMENT": stack.deployment,
-            "LONGSHORE_GATEWAY_BIND": "127.0.0.1",
-            "LONGSHORE_GATEWAY_PORT": str(free_port()),
-            "LONGSHORE_DASHBOARD_PORT": str(free_port()),
+            # Own ports (a user's stack may hold the defaults); the address is the default's.
+            "LONGSHORE_GATEWAY_PUBLISH": f"127.0.0.1:{free_port()}",
+            "LONGSHORE_DASHBOARD_PUBLISH": f"127.0.0.1:{free_port()}",
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         },
         capture_output=True,
@@ -303,6 +313,27 @@ def dashboard_board_tasks(stack: Stack, board_id: str) -> list[dict[str, Any]]:
     return tasks
 
 
+def assert_published_on_loopback_only(stack: Stack, client: docker.DockerClient) -> None:
+    """The engine publishes the gateway and the dashboard on 127.0.0.1, nothing else at all."""
+    project = {"label": f"com.docker.compose.project={stack.project}"}
+    containers = client.containers.list(filters=project)
+    by_service = {c.labels["com.docker.compose.service"]: c for c in containers}
+    assert set(by_service) == set(SERVICES), sorted(by_service)
+    for name, container in by_service.items():
+        ports = container.attrs["NetworkSettings"]["Ports"] or {}
+        bindings = [b for binds in ports.values() for b in binds or []]
+        expected = {"gateway": stack.gateway, "dashboard": stack.dashboard.split("//", 1)[1]}
+        if name in expected:
+            assert [f"{b['HostIp']}:{b['HostPort']}" for b in bindings] == [expected[name]]
+            assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}, (name, bindings)
+        else:
+            assert bindings == [], (name, bindings)
+        # Service containers are not sandboxes: neither they nor their images say so.
+        assert SANDBOX_LABEL not in container.labels, (name, container.labels)
+        assert container.labels["io.longshore.component"] == name
+        assert SANDBOX_LABEL not in (container.image.labels or {}), name
+
+
 def sandboxes_of(client: docker.DockerClient, deployment: str, task_id: str) -> list[Any]:
     """The engine's containers for one task of one deployment."""
     filters = {
@@ -326,6 +357,7 @@ def test_compose_stack_from_nothing_to_teardown(
         states = stack.compose("ps")
         for name in SERVICES:
             assert re.search(rf"{name}.*\(healthy\)", states), states
+        assert_published_on_loopback_only(stack, docker_client)
 
         # A profile and a persistent task through the gateway, with the host's CLI.
         stack.cli("profile", "create", "worker", "--executor", "sandbox", "--image", sandbox_image,
@@ -398,11 +430,14 @@ def env_values(path: Path) -> dict[str, str]:
 
 def test_env_file_is_generated_once_and_only_hashes_reach_the_gateway(tmp_path: Path) -> None:
     env_file = tmp_path / "x.env"
-    first = run_script("compose-env.sh", str(env_file), env={"LONGSHORE_GATEWAY_PORT": "50999"})
+    first = run_script(
+        "compose-env.sh", str(env_file), env={"LONGSHORE_GATEWAY_PUBLISH": "127.0.0.1:50999"}
+    )
     assert first.returncode == 0, first.stderr
     values = env_values(env_file)
     assert env_file.stat().st_mode & 0o777 == 0o600
-    assert values["LONGSHORE_GATEWAY_PORT"] == "50999"
+    assert values["LONGSHORE_GATEWAY_PUBLISH"] == "127.0.0.1:50999"
+    assert values["LONGSHORE_DASHBOARD_PUBLISH"] == "127.0.0.1:8080"
     key, dash = values["LONGSHORE_API_KEY"], values["LONGSHORE_DASHBOARD_API_KEY"]
     assert key.startswith("lsk_") and dash.startswith("lsk_") and key != dash
     entries = values["LONGSHORE_GATEWAY_API_KEYS"].split(",")
@@ -452,3 +487,57 @@ def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("LONGSHORE_", "COMPOSE_"))}
     proc = subprocess.run(cmd, cwd=REPO, env=base, capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "run make up" in proc.stderr
+
+
+def test_an_old_env_file_publishing_on_every_interface_moves_to_loopback(tmp_path: Path) -> None:
+    """The retired BIND/PORT pair (BIND=0.0.0.0 was the old default) keeps its port only."""
+    env_file = tmp_path / "old.env"
+    env_file.write_text(
+        "COMPOSE_PROJECT_NAME=lsold\nLONGSHORE_GATEWAY_BIND=0.0.0.0\n"
+        "LONGSHORE_GATEWAY_PORT=50998\nLONGSHORE_DASHBOARD_BIND=127.0.0.1\n"
+        "LONGSHORE_DASHBOARD_PORT=8089\n"
+    )
+    env_file.chmod(0o600)
+    proc = run_script("compose-env.sh", str(env_file), env={})
+    assert proc.returncode == 0, proc.stderr
+    values = env_values(env_file)
+    assert values["LONGSHORE_GATEWAY_PUBLISH"] == "127.0.0.1:50998"
+    assert values["LONGSHORE_DASHBOARD_PUBLISH"] == "127.0.0.1:8089"
+    assert not {k for k in values if k.endswith(("_BIND", "_PORT")) and "GATEWAY" in k}
+    assert "LONGSHORE_GATEWAY_PUBLISH=0.0.0.0:50998" in proc.stderr  # how to open it again
+
+
+def test_the_local_base_image_carries_no_sandbox_label(docker_client: docker.DockerClient) -> None:
+    try:
+        image = docker_client.images.get(LOCAL_BASE)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"{LOCAL_BASE} is not built on this engine (make base-image builds it)")
+    labels = image.labels or {}
+    assert SANDBOX_LABEL not in labels, labels
+    assert labels.get("io.longshore.component") == "python-base"
+
+
+def test_an_old_labelled_base_is_reimported_without_the_sandbox_label(
+    docker_client: docker.DockerClient, run_id: str, run_labels: dict[str, str]
+) -> None:
+    """base-image.sh reuses a local base only once it no longer carries the label."""
+    tag = f"longshore-test/old-base:{run_id}"
+    build_busybox_image(docker_client, tag, {**run_labels, SANDBOX_LABEL: "1"})
+    try:
+        proc = run_script(
+            "base-image.sh",
+            env={
+                "LONGSHORE_LOCAL_BASE": tag,
+                # An official image that is never present, so the local one is chosen.
+                "LONGSHORE_OFFICIAL_BASE": f"longshore-test/absent:{run_id}",
+            },
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == tag
+        assert "re-importing" in proc.stderr
+        labels = docker_client.images.get(tag).labels or {}
+        assert SANDBOX_LABEL not in labels and labels["io.longshore.component"] == "python-base"
+    finally:
+        # The re-import drops the run label too: remove this run's tag by name.
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(tag, force=True)

@@ -1,19 +1,25 @@
-"""compose.yaml keeps the rules of issue 7 and works with Compose v1 and v2.
+"""compose.yaml keeps the rules of issues 7 and 10 and works with Compose v1 and v2.
 
-Parsed as YAML (no Compose needed); `docker-compose config` itself is run by
-tests/e2e/test_compose_stack.py.
+Parsed as YAML (no Compose needed), and where Compose is installed through
+``docker-compose config``/``docker compose config``: what the engine is asked
+to publish, with the defaults and with the one setting that opens the gateway.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 CORE = ("sandbox", "kanban", "gateway", "dashboard")
+DOCKER_COMPOSE_V2 = ["docker", "compose"]
 SECRETS = (
     "LONGSHORE_INTERNAL_TOKEN",
     "LONGSHORE_GATEWAY_API_KEYS",
@@ -46,16 +52,87 @@ def test_nothing_compose_v1_rejects_and_no_fixed_container_names() -> None:
     assert "start_interval" not in keys and "container_name" not in keys
 
 
-def test_only_gateway_and_dashboard_publish_and_the_dashboard_on_loopback() -> None:
+def test_only_gateway_and_dashboard_publish_and_both_on_loopback_by_default() -> None:
     services = compose()["services"]
-    published = {name for name in CORE if services[name].get("ports")}
-    assert published == {"gateway", "dashboard"}
-    (dashboard,) = services["dashboard"]["ports"]
-    assert dashboard.startswith("${LONGSHORE_DASHBOARD_BIND:-127.0.0.1}:") and dashboard.endswith(
-        ":8080"
+    published = {name for name in services if services[name].get("ports")}
+    assert published == {"gateway", "dashboard", "tracing"}
+    assert services["gateway"]["ports"] == ["${LONGSHORE_GATEWAY_PUBLISH:-127.0.0.1:50051}:50051"]
+    assert services["dashboard"]["ports"] == ["${LONGSHORE_DASHBOARD_PUBLISH:-127.0.0.1:8080}:8080"]
+    assert services["tracing"]["ports"] == ["127.0.0.1:${LONGSHORE_TRACING_UI_PORT:-16686}:16686"]
+    # Every published port names a loopback host address (a bare port means 0.0.0.0).
+    for name in published:
+        for port in services[name]["ports"]:
+            assert re.fullmatch(r"(\$\{[A-Z_]+:-)?127\.0\.0\.1:.+", port), (name, port)
+
+
+def test_env_example_publishes_on_loopback_and_names_the_setting_that_opens_it() -> None:
+    example = (REPO / ".env.example").read_text()
+    assert "LONGSHORE_GATEWAY_PUBLISH=127.0.0.1:50051" in example.splitlines()
+    assert "LONGSHORE_DASHBOARD_PUBLISH=127.0.0.1:8080" in example.splitlines()
+    assert "LONGSHORE_GATEWAY_PUBLISH=0.0.0.0:50051" in example  # documented, commented
+    assert not re.search(r"(?m)^LONGSHORE_\w+_BIND=", example)
+
+
+def compose_config(tmp_path: Path, extra: str = "") -> dict[str, Any]:
+    """What Compose itself makes of compose.yaml with placeholder secrets (+ ``extra``)."""
+    if shutil.which("docker-compose"):
+        binary = ["docker-compose"]
+    elif (
+        subprocess.run([*DOCKER_COMPOSE_V2, "version"], capture_output=True, check=False).returncode
+        == 0
+    ):
+        binary = DOCKER_COMPOSE_V2
+    else:
+        pytest.skip("no Compose installed: the YAML-level tests above still pin the defaults")
+    env = tmp_path / "x.env"
+    env.write_text("".join(f"{name}=placeholder\n" for name in SECRETS) + extra)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LONGSHORE_")}
+    proc = subprocess.run(
+        [
+            *binary,
+            "-f",
+            str(REPO / "compose.yaml"),
+            "--env-file",
+            str(env),
+            "-p",
+            "lsunit",
+            "config",
+        ],
+        cwd=REPO,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    (gateway,) = services["gateway"]["ports"]
-    assert gateway.endswith(":50051")
+    assert proc.returncode == 0, proc.stderr
+    doc: dict[str, Any] = yaml.safe_load(proc.stdout)
+    return doc
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each published port, v1 or v2 syntax."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):  # Compose v2's long syntax
+            out.append((port.get("host_ip", ""), str(port["published"]), str(port["target"])))
+        else:
+            host_ip, host_port, target = str(port).rsplit(":", 2)
+            out.append((host_ip, host_port, target.removesuffix("/tcp")))
+    return out
+
+
+def test_compose_publishes_on_loopback_by_default(tmp_path: Path) -> None:
+    services = compose_config(tmp_path)["services"]
+    assert published(services["gateway"]) == [("127.0.0.1", "50051", "50051")]
+    assert published(services["dashboard"]) == [("127.0.0.1", "8080", "8080")]
+    assert all(not published(services[name]) for name in ("sandbox", "kanban"))
+
+
+def test_one_setting_publishes_the_gateway_wider(tmp_path: Path) -> None:
+    services = compose_config(tmp_path, "LONGSHORE_GATEWAY_PUBLISH=0.0.0.0:50051\n")["services"]
+    assert published(services["gateway"]) == [("0.0.0.0", "50051", "50051")]
+    assert published(services["dashboard"]) == [("127.0.0.1", "8080", "8080")]
 
 
 def test_only_the_sandbox_manager_gets_the_engine_socket() -> None:
@@ -78,14 +155,18 @@ def test_start_order_waits_on_health() -> None:
         assert {d["condition"] for d in depends.values()} == {"service_healthy"}
 
 
-def test_every_service_network_and_volume_is_labelled_and_restarts() -> None:
+def test_every_service_network_and_volume_is_labelled_as_a_component_and_restarts() -> None:
+    """io.longshore.managed marks sandboxes only: nothing of the stack may carry it."""
     doc = compose()
+    assert "io.longshore.managed" not in (REPO / "compose.yaml").read_text().replace(
+        "# Labels: io.longshore.managed=1 marks a sandbox", ""
+    )
     for name, svc in doc["services"].items():
-        assert svc["labels"]["io.longshore.managed"] == "1", name
+        assert svc["labels"] == {"io.longshore.component": name}, name
         assert svc["restart"] == "unless-stopped", name
     for kind in ("networks", "volumes"):
         for name, item in doc[kind].items():
-            assert item["labels"]["io.longshore.managed"] == "1", f"{kind}.{name}"
+            assert set(item["labels"]) == {"io.longshore.component"}, f"{kind}.{name}"
 
 
 def test_kanban_keeps_data_and_logs_on_a_named_volume() -> None:
