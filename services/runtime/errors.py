@@ -11,6 +11,38 @@ from typing import ClassVar
 
 import grpc
 
+#: How much of a caller-supplied value a message may quote.
+QUOTE_CHARS = 100
+#: Hard cap on any status message a client receives (the status travels in
+#: HTTP/2 trailers, which the default 8 KiB header limit would otherwise break).
+MAX_STATUS_MESSAGE_CHARS = 1000
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """Return ``repr(value)`` shortened to its first ``limit`` characters.
+
+    Every message that echoes a caller-supplied value uses this, so a 1 MB id
+    never travels back in a status.
+
+    Args:
+        value: The value to quote (usually a string from the request).
+        limit: Characters of the value to keep.
+
+    Returns:
+        The quoted value, e.g. ``'abc'`` or ``'aaaa…' (1048576 chars)``.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} chars)"
+    if isinstance(value, bytes) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} bytes)"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else text[: limit + 2] + "…"
+
+
+def clip_message(message: str, limit: int = MAX_STATUS_MESSAGE_CHARS) -> str:
+    """Return ``message`` cut to ``limit`` characters (a status message's cap)."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
 
 class ServiceError(Exception):
     """Base of every error a handler may raise on purpose.

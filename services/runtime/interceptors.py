@@ -4,6 +4,8 @@
   their status codes, passes a downstream ``grpc.RpcError`` through with its
   code and details, and turns anything else into INTERNAL, so no client ever
   sees UNKNOWN.
+* Every wrapping interceptor makes the request deserializer tolerant, so
+  malformed request bytes are INVALID_ARGUMENT, not gRPC's INTERNAL.
 * :class:`InternalTokenInterceptor` makes backends refuse calls that do not
   carry the internal service credential (health and reflection excepted).
 """
@@ -13,11 +15,12 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from services.runtime.errors import ServiceError
+from services.runtime.errors import InvalidArgument, ServiceError, clip_message
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +51,96 @@ def metadata_value(context: grpc.ServicerContext, key: str) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class _Malformed:
+    """Stands for request bytes the method's deserializer could not parse."""
+
+    message: str
+
+
+def _message_name(deserializer: Callable[[bytes], Any]) -> str:
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "name", "") or "request")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Returns ``deserializer`` made to return :class:`_Malformed` instead of raising.
+
+    gRPC answers a deserializer's exception with INTERNAL "Exception
+    deserializing request!"; bad bytes are the caller's fault, so the wrapped
+    behaviour turns the marker into INVALID_ARGUMENT instead.
+    """
+    if deserializer is None or getattr(deserializer, "_longshore_tolerant", False):
+        return deserializer
+    name = _message_name(deserializer)
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, or a message nested too deep to parse
+            return _Malformed(f"request: malformed {name} bytes")
+
+    parse._longshore_tolerant = True  # type: ignore[attr-defined]
+    return parse
+
+
+def _refuse_malformed(behavior: Behavior, client_streaming: bool) -> Behavior:
+    """Returns ``behavior`` that answers INVALID_ARGUMENT for unparsable requests."""
+    if client_streaming:
+
+        def each(requests: Iterator[Any]) -> Iterator[Any]:
+            for request in requests:
+                if isinstance(request, _Malformed):
+                    raise InvalidArgument(request.message)
+                yield request
+
+        def streamed(request: Any, context: grpc.ServicerContext) -> Any:
+            return behavior(each(request), context)
+
+        return streamed
+
+    def single(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return behavior(request, context)
+
+    return single
+
+
 def _replace_behaviors(
     handler: grpc.RpcMethodHandler[Any, Any],
     wrap: Callable[[Behavior, bool], Behavior],
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """Returns ``handler`` with each behaviour wrapped (keeping its cardinality)."""
+    """Returns ``handler`` with each behaviour wrapped (keeping its cardinality).
+
+    The request deserializer is made tolerant on the way: malformed request
+    bytes reach the client as INVALID_ARGUMENT naming the message, not as
+    gRPC's INTERNAL.
+    """
+    parse = _tolerant(handler.request_deserializer)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            wrap(handler.unary_unary, False),
-            request_deserializer=handler.request_deserializer,
+            wrap(_refuse_malformed(handler.unary_unary, False), False),
+            request_deserializer=parse,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            wrap(handler.unary_stream, True),
-            request_deserializer=handler.request_deserializer,
+            wrap(_refuse_malformed(handler.unary_stream, False), True),
+            request_deserializer=parse,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            wrap(handler.stream_unary, False),
-            request_deserializer=handler.request_deserializer,
+            wrap(_refuse_malformed(handler.stream_unary, True), False),
+            request_deserializer=parse,
             response_serializer=handler.response_serializer,
         )
     assert handler.stream_stream is not None
     return grpc.stream_stream_rpc_method_handler(
-        wrap(handler.stream_stream, True),
-        request_deserializer=handler.request_deserializer,
+        wrap(_refuse_malformed(handler.stream_stream, True), True),
+        request_deserializer=parse,
         response_serializer=handler.response_serializer,
     )
 
@@ -82,13 +148,14 @@ def _replace_behaviors(
 def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -> None:
     """Aborts ``context`` with the status that ``exc`` stands for. Always raises."""
     if isinstance(exc, ServiceError):
-        context.abort(exc.code, exc.message)
+        # Capped: a message quoting a huge value must not overflow the trailers.
+        context.abort(exc.code, clip_message(exc.message))
     if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
         # A downstream call failed: keep its code and message for the caller.
         code = exc.code()
         if code == grpc.StatusCode.UNKNOWN:
             code = grpc.StatusCode.INTERNAL
-        context.abort(code, exc.details() or code.name)
+        context.abort(code, clip_message(exc.details() or code.name))
     log.error(
         "unhandled exception in %s",
         method,
