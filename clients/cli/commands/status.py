@@ -18,25 +18,36 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    """Print the status; exit 1 when a backend is not serving."""
+    """Print the status; exit 1 when a backend is not serving, saying why on stderr."""
     del args
     with ctx.out.progress("asking the gateway"):
         reply = ctx.conn.gateway.GetStatus(gateway_service_pb2.GetStatusRequest())
-    healthy = all(b.health == gateway_service_pb2.BACKEND_HEALTH_SERVING for b in reply.backends)
+    down = [b for b in reply.backends if b.health != gateway_service_pb2.BACKEND_HEALTH_SERVING]
     if ctx.out.json_mode:
         ctx.out.json(reply)
-        return 0 if healthy else 1
-    ctx.out.line(f"gateway   {ctx.config.addr}  version {reply.version}")
-    ctx.out.line(f"deployment {reply.deployment}  scopes {'+'.join(reply.scopes)}")
-    rows = [
-        (
-            b.name,
-            b.address,
-            enum_label(gateway_service_pb2.BackendHealth.Name(b.health), "BACKEND_HEALTH_"),
-            f"{b.latency_ms:.1f}ms",
-            b.detail,
-        )
-        for b in reply.backends
-    ]
-    ctx.out.table(("BACKEND", "ADDRESS", "HEALTH", "LATENCY", "DETAIL"), rows)
-    return 0 if healthy else 1
+    else:
+        ctx.out.line(f"gateway   {ctx.config.addr}  version {reply.version}")
+        ctx.out.line(f"deployment {reply.deployment}  scopes {'+'.join(reply.scopes)}")
+        rows = [
+            (
+                b.name,
+                b.address,
+                health_label(b.health),
+                f"{b.latency_ms:.1f}ms",
+                b.version or "-",
+                b.detail,
+            )
+            for b in reply.backends
+        ]
+        ctx.out.table(("BACKEND", "ADDRESS", "HEALTH", "LATENCY", "VERSION", "DETAIL"), rows)
+    # The reason matters more than the table: one line per backend that is down,
+    # on stderr in both modes (the gateway relays the backend's own reason).
+    for b in down:
+        ctx.out.warn(f"{b.name} is {health_label(b.health)}: {b.detail or 'no reason given'}")
+    return 1 if down else 0
+
+
+def health_label(health: gateway_service_pb2.BackendHealth.ValueType) -> str:
+    """``serving``, ``not_serving``, ``unreachable`` for a BackendHealth value."""
+    name = gateway_service_pb2.BackendHealth.Name(health)
+    return enum_label(name, "BACKEND_HEALTH_")
