@@ -8,6 +8,12 @@
 // with CompleteTask (exit 0) or FailTask. The protos are read from `protos/`
 // at run time: no generated code.
 //
+// ClaimTask returns the run's sandbox spec (env values included: the holder
+// of a live run is trusted with them; every other read shows `<redacted>`)
+// and a sandbox token proving the worker holds the run. The worker acquires
+// with that spec unchanged and sends the token as `longshore-sandbox-token`
+// metadata on AcquireSandbox, Exec and ReleaseSandbox; Heartbeat renews it.
+//
 // Usage:
 //   LONGSHORE_GATEWAY_ADDR=127.0.0.1:50051 LONGSHORE_API_KEY=lsk_... \
 //     node worker.js --profile NAME [--worker-id ID] [--max-tasks N] [--wait SECONDS]
@@ -20,6 +26,7 @@ const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
 const PROTOS = process.env.LONGSHORE_PROTOS || path.resolve(__dirname, '..', '..', 'protos');
+const SANDBOX_TOKEN_KEY = 'longshore-sandbox-token';
 
 function parseArgs(argv) {
   const args = {
@@ -100,6 +107,13 @@ class Worker {
     if (this.current) this.current.cancel();
   }
 
+  // The API key plus the run's current sandbox token, for SandboxService calls.
+  sandboxAuth(run) {
+    const md = this.auth.clone();
+    if (run.token) md.set(SANDBOX_TOKEN_KEY, run.token);
+    return md;
+  }
+
   async run() {
     let done = 0;
     while (!this.stopping && (this.args.maxTasks <= 0 || done < this.args.maxTasks)) {
@@ -126,10 +140,18 @@ class Worker {
     const { task, run_id: runId, profile } = claim;
     log('claimed', { task_id: task.task_id, run_id: runId });
     const lease = Math.max(1, (new Date(Number(claim.lease_expire_time.seconds) * 1000) - Date.now()) / 1000);
+    // The token is renewed with the lease; calls read the newest one.
+    const run = { token: claim.sandbox_token || '' };
     let refused = null;
     const beat = setInterval(() => {
-      unary(this.worker, 'Heartbeat', { run_id: runId }, this.auth, 10).catch((err) => {
-        if (err.code === grpc.status.FAILED_PRECONDITION || err.code === grpc.status.NOT_FOUND) {
+      unary(this.worker, 'Heartbeat', { run_id: runId }, this.auth, 10).then((reply) => {
+        if (reply.sandbox_token) run.token = reply.sandbox_token;
+      }).catch((err) => {
+        if (
+          err.code === grpc.status.FAILED_PRECONDITION
+          || err.code === grpc.status.NOT_FOUND
+          || err.code === grpc.status.PERMISSION_DENIED
+        ) {
           refused = err; // the task left running: stop working on it
           if (this.current) this.current.cancel();
         }
@@ -138,13 +160,13 @@ class Worker {
     }, Math.max(500, (lease * 1000) / 3));
     let sandboxId = '';
     try {
-      const spec = { ...(profile && profile.sandbox_spec ? profile.sandbox_spec : {}) };
-      if (task.image) spec.image = task.image;
+      // Passed unchanged: the token admits exactly this spec (its digest).
+      const spec = claim.sandbox_spec;
       const acquired = await unary(
         this.sandbox,
         'AcquireSandbox',
         { task_id: task.task_id, profile: task.assignee || this.args.profile, spec },
-        this.auth,
+        this.sandboxAuth(run),
         120,
       );
       sandboxId = acquired.sandbox.sandbox_id;
@@ -152,7 +174,7 @@ class Worker {
         await unary(this.worker, 'FailTask', { run_id: runId, error: 'task has no command', retryable: false }, this.auth);
         return;
       }
-      const exit = await this.exec(runId, sandboxId, task);
+      const exit = await this.exec(runId, sandboxId, task, spec.env || {}, this.sandboxAuth(run));
       if (refused) return;
       if (exit.exit_code === 0 && !exit.timed_out) {
         await unary(this.worker, 'CompleteTask', { run_id: runId, summary: `exit 0 in ${durationSeconds(exit.duration).toFixed(3)}s` }, this.auth);
@@ -172,19 +194,20 @@ class Worker {
       clearInterval(beat);
       if (sandboxId) {
         const keep = profile && profile.keep_sandbox;
-        await unary(this.sandbox, 'ReleaseSandbox', { sandbox_id: sandboxId, force_remove: !keep }, this.auth)
+        await unary(this.sandbox, 'ReleaseSandbox', { sandbox_id: sandboxId, force_remove: !keep }, this.sandboxAuth(run))
           .catch((e) => log('release failed', { error: e.details || String(e) }));
       }
     }
   }
 
   // Runs the command; appends output to the run in order; resolves with the exit status.
-  exec(runId, sandboxId, task) {
+  // `env` is the run spec's (real values; the task's own env reads as `<redacted>`).
+  exec(runId, sandboxId, task, env, auth) {
     return new Promise((resolve, reject) => {
-      const request = { sandbox_id: sandboxId, argv: task.command, env: task.env || {} };
+      const request = { sandbox_id: sandboxId, argv: task.command, env };
       if (durationSeconds(task.max_runtime) > 0) request.timeout = task.max_runtime;
       const runtime = durationSeconds(task.max_runtime) || 3600;
-      const call = this.sandbox.Exec(request, this.auth, { deadline: deadline(runtime + 60) });
+      const call = this.sandbox.Exec(request, auth, { deadline: deadline(runtime + 60) });
       this.current = call;
       let appends = Promise.resolve();
       let exit = null;

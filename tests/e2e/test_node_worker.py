@@ -2,7 +2,8 @@
 
 Sandbox, kanban and gateway run as processes; the worker claims the task over
 the gateway, runs its command in its sandbox with Exec, streams the output
-back, heartbeats and completes it.
+back, heartbeats and completes it. Its key has the `worker` scope only, so every
+sandbox call is admitted by the run's sandbox token alone.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def test_node_worker_runs_an_external_task(stack: RealStack, sandbox_image: str)
                 task=task_pb2.Task(
                     title="from node",
                     assignee="node-ext",
-                    command=["sh", "-c", "echo hello from node; echo to-stderr >&2"],
+                    command=["sh", "-c", 'echo "hello from node $GREETING"; echo to-stderr >&2'],
+                    # Reads show `<redacted>`; the worker gets the value in
+                    # the run's sandbox spec, and its sandbox token admits it.
+                    env={"GREETING": "with a secret"},
                 )
             ),
             timeout=10,
@@ -96,7 +100,7 @@ def test_node_worker_runs_an_external_task(stack: RealStack, sandbox_image: str)
             timeout=10,
             metadata=admin,
         )
-        assert b"hello from node" in output.data
+        assert b"hello from node with a secret" in output.data
         assert b"to-stderr" in output.data
         assert output.eof
         runs = stubs.kanban.ListTaskRuns(
