@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +95,16 @@ class Context:
         )
         self.add_cleanup(proc.stop)
         return proc.start(timeout=timeout)
+
+    def temp_dir(self, prefix: str) -> Path:
+        """A fresh temporary directory, removed with its contents at :meth:`close`.
+
+        Cleanups run last-added first, so the services started after it (which
+        write into it) are stopped before it goes.
+        """
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        self.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
+        return path
 
     def add_cleanup(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` at :meth:`close` (last added runs first)."""

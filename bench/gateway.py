@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -356,7 +355,7 @@ def _list(
 
 def run(ctx: Context) -> list[Result]:
     """All gateway scenarios (see the module docstring)."""
-    home = Path(tempfile.mkdtemp(prefix="longshore-bench-gw-"))
+    home = ctx.temp_dir("longshore-bench-gw-")
     stack = _start(ctx, home)
     auth = (("authorization", f"Bearer {stack.key}"),)
     with grpc.insecure_channel(stack.gateway) as gw:
