@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from services.kanban.backends import BackendBreaker
+from services.kanban.db_health import DatabaseHealth
 from services.kanban.executor import Executor
 from services.kanban.sandbox_client import SandboxClient
 from services.kanban.service import build_app
@@ -29,7 +31,13 @@ def main() -> int:
         heartbeat_interval=max(1.0, section.claim_ttl_seconds / 3),
         max_output_bytes=section.run_output_max_bytes,
     )
-    app = build_app(settings, executor=executor)
+    backend = BackendBreaker(
+        sandboxes.health,
+        name="sandbox",
+        probe_interval=section.backend_probe_interval_seconds,
+        max_probe_interval=section.backend_max_probe_interval_seconds,
+    )
+    app = build_app(settings, executor=executor, backend=backend)
     try:
         server = build_server(
             app.grpc_services(),
@@ -47,13 +55,23 @@ def main() -> int:
         return EXIT_CANNOT_START
     # After the server drained: stop ticking, let held runs be reclaimed
     # after their lease (abandoned), then end streams and close the pool.
+    database_health = DatabaseHealth(
+        app.db,
+        server.set_serving,
+        interval=settings.database.probe_interval_seconds,
+        timeout=settings.database.probe_timeout_seconds,
+    )
+    server.add_shutdown_hook(database_health.stop)
+    server.add_shutdown_hook(backend.stop)
     server.add_shutdown_hook(app.dispatcher.stop)
     server.add_shutdown_hook(lambda: executor.shutdown(wait=False))
     server.add_shutdown_hook(app.close)
     server.add_shutdown_hook(sandboxes.close)
     server.start()
     app.start()
+    database_health.start()
     if section.dispatcher_enabled:
+        backend.start()
         app.dispatcher.start()
     log.info("kanban serving on %s", server.address, extra={"instance": app.dispatcher.instance})
     server.serve_until_signal()

@@ -349,6 +349,11 @@ class Executor:
         except SandboxError as err:
             if (stop := self._cancelled(active)) is not None:
                 return replace(stop, truncated=truncated)
+            if result is not None:
+                # The exit status arrived before the stream broke: it is the
+                # truth (a timed-out command is TIMED_OUT with its exit).
+                log.info("exec stream of run %s broke after its exit: %s", job.run_id, err)
+                return self._ended(job, result, truncated)
             if err.kind is FailureKind.DEADLINE_EXCEEDED:
                 return Outcome(
                     OutcomeKind.TIMED_OUT,
@@ -368,6 +373,10 @@ class Executor:
                 failure_kind=FailureKind.OTHER,
                 error="exec stream ended without an exit status",
             )
+        return self._ended(job, result, truncated)
+
+    def _ended(self, job: RunJob, result: ExecResult, truncated: bool) -> Outcome:
+        """The outcome of a command that reported its exit status."""
         base = Outcome(
             OutcomeKind.FAILED,
             exit_code=result.exit_code,

@@ -13,6 +13,7 @@ from typing import Protocol
 from longshore.kanban.v1 import run_pb2
 from longshore.sandbox.v1 import sandbox_pb2
 
+from services.kanban.planner_types import FailureClass
 from services.kanban.sandbox_client import FailureKind
 
 
@@ -32,6 +33,19 @@ class OutcomeKind(enum.StrEnum):
     ABANDONED = "abandoned"
     """The executor shut down without waiting; the run should be reclaimed."""
 
+
+# Failures of the sandbox call itself that say nothing about the work: the
+# manager or its engine unreachable or too slow to answer, the sandbox gone
+# under the run (an engine restart), a stream cancelled by us.
+PLATFORM_KINDS = frozenset(
+    {
+        FailureKind.UNAVAILABLE,
+        FailureKind.DEADLINE_EXCEEDED,
+        FailureKind.NOT_FOUND,
+        FailureKind.NOT_RUNNING,
+        FailureKind.CANCELLED,
+    }
+)
 
 _RUN_STATUS = {
     OutcomeKind.SUCCEEDED: run_pb2.RUN_STATUS_SUCCEEDED,
@@ -72,9 +86,36 @@ class Outcome:
     error: str = ""
 
     @property
+    def failure_class(self) -> FailureClass | None:
+        """Whose failure it was; ``None`` for a success or an abandoned run.
+
+        The work's: a non-zero exit, the command's timeout, a missing image,
+        a spec the manager refuses (INVALID_ARGUMENT, PERMISSION_DENIED), any
+        other error. The platform's: a cancel, and a failure of the sandbox
+        call itself (:data:`PLATFORM_KINDS`: UNAVAILABLE or DEADLINE_EXCEEDED
+        on acquire or exec, the sandbox gone, a stream cancelled).
+        """
+        if self.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.ABANDONED):
+            return None
+        if self.kind is OutcomeKind.CANCELLED:
+            return FailureClass.PLATFORM
+        if self.kind is OutcomeKind.TIMED_OUT:
+            return FailureClass.WORK
+        if self.failure_kind in PLATFORM_KINDS:
+            return FailureClass.PLATFORM
+        return FailureClass.WORK
+
+    @property
     def counts_as_failure(self) -> bool:
-        """Whether the breaker counts it (everything but success, cancel, abandon)."""
-        return self.kind in (OutcomeKind.FAILED, OutcomeKind.TIMED_OUT, OutcomeKind.SPAWN_FAILED)
+        """Whether the breaker counts it (work failures only)."""
+        return self.failure_class is FailureClass.WORK
+
+    @property
+    def backend_down(self) -> bool:
+        """Whether it says the sandbox backend is unreachable (opens the dispatcher's breaker)."""
+        return self.failure_kind in (FailureKind.UNAVAILABLE, FailureKind.DEADLINE_EXCEEDED) and (
+            self.kind is not OutcomeKind.TIMED_OUT
+        )
 
     @property
     def run_status(self) -> run_pb2.RunStatus.ValueType:

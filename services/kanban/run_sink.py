@@ -3,21 +3,35 @@
 Every call is fenced by ``run_id``: once a run is no longer its task's
 running run (cancelled, reclaimed, finished), the sink refuses it and
 changes nothing, so a slow or orphaned exec can never overwrite a newer run.
+
+A failed run is recorded with its failure class (``Outcome.failure_class``):
+the work's count toward the profile's retry limit, the platform's never do;
+both put the task back to ready after a backoff (``store.runs.fail``). A
+failure that says the sandbox backend is down also opens the dispatcher's
+breaker for it, before the task is put back, so the tick that the failure
+wakes already sees the backend paused.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 
+from sqlalchemy.exc import OperationalError
+
 from services.kanban import models
+from services.kanban.backends import BackendBreaker
 from services.kanban.db import Database
 from services.kanban.executor import Outcome, OutcomeKind
-from services.kanban.store import Effects, events, runs
+from services.kanban.planner import FailureClass, PlannerSettings
+from services.kanban.store import Effects, runs
 from services.runtime.errors import FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
 SOURCE = "kanban.executor"
+_WRITE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 4.0)
 
 
 class DbRunSink:
@@ -27,8 +41,11 @@ class DbRunSink:
         db: The database.
         lease_seconds: Lease granted by each heartbeat.
         max_output_bytes: Output kept per run.
-        failure_limit: Counted failures that open the breaker.
+        settings: The dispatcher's settings (failure limit, default backoff).
         after_commit: Applies post-commit effects (wake, release).
+        backend: The sandbox backend's breaker, told of platform failures
+            and successes; None = no breaker.
+        clock: "Now" of a run's end (the dispatcher's clock).
     """
 
     def __init__(
@@ -37,14 +54,18 @@ class DbRunSink:
         *,
         lease_seconds: float,
         max_output_bytes: int,
-        failure_limit: int,
+        settings: PlannerSettings,
         after_commit: Callable[[Effects], None],
+        backend: BackendBreaker | None = None,
+        clock: Callable[[], dt.datetime] = models.utcnow,
     ) -> None:
         self._db = db
         self._lease = lease_seconds
         self._max_output = max_output_bytes
-        self._failure_limit = failure_limit
+        self._settings = settings
         self._after = after_commit
+        self._backend = backend
+        self._clock = clock
 
     def started(self, run_id: str, sandbox_id: str) -> bool:
         """Record the acquired sandbox; False when the run is stale."""
@@ -76,6 +97,32 @@ class DbRunSink:
             # after a restart, or another replica) reclaims and re-runs it.
             log.info("run %s abandoned; it will be reclaimed after its lease", run_id)
             return
+        if self._backend is not None:
+            # Before the write and its wake: the tick the wake triggers must
+            # already see the backend paused, or it would spawn into the outage.
+            if outcome.backend_down:
+                self._backend.trip(outcome.error or outcome.kind.value)
+            elif outcome.kind is OutcomeKind.SUCCEEDED:
+                self._backend.succeeded()
+        # The database may be restarting (a failover, a PostgreSQL restart):
+        # retry the write for a while rather than lose the ending. If it never
+        # lands, the run's lease expires and a tick reclaims it (platform).
+        for delay in (*_WRITE_RETRY_DELAYS, None):
+            try:
+                self._record(run_id, outcome)
+                return
+            except OperationalError as err:
+                if delay is None:
+                    raise
+                log.warning(
+                    "recording the end of run %s failed (%s); retrying in %.1fs",
+                    run_id,
+                    str(err).splitlines()[0][:200],
+                    delay,
+                )
+                time.sleep(delay)  # a bounded backoff on an executor thread
+
+    def _record(self, run_id: str, outcome: Outcome) -> None:
         effects = Effects()
         with self._db.write() as s:
             try:
@@ -90,25 +137,12 @@ class DbRunSink:
             if outcome.kind is OutcomeKind.SUCCEEDED:
                 run.exit_code = 0
                 runs.complete(s, run_id, summary="exit 0", source=SOURCE, effects=effects)
-            elif outcome.kind is OutcomeKind.CANCELLED:
-                runs.end_run(run, status=models.RUN_CANCELLED, error=outcome.error)
-                task.current_run_id = None
-                task.status = models.READY
-                task.ready_time = models.utcnow()
-                events.append(
-                    s,
-                    task_id=task.task_id,
-                    board_id=task.board_id,
-                    kind="cancelled",
-                    source=SOURCE,
-                    payload={"reason": outcome.error},
-                    run_id=run_id,
-                )
-                effects.wake = True
             else:
+                failure_class = outcome.failure_class or FailureClass.PLATFORM
                 status = {
                     OutcomeKind.TIMED_OUT: models.RUN_TIMED_OUT,
                     OutcomeKind.SPAWN_FAILED: models.RUN_SPAWN_FAILED,
+                    OutcomeKind.CANCELLED: models.RUN_CANCELLED,
                 }.get(outcome.kind, models.RUN_FAILED)
                 error = outcome.error or (
                     f"exit code {outcome.exit_code}" if outcome.exit_code is not None else "failed"
@@ -120,9 +154,11 @@ class DbRunSink:
                     status=status,
                     error=error,
                     retryable=True,
-                    failure_limit=self._failure_limit,
+                    settings=self._settings,
                     source=SOURCE,
                     effects=effects,
                     exit_code=outcome.exit_code,
+                    failure_class=failure_class,
+                    now=self._clock(),
                 )
         self._after(effects)

@@ -10,11 +10,19 @@ a bad spec vs anything else).
 Each Exec gets its own channel: the traced channel hands back a generator
 without ``cancel()``, and closing the channel is the one way to cancel a
 stream from another thread that works through every interceptor.
+
+Idempotent calls retry by themselves: the channel carries a gRPC retry
+policy (:data:`RETRY_SERVICE_CONFIG`) for AcquireSandbox (get-or-create by
+key: a retried acquire finds the sandbox the first attempt made),
+GetSandbox, ListSandboxes and ReleaseSandbox, on UNAVAILABLE only, with
+bounded attempts and backoff. Exec is never retried: a command must not run
+twice because a stream broke.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,16 +30,42 @@ from typing import Protocol
 
 import grpc
 from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2, sandbox_service_pb2_grpc
 from opentelemetry import trace
 
 from services.runtime.channels import open_channel
+
+SERVICE = "longshore.sandbox.v1.SandboxService"
+HEALTH_DETAIL_KEY = "longshore-health-detail"
+HEALTH_TIMEOUT_SECONDS = 3.0
+RETRY_ATTEMPTS = 4
+RETRIED_METHODS = ("AcquireSandbox", "GetSandbox", "ListSandboxes", "ReleaseSandbox")
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": SERVICE, "method": m} for m in RETRIED_METHODS],
+                "retryPolicy": {
+                    # Bounded: 4 attempts, 0.2 s doubling to at most 2 s, with
+                    # gRPC's jitter; within each call's own deadline.
+                    "maxAttempts": RETRY_ATTEMPTS,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 
 
 class FailureKind(enum.StrEnum):
     """What went wrong talking to the sandbox service."""
 
     UNAVAILABLE = "unavailable"
+    PERMISSION_DENIED = "permission-denied"
     IMAGE_MISSING = "image-missing"
     INVALID_SPEC = "invalid-spec"
     NOT_FOUND = "not-found"
@@ -77,6 +111,12 @@ class InvalidSpec(SandboxError):
     """The service rejected the request (INVALID_ARGUMENT)."""
 
     kind = FailureKind.INVALID_SPEC
+
+
+class SpecRefused(SandboxError):
+    """The spec asks for more than the manager's policy allows (PERMISSION_DENIED)."""
+
+    kind = FailureKind.PERMISSION_DENIED
 
 
 class SandboxNotFound(SandboxError):
@@ -130,6 +170,8 @@ def translate(err: grpc.RpcError, *, operation: str) -> SandboxError:
         return SandboxNotRunning(message, code=code)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidSpec(message, code=code)
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return SpecRefused(message, code=code)
     if code is grpc.StatusCode.NOT_FOUND:
         return SandboxNotFound(message, code=code)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -261,10 +303,12 @@ class _GrpcExecStream:
                 raise ExecCancelled("exec: cancelled", code=grpc.StatusCode.CANCELLED) from err
             raise translate(err, operation="exec") from err
         except ValueError as err:
-            # A channel closed under a starting call raises ValueError, not RpcError.
+            # A channel closed under a starting call raises ValueError, not
+            # RpcError. Only cancel() and the end of iteration close it, so
+            # outside a cancel it is a broken call, never an "internal error".
             if self._cancelled:
                 raise ExecCancelled("exec: cancelled") from err
-            raise
+            raise SandboxCallFailed(f"exec: the call broke: {err}") from err
         finally:
             with self._lock:
                 self._close_locked()
@@ -299,7 +343,10 @@ class SandboxClient:
     ) -> None:
         self._factory = channel_factory or (
             lambda: open_channel(
-                addr, internal_token=internal_token, tracer_provider=tracer_provider
+                addr,
+                internal_token=internal_token,
+                tracer_provider=tracer_provider,
+                options=[("grpc.service_config", RETRY_SERVICE_CONFIG)],
             )
         )
         self._channel = self._factory()
@@ -312,6 +359,32 @@ class SandboxClient:
         """Closes the shared channel (exec channels close with their streams)."""
         self._channel.close()
 
+    def health(self) -> str | None:
+        """Checks the sandbox service's gRPC health once (bounded).
+
+        Returns:
+            ``None`` when it answers SERVING; else why not: the manager's own
+            reason (``longshore-health-detail``, e.g. ``docker engine
+            unreachable: ...``) or the call's error.
+        """
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        try:
+            response, call = stub.Check.with_call(request, timeout=HEALTH_TIMEOUT_SECONDS)
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.Call) else None
+            details = (err.details() if isinstance(err, grpc.Call) else None) or str(err)
+            name = code.name if code is not None else "error"
+            return f"sandbox manager {name.lower()}: {details}"
+        if response.status == health_pb2.HealthCheckResponse.SERVING:
+            return None
+        detail = ""
+        for key, value in call.trailing_metadata() or ():
+            if key == HEALTH_DETAIL_KEY:
+                detail = value if isinstance(value, str) else value.decode(errors="replace")
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return detail or f"sandbox manager {status}"
+
     def acquire(
         self, task_id: str, profile: str, spec: sandbox_pb2.SandboxSpec, *, persist: bool
     ) -> AcquiredSandbox:
@@ -319,7 +392,7 @@ class SandboxClient:
 
         Raises:
             SandboxError: ImageMissing, SandboxUnavailable, InvalidSpec,
-                SandboxDeadline or SandboxCallFailed.
+                SpecRefused, SandboxDeadline or SandboxCallFailed.
         """
         request = sandbox_service_pb2.AcquireSandboxRequest(
             task_id=task_id, profile=profile, spec=spec, persist_across_processes=persist

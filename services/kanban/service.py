@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 from longshore.kanban.v1 import kanban_service_pb2_grpc, worker_service_pb2_grpc
 
+from services.kanban.backends import BackendBreaker
 from services.kanban.db import Database, default_url, make_engine
 from services.kanban.events_bus import EventBus
 from services.kanban.migrations import upgrade
@@ -81,6 +82,7 @@ def build_app(
     instrument: bool = True,
     clock: Callable[[], dt.datetime] = utcnow,
     sandbox_channel: grpc.Channel | None = None,
+    backend: BackendBreaker | None = None,
 ) -> KanbanApp:
     """Build (and migrate) a kanban process from its settings.
 
@@ -95,6 +97,7 @@ def build_app(
             by default one to ``settings.sandbox.addr`` is opened (it
             connects lazily, so kanban starts while the manager is down) and
             closed with the app.
+        backend: The sandbox backend's breaker for the dispatcher, or None.
 
     Returns:
         The parts, not yet started.
@@ -112,6 +115,7 @@ def build_app(
         executor=executor,
         instance=instance or secrets.token_hex(6),
         clock=clock,
+        backend=backend,
     )
     owned: list[grpc.Channel] = []
     if sandbox_channel is None:

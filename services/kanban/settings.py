@@ -44,6 +44,28 @@ class KanbanSection:
         default="2",
         metadata={"help": "Counted failures in a row that block a task (the breaker)."},
     )
+    retry_initial_backoff_seconds: float = field(
+        default=5.0,
+        metadata={
+            "help": "Delay before retrying a failed task (doubled per failure in a row), "
+            "unless its profile's retry policy sets one."
+        },
+    )
+    retry_max_backoff_seconds: float = field(
+        default=300.0,
+        metadata={"help": "Longest delay between retries, unless the profile's policy sets one."},
+    )
+    backend_probe_interval_seconds: float = field(
+        default=2.0,
+        metadata={
+            "help": "Seconds between health probes of the sandbox backend; while it is "
+            "down, the delay doubles up to backend_max_probe_interval_seconds."
+        },
+    )
+    backend_max_probe_interval_seconds: float = field(
+        default=30.0,
+        metadata={"help": "Longest delay between probes of a sandbox backend that is down."},
+    )
     claim_ttl_seconds: float = field(
         default=60.0, metadata={"help": "Lease of a claimed run; heartbeats renew it."}
     )
@@ -71,6 +93,14 @@ class DatabaseSection:
             "help": "SQLAlchemy URL (sqlite:///... or postgresql://...); "
             "empty = SQLite file $LONGSHORE_HOME/kanban.db."
         },
+    )
+    probe_interval_seconds: float = field(
+        default=5.0,
+        metadata={"help": "Seconds between background probes (SELECT 1) of the database."},
+    )
+    probe_timeout_seconds: float = field(
+        default=3.0,
+        metadata={"help": "A database probe slower than this marks the service NOT_SERVING."},
     )
 
 
@@ -109,6 +139,8 @@ class DispatchLimits:
                 max_in_progress=section.max_in_progress,
                 max_in_progress_per_profile=section.max_in_progress_per_profile,
                 failure_limit=failure_limit if failure_limit is not None else 2,
+                retry_initial_backoff_seconds=section.retry_initial_backoff_seconds,
+                retry_max_backoff_seconds=section.retry_max_backoff_seconds,
             ),
             max_spawn=parse_cap(section.max_spawn, setting="kanban.max_spawn"),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import DateTime, String, func, select, type_coerce
@@ -17,14 +18,17 @@ from sqlalchemy.orm import Session, aliased
 from services.kanban import models
 from services.kanban.models import DONE, READY, RUN_RUNNING, TODO, Task, TaskLink, TaskRun
 from services.kanban.planner import (
+    BackendView,
     ExecutorKind,
     ProfileView,
     ReclaimKind,
     ReclaimView,
+    RetryPolicy,
     Snapshot,
     TaskStatus,
     TaskView,
 )
+from services.kanban.store import runs
 
 _STATUS = {status.value: status for status in TaskStatus}
 
@@ -39,6 +43,11 @@ def _task_columns(dialect: str) -> tuple[Any, ...]:
         if dialect == "sqlite"
         else type_coerce(Task.create_time, DateTime(timezone=True))
     )
+    retry_at: Any = (
+        type_coerce(Task.next_attempt_time, String)
+        if dialect == "sqlite"
+        else type_coerce(Task.next_attempt_time, DateTime(timezone=True))
+    )
     return (
         Task.task_id,
         Task.board_id,
@@ -49,12 +58,23 @@ def _task_columns(dialect: str) -> tuple[Any, ...]:
         Task.failure_count,
         Task.breaker_open,
         Task.blocked_reason,
+        retry_at,
     )
+
+
+def _aware(value: Any) -> dt.datetime | None:
+    # Backoff times are compared with the tick's aware "now"; SQLite hands
+    # back naive UTC text.
+    if value is None:
+        return None
+    when = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def _views(rows: Iterable[Any], waiting: dict[str, list[str]], out: dict[str, TaskView]) -> None:
     parse = dt.datetime.fromisoformat
-    for task_id, board_id, status, assignee, priority, created, failures, breaker, reason in rows:
+    for row in rows:
+        task_id, board_id, status, assignee, priority, created, failures, breaker, reason, at = row
         out[task_id] = TaskView(
             task_id,
             board_id,
@@ -66,17 +86,31 @@ def _views(rows: Iterable[Any], waiting: dict[str, list[str]], out: dict[str, Ta
             failures,
             bool(breaker),
             reason or "",
+            None if at is None else _aware(at),
         )
 
 
 def profile_views(session: Session) -> dict[str, ProfileView]:
     """Return every profile as the planner sees it."""
+    p = models.Profile
     rows = session.execute(
-        select(models.Profile.name, models.Profile.executor, models.Profile.max_in_progress)
+        select(
+            p.name,
+            p.executor,
+            p.max_in_progress,
+            p.retry_max_attempts,
+            p.retry_initial_backoff_seconds,
+            p.retry_max_backoff_seconds,
+        )
     )
     return {
-        name: ProfileView(name=name, executor=ExecutorKind(executor), max_in_progress=cap)
-        for name, executor, cap in rows
+        name: ProfileView(
+            name=name,
+            executor=ExecutorKind(executor),
+            max_in_progress=cap,
+            retry=RetryPolicy(attempts or 0, initial or 0.0, longest or 0.0),
+        )
+        for name, executor, cap, attempts, initial, longest in rows
     }
 
 
@@ -86,6 +120,7 @@ def build(
     now: dt.datetime,
     board_id: str = "",
     extra_task_ids: Sequence[str] = (),
+    sandbox_backend: BackendView | None = None,
 ) -> Snapshot:
     """Read what one tick plans from.
 
@@ -95,6 +130,9 @@ def build(
         now: The tick's time: runs whose lease ended before it are reclaimed.
         board_id: Only this board's tasks (caps still count every board).
         extra_task_ids: Tasks to include whatever their status (for readiness).
+        sandbox_backend: The sandbox backend while the dispatcher's breaker
+            holds it unavailable (read once by the caller, so a tick and its
+            readiness answers plan from one value).
 
     Returns:
         The snapshot.
@@ -139,12 +177,32 @@ def build(
         reclaims = [
             rc for rc in reclaims if rc.task_id in views and views[rc.task_id].board_id == board_id
         ]
+    now_aware = _aware(now) or now
     # A reclaim whose task is no longer running (it moved meanwhile) is not one.
     reclaims = [
         rc
         for rc in reclaims
         if rc.task_id in views and views[rc.task_id].status is TaskStatus.RUNNING
     ]
+
+    # Attempt numbers (and, for runs lost to our restart, the platform
+    # streak that sets their backoff) only for the few tasks that need them.
+    backing = [
+        v.task_id
+        for v in views.values()
+        if v.next_attempt_time is not None and v.next_attempt_time > now_aware
+    ]
+    counted = [*backing, *(rc.task_id for rc in reclaims)]
+    if counted:
+        counts = runs.run_counts(session, counted)
+        gone = [rc.task_id for rc in reclaims if rc.kind is ReclaimKind.EXECUTOR_GONE]
+        streaks = runs.platform_streaks(session, gone) if gone else {}
+        for task_id in dict.fromkeys(counted):
+            views[task_id] = replace(
+                views[task_id],
+                runs=counts.get(task_id, 0),
+                platform_streak=streaks.get(task_id, 0),
+            )
 
     running_stmt = (
         select(TaskRun.profile, func.count())
@@ -157,4 +215,6 @@ def build(
         profiles=profile_views(session),
         running=running,
         reclaims=tuple(reclaims),
+        now=now_aware,
+        sandbox_backend=sandbox_backend,
     )

@@ -24,9 +24,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.kanban import convert, models, snapshot
+from services.kanban.backends import BackendBreaker
 from services.kanban.db import Database
 from services.kanban.executor import RunJob, RunSink, merge_spec
-from services.kanban.planner import Plan, Readiness, ReadinessReason, plan
+from services.kanban.planner import BackendView, Plan, Readiness, ReadinessReason, plan
 from services.kanban.run_sink import DbRunSink
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, events, runs, tasks
@@ -63,6 +64,8 @@ class Dispatcher:
         executor: Runs sandbox runs; None = sandbox tasks fail to spawn.
         instance: This process's id, recorded on the runs it spawns.
         clock: Returns "now" (tests inject one).
+        backend: The sandbox backend's breaker; its state is an input of
+            every plan (None = the backend is always taken as available).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Dispatcher:
         executor: RunStarter | None,
         instance: str,
         clock: Callable[[], dt.datetime] = models.utcnow,
+        backend: BackendBreaker | None = None,
     ) -> None:
         self._db = db
         self._section = section
@@ -85,19 +89,39 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Earliest end of a backoff the last real tick saw: the loop wakes
+        # then rather than up to a whole interval later.
+        self._next_due: dt.datetime | None = None
+        self.backend = backend
+        if backend is not None:
+            backend.set_on_available(self.wake)
         self.sink = DbRunSink(
             db,
             lease_seconds=section.claim_ttl_seconds,
             max_output_bytes=section.run_output_max_bytes,
-            failure_limit=limits.planner.failure_limit,
+            settings=limits.planner,
             after_commit=self.apply_effects,
+            backend=backend,
+            clock=clock,
         )
+
+    def now(self) -> dt.datetime:
+        """The dispatcher's "now" (its clock): WorkerService compares backoffs with it."""
+        return self._clock()
+
+    def _backend_view(self) -> BackendView | None:
+        return self.backend.view() if self.backend is not None else None
 
     # -- readiness ------------------------------------------------------
 
     def readiness(self, session: Session, rows: Sequence[models.Task]) -> dict[str, Readiness]:
         """Explain each task as the next tick would see it."""
-        snap = snapshot.build(session, now=self._clock(), extra_task_ids=[r.task_id for r in rows])
+        snap = snapshot.build(
+            session,
+            now=self._clock(),
+            extra_task_ids=[r.task_id for r in rows],
+            sandbox_backend=self._backend_view(),
+        )
         result = plan(snap, settings=self.limits.planner).readiness
         fallback = Readiness(ReadinessReason.NOT_DISPATCHABLE)
         return {r.task_id: result.get(r.task_id, fallback) for r in rows}
@@ -124,7 +148,9 @@ class Dispatcher:
             tick_time.FromDatetime(now)
             if dry_run:
                 with self._db.read() as s:
-                    snap = snapshot.build(s, now=now, board_id=board_id)
+                    snap = snapshot.build(
+                        s, now=now, board_id=board_id, sandbox_backend=self._backend_view()
+                    )
                     result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
                 proto = result.to_proto(dry_run=True)
                 proto.tick_time.CopyFrom(tick_time)
@@ -142,11 +168,15 @@ class Dispatcher:
         effects = Effects()
         jobs: list[RunJob] = []
         with self._db.write() as s:
-            snap = snapshot.build(s, now=now, board_id=board_id)
+            snap = snapshot.build(
+                s, now=now, board_id=board_id, sandbox_backend=self._backend_view()
+            )
             result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
             proto = result.to_proto(dry_run=False)
             proto.tick_time.CopyFrom(tick_time)
             self._apply(s, result, proto, jobs, effects, now)
+        if not board_id:
+            self._next_due = _earliest_retry(result)
         self._start(jobs)
         self.apply_effects(effects)
         return proto
@@ -160,12 +190,13 @@ class Dispatcher:
         effects: Effects,
         now: dt.datetime,
     ) -> None:
-        limit = self.limits.planner.failure_limit
         for reclaim in (*result.reclaimed, *result.crashed):
             run = s.get(models.TaskRun, reclaim.run_id)
             task = s.get(models.Task, reclaim.task_id)
             if run is None or task is None or task.current_run_id != run.run_id:
                 continue
+            # The plan's time and class: the task's backoff is the one the
+            # plan (and so the dry run) computed.
             runs.fail(
                 s,
                 run,
@@ -173,10 +204,12 @@ class Dispatcher:
                 status=models.RUN_LOST,
                 error=reclaim.reason,
                 retryable=True,
-                failure_limit=limit,
+                settings=self.limits.planner,
                 source=SOURCE,
                 effects=effects,
                 reason=reclaim.reason,
+                failure_class=reclaim.failure_class,
+                now=now,
             )
             effects.cancelled_runs.append(run.run_id)  # kill a straggling exec, if any
         for task_id in result.promoted:
@@ -318,7 +351,13 @@ class Dispatcher:
     def _loop(self) -> None:
         interval = max(0.05, self._section.dispatch_interval_seconds)
         while not self._stop.is_set():
-            self._wake.wait(interval)
+            wait = interval
+            due = self._next_due
+            if due is not None:
+                # A backoff ends before the next interval: tick right after it.
+                until = (due - self._clock()).total_seconds() + 0.01
+                wait = min(interval, max(0.01, until))
+            self._wake.wait(wait)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -326,3 +365,13 @@ class Dispatcher:
                 self.tick()
             except Exception:
                 log.exception("dispatcher tick failed")
+
+
+def _earliest_retry(result: Plan) -> dt.datetime | None:
+    """The earliest end of a backoff among the plan's backing-off tasks."""
+    times = [
+        when
+        for ref in result.backing_off
+        if (when := result.readiness[ref.task_id].next_attempt_time) is not None
+    ]
+    return min(times) if times else None

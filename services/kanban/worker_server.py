@@ -21,13 +21,14 @@ import grpc
 from longshore.kanban.v1 import worker_service_pb2 as pb
 from longshore.kanban.v1 import worker_service_pb2_grpc as pb_grpc
 from longshore.sandbox.v1 import sandbox_pb2
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from services.kanban import convert, models
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.executor_types import merge_spec
+from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, events, links, profiles, runs
 from services.kanban.tick import Dispatcher
@@ -147,10 +148,16 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             return None
         if settings.max_in_progress and sum(counts.values()) >= settings.max_in_progress:
             return None
+        # Not a task backing off after a failure (its retry is not due), nor
+        # one past the profile's retry limit (the breaker blocks it).
         stmt = select(models.Task).where(
             models.Task.status == models.READY,
             models.Task.assignee == profile.name,
-            models.Task.failure_count < settings.failure_limit,
+            models.Task.failure_count < (profile.retry_max_attempts or settings.failure_limit),
+            or_(
+                models.Task.next_attempt_time.is_(None),
+                models.Task.next_attempt_time <= self._dispatcher.now(),
+            ),
         )
         if board_id:
             stmt = stmt.where(models.Task.board_id == board_id)
@@ -305,10 +312,11 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 status=models.RUN_FAILED,
                 error=request.error,
                 retryable=request.retryable,
-                failure_limit=self._limits.planner.failure_limit,
+                settings=self._limits.planner,
                 source=f"worker:{run.worker_id}",
                 effects=effects,
                 exit_code=request.exit_code or None,
+                failure_class=FailureClass.PLATFORM if request.platform else FailureClass.WORK,
             )
             msg = convert.task(outcome.task, links.parent_ids(s, [task.task_id])[task.task_id])
         self._dispatcher.apply_effects(effects)

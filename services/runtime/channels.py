@@ -89,6 +89,7 @@ def open_channel(
     default_timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     tracer_provider: trace.TracerProvider | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
     """Opens a channel to ``target`` (``host:port``) for service-to-service calls.
 
@@ -100,6 +101,8 @@ def open_channel(
             unbounded unless the caller sets one.
         tracer_provider: Provider for client spans; the global one by default.
         max_message_bytes: Largest message sent or received.
+        options: Further channel options, e.g. ``("grpc.service_config", json)``
+            for a retry policy.
 
     Returns:
         A channel whose stubs propagate trace context.
@@ -110,6 +113,7 @@ def open_channel(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
+            *options,
         ],
     )
     extra = list(metadata)

@@ -21,6 +21,7 @@ from services.kanban.models import (
     BLOCKED,
     DONE,
     READY,
+    RUN_CANCELLED,
     RUN_FAILED,
     RUN_LOST,
     RUN_RUNNING,
@@ -28,11 +29,20 @@ from services.kanban.models import (
     RUN_SUCCEEDED,
     RUN_TIMED_OUT,
     RUNNING,
+    Profile,
     RunOutput,
     Task,
     TaskRun,
     utcnow,
 )
+from services.kanban.planner import (
+    FailureClass,
+    PlannerSettings,
+    RetryPolicy,
+    next_attempt_time,
+    retry_policy,
+)
+from services.kanban.planner_types import ExecutorKind, ProfileView
 from services.kanban.store import Effects, events, new_id, tasks
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -43,7 +53,11 @@ _FAILURE_EVENT = {
     RUN_TIMED_OUT: "timed_out",
     RUN_SPAWN_FAILED: "spawn_failed",
     RUN_LOST: "reclaimed",
+    RUN_CANCELLED: "cancelled",
 }
+# Runs looked at, newest first, to count a task's platform failures in a row:
+# past this many the backoff is at its maximum anyway.
+_STREAK_LOOKBACK = 32
 
 
 def end_run(
@@ -54,12 +68,21 @@ def end_run(
     exit_code: int | None = None,
     counted: bool = False,
     now: dt.datetime | None = None,
+    failure_class: FailureClass | None = None,
 ) -> None:
-    """Mark a run ended (no event, no task change)."""
+    """Mark a run ended (no event, no task change).
+
+    ``failure_class`` is recorded for a failed run; a cancelled run without
+    one was cancelled by an operator (a task moved out of running): the
+    platform's, never counted.
+    """
+    if failure_class is None and status == RUN_CANCELLED:
+        failure_class = FailureClass.PLATFORM
     run.status = status
     run.error = error
     run.exit_code = exit_code
     run.counted_failure = counted
+    run.failure_class = failure_class.value if failure_class is not None else ""
     run.end_time = now or utcnow()
     run.lease_expire_time = None
 
@@ -176,6 +199,7 @@ def claim_many(
             current_run_id=bindparam("b_run"),
             update_time=bindparam("b_now", type_=Task.update_time.type),
             assignee=bindparam("b_profile"),
+            next_attempt_time=None,
         )
     )
     session.execute(
@@ -198,6 +222,7 @@ def claim_many(
             ("current_run_id", run_id),
             ("update_time", now),
             ("assignee", profile),
+            ("next_attempt_time", None),
         ):
             set_committed_value(task, key, value)
         run = TaskRun(
@@ -361,6 +386,7 @@ def complete(session: Session, run_id: str, *, summary: str, source: str, effect
     end_run(run, status=RUN_SUCCEEDED, exit_code=run.exit_code or 0, now=now)
     task.current_run_id = None
     task.failure_count = 0
+    task.next_attempt_time = None
     events.append(
         session,
         task_id=task.task_id,
@@ -377,11 +403,71 @@ def complete(session: Session, run_id: str, *, summary: str, source: str, effect
 
 @dataclass(frozen=True, slots=True)
 class FailureOutcome:
-    """What a counted failure did to its task."""
+    """What a failure did to its task.
+
+    Attributes:
+        task: The task.
+        blocked: The task is blocked (the breaker tripped, or not retryable).
+        reason: Why it was blocked; empty when it was not.
+        next_attempt_time: When a task put back to ready may run again.
+    """
 
     task: Task
     blocked: bool
     reason: str
+    next_attempt_time: dt.datetime | None = None
+
+
+def profile_view(row: Profile) -> ProfileView:
+    """A profile row as the planner sees it (caps and retry policy)."""
+    return ProfileView(
+        name=row.name,
+        executor=ExecutorKind(row.executor),
+        max_in_progress=row.max_in_progress,
+        retry=RetryPolicy(
+            max_attempts=row.retry_max_attempts or 0,
+            initial_backoff_seconds=row.retry_initial_backoff_seconds or 0.0,
+            max_backoff_seconds=row.retry_max_backoff_seconds or 0.0,
+        ),
+    )
+
+
+def platform_streaks(session: Session, task_ids: Sequence[str]) -> dict[str, int]:
+    """Platform failures in a row ending each task's latest ended runs.
+
+    Running runs are skipped; the count stops at the first run that did not
+    end as a platform failure (and looks at most at the newest 32 runs).
+    """
+    out: dict[str, int] = {}
+    for task_id in dict.fromkeys(task_ids):
+        stmt = (
+            select(TaskRun.failure_class)
+            .where(TaskRun.task_id == task_id, TaskRun.status != RUN_RUNNING)
+            .order_by(TaskRun.start_time.desc(), TaskRun.run_id.desc())
+            .limit(_STREAK_LOOKBACK)
+        )
+        streak = 0
+        for (failure_class,) in session.execute(stmt):
+            if failure_class != FailureClass.PLATFORM.value:
+                break
+            streak += 1
+        out[task_id] = streak
+    return out
+
+
+def run_counts(session: Session, task_ids: Sequence[str]) -> dict[str, int]:
+    """How many runs each task has had (its next run is attempt ``count + 1``)."""
+    out: dict[str, int] = {}
+    ids = list(dict.fromkeys(task_ids))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        stmt = (
+            select(TaskRun.task_id, func.count())
+            .where(TaskRun.task_id.in_(chunk))
+            .group_by(TaskRun.task_id)
+        )
+        out.update({tid: int(n) for tid, n in session.execute(stmt)})
+    return out
 
 
 def fail(
@@ -392,28 +478,78 @@ def fail(
     status: str,
     error: str,
     retryable: bool,
-    failure_limit: int,
+    settings: PlannerSettings,
     source: str,
     effects: Effects,
     exit_code: int | None = None,
     reason: str = "",
+    failure_class: FailureClass = FailureClass.WORK,
+    now: dt.datetime | None = None,
 ) -> FailureOutcome:
-    """End ``run`` with a counted failure and retry or block its task.
+    """End ``run`` with a failure and retry its task after a backoff, or block it.
 
     The caller has checked that ``run`` holds ``task`` (see :func:`fenced`).
-    Every failure class counts: failed, timed out, spawn failed and lost
-    (reclaimed). At ``failure_limit`` counted failures, or for a
-    non-retryable failure, the task is blocked with a ``gave_up`` event.
+    A work failure counts: at the profile's limit (its retry policy's
+    ``max_attempts``, else ``settings.failure_limit``), or when it is not
+    retryable, the task is blocked with a ``gave_up`` event; otherwise it is
+    ready again at ``now + min(max, initial * 2**(n-1))`` with ``n`` its
+    counted failures. A platform failure never counts and never blocks: the
+    task is ready again with the same backoff, ``n`` being its platform
+    failures in a row. The failure event says which (``failure_class``).
+
+    Args:
+        session: The caller's write session.
+        run: The failed run.
+        task: Its task.
+        status: The run's end status (failed, timed_out, spawn_failed, lost,
+            cancelled).
+        error: One line for people.
+        retryable: Whether a work failure may be retried at all.
+        settings: The dispatcher's settings (failure limit, default backoff).
+        source: Event source.
+        effects: Post-commit effects (a wake when the task is ready again).
+        exit_code: The command's exit code, when it exited.
+        reason: Extra words for the event.
+        failure_class: Whose failure it was.
+        now: The failure's time (a tick passes its own, so its dry run agrees).
+
+    Returns:
+        What happened to the task.
     """
-    now = utcnow()
-    end_run(run, status=status, error=error, exit_code=exit_code, counted=True, now=now)
+    now = now or utcnow()
+    work = failure_class is FailureClass.WORK
+    platform_streak = 0 if work else platform_streaks(session, [task.task_id])[task.task_id]
+    end_run(
+        run,
+        status=status,
+        error=error,
+        exit_code=exit_code,
+        counted=work,
+        now=now,
+        failure_class=failure_class,
+    )
     task.current_run_id = None
-    task.failure_count += 1
-    payload: dict[str, object] = {"error": error, "failure_count": task.failure_count}
+    if work:
+        task.failure_count += 1
+    profile = session.get(Profile, run.profile)
+    policy = retry_policy(profile_view(profile) if profile is not None else None, settings)
+    payload: dict[str, object] = {
+        "error": error,
+        "failure_count": task.failure_count,
+        "failure_class": failure_class.value,
+        "counted": work,
+    }
     if exit_code is not None:
         payload["exit_code"] = exit_code
     if reason:
         payload["reason"] = reason
+    tripped = work and task.failure_count >= policy.max_attempts
+    retry_at: dt.datetime | None = None
+    if not (tripped or (work and not retryable)):
+        retry_at = next_attempt_time(
+            now, task.failure_count if work else platform_streak + 1, policy
+        )
+        payload["next_attempt_time"] = retry_at.astimezone(dt.UTC).isoformat()
     events.append(
         session,
         task_id=task.task_id,
@@ -424,8 +560,7 @@ def fail(
         run_id=run.run_id,
         now=now,
     )
-    tripped = task.failure_count >= failure_limit
-    if tripped or not retryable:
+    if retry_at is None:
         why = (
             f"{task.failure_count} failures: {error}"
             if tripped
@@ -434,6 +569,7 @@ def fail(
         task.status = BLOCKED
         task.blocked_reason = why
         task.breaker_open = tripped
+        task.next_attempt_time = None
         task.update_time = now
         events.append(
             session,
@@ -449,8 +585,11 @@ def fail(
     task.status = READY
     task.ready_time = now
     task.update_time = now
+    task.next_attempt_time = retry_at
+    # The loop wakes now and finds the task backing off; the tick after the
+    # backoff (the loop's interval) spawns it.
     effects.wake = True
-    return FailureOutcome(task, False, "")
+    return FailureOutcome(task, False, "", retry_at)
 
 
 def expired_runs(session: Session, now: dt.datetime) -> list[TaskRun]:

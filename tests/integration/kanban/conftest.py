@@ -21,6 +21,7 @@ from longshore.kanban.v1 import (
     worker_service_pb2_grpc,
 )
 
+from services.kanban.backends import BackendBreaker
 from services.kanban.executor import RunJob, RunSink
 from services.kanban.service import KanbanApp, build_app
 from services.kanban.settings import DatabaseSection, KanbanSection, KanbanSettings
@@ -138,6 +139,7 @@ def kanban_factory(database_url: str, tmp_path: Path) -> Iterator[Callable[..., 
         sandbox_channel: grpc.Channel | None = None,
         internal_token: str = "",
         deployment: str = "default",
+        backend: BackendBreaker | None = None,
         **section: Any,
     ) -> Kanban:
         settings = KanbanSettings(
@@ -161,6 +163,7 @@ def kanban_factory(database_url: str, tmp_path: Path) -> Iterator[Callable[..., 
             instrument=False,
             clock=clock,
             sandbox_channel=sandbox_channel,
+            backend=backend,
         )
         ctx = serve_in_process(app.grpc_services())
         running = ctx.__enter__()

@@ -7,15 +7,17 @@ from typing import Any
 
 import pytest
 from google.protobuf import duration_pb2
-from longshore.kanban.v1 import dispatch_pb2
+from longshore.kanban.v1 import dispatch_pb2, run_pb2
 from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.kanban.v1 import task_pb2 as S
 from longshore.kanban.v1 import worker_service_pb2 as wpb
 from sqlalchemy import func, select, text
 
 from services.kanban import models
-from services.kanban.executor import Outcome, OutcomeKind
+from services.kanban.executor import FailureKind, Outcome, OutcomeKind
 from tests.integration.kanban.conftest import Kanban
+
+RETRY_WAIT = 400.0  # seconds past any default retry backoff (at most 300 s)
 
 
 def tick(kanban: Kanban, **kw: Any) -> dispatch_pb2.DispatchResult:
@@ -149,9 +151,15 @@ def test_spawn_failures_trip_the_breaker_once_and_go_quiet(kanban: Kanban) -> No
     for expected in (S.TASK_STATUS_READY, S.TASK_STATUS_BLOCKED):
         run_id = tick(kanban).spawned[0].run_id
         sink.finished(
-            run_id, Outcome(OutcomeKind.SPAWN_FAILED, error="image busybox:nope not found")
+            run_id,
+            Outcome(
+                OutcomeKind.SPAWN_FAILED,
+                failure_kind=FailureKind.IMAGE_MISSING,
+                error="image busybox:nope not found",
+            ),
         )
         assert kanban.get(task.task_id).status == expected
+        kanban.clock.advance(RETRY_WAIT)  # past the retry backoff
     blocked = kanban.get(task.task_id)
     assert blocked.blocked_reason == "2 failures: image busybox:nope not found"
     assert blocked.readiness.reason == S.READINESS_REASON_BREAKER_OPEN
@@ -172,6 +180,7 @@ def test_timeouts_and_exit_codes_count_too(kanban: Kanban) -> None:
         run_id,
         Outcome(OutcomeKind.TIMED_OUT, exit_code=-1, timed_out=True, error="timed out after 7s"),
     )
+    kanban.clock.advance(RETRY_WAIT)
     run_id = tick(kanban).spawned[0].run_id
     sink.finished(run_id, Outcome(OutcomeKind.FAILED, exit_code=2))
     after = kanban.get(task.task_id)
@@ -204,8 +213,20 @@ def test_crashed_executor_run_is_reclaimed_and_rerun(kanban: Kanban) -> None:
     kanban.clock.advance(kanban.app.dispatcher._section.claim_ttl_seconds + 1)
     result = tick(kanban)
     assert [(r.run_id, r.reason) for r in result.crashed] == [(first, "executor gone")]
-    assert [s.task_id for s in result.spawned] == [task.task_id]  # re-run in the same tick
-    assert kanban.get(task.task_id).failure_count == 1
+    # Lost to our own restart: the platform's failure. It never counts, and
+    # the task is retried after a backoff, not in the same tick.
+    assert [t.task_id for t in result.backing_off] == [task.task_id]
+    assert list(result.spawned) == []
+    after = kanban.get(task.task_id)
+    assert after.failure_count == 0
+    assert after.readiness.reason == S.READINESS_REASON_BACKING_OFF
+    assert after.readiness.message.endswith("(attempt 2)")
+    lost = kanban.stub.ListTaskRuns(pb.ListTaskRunsRequest(task_id=task.task_id), timeout=5).runs
+    assert [(r.counted_failure, r.failure_class) for r in lost] == [
+        (False, run_pb2.FAILURE_CLASS_PLATFORM)
+    ]
+    kanban.clock.advance(RETRY_WAIT)
+    assert [s.task_id for s in tick(kanban).spawned] == [task.task_id]
 
 
 def test_dry_run_writes_nothing_and_predicts_the_real_tick(kanban_factory: Any) -> None:

@@ -204,6 +204,11 @@ def test_fail_counts_toward_breaker_and_blocks_with_gave_up(kanban: Kanban) -> N
         S.TASK_STATUS_READY,
         1,
     )
+    # Backing off: no worker gets it until the backoff (5 s by default) ends.
+    assert failed.task.HasField("next_attempt_time")
+    early = kanban.worker.ClaimTask(wpb.ClaimTaskRequest(profile="ext", worker_id="w"), timeout=5)
+    assert not early.run_id
+    kanban.clock.advance(6)
     second = kanban.worker.ClaimTask(wpb.ClaimTaskRequest(profile="ext", worker_id="w"), timeout=5)
     failed = kanban.worker.FailTask(
         wpb.FailTaskRequest(run_id=second.run_id, error="exit 3", retryable=True), timeout=5
@@ -254,7 +259,9 @@ def test_expired_lease_is_reclaimed_and_the_stale_worker_is_fenced(kanban: Kanba
     assert [(r.task_id, r.run_id, r.reason) for r in result.reclaimed] == [
         (task.task_id, old.run_id, "lease expired")
     ]
-    assert [t.task_id for t in result.awaiting_worker] == [task.task_id]
+    # A worker's expired lease is its work's failure: counted, then a backoff.
+    assert [t.task_id for t in result.backing_off] == [task.task_id]
+    kanban.clock.advance(6)
     new = kanban.worker.ClaimTask(wpb.ClaimTaskRequest(profile="ext", worker_id="fast"), timeout=5)
     assert new.task.task_id == task.task_id and new.run_id != old.run_id
     with pytest.raises(grpc.RpcError) as exc:

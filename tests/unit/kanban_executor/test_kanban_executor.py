@@ -11,13 +11,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.kanban.executor import Executor, OutcomeKind, RunJob, merge_spec
+from services.kanban.executor import Executor, Outcome, OutcomeKind, RunJob, merge_spec
+from services.kanban.planner import FailureClass
 from services.kanban.sandbox_client import (
     FailureKind,
     ImageMissing,
+    InvalidSpec,
     SandboxCallFailed,
+    SandboxDeadline,
     SandboxNotRunning,
     SandboxUnavailable,
+    SpecRefused,
 )
 from tests.unit.kanban_executor.fakes import FakeSandboxes, RecordingSink, exit_with, out
 
@@ -89,15 +93,38 @@ def test_timeout_reported_by_the_service(executor: Executor, sandboxes: FakeSand
 
 
 @pytest.mark.parametrize(
-    ("error", "kind"),
+    ("error", "kind", "failure_class"),
     [
-        (ImageMissing("acquire: image busybox:nope not found"), FailureKind.IMAGE_MISSING),
-        (SandboxUnavailable("acquire: connection refused"), FailureKind.UNAVAILABLE),
-        (SandboxCallFailed("acquire: boom"), FailureKind.OTHER),
+        (
+            ImageMissing("acquire: image busybox:nope not found"),
+            FailureKind.IMAGE_MISSING,
+            FailureClass.WORK,
+        ),
+        (InvalidSpec("acquire: spec.cpus: too many"), FailureKind.INVALID_SPEC, FailureClass.WORK),
+        (
+            SpecRefused("acquire: spec.cap_add[0]: not allowed"),
+            FailureKind.PERMISSION_DENIED,
+            FailureClass.WORK,
+        ),
+        (
+            SandboxUnavailable("acquire: connection refused"),
+            FailureKind.UNAVAILABLE,
+            FailureClass.PLATFORM,
+        ),
+        (
+            SandboxDeadline("acquire: too slow"),
+            FailureKind.DEADLINE_EXCEEDED,
+            FailureClass.PLATFORM,
+        ),
+        (SandboxCallFailed("acquire: boom"), FailureKind.OTHER, FailureClass.WORK),
     ],
 )
-def test_acquire_failure_is_a_precise_spawn_failure(
-    executor: Executor, sandboxes: FakeSandboxes, error: Exception, kind: FailureKind
+def test_acquire_failure_is_a_precise_spawn_failure_of_one_class(
+    executor: Executor,
+    sandboxes: FakeSandboxes,
+    error: Exception,
+    kind: FailureKind,
+    failure_class: FailureClass,
 ) -> None:
     sink = RecordingSink()
     sandboxes.acquire_error = error
@@ -105,7 +132,9 @@ def test_acquire_failure_is_a_precise_spawn_failure(
     outcome = sink.outcome()
     assert outcome.kind is OutcomeKind.SPAWN_FAILED
     assert outcome.failure_kind is kind
-    assert outcome.counts_as_failure
+    assert outcome.failure_class is failure_class
+    assert outcome.counts_as_failure is (failure_class is FailureClass.WORK)
+    assert outcome.backend_down is (failure_class is FailureClass.PLATFORM)
     assert outcome.error == str(error)
     assert [k for k, _ in sink.calls] == ["finished"]
     assert sandboxes.execs == []
@@ -130,6 +159,47 @@ def test_exec_broken_mid_run_is_a_failure(executor: Executor, sandboxes: FakeSan
     assert outcome.kind is OutcomeKind.FAILED
     assert outcome.failure_kind is FailureKind.UNAVAILABLE
     assert outcome.exit_code is None
+    # The manager went away under the command: the platform's failure.
+    assert outcome.failure_class is FailureClass.PLATFORM and outcome.backend_down
+
+
+def test_an_exit_before_a_broken_stream_is_the_outcome(
+    executor: Executor, sandboxes: FakeSandboxes
+) -> None:
+    sink = RecordingSink()
+    sandboxes.script = [
+        out(b"x"),
+        exit_with(-1, timed_out=True),
+        SandboxUnavailable("exec: socket closed"),
+    ]
+    executor.start(job(timeout_seconds=1.5), sink)
+    outcome = sink.outcome()
+    assert outcome.kind is OutcomeKind.TIMED_OUT
+    assert outcome.exit_code == -1
+    assert outcome.failure_class is FailureClass.WORK
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        (Outcome(OutcomeKind.SUCCEEDED, exit_code=0), None),
+        (Outcome(OutcomeKind.ABANDONED), None),
+        (Outcome(OutcomeKind.FAILED, exit_code=3), FailureClass.WORK),
+        (Outcome(OutcomeKind.TIMED_OUT, exit_code=-1, timed_out=True), FailureClass.WORK),
+        (
+            Outcome(OutcomeKind.TIMED_OUT, failure_kind=FailureKind.DEADLINE_EXCEEDED),
+            FailureClass.WORK,
+        ),
+        (Outcome(OutcomeKind.CANCELLED, error="cancelled"), FailureClass.PLATFORM),
+        (
+            Outcome(OutcomeKind.SPAWN_FAILED, failure_kind=FailureKind.NOT_RUNNING),
+            FailureClass.PLATFORM,
+        ),
+        (Outcome(OutcomeKind.FAILED, failure_kind=FailureKind.OTHER), FailureClass.WORK),
+    ],
+)
+def test_failure_class_per_outcome(outcome: Outcome, expected: FailureClass | None) -> None:
+    assert outcome.failure_class is expected
 
 
 def test_stream_without_exit_is_a_failure(executor: Executor, sandboxes: FakeSandboxes) -> None:
