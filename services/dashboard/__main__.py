@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
 from types import FrameType
 
 from services.dashboard.auth.modes import GateConfigError
+from services.dashboard.listener import ListenError
 from services.dashboard.server import build_dashboard
 from services.dashboard.settings import DashboardSettings
 from services.runtime.config import SettingsError, load_settings
@@ -19,7 +19,7 @@ log = logging.getLogger("services.dashboard")
 
 
 def main() -> int:
-    """Run the dashboard until SIGTERM or SIGINT."""
+    """Run the dashboard until SIGTERM or SIGINT, then drain and exit 0."""
     try:
         settings = load_settings(DashboardSettings)
     except SettingsError as exc:
@@ -33,19 +33,20 @@ def main() -> int:
         log.error("refusing to start: %s", exc)
         sys.stderr.write(f"dashboard: refusing to start: {exc}\n")
         return 2
-    stop = threading.Event()
+    except ListenError as exc:
+        # One line, no traceback: the operator needs the address, not a stack.
+        sys.stderr.write(f"dashboard: {exc}\n")
+        return 1
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        built.server.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    built.server.start()
     log.info("dashboard serving", extra={"url": built.url})
     sys.stdout.flush()
-    stop.wait()
-    log.info("dashboard stopping")
-    built.server.stop()
+    built.server.serve()
+    log.info("dashboard stopped")
     built.gateway.close()
     provider.shutdown()
     return 0

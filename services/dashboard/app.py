@@ -1,29 +1,25 @@
-"""The dashboard's HTTP application: a small router behind the auth gate.
+"""The dashboard's request path, independent of the HTTP server.
 
-``Dashboard.handle`` is the whole request path: gate, route, view, error
-mapping, security headers. ``serve`` runs it on the standard library's
-``ThreadingHTTPServer`` (one thread per connection; event streams hold theirs).
+``Dashboard.handle`` is the whole path of one request: gate, route, view,
+error mapping, security headers. :mod:`.asgi` runs it under Starlette (on a
+worker thread: views make blocking gRPC calls).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mimetypes
 import re
-import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from services.dashboard.auth import public_paths
-from services.dashboard.auth.gate import Gate
+from services.dashboard.auth.gate import Gate, Identity
+from services.dashboard.pages import Pages
 from services.dashboard.streams import StreamHub
 from services.dashboard.web import Request, Response
 
@@ -32,7 +28,6 @@ log = logging.getLogger(__name__)
 View = Callable[[Request], Response]
 
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_BODY_BYTES = 1 << 20
 
 SECURITY_HEADERS = (
     (
@@ -45,9 +40,9 @@ SECURITY_HEADERS = (
     ("Referrer-Policy", "same-origin"),
 )
 
-#: gRPC codes from the gateway mapped to HTTP. The gateway refusing the
-#: dashboard's *own* key is a server problem (502), never a 401: a 401 sends
-#: the browser to the login page, which cannot fix it.
+#: gRPC codes from the gateway mapped to HTTP. PERMISSION_DENIED is the
+#: gateway refusing the caller's scopes: a 403 carrying its own message.
+#: UNAUTHENTICATED is decided by :func:`grpc_error_response` (who held the key).
 GRPC_TO_HTTP = {
     grpc.StatusCode.INVALID_ARGUMENT: (HTTPStatus.BAD_REQUEST, "invalid_argument"),
     grpc.StatusCode.OUT_OF_RANGE: (HTTPStatus.BAD_REQUEST, "out_of_range"),
@@ -55,19 +50,28 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.ALREADY_EXISTS: (HTTPStatus.CONFLICT, "already_exists"),
     grpc.StatusCode.FAILED_PRECONDITION: (HTTPStatus.CONFLICT, "failed_precondition"),
     grpc.StatusCode.ABORTED: (HTTPStatus.CONFLICT, "aborted"),
-    grpc.StatusCode.UNAUTHENTICATED: (HTTPStatus.BAD_GATEWAY, "gateway_rejected_dashboard_key"),
-    grpc.StatusCode.PERMISSION_DENIED: (HTTPStatus.BAD_GATEWAY, "gateway_permission_denied"),
+    grpc.StatusCode.PERMISSION_DENIED: (HTTPStatus.FORBIDDEN, "permission_denied"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (HTTPStatus.TOO_MANY_REQUESTS, "resource_exhausted"),
     grpc.StatusCode.UNAVAILABLE: (HTTPStatus.SERVICE_UNAVAILABLE, "gateway_unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (HTTPStatus.GATEWAY_TIMEOUT, "deadline_exceeded"),
 }
 
 
-def grpc_error_response(exc: grpc.RpcError) -> Response:
-    """Map a gateway error to a JSON error response."""
+def grpc_error_response(exc: grpc.RpcError, identity: Identity | None = None) -> Response:
+    """Map a gateway error to a JSON error response.
+
+    The gateway refusing a *configured* key (the dashboard's own, or the
+    single sign-on key) is a server problem (502), never a 401: a 401 sends
+    the browser to the login page, which cannot fix it.
+    """
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    status, error = GRPC_TO_HTTP.get(code, (HTTPStatus.BAD_GATEWAY, "gateway_error"))
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        sso = identity is not None and identity.method in ("oidc", "proxy")
+        error = "gateway_rejected_sso_key" if sso else "gateway_rejected_dashboard_key"
+        status = HTTPStatus.BAD_GATEWAY
+    else:
+        status, error = GRPC_TO_HTTP.get(code, (HTTPStatus.BAD_GATEWAY, "gateway_error"))
     return Response.error(status, error, details or code.name, grpc_code=code.name)
 
 
@@ -113,12 +117,14 @@ class Dashboard:
         gate: The auth gate.
         router: Views registered by :mod:`services.dashboard.views`.
         hub: Open event streams, cancelled at shutdown.
+        pages: Renders the HTML error page.
     """
 
-    def __init__(self, gate: Gate, router: Router, hub: StreamHub) -> None:
+    def __init__(self, gate: Gate, router: Router, hub: StreamHub, pages: Pages) -> None:
         self.gate = gate
         self.router = router
         self.hub = hub
+        self.pages = pages
 
     def handle(self, request: Request) -> Response:
         """Answer one request (never raises)."""
@@ -129,19 +135,41 @@ class Dashboard:
         try:
             response = self._dispatch(request)
         except grpc.RpcError as exc:
-            response = grpc_error_response(exc)
-            if not public_paths.is_api(request.path):
-                response = Response.html(
-                    f"<h1>Gateway error</h1><p>{response.body.decode()}</p>", response.status
-                )
+            response = self._gateway_error(request, exc)
         except ValueError as exc:
-            response = Response.error(HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
+            response = Response.error(HTTPStatus.BAD_REQUEST, "bad_request", str(exc)[:200])
         except Exception:
             log.exception("view failed", extra={"path": request.path})
             response = Response.error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal")
         for cookie in verdict.cookies:
             response.add_header("Set-Cookie", cookie)
         return self._finish(response)
+
+    def end_session(self, identity: Identity | None) -> None:
+        """Delete the session whose own key the gateway refused (a rotated key)."""
+        if identity is None or not identity.ends_with_its_key or self.gate.store is None:
+            return
+        ended = self.gate.store.delete_key(identity.api_key)
+        log.info("dashboard sessions ended: the gateway refused their key", extra={"n": ended})
+
+    def _gateway_error(self, request: Request, exc: grpc.RpcError) -> Response:
+        identity: Identity | None = request.identity
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code is grpc.StatusCode.UNAUTHENTICATED and identity and identity.ends_with_its_key:
+            # The session's own key is no longer known (rotated or revoked):
+            # end the session so the browser lands on the login page once.
+            self.end_session(identity)
+            return self.gate.session_ended(request)
+        response = grpc_error_response(exc, identity)
+        if public_paths.is_api(request.path):
+            return response
+        return self.pages.error(
+            identity=identity,
+            status=response.status,
+            title="Gateway error",
+            message=f"{code.name if code else 'UNKNOWN'}: "
+            + (exc.details() if isinstance(exc, grpc.Call) else str(exc)),
+        )
 
     def _dispatch(self, request: Request) -> Response:
         if request.path.startswith("/assets/"):
@@ -152,8 +180,13 @@ class Dashboard:
         if path_known:
             return Response.error(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed")
         if public_paths.is_api(request.path):
-            return Response.error(HTTPStatus.NOT_FOUND, "not_found", request.path)
-        return Response.html("<h1>Not found</h1>", HTTPStatus.NOT_FOUND)
+            return Response.error(HTTPStatus.NOT_FOUND, "not_found", request.path[:100])
+        return self.pages.error(
+            identity=request.identity,
+            status=HTTPStatus.NOT_FOUND,
+            title="Not found",
+            message=request.path[:100],
+        )
 
     @staticmethod
     def _finish(response: Response) -> Response:
@@ -176,90 +209,3 @@ def static_file(name: str) -> Response:
         path.read_bytes(),
         [("Content-Type", content_type), ("Cache-Control", "no-cache")],
     )
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Adapts ``BaseHTTPRequestHandler`` to :class:`Dashboard`."""
-
-    protocol_version = "HTTP/1.1"
-    server: DashboardServer
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self._send(Response.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large"))
-            return
-        body = self.rfile.read(length) if length else b""
-        request = Request.build(
-            self.command, self.path, self.headers.items(), body, peer=self.client_address[0]
-        )
-        self._send(self.server.app.handle(request))
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
-
-    def _send(self, response: Response) -> None:
-        self.send_response(response.status)
-        for name, value in response.headers:
-            self.send_header(name, value)
-        if response.stream is not None:
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            # OSError: the browser went away; the stream cancelled its call.
-            with contextlib.suppress(OSError):
-                response.stream(self._write)
-            return
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
-
-    def _write(self, data: bytes) -> None:
-        self.wfile.write(data)
-        self.wfile.flush()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Access log through ``logging`` (no query strings: they may carry codes)."""
-        log.debug("http %s", self.command, extra={"path": self.path.split("?", 1)[0]})
-
-
-class DashboardServer(ThreadingHTTPServer):
-    """A threading HTTP server bound to one :class:`Dashboard`."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], app: Dashboard | None = None) -> None:
-        # Bound before the app exists so the gate learns the real port (port 0 in tests).
-        self._app = app
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    @property
-    def app(self) -> Dashboard:
-        """The application serving requests."""
-        if self._app is None:
-            raise RuntimeError("DashboardServer has no app yet")
-        return self._app
-
-    @app.setter
-    def app(self, value: Dashboard) -> None:
-        self._app = value
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        return int(self.server_address[1])
-
-    def start(self) -> threading.Thread:
-        """Serve on a background thread and return it."""
-        thread = threading.Thread(target=self.serve_forever, name="dashboard-http", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        """Stop accepting, cancel open event streams, close the socket."""
-        self.shutdown()
-        self.app.hub.cancel_all()
-        self.server_close()

@@ -3,6 +3,11 @@
 Field names stay as in the protos (snake_case); enum values lose their type
 prefix and are lower-cased (``TASK_STATUS_READY`` -> ``ready``); timestamps
 are RFC 3339 strings; bytes never appear (output is decoded by the views).
+
+Env values never leave :func:`to_json`: the gateway already answers
+``<redacted>``, and every ``env`` map or ``NAME=value`` list anywhere in a
+message is redacted again here, so a backend that forgot would still not
+reach a browser.
 """
 
 from __future__ import annotations
@@ -62,14 +67,41 @@ def _shorten(data: Any) -> Any:
     return data
 
 
+#: What an env value reads as, everywhere (the gateway's own placeholder).
+REDACTED = "<redacted>"
+
+#: Keys whose values carry environment variables.
+ENV_KEYS = frozenset({"env"})
+
+
+def redact_env(data: Any) -> Any:
+    """Replace every env value under an ``env`` key, at any depth, by :data:`REDACTED`."""
+    if isinstance(data, dict):
+        result: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in ENV_KEYS and isinstance(value, dict):
+                result[key] = dict.fromkeys(value, REDACTED)
+            elif key in ENV_KEYS and isinstance(value, list):
+                result[key] = [
+                    f"{str(item).split('=', 1)[0]}={REDACTED}" if "=" in str(item) else item
+                    for item in value
+                ]
+            else:
+                result[key] = redact_env(value)
+        return result
+    if isinstance(data, list):
+        return [redact_env(value) for value in data]
+    return data
+
+
 def to_json(message: Message) -> dict[str, Any]:
-    """Convert any message: proto field names, defaults included, short enums."""
+    """Convert any message: proto field names, defaults included, short enums, no env values."""
     data = json_format.MessageToDict(
         message,
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
     )
-    result: dict[str, Any] = _shorten(data)
+    result: dict[str, Any] = redact_env(_shorten(data))
     return result
 
 

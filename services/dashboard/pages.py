@@ -1,38 +1,60 @@
-"""Server-rendered page shells; the pages fill themselves from ``/api/*``.
+"""Server-rendered page shells (Jinja2, autoescaped); pages fill themselves from ``/api/*``.
 
 Pages carry no inline script (the Content-Security-Policy forbids it): the
 per-page configuration travels in ``<meta>`` tags and ``data-`` attributes.
+Every value reaches the HTML through Jinja2's autoescaping; no view builds
+markup by hand.
+
+Write controls are rendered only for a key that may write (``write`` or
+``admin``), operator controls only for ``admin``: a read-only key gets a
+read-only dashboard. That is presentation only: the gateway still decides
+every call, and refuses a write from a read key with its own error.
 """
 
 from __future__ import annotations
 
-from functools import cache
-from html import escape
+from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
-from string import Template
+from typing import Any
+
+import jinja2
 
 from services.dashboard.auth.gate import Identity
 from services.dashboard.auth.modes import Mode
+from services.dashboard.gateway import can_admin, can_write
 from services.dashboard.web import Response
 
 TEMPLATES = Path(__file__).parent / "templates"
 
+#: The one template environment: autoescaping on for every template.
+ENVIRONMENT = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=False,
+)
 
-@cache
-def template(name: str) -> Template:
-    """Load a template from ``templates/`` once."""
-    return Template((TEMPLATES / name).read_text(encoding="utf-8"))
+#: Looks up the scopes an identity's key holds.
+ScopeLookup = Callable[[Identity | None], frozenset[str]]
+
+
+def render_template(name: str, **context: Any) -> str:
+    """Render one template from ``templates/`` with autoescaping."""
+    return ENVIRONMENT.get_template(name).render(**context)
 
 
 class Pages:
-    """Renders the layout around a page body.
+    """Renders page templates inside the layout.
 
     Args:
         mode: The gate's mode, shown to scripts (the 401 policy depends on it).
+        scopes: The scopes of the identity a page is rendered for.
     """
 
-    def __init__(self, mode: Mode) -> None:
+    def __init__(self, mode: Mode, scopes: ScopeLookup) -> None:
         self.mode = mode
+        self.scopes = scopes
 
     def render(
         self,
@@ -40,28 +62,43 @@ class Pages:
         identity: Identity | None,
         page: str,
         title: str,
-        body: str,
+        template: str,
         scripts: tuple[str, ...] = (),
+        status: int = HTTPStatus.OK,
+        scopes: frozenset[str] | None = None,
+        **context: Any,
     ) -> Response:
-        """A full page; ``body`` is trusted HTML built with :func:`escape`."""
-        token = identity.token if identity else ""
-        user = identity.subject if identity else ""
-        logout = ""
-        if identity is not None and identity.method in ("api_key", "oidc"):
-            logout = (
-                '<form method="post" action="/logout" class="logout">'
-                f'<input type="hidden" name="csrf_token" value="{escape(token)}">'
-                '<button type="submit">Sign out</button></form>'
-            )
-        tags = "\n".join(f'<script src="/assets/{escape(s)}" defer></script>' for s in scripts)
-        html = template("layout.html").substitute(
-            token=escape(token),
-            mode=escape(self.mode.value),
-            title=escape(title),
-            page=escape(page),
-            user=escape(user),
-            logout=logout,
-            scripts=tags,
-            body=body,
+        """A full page from ``template`` (which extends ``layout.html``).
+
+        ``scopes`` overrides the lookup (an error page asks the gateway nothing).
+        """
+        if scopes is None:
+            scopes = self.scopes(identity)
+        html = render_template(
+            template,
+            token=identity.token if identity else "",
+            mode=self.mode.value,
+            title=title,
+            page=page,
+            user=identity.subject if identity else "",
+            show_logout=identity is not None and identity.method in ("api_key", "oidc"),
+            can_write=can_write(scopes),
+            can_admin=can_admin(scopes),
+            scripts=scripts,
+            **context,
         )
-        return Response.html(html)
+        return Response.html(html, status)
+
+    def error(
+        self, *, identity: Identity | None, status: int, title: str, message: str
+    ) -> Response:
+        """An error page inside the layout (the message is escaped)."""
+        return self.render(
+            identity=identity,
+            page="error",
+            title=title,
+            template="error.html",
+            status=status,
+            scopes=frozenset(),
+            message=message[:300],
+        )

@@ -81,6 +81,25 @@ class DashboardSection:
         default=(),
         metadata={"help": "Addresses or CIDR networks allowed to set trusted_proxy_header."},
     )
+    sso_api_key: str = field(
+        default="",
+        metadata={
+            "help": "Gateway API key that OIDC and trusted-proxy logins act with (required "
+            "with either); its scopes are theirs, so give it read only for a read-only "
+            "dashboard. API-key logins act with their own key.",
+            "secret": True,
+        },
+    )
+    max_sessions: int = field(
+        default=10_000,
+        metadata={
+            "help": "Server-side sessions kept at most; beyond, the least recently used ends."
+        },
+    )
+    keep_alive_seconds: int = field(
+        default=5,
+        metadata={"help": "An idle HTTP connection (or one that sends nothing) closes after this."},
+    )
     call_timeout_seconds: float = field(
         default=10.0, metadata={"help": "Deadline of each gateway call the dashboard makes."}
     )

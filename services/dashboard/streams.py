@@ -1,22 +1,25 @@
-"""Server-sent events from gRPC server streams (WatchEvents, run output).
+"""Server-sent events relayed from gRPC server streams (WatchEvents, run output).
 
-A reader thread drains the gRPC stream into a queue; the request thread
-writes events and a heartbeat comment every few seconds, which is how a
-vanished browser is noticed (the write fails) and the gRPC call cancelled.
+A view returns an :class:`EventStream`: how to start the upstream call and how
+to turn its messages into frames. The HTTP layer relays it with
+:func:`relay`, an async generator: a reader thread drains the (blocking) gRPC
+iterator into an asyncio queue, and the generator writes frames plus a
+heartbeat comment every few seconds. When the browser leaves, Starlette
+cancels the response, the generator's ``finally`` cancels the gRPC call, and
+the reader thread ends with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import queue
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-
-from services.dashboard.web import Response
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,10 @@ log = logging.getLogger(__name__)
 Converter = Callable[[Any], tuple[str, str, Any]]
 
 HEARTBEAT_SECONDS = 10.0
+
+#: Messages read ahead of the browser at most; the reader thread waits beyond
+#: this, which holds the gRPC stream's own flow control.
+READ_AHEAD = 256
 
 
 class StreamHub:
@@ -44,7 +51,7 @@ class StreamHub:
             self._calls.discard(call)
 
     def cancel_all(self) -> None:
-        """Cancel every open call (shutdown)."""
+        """Cancel every open call (shutdown): each relay then ends its response."""
         with self._lock:
             calls = list(self._calls)
         for call in calls:
@@ -64,65 +71,97 @@ def format_event(name: str, event_id: str, data: Any) -> bytes:
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def sse_response(
-    hub: StreamHub,
-    start: Callable[[], Any],
-    convert: Converter,
-    *,
-    heartbeat: float = HEARTBEAT_SECONDS,
-) -> Response:
-    """A streaming response relaying a gRPC server stream as SSE.
+@dataclass
+class EventStream:
+    """A server stream to relay as SSE.
 
-    The stream ends with an ``end`` event when the upstream ends, or an
-    ``error`` event (``{"code", "message"}``) when it fails.
+    Attributes:
+        start: Starts the upstream call; returns a cancellable gRPC call.
+        convert: Turns one message into a frame's name, id and data.
+        prelude: Frames sent before the first message (e.g. ``hello``).
+        on_unauthenticated: Called when the gateway refuses the stream's key
+            (ends the session whose key it was).
+        heartbeat: Seconds between keep-alive comments.
     """
 
-    def run(write: Callable[[bytes], None]) -> None:
-        call = start()
-        hub.add(call)
-        items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1000)
+    start: Callable[[], Any]
+    convert: Converter
+    prelude: list[bytes] = field(default_factory=list)
+    on_unauthenticated: Callable[[], None] | None = None
+    heartbeat: float = HEARTBEAT_SECONDS
 
-        def reader() -> None:
-            try:
-                for message in call:
-                    items.put(("message", message))
-                items.put(("end", None))
-            except grpc.RpcError as exc:
-                items.put(("error", exc))
-            except Exception as exc:  # never leave the writer waiting forever
-                items.put(("error", exc))
 
-        threading.Thread(target=reader, name="sse-reader", daemon=True).start()
+def _read(
+    call: Any,
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[Any],
+    closed: threading.Event,
+) -> None:
+    """Reader thread: gRPC messages into the queue, then ``end`` or ``error``."""
+    slots = threading.BoundedSemaphore(READ_AHEAD)
+
+    def put(item: tuple[str, Any]) -> None:
+        # Wait for the browser to catch up, but never for a relay that is gone.
+        while not slots.acquire(timeout=1.0):
+            if closed.is_set():
+                return
+        if closed.is_set():
+            return
         try:
-            write(b"retry: 2000\n\n")
-            while True:
-                try:
-                    kind, item = items.get(timeout=heartbeat)
-                except queue.Empty:
-                    write(b": ping\n\n")
-                    continue
-                if kind == "message":
-                    write(format_event(*convert(item)))
-                elif kind == "end":
-                    write(format_event("end", "", {}))
-                    return
-                else:
-                    code = item.code().name if isinstance(item, grpc.Call) else "INTERNAL"
-                    if code == "CANCELLED":
-                        return
-                    message = item.details() if isinstance(item, grpc.Call) else "stream failed"
-                    write(format_event("error", "", {"code": code, "message": message}))
-                    return
-        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, (item, slots))
+        except RuntimeError:  # the loop is closed: nobody is reading any more
             call.cancel()
-            hub.discard(call)
 
-    return Response(
-        200,
-        headers=[
-            ("Content-Type", "text/event-stream"),
-            ("Cache-Control", "no-store"),
-            ("X-Accel-Buffering", "no"),
-        ],
-        stream=run,
+    try:
+        for message in call:
+            put(("message", message))
+        put(("end", None))
+    except grpc.RpcError as exc:
+        put(("error", exc))
+    except Exception as exc:  # never leave the writer waiting forever
+        log.warning("event stream reader failed: %s", type(exc).__name__)
+        put(("error", exc))
+
+
+async def relay(stream: EventStream, hub: StreamHub) -> AsyncGenerator[bytes, None]:
+    """Frames of ``stream``: prelude, messages, heartbeats, then ``end`` or ``error``."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    closed = threading.Event()
+    call = stream.start()
+    hub.add(call)
+    reader = threading.Thread(
+        target=_read, args=(call, loop, queue, closed), name="sse-reader", daemon=True
     )
+    reader.start()
+    try:
+        for frame in stream.prelude:
+            yield frame
+        yield b"retry: 2000\n\n"
+        while True:
+            try:
+                (kind, item), slots = await asyncio.wait_for(queue.get(), stream.heartbeat)
+            except TimeoutError:
+                yield b": ping\n\n"
+                continue
+            slots.release()
+            if kind == "message":
+                yield format_event(*stream.convert(item))
+            elif kind == "end":
+                yield format_event("end", "", {})
+                return
+            else:
+                code = item.code() if isinstance(item, grpc.Call) else grpc.StatusCode.INTERNAL
+                if code is grpc.StatusCode.CANCELLED:
+                    return
+                if code is grpc.StatusCode.UNAUTHENTICATED and stream.on_unauthenticated:
+                    stream.on_unauthenticated()
+                message = item.details() if isinstance(item, grpc.Call) else "stream failed"
+                yield format_event("error", "", {"code": code.name, "message": message})
+                return
+    finally:
+        # Runs when the upstream ended, and when the browser left (Starlette
+        # cancels the response task): either way the upstream call must stop.
+        closed.set()
+        call.cancel()
+        hub.discard(call)

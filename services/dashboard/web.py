@@ -1,23 +1,21 @@
 """Request and response types shared by the router, the gate and the views.
 
-The dashboard uses the standard library's HTTP server; these small types keep
-views and the auth gate independent of ``BaseHTTPRequestHandler`` so they are
-tested without sockets.
+The HTTP layer is Starlette on uvicorn (:mod:`.asgi`); these small, plain
+types keep the views and the auth gate independent of it, so the gate's whole
+matrix is tested without sockets or an event loop.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-#: A streaming body writer: called with a ``write(bytes)`` function that
-#: raises ``OSError`` once the client has gone away.
-StreamBody = Callable[[Callable[[bytes], None]], None]
+from services.dashboard.streams import EventStream
 
 STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -113,12 +111,12 @@ class Request:
 
 @dataclass
 class Response:
-    """An HTTP response: a status, headers and a body or a stream."""
+    """An HTTP response: a status, headers and a body or an event stream."""
 
     status: int = 200
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
-    stream: StreamBody | None = None
+    stream: EventStream | None = None
 
     @classmethod
     def json(cls, data: Any, status: int = 200) -> Response:
@@ -138,6 +136,19 @@ class Response:
             data["message"] = message
         data.update(extra)
         return cls.json(data, status)
+
+    @classmethod
+    def event_stream(cls, stream: EventStream) -> Response:
+        """A ``text/event-stream`` response relaying ``stream`` (never buffered)."""
+        return cls(
+            200,
+            headers=[
+                ("Content-Type", "text/event-stream"),
+                ("Cache-Control", "no-store"),
+                ("X-Accel-Buffering", "no"),
+            ],
+            stream=stream,
+        )
 
     @classmethod
     def html(cls, text: str, status: int = 200) -> Response:

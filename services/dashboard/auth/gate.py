@@ -3,9 +3,15 @@
 The gate consults :mod:`.public_paths` (the only public list), then the mode
 (:mod:`.modes`), then the credentials the mode accepts, then CSRF for
 state-changing requests. Its answers follow one shape: ``/api/*`` gets a 401
-JSON body ``{"error": "unauthenticated" | "session_expired", "login_url"}``
-and a dead cookie is cleared with ``Max-Age=0``; HTML routes are redirected to
-``/login?next=…``.
+JSON body ``{"error": "unauthenticated" | "session_expired" | "session_ended",
+"login_url"}`` and a dead cookie is cleared with ``Max-Age=0``; HTML routes
+are redirected to ``/login?next=…``.
+
+A cookie is only a pointer: a validly signed cookie whose session the
+:class:`~.store.SessionStore` no longer holds (logout, a key the gateway
+refused, a restart) is ``session_ended``. The identity a request runs as
+carries the gateway key its calls use: the session's own key, the key the
+operator configured for single sign-on, or "" for the dashboard's own key.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from services.dashboard.auth import csrf, public_paths
 from services.dashboard.auth.modes import LoginMethods, Mode
 from services.dashboard.auth.proxy import ProxyAuth
 from services.dashboard.auth.sessions import COOKIE_NAME, SessionCodec, SessionState
+from services.dashboard.auth.store import SessionStore
 from services.dashboard.web import Request, Response, login_url
 
 log = logging.getLogger(__name__)
@@ -43,11 +50,29 @@ class Identity:
         method: ``loopback``, ``insecure``, ``api_key``, ``oidc``, ``proxy``
             or ``public`` (a public path, no credential checked).
         token: What the page must send in ``X-Longshore-Token`` ("" = none).
+        api_key: The gateway key this request's calls use; "" = the
+            dashboard's own configured key (loopback, insecure, public).
+        scopes: The key's scopes when known (a session remembers them from
+            login); None = ask the gateway.
+        session_id: The server-side session, for API-key and OIDC logins.
     """
 
     subject: str
     method: str
     token: str = ""
+    api_key: str = field(default="", repr=False)
+    scopes: frozenset[str] | None = None
+    session_id: str = ""
+
+    @property
+    def ends_with_its_key(self) -> bool:
+        """Whether the gateway refusing this identity's key ends its session.
+
+        Only an API-key login's session: the user's own key was rotated. A
+        configured key (the dashboard's, the single sign-on key) being
+        refused is the operator's problem, which no login can fix.
+        """
+        return self.method == "api_key" and bool(self.session_id)
 
 
 @dataclass
@@ -76,6 +101,7 @@ class GateConfig:
         bind_host: The host the dashboard binds (allowed as a Host too).
         methods: Login methods configured for GATED mode.
         page_token: The per-start token served to pages in LOOPBACK mode.
+        sso_api_key: The gateway key OIDC and trusted-proxy logins act with.
     """
 
     mode: Mode
@@ -83,6 +109,7 @@ class GateConfig:
     bind_host: str = "127.0.0.1"
     methods: LoginMethods = field(default_factory=lambda: LoginMethods(False, False, False))
     page_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    sso_api_key: str = field(default="", repr=False)
 
 
 def cookie_header(value: str, *, max_age: int, secure: bool) -> str:
@@ -110,6 +137,8 @@ class Gate:
     Args:
         config: Mode, port and configured login methods.
         sessions: Cookie codec; required when API-key or OIDC login is on.
+        store: The server-side sessions the cookies point to; required
+            with ``sessions``.
         proxy: Trusted-proxy-header authenticator, when configured.
     """
 
@@ -118,10 +147,12 @@ class Gate:
         config: GateConfig,
         *,
         sessions: SessionCodec | None = None,
+        store: SessionStore | None = None,
         proxy: ProxyAuth | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessions
+        self.store = store
         self.proxy = proxy
         self._proxy_csrf_key = secrets.token_bytes(32)
         self._allowed_hosts = self._loopback_hosts(config)
@@ -146,6 +177,18 @@ class Gate:
         if self.proxy is not None and self.proxy.trusts(request.peer):
             return (request.header("x-forwarded-proto") or "").lower() == "https"
         return False
+
+    def client_address(self, request: Request) -> str:
+        """The browser's address: the socket's, or the one a trusted proxy names.
+
+        Behind a trusted proxy every browser shares the proxy's address, so
+        per-address limits use the last ``X-Forwarded-For`` hop it appended.
+        """
+        if self.proxy is not None and self.proxy.trusts(request.peer):
+            hops = [hop.strip() for hop in (request.header("x-forwarded-for") or "").split(",")]
+            if hops and hops[-1]:
+                return hops[-1][:100]
+        return request.peer
 
     def check(self, request: Request) -> Verdict:
         """Decide one request. See the module docstring for the answers."""
@@ -199,14 +242,28 @@ class Gate:
             user = self.proxy.user(request)
             if user:
                 token = hmac.new(self._proxy_csrf_key, user.encode(), "sha256").hexdigest()
-                return self._with_csrf(request, Identity(user, "proxy", token))
+                identity = Identity(user, "proxy", token, api_key=self.config.sso_api_key)
+                return self._with_csrf(request, identity)
         if self.sessions is None:
             return Verdict(denial=self._unauthenticated(request, "unauthenticated", clear=False))
         cookie = request.cookies.get(COOKIE_NAME)
         check = self.sessions.decode(cookie)
         if check.state is SessionState.VALID and check.session is not None:
             session = check.session
-            identity = Identity(session.subject, session.method, self.sessions.csrf_token(session))
+            record = self.store.get(session.session_id) if self.store is not None else None
+            if record is None:
+                # Signed by us, but logged out, refused by the gateway or from
+                # before a restart: the server no longer holds the session.
+                return Verdict(denial=self._unauthenticated(request, "session_ended", clear=True))
+            api_key = record.api_key if record.method == "api_key" else self.config.sso_api_key
+            identity = Identity(
+                session.subject,
+                session.method,
+                self.sessions.csrf_token(session),
+                api_key=api_key,
+                scopes=record.scopes if record.method == "api_key" else None,
+                session_id=session.session_id,
+            )
             verdict = self._with_csrf(request, identity)
             fresh = self.sessions.refreshed(session)
             if fresh is not None and verdict.identity is not None:
@@ -228,6 +285,10 @@ class Gate:
         return cookie_header(value, max_age=max_age, secure=self.is_secure(request))
 
     # Answers ----------------------------------------------------------------
+
+    def session_ended(self, request: Request) -> Response:
+        """The answer when the gateway refused a session's key (its session is gone)."""
+        return self._unauthenticated(request, "session_ended", clear=True)
 
     def _unauthenticated(self, request: Request, error: str, *, clear: bool) -> Response:
         if public_paths.is_api(request.path):

@@ -11,6 +11,11 @@ const Longshore = (() => {
   };
   const token = meta("longshore-token");
   const mode = meta("longshore-mode");
+  // Whether the logged-in key may write / run operator actions. Presentation
+  // only: the server renders no write controls without it, and the gateway
+  // refuses a write from a read key whatever the page does.
+  const canWrite = meta("longshore-can-write") === "1";
+  const canAdmin = meta("longshore-can-admin") === "1";
   const GUARD_KEY = "longshore.authNavigationAt";
   const GUARD_MS = 30000;
   let navigating = false;
@@ -202,5 +207,5 @@ const Longshore = (() => {
 
   document.addEventListener("DOMContentLoaded", markNav);
 
-  return { api, stream, el, banner, age, time, liveIndicator, ApiError, mode };
+  return { api, stream, el, banner, age, time, liveIndicator, ApiError, mode, canWrite, canAdmin };
 })();

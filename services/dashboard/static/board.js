@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { api, stream, el, banner, age, liveIndicator } = Longshore;
+  const { api, stream, el, banner, age, liveIndicator, canWrite } = Longshore;
   const root = document.getElementById("board-page");
   const boardId = root.dataset.board;
   const params = new URLSearchParams(location.search);
@@ -66,7 +66,7 @@
     }
     return el("article", { class: `card ${task.status}`, dataset: { taskId: task.task_id, status: task.status } },
       el("a", { class: "title", href: `/tasks/${encodeURIComponent(task.task_id)}`, text: task.title }),
-      meta, reason, actions);
+      meta, reason, canWrite ? actions : null);
   }
 
   async function load() {
@@ -100,7 +100,7 @@
       const assignee = document.getElementById("create-assignee");
       for (const p of profiles) {
         filter.append(el("option", { value: p.name, text: p.name, selected: p.name === profile }));
-        assignee.append(el("option", { value: p.name, text: p.name }));
+        if (assignee) assignee.append(el("option", { value: p.name, text: p.name }));
       }
       filter.addEventListener("change", () => {
         profile = filter.value;
@@ -111,7 +111,8 @@
       });
       await load();
     } catch (error) { fail(error); }
-    document.getElementById("create-form").addEventListener("submit", async (event) => {
+    const createForm = document.getElementById("create-form");
+    if (createForm) createForm.addEventListener("submit", async (event) => {
       event.preventDefault();
       const form = event.target;
       const data = Object.fromEntries(new FormData(form).entries());

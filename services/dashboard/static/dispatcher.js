@@ -57,7 +57,8 @@
   async function preview() {
     const board = document.getElementById("board").value.trim();
     const data = await api(`/api/dispatcher?board_id=${encodeURIComponent(board)}`);
-    document.getElementById("preview-result").replaceChildren(...buckets(data.preview),
+    const result = document.getElementById("preview-result");
+    if (result && data.preview) result.replaceChildren(...buckets(data.preview),
       el("p", { class: "muted", text: `planned in ${(data.duration * 1000).toFixed(1)} ms; nothing was written` }));
     const rows = data.ready.map((task) => el("tr", {},
       el("td", {}, el("a", { href: `/tasks/${encodeURIComponent(task.task_id)}`, text: task.title })),
@@ -70,7 +71,8 @@
   }
 
   document.getElementById("preview").addEventListener("click", () => preview().catch(fail));
-  document.getElementById("tick").addEventListener("click", async () => {
+  const tick = document.getElementById("tick");
+  if (tick) tick.addEventListener("click", async () => {
     try {
       const board = document.getElementById("board").value.trim();
       const data = await api("/api/dispatcher/tick", { method: "POST", body: { board_id: board } });

@@ -43,10 +43,12 @@
   }
 
   document.getElementById("refresh").addEventListener("click", () => load().catch(fail));
-  document.getElementById("reap-preview").addEventListener("click", async () => {
+  const reapPreview = document.getElementById("reap-preview");
+  const reap = document.getElementById("reap");
+  if (reapPreview) reapPreview.addEventListener("click", async () => {
     try { showReport((await api("/api/sandboxes/reap-preview")).report); } catch (error) { fail(error); }
   });
-  document.getElementById("reap").addEventListener("click", async () => {
+  if (reap) reap.addEventListener("click", async () => {
     if (!window.confirm("Remove the exited sandboxes the reaper selects?")) return;
     try {
       showReport((await api("/api/sandboxes/reap", { method: "POST", body: {} })).report);

@@ -25,11 +25,13 @@
       ["login methods", data.auth.methods.join(", ") || "none needed"],
       ["signed in as", data.auth.user],
       ["via", data.auth.via],
-      ["dashboard key scopes", (gw.scopes || []).join(", ")],
+      ["your key's scopes", (gw.scopes || []).join(", ")],
     ]);
     const rows = (gw.backends || []).map((b) => el("tr", {},
       el("td", { text: b.name }),
-      el("td", {}, el("span", { class: `pill ${b.health}`, text: b.health.replaceAll("_", " ") })),
+      el("td", {}, el("span", { class: `pill ${b.health}`, text: b.health.replaceAll("_", " ") }),
+        // Why a backend is not serving, right next to it (e.g. "docker engine unreachable: …").
+        b.health !== "serving" && b.detail ? el("span", { class: "why", text: ` ${b.detail}` }) : null),
       el("td", { text: b.version }),
       el("td", { text: b.address }),
       el("td", { text: `${Number(b.latency_ms || 0).toFixed(1)} ms` }),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from html import escape
 from http import HTTPStatus
 
 import grpc
@@ -21,7 +20,8 @@ from services.dashboard.auth.gate import clear_cookie_header
 from services.dashboard.auth.modes import Mode
 from services.dashboard.auth.oidc import FLOW_COOKIE, FLOW_TTL_SECONDS, OidcError
 from services.dashboard.auth.sessions import COOKIE_NAME, SessionState
-from services.dashboard.pages import template
+from services.dashboard.auth.store import SessionRecord
+from services.dashboard.pages import render_template
 from services.dashboard.views import ViewContext
 from services.dashboard.web import Request, Response, safe_next
 
@@ -33,39 +33,28 @@ def register(router: Router, ctx: ViewContext) -> None:  # noqa: PLR0915 - one c
     gate = ctx.gate
 
     def logged_in(request: Request) -> bool:
-        if gate.sessions is None:
+        # The store, not the signature, decides: a logged-out cookie must show
+        # the form, or /login and the gate would bounce the browser forever.
+        if gate.sessions is None or gate.store is None:
             return False
-        return gate.sessions.decode(request.cookies.get(COOKIE_NAME)).state is SessionState.VALID
+        check = gate.sessions.decode(request.cookies.get(COOKIE_NAME))
+        if check.state is not SessionState.VALID or check.session is None:
+            return False
+        return gate.store.get(check.session.session_id) is not None
 
     def login_form(
         request: Request, next_target: str, error: str = "", status: int = 200
     ) -> Response:
         form_token = secrets.token_urlsafe(24)
         methods = gate.config.methods
-        api_key_form = ""
-        if methods.api_key:
-            api_key_form = (
-                '<form method="post" action="/login" class="login-form">'
-                f'<input type="hidden" name="csrf_token" value="{form_token}">'
-                f'<input type="hidden" name="next" value="{escape(next_target)}">'
-                '<label>Gateway API key <input type="password" name="api_key" '
-                'autocomplete="current-password" required autofocus></label>'
-                '<button type="submit">Sign in</button></form>'
-            )
-        oidc_link = ""
-        if methods.oidc:
-            oidc_link = (
-                '<p><a class="button" id="oidc-login" href="/auth/oidc/login?next='
-                f'{escape(next_target)}">Sign in with single sign-on</a></p>'
-            )
-        proxy_note = ""
-        if methods.proxy:
-            proxy_note = '<p class="muted">Or sign in through your organisation\'s proxy.</p>'
-        html = template("login.html").substitute(
-            error=f'<p class="error" role="alert">{escape(error)}</p>' if error else "",
-            api_key_form=api_key_form,
-            oidc_link=oidc_link,
-            proxy_note=proxy_note,
+        html = render_template(
+            "login.html",
+            error=error,
+            form_token=form_token,
+            next_target=next_target,
+            api_key_login=methods.api_key,
+            oidc_login=methods.oidc,
+            proxy_login=methods.proxy,
         )
         response = Response.html(html, status)
         response.add_header(
@@ -75,9 +64,29 @@ def register(router: Router, ctx: ViewContext) -> None:  # noqa: PLR0915 - one c
         )
         return response
 
-    def start_session(request: Request, subject: str, method: str, next_target: str) -> Response:
-        assert gate.sessions is not None
+    def start_session(
+        request: Request,
+        subject: str,
+        method: str,
+        next_target: str,
+        *,
+        api_key: str = "",
+        scopes: frozenset[str] = frozenset(),
+    ) -> Response:
+        assert gate.sessions is not None and gate.store is not None
         session = gate.sessions.issue(subject, method)
+        # The credential stays here, server-side; the cookie only names the session.
+        gate.store.put(
+            SessionRecord(
+                session_id=session.session_id,
+                subject=subject,
+                method=method,
+                api_key=api_key,
+                scopes=scopes,
+                auth_time=session.auth_time,
+                last_seen=session.auth_time,
+            )
+        )
         response = Response.redirect(safe_next(next_target))
         response.add_header(
             "Set-Cookie", gate.session_cookie(request, gate.sessions.encode(session))
@@ -100,18 +109,39 @@ def register(router: Router, ctx: ViewContext) -> None:  # noqa: PLR0915 - one c
             return login_form(request, next_target, "The form expired; try again.", 403)
         if not gate.config.methods.api_key:
             return login_form(request, next_target, "API-key login is not enabled.", 403)
+        address = gate.client_address(request)
+        wait = ctx.throttle.retry_after(address)
+        if wait:
+            # Refused before the gateway is asked: guessing keys from one
+            # address costs a minute per ten wrong tries.
+            log.warning("login throttled", extra={"peer": address})
+            response = login_form(
+                request,
+                next_target,
+                f"Too many wrong API keys from your address; try again in {wait} s.",
+                HTTPStatus.TOO_MANY_REQUESTS,
+            )
+            return response.add_header("Retry-After", str(wait))
         api_key = form.get("api_key", "").strip()
         if not api_key:
             return login_form(request, next_target, "Enter an API key.", 401)
         try:
-            ctx.gateway.check_api_key(api_key)
+            status = ctx.gateway.check_api_key(api_key)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                ctx.throttle.failed(address)
                 return login_form(request, next_target, "The gateway refused that API key.", 401)
             return login_form(request, next_target, "The gateway is unreachable; try again.", 503)
         fingerprint = hashlib.sha256(api_key.encode()).hexdigest()[:12]
-        return start_session(request, f"apikey:{fingerprint}", "api_key", next_target)
+        return start_session(
+            request,
+            f"apikey:{fingerprint}",
+            "api_key",
+            next_target,
+            api_key=api_key,
+            scopes=frozenset(status.scopes),
+        )
 
     def logout(request: Request) -> Response:
         if gate.sessions is not None:
@@ -120,6 +150,9 @@ def register(router: Router, ctx: ViewContext) -> None:  # noqa: PLR0915 - one c
                 expected = gate.sessions.csrf_token(check.session)
                 if csrf.presented_token(request) != expected:
                     return Response.error(HTTPStatus.FORBIDDEN, "csrf")
+                # Server-side: the old cookie names nothing from now on.
+                if gate.store is not None:
+                    gate.store.delete(check.session.session_id)
         response = Response.redirect("/login")
         response.add_header("Set-Cookie", clear_cookie_header(secure=gate.is_secure(request)))
         return response
@@ -165,7 +198,11 @@ def register(router: Router, ctx: ViewContext) -> None:  # noqa: PLR0915 - one c
             )
         except OidcError as exc:
             return login_form(request, "/", f"Single sign-on failed: {exc}", 401)
-        response = start_session(request, subject, "oidc", next_target)
+        # OIDC users act with the key the operator configured for single
+        # sign-on (its scopes are asked of the gateway), never the dashboard's.
+        response = start_session(
+            request, subject, "oidc", next_target, api_key=gate.config.sso_api_key
+        )
         response.add_header("Set-Cookie", f"{FLOW_COOKIE}=; Path=/auth/oidc/; Max-Age=0")
         return response
 

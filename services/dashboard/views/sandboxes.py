@@ -17,7 +17,7 @@ RESTART_SLACK_SECONDS = 5.0
 
 
 def sandbox_json(sandbox: Any) -> dict[str, Any]:
-    """A sandbox without its env-bearing labels, plus a ``restarted`` flag."""
+    """A sandbox (env values redacted by :func:`to_json`), plus a ``restarted`` flag."""
     data = to_json(sandbox)
     started = sandbox.start_time.ToSeconds() if sandbox.HasField("start_time") else 0
     created = sandbox.create_time.ToSeconds() if sandbox.HasField("create_time") else 0
@@ -34,24 +34,11 @@ def register(router: Router, ctx: ViewContext) -> None:
     """Register the sandbox routes."""
 
     def page(request: Request) -> Response:
-        body = (
-            '<section id="sandboxes-page">'
-            '<div class="toolbar"><h1>Sandboxes</h1>'
-            '<button id="refresh">Refresh</button></div>'
-            '<div class="scroll-x"><table id="sandboxes"><thead><tr><th>name</th><th>task</th>'
-            "<th>profile</th><th>state</th><th>age</th><th>persistent</th><th>restarted</th>"
-            "<th>image</th></tr></thead><tbody></tbody></table></div>"
-            '<section class="panel"><h2>Orphan reaper</h2>'
-            '<div class="toolbar"><button id="reap-preview">Preview (dry run)</button>'
-            '<button id="reap" class="danger">Reap now</button></div>'
-            '<div id="reap-result"></div></section>'
-            "</section>"
-        )
         return ctx.pages.render(
             identity=request.identity,
             page="sandboxes",
             title="Sandboxes",
-            body=body,
+            template="sandboxes.html",
             scripts=("sandboxes.js",),
         )
 
@@ -59,19 +46,21 @@ def register(router: Router, ctx: ViewContext) -> None:
         request_pb = sandbox_service_pb2.ListSandboxesRequest(
             profile=request.query.get("profile", ""), page_size=1000
         )
-        items = ctx.gateway.paged(ctx.gateway.sandbox.ListSandboxes, request_pb, "sandboxes")
+        gw = ctx.gateway_for(request)
+        items = gw.paged(gw.sandbox.ListSandboxes, request_pb, "sandboxes")
         return Response.json({"sandboxes": [sandbox_json(sandbox) for sandbox in items]})
 
-    def reap(dry_run: bool) -> Any:
-        return ctx.gateway.call(
-            ctx.gateway.sandbox.ReapOrphans, sandbox_service_pb2.ReapOrphansRequest(dry_run=dry_run)
+    def reap(request: Request, *, dry_run: bool) -> Any:
+        gw = ctx.gateway_for(request)
+        return gw.call(
+            gw.sandbox.ReapOrphans, sandbox_service_pb2.ReapOrphansRequest(dry_run=dry_run)
         )
 
     def preview(request: Request) -> Response:
-        return Response.json({"report": reap_json(reap(True))})
+        return Response.json({"report": reap_json(reap(request, dry_run=True))})
 
     def reap_now(request: Request) -> Response:
-        return Response.json({"report": reap_json(reap(False))})
+        return Response.json({"report": reap_json(reap(request, dry_run=False))})
 
     router.add("GET", "/sandboxes", page)
     router.add("GET", "/api/sandboxes", listing)

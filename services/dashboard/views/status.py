@@ -42,10 +42,13 @@ def register(router: Router, ctx: ViewContext) -> None:
         identity = request.identity
         gateway: dict[str, object] = {"address": ctx.gateway.address}
         try:
-            gateway.update(to_json(ctx.gateway.status()))
+            # Asked with the caller's key: the scopes shown are the caller's.
+            gateway.update(to_json(ctx.gateway_for(request).status()))
             gateway["reachable"] = True
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            if code is grpc.StatusCode.UNAUTHENTICATED and identity and identity.ends_with_its_key:
+                raise  # the session's own key was rotated: the session ends
             gateway["reachable"] = False
             gateway["error"] = (
                 f"{code.name}: {exc.details() if isinstance(exc, grpc.Call) else exc}"
@@ -66,21 +69,11 @@ def register(router: Router, ctx: ViewContext) -> None:
         )
 
     def page(request: Request) -> Response:
-        body = (
-            '<section id="status-page"><h1>Status</h1>'
-            '<div class="task-grid">'
-            '<section class="panel"><h2>Versions</h2><dl id="versions"></dl></section>'
-            '<section class="panel"><h2>Auth</h2><dl id="auth"></dl></section>'
-            '<section class="panel wide"><h2>Backends</h2><div class="scroll-x">'
-            '<table id="backends"><thead><tr><th>backend</th><th>health</th><th>version</th>'
-            "<th>address</th><th>latency</th><th>detail</th></tr></thead><tbody></tbody></table>"
-            "</div></section></div></section>"
-        )
         return ctx.pages.render(
             identity=request.identity,
             page="status",
             title="Status",
-            body=body,
+            template="status.html",
             scripts=("status.js",),
         )
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import codecs
-from html import escape
 from typing import Any
 
 from longshore.kanban.v1 import kanban_service_pb2
 
 from services.dashboard.app import Router
 from services.dashboard.convert import task_json, to_json
-from services.dashboard.streams import sse_response
+from services.dashboard.streams import EventStream
 from services.dashboard.views import ViewContext
 from services.dashboard.web import Request, Response
 
@@ -20,31 +19,18 @@ def register(router: Router, ctx: ViewContext) -> None:
 
     def page(request: Request) -> Response:
         task_id = request.params["task_id"]
-        body = (
-            f'<section id="task-page" data-task="{escape(task_id)}">'
-            '<div class="task-head"><h1 id="task-title">Task</h1>'
-            '<span id="task-status" class="pill"></span>'
-            '<span id="live" class="live">connecting…</span></div>'
-            '<div class="task-grid">'
-            '<section class="panel"><h2>Fields</h2><dl id="task-fields"></dl>'
-            '<h2>Dependencies</h2><ul id="task-deps" class="plain"></ul></section>'
-            '<section class="panel"><h2>Runs</h2><div class="scroll-x">'
-            '<table id="task-runs"><thead><tr><th>run</th><th>status</th><th>profile</th>'
-            "<th>sandbox</th><th>exit</th><th>started</th><th>ended</th></tr></thead>"
-            "<tbody></tbody></table></div>"
-            '<h2>Output <small id="output-run" class="muted"></small></h2>'
-            '<pre id="task-output" class="output"></pre></section>'
-            '<section class="panel wide"><h2>Timeline</h2><ol id="task-events" class="timeline">'
-            "</ol></section>"
-            "</div></section>"
-        )
         return ctx.pages.render(
-            identity=request.identity, page="task", title=task_id, body=body, scripts=("task.js",)
+            identity=request.identity,
+            page="task",
+            title=task_id,
+            template="task.html",
+            scripts=("task.js",),
+            task_id=task_id,
         )
 
     def detail(request: Request) -> Response:
         task_id = request.params["task_id"]
-        gateway = ctx.gateway
+        gateway = ctx.gateway_for(request)
         task = gateway.call(
             gateway.kanban.GetTask, kanban_service_pb2.GetTaskRequest(task_id=task_id)
         ).task
@@ -72,9 +58,11 @@ def register(router: Router, ctx: ViewContext) -> None:
         offset_text = request.query.get("offset", "0")
         offset = int(offset_text) if offset_text.isdigit() else 0
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        gw = ctx.gateway_for(request)
+        identity = request.identity
 
         def start() -> Any:
-            return ctx.gateway.stream_output(task_id=task_id, run_id=run_id, offset=offset)
+            return gw.stream_output(task_id=task_id, run_id=run_id, offset=offset)
 
         def convert(message: Any) -> tuple[str, str, Any]:
             text = decoder.decode(message.data, final=message.eof)
@@ -86,7 +74,9 @@ def register(router: Router, ctx: ViewContext) -> None:
             }
             return "output", str(message.next_offset), data
 
-        return sse_response(ctx.hub, start, convert)
+        return Response.event_stream(
+            EventStream(start, convert, on_unauthenticated=lambda: ctx.end_session(identity))
+        )
 
     router.add("GET", "/tasks/{task_id}", page)
     router.add("GET", "/api/tasks/{task_id}", detail)

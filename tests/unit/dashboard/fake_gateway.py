@@ -8,6 +8,7 @@ against the real services instead.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +32,23 @@ from services.runtime.serving import GrpcService
 
 DASHBOARD_KEY = "dash-key"
 USER_KEY = "user-key"
-KEYS = {DASHBOARD_KEY, USER_KEY}
+READ_KEY = "read-key"
+SSO_KEY = "sso-key"
+#: A secret planted in every env map the fake returns (a gateway that leaks):
+#: the dashboard must never send it to a browser.
+PLANTED_SECRET = "planted-secret-6f1d"
+
+#: Method name -> the scope it needs (everything else needs read), as in
+#: services/gateway/scopes.py.
+NEEDS = {
+    "CreateTask": "write",
+    "MoveTask": "write",
+    "AssignTask": "write",
+    "BlockTask": "write",
+    "UnblockTask": "write",
+    "Dispatch": "write",
+    "ReapOrphans": "admin",
+}
 
 ALLOWED = {
     task_pb2.TASK_STATUS_TRIAGE: {2, 3, 7},
@@ -44,11 +61,26 @@ ALLOWED = {
 }
 
 
-def _check_key(context: grpc.ServicerContext) -> None:
-    metadata = dict(context.invocation_metadata())
-    auth = str(metadata.get("authorization", ""))
-    if auth.removeprefix("Bearer ") not in KEYS:
+def _check_key(context: grpc.ServicerContext, state: FakeState) -> frozenset[str]:
+    """Admit a call like the real gateway: a known key holding the method's scope."""
+    metadata = context.invocation_metadata()
+    auths = [str(value) for key, value in metadata if key == "authorization"]
+    if len(auths) != 1:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, f"expected one key, got {len(auths)}")
+    key = auths[0].removeprefix("Bearer ")
+    state.calls.append(key)
+    entry = state.keys.get(key)
+    if entry is None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
+    name, scopes = entry  # type: ignore[misc]
+    method = sys._getframe(1).f_code.co_name  # the servicer method that asks
+    needed = NEEDS.get(method, "read")
+    if needed not in scopes and "admin" not in scopes:
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{method} needs scope {needed}; key {name!r} has {'+'.join(sorted(scopes))}",
+        )
+    return scopes
 
 
 class FakeState:
@@ -56,13 +88,30 @@ class FakeState:
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
+        #: key -> (name, scopes); tests remove a key to "rotate" it.
+        self.keys: dict[str, tuple[str, frozenset[str]]] = {
+            DASHBOARD_KEY: ("dashboard", frozenset({"admin"})),
+            USER_KEY: ("user", frozenset({"read", "write"})),
+            READ_KEY: ("reader", frozenset({"read"})),
+            SSO_KEY: ("sso", frozenset({"read"})),
+        }
+        #: Backends GetStatus reports after kanban and sandbox.
+        self.extra_backends: list[gateway_service_pb2.BackendStatus] = []
+        #: The key of every call, in order (which credential the dashboard used).
+        self.calls: list[str] = []
         self.tasks: dict[str, task_pb2.Task] = {}
         self.events: list[event_pb2.TaskEvent] = []
         self.output: dict[str, bytes] = {}
         self.run_done: set[str] = set()
         self.runs: dict[str, list[run_pb2.TaskRun]] = {}
         self.profiles = [
-            profile_pb2.Profile(name="builder", executor=profile_pb2.EXECUTOR_SANDBOX),
+            profile_pb2.Profile(
+                name="builder",
+                executor=profile_pb2.EXECUTOR_SANDBOX,
+                sandbox_spec=sandbox_pb2.SandboxSpec(
+                    image="busybox", env={"TOKEN": PLANTED_SECRET}
+                ),
+            ),
             profile_pb2.Profile(name="human", executor=profile_pb2.EXECUTOR_NONE),
         ]
         self.sandboxes = [
@@ -102,15 +151,21 @@ class FakeState:
 
 
 class FakeGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
+
     def GetStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
-        response = gateway_service_pb2.GetStatusResponse(version="9.9.9", deployment="test")
+        scopes = _check_key(context, self.state)
+        response = gateway_service_pb2.GetStatusResponse(
+            version="9.9.9", deployment="test", scopes=sorted(scopes)
+        )
         response.backends.add(
             name="kanban", address="k:1", health=gateway_service_pb2.BACKEND_HEALTH_SERVING
         )
         response.backends.add(
             name="sandbox", address="s:1", health=gateway_service_pb2.BACKEND_HEALTH_UNREACHABLE
         )
+        response.backends.extend(self.state.extra_backends)
         return response
 
 
@@ -125,17 +180,17 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         return task  # type: ignore[return-value]
 
     def ListBoards(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         return kanban_service_pb2.ListBoardsResponse(
             boards=[board_pb2.Board(board_id="default", display_name="Default")]
         )
 
     def ListProfiles(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         return kanban_service_pb2.ListProfilesResponse(profiles=self.state.profiles)
 
     def ListTasks(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         tasks = [
             t
             for t in self.state.tasks.values()
@@ -149,9 +204,10 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         return kanban_service_pb2.ListTasksResponse(tasks=tasks)
 
     def CreateTask(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         task = task_pb2.Task()
         task.CopyFrom(request.task)
+        task.env["API_TOKEN"] = PLANTED_SECRET  # as if the gateway leaked a value
         task.task_id = f"t{len(self.state.tasks) + 1}"
         task.status = task.status or task_pb2.TASK_STATUS_READY
         task.create_time.GetCurrentTime()
@@ -160,11 +216,11 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         return kanban_service_pb2.CreateTaskResponse(task=task)
 
     def GetTask(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         return kanban_service_pb2.GetTaskResponse(task=self._task(request.task_id, context))
 
     def MoveTask(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         task = self._task(request.task_id, context)
         if request.status not in ALLOWED[task.status]:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "transition not allowed")
@@ -173,14 +229,14 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         return kanban_service_pb2.MoveTaskResponse(task=task)
 
     def AssignTask(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         task = self._task(request.task_id, context)
         task.assignee = request.assignee
         self.state.event(task, "assigned", assignee=request.assignee)
         return kanban_service_pb2.AssignTaskResponse(task=task)
 
     def BlockTask(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         task = self._task(request.task_id, context)
         task.status = task_pb2.TASK_STATUS_BLOCKED
         task.blocked_reason = request.reason
@@ -188,7 +244,7 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         return kanban_service_pb2.BlockTaskResponse(task=task)
 
     def UnblockTask(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         task = self._task(request.task_id, context)
         if task.status != task_pb2.TASK_STATUS_BLOCKED:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not blocked")
@@ -198,7 +254,7 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         return kanban_service_pb2.UnblockTaskResponse(task=task)
 
     def ListTaskEvents(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         events = [
             e
             for e in self.state.events
@@ -209,7 +265,7 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         return kanban_service_pb2.ListTaskEventsResponse(events=events)
 
     def WatchEvents(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        _check_key(context)
+        _check_key(context, self.state)
         sent = request.since_event_id
         while context.is_active():
             with self.state.lock:
@@ -226,14 +282,14 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
                 yield kanban_service_pb2.WatchEventsResponse(event=event)
 
     def ListTaskRuns(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         self._task(request.task_id, context)
         return kanban_service_pb2.ListTaskRunsResponse(
             runs=self.state.runs.get(request.task_id, [])
         )
 
     def StreamRunOutput(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        _check_key(context)
+        _check_key(context, self.state)
         runs = self.state.runs.get(request.task_id, [])
         run_id = request.run_id or (runs[0].run_id if runs else "")
         if not run_id:
@@ -255,7 +311,7 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
                 return
 
     def Dispatch(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         result = dispatch_pb2.DispatchResult(dry_run=request.dry_run)
         for task in self.state.tasks.values():
             if task.status == task_pb2.TASK_STATUS_READY and not task.assignee:
@@ -268,11 +324,11 @@ class FakeSandbox(sandbox_service_pb2_grpc.SandboxServiceServicer):
         self.state = state
 
     def ListSandboxes(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         return sandbox_service_pb2.ListSandboxesResponse(sandboxes=self.state.sandboxes)
 
     def ReapOrphans(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _check_key(context)
+        _check_key(context, self.state)
         response = sandbox_service_pb2.ReapOrphansResponse(dry_run=request.dry_run)
         response.spared.add(sandbox_id="a" * 64, name="x", reason="running")
         return response
@@ -280,7 +336,7 @@ class FakeSandbox(sandbox_service_pb2_grpc.SandboxServiceServicer):
 
 def fake_services(state: FakeState) -> list[GrpcService]:
     """The three services, ready for ``serve_in_process``."""
-    gateway = FakeGateway()
+    gateway = FakeGateway(state)
     kanban = FakeKanban(state)
     sandbox = FakeSandbox(state)
     return [

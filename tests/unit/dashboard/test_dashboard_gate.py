@@ -23,6 +23,7 @@ from services.dashboard.auth.modes import (
 )
 from services.dashboard.auth.proxy import ProxyAuth
 from services.dashboard.auth.sessions import COOKIE_NAME, SessionCodec
+from services.dashboard.auth.store import SessionRecord, SessionStore
 from services.dashboard.web import Request
 
 PORT = 8080
@@ -57,9 +58,32 @@ def cookie_for(state: str) -> str:
         return other.encode(other.issue("mallory", "api_key"))
     if state == "garbage":
         return "not-a-cookie"
+    if state == "ended":  # signed by us, but the server no longer holds the session
+        c = codec(Clock(NOW))
+        return c.encode(c.issue("apikey:gone", "api_key"))
     issued_at = {"valid": NOW, "expired": NOW - 2 * TTL, "stale": NOW - 0.75 * TTL}[state]
     c = codec(Clock(issued_at))
     return c.encode(c.issue("apikey:abcd", "api_key"))
+
+
+def make_store() -> SessionStore:
+    """The server-side sessions behind the live cookies (not ``ended``)."""
+    store = SessionStore(idle_seconds=TTL * 10, max_lifetime_seconds=86400, clock=Clock(NOW))
+    for state in ("valid", "stale", "expired"):
+        session = codec(Clock(NOW)).decode(cookie_for(state)).session
+        assert session is not None
+        store.put(
+            SessionRecord(
+                session_id=session.session_id,
+                subject=session.subject,
+                method=session.method,
+                api_key=f"key-{state}",
+                scopes=frozenset({"read"}),
+                auth_time=NOW,
+                last_seen=NOW,
+            )
+        )
+    return store
 
 
 def make_gate(mode: Mode, *, proxy: bool = False, sessions: bool = True) -> Gate:
@@ -73,6 +97,7 @@ def make_gate(mode: Mode, *, proxy: bool = False, sessions: bool = True) -> Gate
     return Gate(
         config,
         sessions=codec(Clock(NOW)) if sessions else None,
+        store=make_store() if sessions else None,
         proxy=ProxyAuth("X-Forwarded-User", ["10.0.0.0/8"]) if proxy else None,
     )
 
@@ -140,11 +165,14 @@ ROWS = [
     Row(G, "GET", "/api/boards", "cookie:tampered", "401:unauthenticated", cleared=True),
     Row(G, "GET", "/api/boards", "cookie:foreign", "401:unauthenticated", cleared=True),
     Row(G, "GET", "/api/boards", "cookie:garbage", "401:unauthenticated", cleared=True),
+    Row(G, "GET", "/api/boards", "cookie:ended", "401:session_ended", cleared=True),
+    Row(G, "POST", "/api/tasks", "cookie:ended+csrf", "401:session_ended", cleared=True),
     # --- GATED: credential states on HTML routes -------------------------------
     Row(G, "GET", "/", "none", "303"),
     Row(G, "GET", "/tasks/t1", "cookie:valid", "allow"),
     Row(G, "GET", "/tasks/t1", "cookie:expired", "303", cleared=True),
     Row(G, "GET", "/tasks/t1", "cookie:tampered", "303", cleared=True),
+    Row(G, "GET", "/tasks/t1", "cookie:ended", "303", cleared=True),
     # --- GATED: CSRF on state-changing requests ---------------------------------
     Row(G, "POST", "/api/tasks", "cookie:valid", "403:csrf"),
     Row(G, "POST", "/api/tasks", "cookie:valid+csrf", "allow"),

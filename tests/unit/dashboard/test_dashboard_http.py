@@ -10,6 +10,7 @@ import http.client
 import json
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from services.dashboard.auth.sessions import COOKIE_NAME
@@ -96,9 +97,14 @@ def test_board_api_create_move_assign_block_unblock() -> None:
 
 
 def read_sse(
-    port: int, path: str, token: str, want: int, headers: dict[str, str] | None = None
+    port: int,
+    path: str,
+    token: str,
+    want: int,
+    headers: dict[str, str] | None = None,
+    seen: Callable[[tuple[str, str, Any]], None] | None = None,
 ) -> list[tuple[str, str, Any]]:
-    """Read ``want`` events (name, id, data) from an SSE endpoint."""
+    """Read ``want`` events (name, id, data) from an SSE endpoint; ``seen`` hears each."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", path, headers={"X-Longshore-Token": token, **(headers or {})})
     response = conn.getresponse()
@@ -114,6 +120,8 @@ def read_sse(
             event_id = line[4:]
         elif line.startswith("data: "):
             events.append((name, event_id, json.loads(line[6:])))
+            if seen is not None:
+                seen(events[-1])
             name, event_id = "", ""
     conn.close()
     return events
@@ -154,14 +162,22 @@ def test_run_output_follows_until_the_run_ends() -> None:
         dash.state.runs[task_id] = [run_pb2.TaskRun(run_id="r1", task_id=task_id)]
         dash.state.append_output("r1", "héllo ".encode()[:2])  # split a UTF-8 character
         received: list[Any] = []
+        first = threading.Event()
         thread = threading.Thread(
             target=lambda: received.extend(
-                read_sse(client.port, f"/api/tasks/{task_id}/output", client.token, 3)
+                read_sse(
+                    client.port,
+                    f"/api/tasks/{task_id}/output",
+                    client.token,
+                    3,
+                    seen=lambda event: first.set(),
+                )
             )
         )
         thread.start()
-        while not len(dash.built.app.hub):
-            threading.Event().wait(0.01)
+        # The rest is written only once the first half reached the browser, so
+        # the split character really crosses two messages.
+        assert first.wait(10)
         dash.state.append_output("r1", "héllo world\n".encode()[2:], done=True)
         thread.join(10)
         texts = "".join(data.get("text", "") for name, _, data in received if name == "output")

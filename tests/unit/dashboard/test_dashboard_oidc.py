@@ -11,6 +11,7 @@ import pytest
 from services.dashboard.auth.oidc import FLOW_COOKIE
 from services.dashboard.auth.sessions import COOKIE_NAME
 from tests.unit.dashboard.dashboard_harness import Client, running_dashboard
+from tests.unit.dashboard.fake_gateway import SSO_KEY
 from tests.unit.dashboard.oidc_stub import StubIdp
 
 SECRET = "y" * 40
@@ -54,6 +55,7 @@ def oidc_settings(idp: StubIdp) -> dict[str, object]:
         "session_secret": SECRET,
         "oidc_issuer": idp.issuer,
         "oidc_client_id": idp.client_id,
+        "sso_api_key": SSO_KEY,
     }
 
 
@@ -82,9 +84,28 @@ def test_oidc_login_end_to_end_with_pkce(idp: StubIdp) -> None:
         match = re.search(rb'name="longshore-token" content="([^"]+)"', page.body)
         assert match is not None
         client.token = match.group(1).decode()
-        auth = client.get("/api/status/detail").json()["auth"]
+        detail = client.get("/api/status/detail").json()
+        auth = detail["auth"]
         assert auth["user"] == "ada@example.com" and auth["via"] == "oidc"
         assert auth["methods"] == ["api_key", "oidc"]
+        # The OIDC user acts with the single sign-on key (read-only here), never
+        # with the dashboard's own admin key.
+        assert detail["gateway"]["scopes"] == ["read"]
+        assert b'id="read-only"' in page.body
+        dash.state.calls.clear()
+        refused = client.post("/api/tasks", body={"title": "sso write"})
+        assert refused.status == 403 and refused.json()["error"] == "permission_denied"
+        assert "needs scope write" in refused.json()["message"]
+        assert set(dash.state.calls) == {SSO_KEY}
+
+
+def test_oidc_without_a_key_of_its_own_refuses_to_start(idp: StubIdp) -> None:
+    from services.dashboard.auth.modes import GateConfigError
+
+    settings = oidc_settings(idp)
+    settings["sso_api_key"] = ""
+    with pytest.raises(GateConfigError, match="SSO_API_KEY"), running_dashboard(**settings):
+        pass
 
 
 def test_oidc_state_mismatch_is_refused_without_a_loop(idp: StubIdp) -> None:
