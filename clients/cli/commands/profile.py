@@ -8,7 +8,6 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from longshore.kanban.v1 import kanban_service_pb2, profile_pb2
-from longshore.sandbox.v1 import sandbox_pb2
 
 from clients.cli.context import Context
 from clients.cli.output import enum_label, fmt_time, to_dict
@@ -49,17 +48,55 @@ def _profile_options(parser: argparse.ArgumentParser, *, required: bool) -> None
     parser.add_argument("--max-runtime", type=float, help="default max runtime, seconds")
     parser.add_argument("--keep-sandbox", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--description")
+    parser.add_argument(
+        "--allow-image",
+        action="append",
+        metavar="IMAGE",
+        help="an image tasks may name instead of --image (repeat; replaces the list)",
+    )
+    parser.add_argument(
+        "--retry-attempts", type=int, help="work failures in a row that block a task (0-100)"
+    )
+    parser.add_argument(
+        "--retry-initial-backoff", type=float, help="seconds before the first retry"
+    )
+    parser.add_argument("--retry-max-backoff", type=float, help="longest delay between retries, s")
 
 
-def _build(args: argparse.Namespace) -> tuple[profile_pb2.Profile, list[str]]:
+def _build(
+    args: argparse.Namespace, current: profile_pb2.Profile | None = None
+) -> tuple[profile_pb2.Profile, list[str]]:
+    """The profile to send and its update mask.
+
+    ``current`` (for ``set``) is the profile as read: a change of the image
+    keeps the rest of its spec (env values come back as ``<redacted>``, which
+    the server keeps), and a change of one retry field keeps the others.
+    """
     profile = profile_pb2.Profile(name=args.name)
     paths: list[str] = []
     if args.executor:
         profile.executor = EXECUTORS[args.executor]
         paths.append("executor")
     if args.image:
-        profile.sandbox_spec.CopyFrom(sandbox_pb2.SandboxSpec(image=args.image))
+        if current is not None:
+            profile.sandbox_spec.CopyFrom(current.sandbox_spec)
+        profile.sandbox_spec.image = args.image
         paths.append("sandbox_spec")
+    if args.allow_image is not None:
+        profile.allowed_images.extend(args.allow_image)
+        paths.append("allowed_images")
+    retry = (args.retry_attempts, args.retry_initial_backoff, args.retry_max_backoff)
+    if any(v is not None for v in retry):
+        if current is not None:
+            profile.retry_policy.CopyFrom(current.retry_policy)
+        attempts, initial, longest = retry
+        if attempts is not None:
+            profile.retry_policy.max_attempts = attempts
+        if initial is not None:
+            profile.retry_policy.initial_backoff.CopyFrom(_seconds(initial))
+        if longest is not None:
+            profile.retry_policy.max_backoff.CopyFrom(_seconds(longest))
+        paths.append("retry_policy")
     if args.max_in_progress is not None:
         profile.max_in_progress = args.max_in_progress
         paths.append("max_in_progress")
@@ -89,7 +126,15 @@ def _create(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _set(args: argparse.Namespace, ctx: Context) -> int:
-    profile, paths = _build(args)
+    current = None
+    if args.image or any(
+        v is not None
+        for v in (args.retry_attempts, args.retry_initial_backoff, args.retry_max_backoff)
+    ):
+        current = ctx.conn.kanban.GetProfile(
+            kanban_service_pb2.GetProfileRequest(name=args.name)
+        ).profile
+    profile, paths = _build(args, current)
     if not paths:
         ctx.out.warn("nothing to change: pass at least one option")
         return 2
@@ -145,6 +190,16 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
     ctx.out.line(f"cap          {profile.max_in_progress or 'default'}")
     ctx.out.line(f"max runtime  {f'{runtime:g}s' if runtime else 'default'}")
     ctx.out.line(f"keep sandbox {'yes' if profile.keep_sandbox else 'no'}")
+    ctx.out.line(f"allowed      {', '.join(profile.allowed_images) or '-'}")
+    ctx.out.line(f"env          {', '.join(sorted(profile.sandbox_spec.env)) or '-'}")
+    policy = profile.retry_policy
+    initial = policy.initial_backoff.ToTimedelta().total_seconds()
+    longest = policy.max_backoff.ToTimedelta().total_seconds()
+    ctx.out.line(
+        f"retries      attempts {policy.max_attempts or 'default'}, "
+        f"backoff {f'{initial:g}s' if initial else 'default'} "
+        f"up to {f'{longest:g}s' if longest else 'default'}"
+    )
     ctx.out.line(f"description  {profile.description or '-'}")
     ctx.out.line(f"created      {fmt_time(profile.create_time)}")
     return 0

@@ -124,6 +124,57 @@ def test_board_profile_and_task_lifecycle(cli: Cli) -> None:
     )
 
 
+def test_profile_allowlist_and_retry_flags(cli: Cli) -> None:
+    cli.run(
+        "profile",
+        "create",
+        "flagged",
+        "--executor",
+        "external",
+        "--image",
+        cli.image,
+        "--allow-image",
+        "alt:1",
+        "--allow-image",
+        "alt:2",
+        "--retry-attempts",
+        "4",
+        "--retry-initial-backoff",
+        "2",
+        "--retry-max-backoff",
+        "30",
+    )
+    shown = cli.json("profile", "show", "flagged")
+    assert shown["allowed_images"] == ["alt:1", "alt:2"]
+    assert shown["retry_policy"] == {
+        "max_attempts": 4,
+        "initial_backoff": "2s",
+        "max_backoff": "30s",
+    }
+    # One retry field changes; the others are kept (set reads the profile first).
+    cli.run("profile", "set", "flagged", "--retry-attempts", "6", "--allow-image", "alt:3")
+    shown = cli.json("profile", "show", "flagged")
+    assert shown["retry_policy"]["max_attempts"] == 6
+    assert shown["retry_policy"]["max_backoff"] == "30s"
+    assert shown["allowed_images"] == ["alt:3"]
+    assert "alt:3" in cli.run("profile", "show", "flagged").stdout
+    proc = cli.run("profile", "set", "flagged", "--retry-attempts", "101", ok=False)
+    assert proc.returncode == 1 and "retry_policy.max_attempts" in proc.stderr
+    proc = cli.run(
+        "task",
+        "create",
+        "t",
+        "--assignee",
+        "flagged",
+        "--image",
+        "alt:9",
+        "--cmd",
+        "true",
+        ok=False,
+    )
+    assert proc.returncode == 1 and "'alt:9' is not allowed for profile 'flagged'" in proc.stderr
+
+
 def test_dispatch_names_its_decisions(cli: Cli) -> None:
     cli.run("board", "create", "cli-d")
     task = cli.json("task", "create", "auto", "--board", "cli-d")["task"]["task_id"]
