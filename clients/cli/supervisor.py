@@ -16,6 +16,7 @@ child's own pid.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import logging.handlers
 import os
@@ -401,18 +402,19 @@ class Supervisor:
             child.sink.close()
 
 
-def listens_on(pid: int, port: int) -> bool | None:
-    """Whether process ``pid`` holds a TCP socket listening on ``port``.
+def listeners(pid: int) -> set[tuple[str, int]] | None:
+    """The (address, port) of every TCP socket process ``pid`` listens on.
 
     Reads Linux's ``/proc/<pid>/net/tcp{,6}`` (listening sockets and their
-    inodes, in the process's network namespace) and ``/proc/<pid>/fd``.
+    inodes, in the process's network namespace) and ``/proc/<pid>/fd`` (the
+    sockets it holds). An IPv4-mapped address is given as IPv4.
 
     Returns:
-        True or False; None where ``/proc`` does not tell (not Linux, or the
+        The set, or None where ``/proc`` does not tell (not Linux, or the
         process is gone).
     """
     proc = Path("/proc") / str(pid)
-    listening: set[str] = set()
+    listening: dict[str, tuple[str, int]] = {}
     try:
         for table in ("tcp", "tcp6"):
             path = proc / "net" / table
@@ -420,18 +422,38 @@ def listens_on(pid: int, port: int) -> bool | None:
             for row in rows:
                 # sl, local "ADDR:PORT" (hex), remote, state (0A = LISTEN), ..., inode
                 cols = row.split()
-                if len(cols) > 9 and cols[3] == "0A" and int(cols[1][-4:], 16) == port:
-                    listening.add(f"socket:[{cols[9]}]")
+                if len(cols) > 9 and cols[3] == "0A":
+                    address, _, port = cols[1].partition(":")
+                    listening[f"socket:[{cols[9]}]"] = (_proc_address(address), int(port, 16))
         fds = list((proc / "fd").iterdir())
     except OSError:
         return None
+    held: set[tuple[str, int]] = set()
     for fd in fds:
         try:
-            if str(fd.readlink()) in listening:
-                return True
+            target = str(fd.readlink())
         except OSError:
-            continue  # closed since the listing: not the listener
-    return False
+            continue  # closed since the listing: not a listener
+        if target in listening:
+            held.add(listening[target])
+    return held
+
+
+def _proc_address(hex_address: str) -> str:
+    """``/proc/net/tcp*`` address (32-bit words, host byte order) as text."""
+    raw = b"".join(
+        bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)
+    )
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` listens on TCP ``port`` (None: ``/proc`` does not tell)."""
+    held = listeners(pid)
+    return None if held is None else any(p == port for _, p in held)
 
 
 def child_env(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from clients.cli.supervisor import ChildSpec, Supervisor
+from clients.cli.supervisor import ChildSpec, Supervisor, listeners
 from services.runtime.testing import serve_in_process
 from tests.integration.cli.test_cli_commands import cli_argv
 from tests.support.net import free_port
 
 BANNER = "Longshore is up"
+LOOPBACK = "127.0.0.1"
 
 
 class Up:
@@ -239,3 +240,15 @@ def test_a_health_answer_from_another_process_is_not_the_childs(tmp_path: Path) 
         finally:
             supervisor.stop()
         assert not child.running()
+
+
+def test_every_listener_of_up_binds_loopback_by_default(up_factory: type[Up]) -> None:
+    """Sandboxes reach the host on its bridge address: nothing of `up` may listen there."""
+    up = up_factory("--no-supervise")
+    up.wait_for(BANNER)
+    for service, port in up.ports.items():
+        pid = up.pid_of(service)
+        held = listeners(pid)
+        assert held is not None, "this test needs Linux's /proc"
+        assert (LOOPBACK, port) in held, (service, held)
+        assert {address for address, _ in held} == {LOOPBACK}, (service, held)
