@@ -79,7 +79,9 @@ class BackendBreaker:
         self._since: dt.datetime | None = None
         self._reason = ""
         self._failed_probes = 0
-        self._next_probe = clock()
+        # Probe at once when the thread starts (the clock is not read here:
+        # a test may wire it to a clock made later).
+        self._next_probe = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None

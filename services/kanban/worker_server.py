@@ -24,7 +24,7 @@ from longshore.sandbox.v1 import sandbox_pb2
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from services.kanban import convert, models
+from services.kanban import convert, limits, models
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.executor_types import merge_spec
@@ -78,6 +78,7 @@ def run_spec(task: models.Task, profile: models.Profile) -> sandbox_pb2.SandboxS
     return merge_spec(profile_spec, image=task.image, env=dict(task.env or {}))
 
 
+@limits.enforced(pb.DESCRIPTOR.services_by_name["WorkerService"])
 class WorkerServicer(pb_grpc.WorkerServiceServicer):
     """Implements ``longshore.kanban.v1.WorkerService``.
 
@@ -317,6 +318,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 effects=effects,
                 exit_code=request.exit_code or None,
                 failure_class=FailureClass.PLATFORM if request.platform else FailureClass.WORK,
+                now=self._dispatcher.now(),
             )
             msg = convert.task(outcome.task, links.parent_ids(s, [task.task_id])[task.task_id])
         self._dispatcher.apply_effects(effects)
