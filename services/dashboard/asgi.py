@@ -36,6 +36,11 @@ MAX_BODY_BYTES = 1 << 20
 #: A body must arrive within this many seconds (slow-body clients are cut).
 BODY_TIMEOUT_SECONDS = 30.0
 
+#: Request line and headers together, at most. h11 enforces this only on a
+#: request still incomplete in its buffer; a whole one read at once is
+#: checked here, so the limit holds either way.
+MAX_HEADER_BYTES = 16 * 1024
+
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -72,9 +77,11 @@ async def read_body(request: StarletteRequest) -> bytes:
     return b"".join(chunks)
 
 
-def _limit_error(status: HTTPStatus, error: str) -> Response:
-    limits = f"at most {MAX_BODY_BYTES} bytes within {BODY_TIMEOUT_SECONDS:.0f} s"
-    response = Response.error(status, error, f"request body: {limits}")
+BODY_LIMITS = f"request body: at most {MAX_BODY_BYTES} bytes within {BODY_TIMEOUT_SECONDS:.0f} s"
+
+
+def _limit_error(status: HTTPStatus, error: str, message: str = BODY_LIMITS) -> Response:
+    response = Response.error(status, error, message)
     response.headers.extend(SECURITY_HEADERS)
     # The rest of an over-long body is never read: close the connection.
     return response.add_header("Connection", "close")
@@ -121,6 +128,14 @@ def build_asgi(dashboard: Dashboard) -> Starlette:
 
     async def endpoint(request: StarletteRequest) -> StarletteResponse:
         head = request.method == "HEAD"
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
+        if header_bytes + len(request.scope.get("raw_path", b"")) > MAX_HEADER_BYTES:
+            refused = _limit_error(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                f"request line and headers: at most {MAX_HEADER_BYTES} bytes",
+            )
+            return to_starlette(refused, dashboard, head=head)
         try:
             body = await read_body(request)
         except BodyRefused as refused:

@@ -4,8 +4,7 @@ The socket is bound before anything else (so the gate learns the real port,
 port 0 in tests, and a port in use is one clear error at start). uvicorn's
 limits are set here on purpose rather than left to its defaults:
 
-* request line and headers: at most :data:`MAX_HEADER_BYTES` (h11 answers 431
-  beyond);
+* request line and headers: at most ``asgi.MAX_HEADER_BYTES`` (431 beyond);
 * keep-alive: an idle connection is closed after ``keep_alive_seconds``, and
   so is a new connection that sends nothing at all (uvicorn only arms the
   timer after a first response; :class:`_Http` arms it on connect);
@@ -31,9 +30,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import Server
 
 from services.dashboard.app import Dashboard
-from services.dashboard.asgi import build_asgi
+from services.dashboard.asgi import MAX_HEADER_BYTES, build_asgi
 
-MAX_HEADER_BYTES = 16 * 1024
 MAX_CONNECTIONS = 256
 GRACEFUL_SECONDS = 10
 DEFAULT_KEEP_ALIVE_SECONDS = 5

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from starlette.testclient import TestClient
+
+from services.dashboard.asgi import build_asgi
 from services.dashboard.gateway import GatewayClient
 from services.dashboard.server import Built, build_dashboard
 from services.dashboard.settings import DashboardSection, DashboardSettings
@@ -112,3 +116,71 @@ def running_dashboard(
         finally:
             built.server.stop()
             gateway.close()
+
+
+class Clock:
+    """A settable epoch clock for sessions and the login throttle."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class InProcess:
+    """The dashboard's Starlette app in a TestClient, in front of the fake gateway."""
+
+    built: Built
+    state: FakeState
+    clock: Clock
+
+    def client(self, address: str = "203.0.113.5") -> TestClient:
+        """A browser at ``address`` (its own cookie jar)."""
+        return TestClient(
+            build_asgi(self.built.app), base_url="http://dash.example", client=(address, 40000)
+        )
+
+
+@contextmanager
+def in_process_dashboard(**section: Any) -> Iterator[InProcess]:
+    """A gated dashboard (API-key login) served by Starlette's TestClient."""
+    state = FakeState()
+    clock = Clock()
+    fields: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "api_key": DASHBOARD_KEY,
+        "require_login": True,
+        "session_secret": "t" * 40,
+        **section,
+    }
+    with serve_in_process(fake_services(state)) as backend:
+        settings = replace(DashboardSettings(), dashboard=DashboardSection(**fields))
+        gateway = GatewayClient(backend.address, api_key=DASHBOARD_KEY, timeout=5)
+        built = build_dashboard(settings, gateway=gateway, clock=clock)
+        try:
+            yield InProcess(built, state, clock)
+        finally:
+            built.server.socket.close()
+            gateway.close()
+
+
+def form_login(client: TestClient, key: str, next_target: str = "/boards/default") -> Any:
+    """Fill the login form as a browser would (its double-submit token included)."""
+    page = client.get(f"/login?next={next_target}", follow_redirects=False)
+    assert page.status_code == 200, page.text
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert match is not None
+    return client.post(
+        "/login",
+        data={"csrf_token": match.group(1), "next": next_target, "api_key": key},
+        follow_redirects=False,
+    )
+
+
+def page_token_of(html: str) -> str:
+    """The token a page carries for the API (CSRF token when logged in)."""
+    match = re.search(r'name="longshore-token" content="([^"]*)"', html)
+    assert match is not None
+    return match.group(1)
