@@ -17,8 +17,8 @@ from longshore.kanban.v1 import (
 )
 from longshore.sandbox.v1 import sandbox_pb2
 
-from services.kanban import models, secrets
-from services.runtime.errors import InvalidArgument
+from services.kanban import limits, models, secrets
+from services.runtime.errors import InvalidArgument, OutOfRange
 
 
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -43,11 +43,17 @@ def seconds_of(d: duration_pb2.Duration, field_name: str) -> float:
     """Return a Duration in seconds.
 
     Raises:
-        InvalidArgument: The duration is negative.
+        InvalidArgument: The duration is negative or its nanos are out of range.
+        OutOfRange: It is longer than :data:`~services.kanban.limits.MAX_DURATION_SECONDS`
+            (``now + 2^62 s`` would overflow a datetime).
     """
+    if not -999_999_999 <= d.nanos <= 999_999_999:
+        raise InvalidArgument(f"{field_name}: nanos must be within ±999999999")
     value = d.seconds + d.nanos / 1e9
     if value < 0:
         raise InvalidArgument(f"{field_name}: must not be negative")
+    if value > limits.MAX_DURATION_SECONDS:
+        raise OutOfRange(f"{field_name}: at most {limits.MAX_DURATION_SECONDS} seconds")
     return value
 
 

@@ -20,14 +20,15 @@ from longshore.sandbox.v1 import sandbox_pb2
 from opentelemetry import propagate
 from sqlalchemy.orm import Session
 
-from services.kanban import convert, models, pagination, secrets
+from services.kanban import convert, limits, models, secrets
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
+from services.kanban.server_lists import ListReads
 from services.kanban.server_runs import RunReads
 from services.kanban.spec_checks import SpecChecks
 from services.kanban.store import Effects, boards, comments, events, links, profiles, tasks
 from services.kanban.tick import Dispatcher
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument, quote
 
 SOURCE = "api"
 WATCH_BATCH = 500
@@ -40,15 +41,12 @@ def _current_traceparent() -> str:
     return carrier.get("traceparent", "")
 
 
-def _time_key(value: str) -> dt.datetime:
-    try:
-        return dt.datetime.fromisoformat(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument("page_token: malformed") from exc
-
-
-class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
+@limits.enforced(pb.DESCRIPTOR.services_by_name["KanbanService"])
+class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
     """Implements ``longshore.kanban.v1.KanbanService``.
+
+    Every request is checked against :mod:`services.kanban.limits` before its
+    handler runs; the List calls live in :mod:`services.kanban.server_lists`.
 
     Args:
         db: The database.
@@ -88,24 +86,6 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
             counts = boards.task_counts(s, [row.board_id])
             return pb.GetBoardResponse(board=convert.board(row, counts[row.board_id]))
 
-    def ListBoards(
-        self, request: pb.ListBoardsRequest, context: grpc.ServicerContext
-    ) -> pb.ListBoardsResponse:
-        size = pagination.page_size(request.page_size)
-        key = pagination.decode_token(request.page_token, "boards", None)
-        with self._db.read() as s:
-            rows = boards.list_boards(s, after=key[0] if key else None, limit=size + 1)
-            page = rows[:size]
-            counts = boards.task_counts(s, [r.board_id for r in page])
-            token = (
-                pagination.encode_token("boards", None, [page[-1].board_id])
-                if len(rows) > size
-                else ""
-            )
-            return pb.ListBoardsResponse(
-                boards=[convert.board(r, counts[r.board_id]) for r in page], next_page_token=token
-            )
-
     def DeleteBoard(
         self, request: pb.DeleteBoardRequest, context: grpc.ServicerContext
     ) -> pb.DeleteBoardResponse:
@@ -138,26 +118,6 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
         with self._db.read() as s:
             return pb.GetProfileResponse(profile=convert.profile(profiles.get(s, request.name)))
 
-    def ListProfiles(
-        self, request: pb.ListProfilesRequest, context: grpc.ServicerContext
-    ) -> pb.ListProfilesResponse:
-        size = pagination.page_size(request.page_size)
-        key = pagination.decode_token(request.page_token, "profiles", None)
-        with self._db.read() as s:
-            rows = profiles.list_profiles(s, after=key[0] if key else None, limit=size + 1)
-            page = rows[:size]
-            running = profiles.running_counts(s)
-            token = (
-                pagination.encode_token("profiles", None, [page[-1].name])
-                if len(rows) > size
-                else ""
-            )
-            return pb.ListProfilesResponse(
-                profiles=[convert.profile(r) for r in page],
-                next_page_token=token,
-                running={r.name: running.get(r.name, 0) for r in page},
-            )
-
     def UpdateProfile(
         self, request: pb.UpdateProfileRequest, context: grpc.ServicerContext
     ) -> pb.UpdateProfileResponse:
@@ -176,7 +136,7 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
         }
         bad = [p for p in paths if p not in allowed]
         if bad:
-            raise InvalidArgument(f"update_mask: {bad[0]!r} is unknown or immutable")
+            raise InvalidArgument(f"update_mask: {quote(bad[0])} is unknown or immutable")
         values = convert.profile_values(request.profile, paths)
         profiles.validate(values)
         if "sandbox_spec" in values or "allowed_images" in values:
@@ -258,50 +218,6 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
             parents = links.parent_ids(s, [row.task_id])[row.task_id]
             readiness = self._dispatcher.readiness(s, [row])[row.task_id].to_proto()
             return pb.GetTaskResponse(task=convert.task(row, parents, readiness))
-
-    def ListTasks(
-        self, request: pb.ListTasksRequest, context: grpc.ServicerContext
-    ) -> pb.ListTasksResponse:
-        size = pagination.page_size(request.page_size)
-        statuses = [convert.task_status_name(v) for v in request.statuses]
-        filters = [request.board_id, sorted(statuses), request.assignee]
-        key = pagination.decode_token(request.page_token, "tasks", filters)
-        after = None
-        if key is not None:
-            try:
-                after = (int(key[0]), _time_key(key[1]), str(key[2]))
-            except (IndexError, TypeError, ValueError) as exc:
-                raise InvalidArgument("page_token: malformed") from exc
-        with self._db.read() as s:
-            boards.require(s, request.board_id)
-            rows = tasks.list_tasks(
-                s,
-                board_id=request.board_id,
-                statuses=statuses,
-                assignee=request.assignee,
-                after=after,
-                limit=size + 1,
-            )
-            page = rows[:size]
-            parents = links.parent_ids(s, [r.task_id for r in page])
-            readiness = self._dispatcher.readiness(s, page) if request.include_readiness else {}
-            token = ""
-            if len(rows) > size:
-                last = page[-1]
-                token = pagination.encode_token(
-                    "tasks", filters, [last.priority, last.create_time.isoformat(), last.task_id]
-                )
-            return pb.ListTasksResponse(
-                tasks=[
-                    convert.task(
-                        r,
-                        parents[r.task_id],
-                        readiness[r.task_id].to_proto() if r.task_id in readiness else None,
-                    )
-                    for r in page
-                ],
-                next_page_token=token,
-            )
 
     def UpdateTask(
         self, request: pb.UpdateTaskRequest, context: grpc.ServicerContext
@@ -428,52 +344,6 @@ class KanbanServicer(RunReads, pb_grpc.KanbanServiceServicer):
                 s, task_id=request.task_id, author=request.author, body=request.body, source=SOURCE
             )
             return pb.AddCommentResponse(comment=convert.comment(row))
-
-    def ListComments(
-        self, request: pb.ListCommentsRequest, context: grpc.ServicerContext
-    ) -> pb.ListCommentsResponse:
-        size = pagination.page_size(request.page_size)
-        key = pagination.decode_token(request.page_token, "comments", request.task_id)
-        after = (_time_key(key[0]), str(key[1])) if key else None
-        with self._db.read() as s:
-            rows = comments.list_comments(s, request.task_id, after=after, limit=size + 1)
-            page = rows[:size]
-            token = ""
-            if len(rows) > size:
-                last = page[-1]
-                token = pagination.encode_token(
-                    "comments", request.task_id, [last.create_time.isoformat(), last.comment_id]
-                )
-            return pb.ListCommentsResponse(
-                comments=[convert.comment(r) for r in page], next_page_token=token
-            )
-
-    def ListTaskEvents(
-        self, request: pb.ListTaskEventsRequest, context: grpc.ServicerContext
-    ) -> pb.ListTaskEventsResponse:
-        if request.after_event_id < 0:
-            raise InvalidArgument("after_event_id: must not be negative")
-        size = pagination.page_size(request.page_size)
-        filters = [request.task_id, request.board_id, request.after_event_id]
-        key = pagination.decode_token(request.page_token, "events", filters)
-        after = int(key[0]) if key else request.after_event_id
-        with self._db.read() as s:
-            rows = events.list_events(
-                s,
-                after_event_id=after,
-                task_id=request.task_id,
-                board_id=request.board_id,
-                limit=size + 1,
-            )
-            page = rows[:size]
-            token = (
-                pagination.encode_token("events", filters, [page[-1].event_id])
-                if len(rows) > size
-                else ""
-            )
-            return pb.ListTaskEventsResponse(
-                events=[convert.event(r) for r in page], next_page_token=token
-            )
 
     def WatchEvents(
         self, request: pb.WatchEventsRequest, context: grpc.ServicerContext

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 
 import grpc
 from longshore.kanban.v1 import kanban_service_pb2 as pb
 from sqlalchemy.orm import Session
 
-from services.kanban import convert, models, pagination
+from services.kanban import convert, limits, models, pagination
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.store import runs
@@ -37,25 +36,23 @@ class RunReads:
         self, request: pb.ListTaskRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListTaskRunsResponse:
         size = pagination.page_size(request.page_size)
-        key = pagination.decode_token(request.page_token, "runs", request.task_id)
-        after = None
-        if key:
-            try:
-                after = (dt.datetime.fromisoformat(key[0]), str(key[1]))
-            except (IndexError, TypeError, ValueError) as exc:
-                raise InvalidArgument("page_token: malformed") from exc
+        key = pagination.decode_token(
+            request.page_token, "runs", request.task_id, (pagination.TIME, pagination.STR)
+        )
         with self._db.read() as s:
-            rows = runs.list_runs(s, request.task_id, after=after, limit=size + 1)
-            page = rows[:size]
-            token = ""
-            if len(rows) > size:
-                last = page[-1]
-                token = pagination.encode_token(
-                    "runs", request.task_id, [last.start_time.isoformat(), last.run_id]
-                )
-            return pb.ListTaskRunsResponse(
-                runs=[convert.run(r) for r in page], next_page_token=token
+            rows = runs.list_runs(
+                s,
+                request.task_id,
+                after=key,  # (datetime, str), checked on decode
+                limit=size + 1,
             )
+            page = pagination.fill(rows, size, convert.run, budget=limits.PAGE_BYTES)
+            token = ""
+            if page.last is not None:
+                token = pagination.encode_token(
+                    "runs", request.task_id, [page.last.start_time, page.last.run_id]
+                )
+            return pb.ListTaskRunsResponse(runs=page.messages, next_page_token=token)
 
     def GetRunOutput(
         self, request: pb.GetRunOutputRequest, context: grpc.ServicerContext

@@ -8,7 +8,13 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from services.kanban.models import DEFAULT_BOARD, Board, Task
-from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    quote,
+)
 
 BOARD_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
@@ -21,9 +27,11 @@ def create(session: Session, *, board_id: str, display_name: str, description: s
         AlreadyExists: A board with that id exists.
     """
     if not BOARD_ID.fullmatch(board_id):
-        raise InvalidArgument(f"board.board_id: {board_id!r} must match [a-z0-9][a-z0-9-]{{0,62}}")
+        raise InvalidArgument(
+            f"board.board_id: {quote(board_id)} must match [a-z0-9][a-z0-9-]{{0,62}}"
+        )
     if session.get(Board, board_id) is not None:
-        raise AlreadyExists(f"board {board_id!r} already exists")
+        raise AlreadyExists(f"board {quote(board_id)} already exists")
     board = Board(board_id=board_id, display_name=display_name or board_id, description=description)
     session.add(board)
     session.flush()
@@ -41,14 +49,14 @@ def get(session: Session, board_id: str) -> Board:
         raise InvalidArgument("board_id: required")
     board = session.get(Board, board_id)
     if board is None:
-        raise NotFound(f"board {board_id!r} not found")
+        raise NotFound(f"board {quote(board_id)} not found")
     return board
 
 
 def require(session: Session, board_id: str) -> None:
     """Raise NotFound unless the board exists (a no-op for an empty id)."""
     if board_id and session.get(Board, board_id) is None:
-        raise NotFound(f"board {board_id!r} not found")
+        raise NotFound(f"board {quote(board_id)} not found")
 
 
 def list_boards(session: Session, *, after: str | None, limit: int) -> list[Board]:
@@ -91,7 +99,7 @@ def delete_board(session: Session, board_id: str, *, force: bool) -> list[str]:
     task_ids = list(session.scalars(select(Task.task_id).where(Task.board_id == board_id)))
     if task_ids and not force:
         raise FailedPrecondition(
-            f"board {board_id!r} has {len(task_ids)} tasks; delete them or pass force"
+            f"board {quote(board_id)} has {len(task_ids)} tasks; delete them or pass force"
         )
     return task_ids
 

@@ -7,11 +7,12 @@ import datetime as dt
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from services.kanban import limits
 from services.kanban.models import Comment, utcnow
 from services.kanban.store import events, new_id, tasks
 from services.runtime.errors import InvalidArgument
 
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = limits.TEXTS["body"].size
 
 
 def add(session: Session, *, task_id: str, author: str, body: str, source: str) -> Comment:

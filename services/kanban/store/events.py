@@ -3,12 +3,47 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from services.kanban import limits
 from services.kanban.models import TaskEvent, utcnow
+
+#: Longest string kept in a payload that is over :data:`limits.EVENT_PAYLOAD_BYTES`.
+PAYLOAD_TEXT_CHARS = 1024
+
+
+def _size(payload: dict[str, Any]) -> int:
+    return len(json.dumps(payload, separators=(",", ":"), default=str).encode())
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > PAYLOAD_TEXT_CHARS:
+        return value[:PAYLOAD_TEXT_CHARS] + "…"
+    if isinstance(value, list):
+        return [_shorten(v) for v in value[:100]]
+    if isinstance(value, dict):
+        return {str(k)[:PAYLOAD_TEXT_CHARS]: _shorten(v) for k, v in list(value.items())[:100]}
+    return value
+
+
+def bounded(payload: dict[str, Any]) -> dict[str, Any]:
+    """Return ``payload`` within :data:`limits.EVENT_PAYLOAD_BYTES` serialized.
+
+    Payloads are built by the service from bounded request fields, so this
+    rarely cuts anything; it guarantees that no event, and so no event page,
+    can grow past the budget whatever a caller sends (events are never deleted).
+    Long strings are cut first; a payload still too big keeps only its keys.
+    """
+    if _size(payload) <= limits.EVENT_PAYLOAD_BYTES:
+        return payload
+    shortened = _shorten(payload)
+    if _size(shortened) <= limits.EVENT_PAYLOAD_BYTES:
+        return dict(shortened, truncated=True)
+    return {"truncated": True, "keys": sorted(str(k)[:64] for k in payload)[:100]}
 
 
 def append(
@@ -31,7 +66,8 @@ def append(
         board_id: Its board.
         kind: What happened (``created``, ``moved``, ...).
         source: Who caused it (``api``, ``kanban.dispatcher``, ``worker:<id>``).
-        payload: Kind-specific details (JSON-serializable).
+        payload: Kind-specific details (JSON-serializable); cut to
+            :data:`limits.EVENT_PAYLOAD_BYTES` by :func:`bounded`.
         run_id: The run concerned, when any.
         now: Event time; defaults to now.
         flush: Flush at once so the event has its id (batches pass False
@@ -45,7 +81,7 @@ def append(
         board_id=board_id,
         kind=kind,
         source=source,
-        payload=payload or {},
+        payload=bounded(payload or {}),
         run_id=run_id,
         create_time=now or utcnow(),
     )

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
-from services.kanban import secrets
+from services.kanban import limits, secrets
 from services.kanban.models import (
     ARCHIVED,
     BLOCKED,
@@ -36,6 +36,7 @@ from services.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    quote,
 )
 
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -60,8 +61,8 @@ UPDATABLE_FIELDS = frozenset(
         "labels",
     }
 )
-MAX_TITLE = 200
-MAX_REQUEST_ID = 128
+MAX_TITLE = limits.TEXTS["title"].size
+MAX_REQUEST_ID = limits.TEXTS["request_id"].size
 
 
 def get(session: Session, task_id: str, *, for_update: bool = False) -> Task:
@@ -75,7 +76,7 @@ def get(session: Session, task_id: str, *, for_update: bool = False) -> Task:
         raise InvalidArgument("task_id: required")
     task = session.get(Task, task_id, with_for_update=for_update)
     if task is None:
-        raise NotFound(f"task {task_id!r} not found")
+        raise NotFound(f"task {quote(task_id)} not found")
     return task
 
 
@@ -127,20 +128,20 @@ def create(
         existing = session.scalar(select(Task).where(Task.request_id == request_id))
         if existing is not None:
             if existing.board_id != board_id:
-                raise AlreadyExists(f"request_id {request_id!r} was used for another board")
+                raise AlreadyExists(f"request_id {quote(request_id)} was used for another board")
             return existing, True
     _validate({"title": values.get("title", ""), **values})
     status = values.get("status") or READY
     if status not in CREATE_STATUSES:
         raise InvalidArgument("task.status: must be TRIAGE, TODO or READY on create")
     if session.get(Board, board_id) is None:
-        raise NotFound(f"board {board_id!r} not found")
+        raise NotFound(f"board {quote(board_id)} not found")
     unique_parents = list(dict.fromkeys(parents))
     for parent in unique_parents:
         if not parent:
             raise InvalidArgument("parent_ids: empty id")
         if session.get(Task, parent) is None:
-            raise NotFound(f"parent task {parent!r} not found")
+            raise NotFound(f"parent task {quote(parent)} not found")
     now = utcnow()
     task = Task(**{**values, "board_id": board_id, "status": status})
     task.task_id = new_id("t")
@@ -220,7 +221,7 @@ def update(session: Session, task_id: str, values: dict[str, Any], *, source: st
     """
     unknown = sorted(set(values) - UPDATABLE_FIELDS)
     if unknown:
-        raise InvalidArgument(f"update_mask: {unknown[0]!r} is unknown or output-only")
+        raise InvalidArgument(f"update_mask: {quote(unknown[0])} is unknown or output-only")
     _validate(values)
     task = get(session, task_id)
     if "env" in values:
@@ -328,11 +329,15 @@ def move(
     if status == RUNNING:
         raise FailedPrecondition("task status: only a dispatcher or worker claim moves to running")
     if status not in TRANSITIONS[task.status]:
-        raise FailedPrecondition(f"task {task_id!r}: cannot move from {task.status} to {status}")
+        raise FailedPrecondition(
+            f"task {quote(task_id)}: cannot move from {task.status} to {status}"
+        )
     if status == READY:
         pending = links.waiting_on(session, [task_id]).get(task_id, [])
         if pending:
-            raise FailedPrecondition(f"task {task_id!r}: parents not done: {', '.join(pending)}")
+            raise FailedPrecondition(
+                f"task {quote(task_id)}: parents not done: {', '.join(pending)}"
+            )
     if status == BLOCKED and not reason.strip():
         reason = "blocked by hand"
     set_status(session, task, status, reason=reason, source=source, effects=effects)
@@ -348,9 +353,9 @@ def assign(session: Session, task_id: str, assignee: str, *, source: str, effect
     """
     task = get(session, task_id, for_update=True)
     if task.status in (RUNNING, DONE, ARCHIVED):
-        raise FailedPrecondition(f"task {task_id!r} is {task.status}; cannot reassign")
+        raise FailedPrecondition(f"task {quote(task_id)} is {task.status}; cannot reassign")
     if assignee and session.get(Profile, assignee) is None:
-        raise NotFound(f"profile {assignee!r} not found")
+        raise NotFound(f"profile {quote(assignee)} not found")
     previous = task.assignee or ""
     task.assignee = assignee or None
     task.update_time = utcnow()
@@ -378,7 +383,7 @@ def block(session: Session, task_id: str, reason: str, *, source: str, effects: 
         raise InvalidArgument("reason: required")
     task = get(session, task_id, for_update=True)
     if task.status in (DONE, ARCHIVED):
-        raise FailedPrecondition(f"task {task_id!r} is {task.status}; cannot block")
+        raise FailedPrecondition(f"task {quote(task_id)} is {task.status}; cannot block")
     if task.status == BLOCKED:
         task.blocked_reason = reason
         return task
@@ -397,7 +402,7 @@ def unblock(session: Session, task_id: str, reason: str, *, source: str, effects
     """
     task = get(session, task_id, for_update=True)
     if task.status != BLOCKED:
-        raise FailedPrecondition(f"task {task_id!r} is {task.status}, not blocked")
+        raise FailedPrecondition(f"task {quote(task_id)} is {task.status}, not blocked")
     target = TODO if links.waiting_on(session, [task_id]).get(task_id) else READY
     task.failure_count = 0
     set_status(

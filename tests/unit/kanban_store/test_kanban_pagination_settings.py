@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import json
 import logging
 
 import pytest
@@ -21,17 +24,42 @@ def test_page_size_defaults_caps_and_refuses_negative() -> None:
 
 
 def test_tokens_round_trip_and_are_bound_to_their_filters() -> None:
-    token = pagination.encode_token("tasks", ["b", [], ""], [3, "2024-01-01T00:00:00+00:00", "t-1"])
-    assert pagination.decode_token(token, "tasks", ["b", [], ""]) == [
-        3,
-        "2024-01-01T00:00:00+00:00",
-        "t-1",
-    ]
-    assert pagination.decode_token("", "tasks", None) is None
+    kinds = (pagination.INT, pagination.TIME, pagination.STR)
+    when = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    token = pagination.encode_token("tasks", ["b", [], ""], [3, when, "t-1"])
+    assert pagination.decode_token(token, "tasks", ["b", [], ""], kinds) == (3, when, "t-1")
+    assert pagination.decode_token("", "tasks", None, kinds) is None
     with pytest.raises(InvalidArgument, match="different request"):
-        pagination.decode_token(token, "tasks", ["other", [], ""])
+        pagination.decode_token(token, "tasks", ["other", [], ""], kinds)
     with pytest.raises(InvalidArgument, match="malformed"):
-        pagination.decode_token("%%%", "tasks", None)
+        pagination.decode_token("%%%", "tasks", None, kinds)
+
+
+def _forged(key: object) -> str:
+    body = json.dumps({"f": pagination._fingerprint("tasks", None), "k": key})
+    return base64.urlsafe_b64encode(body.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        [],
+        [1, "2024-01-01T00:00:00+00:00"],
+        ["x", "2024-01-01T00:00:00+00:00", "t"],
+        [2**70, "2024-01-01T00:00:00+00:00", "t"],
+        [True, "2024-01-01T00:00:00+00:00", "t"],
+        [1, "not a time", "t"],
+        [1, "2024-01-01T00:00:00", "t"],
+        [1, "2024-01-01T00:00:00+00:00", "nul\x00"],
+        [1, "2024-01-01T00:00:00+00:00", "t" * 5000],
+        [1, "2024-01-01T00:00:00+00:00", {"deep": [[[]]]}],
+        {"k": 1},
+    ],
+)
+def test_forged_tokens_are_invalid_argument(key: object) -> None:
+    kinds = (pagination.INT, pagination.TIME, pagination.STR)
+    with pytest.raises(InvalidArgument, match="page_token"):
+        pagination.decode_token(_forged(key), "tasks", None, kinds)
 
 
 @pytest.mark.parametrize("raw", ["0", "-1", "abc", "2.5"])
