@@ -359,10 +359,14 @@ class Supervisor:
                 if delay is None:
                     self._say(
                         f"{child.name} crashed {self._policy.max_rapid_crashes} times in a row "
-                        f"(last exit {code}); giving up (log: {child.sink.path})"
+                        f"(last exit {code}: {child.last_words()}); giving up "
+                        f"(log: {child.sink.path})"
                     )
                     return code or 1
-                self._say(f"{child.name} exited with {code}; restarting in {delay:g}s")
+                self._say(
+                    f"{child.name} exited with {code}; restarting in {delay:g}s "
+                    f"(last output: {child.last_words()})"
+                )
                 child.restart_due = time.monotonic() + delay
             return 0
         finally:
