@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 from longshore.kanban.v1 import worker_service_pb2 as pb
@@ -74,8 +76,14 @@ def run_spec(task: models.Task, profile: models.Profile) -> sandbox_pb2.SandboxS
     values: they are inside the run's sandbox anyway, where any exec can
     print them. Every other read of a profile or task shows them redacted.
     """
-    profile_spec = convert.spec_proto(profile.sandbox_spec or {})
-    return merge_spec(profile_spec, image=task.image, env=dict(task.env or {}))
+    return _spec_of(profile.sandbox_spec, task.image, task.env)
+
+
+def _spec_of(
+    profile_spec: Mapping[str, Any] | None, image: str, env: Mapping[str, str] | None
+) -> sandbox_pb2.SandboxSpec:
+    """:func:`merge_spec` (the dispatcher's merge) over the stored columns."""
+    return merge_spec(convert.spec_proto(profile_spec or {}), image=image, env=dict(env or {}))
 
 
 @limits.enforced(pb.DESCRIPTOR.services_by_name["WorkerService"])
@@ -255,10 +263,16 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 s, request.run_id, lease_seconds=self._section.claim_ttl_seconds
             )
             if expire is not None and self._tokens is not None:
-                task = s.get(models.Task, run.task_id)
-                profile = s.get(models.Profile, run.profile)
-                if task is not None and profile is not None:
-                    token, token_expires = self._token(run, run_spec(task, profile), expire)
+                # Three columns in one indexed join, not two whole rows: this
+                # runs on every heartbeat of every worker.
+                columns = s.execute(
+                    select(models.Task.image, models.Task.env, models.Profile.sandbox_spec)
+                    .join(models.Profile, models.Profile.name == run.profile)
+                    .where(models.Task.task_id == run.task_id)
+                ).one_or_none()
+                if columns is not None:
+                    spec = _spec_of(columns.sandbox_spec, columns.image, columns.env)
+                    token, token_expires = self._token(run, spec, expire)
         if expire is None:
             self._refuse(request.run_id)
         return pb.HeartbeatResponse(
