@@ -10,8 +10,9 @@ from datetime import datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
 
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument, OutOfRange
 from services.sandbox import labels
+from services.sandbox.execution import MAX_TIMEOUT_SECONDS
 from services.sandbox.model import (
     AcquireResult,
     ExecCommand,
@@ -45,6 +46,16 @@ _OUTCOMES = {
 }
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+#: Longest page token this service issues is ~120 characters; more is forged.
+MAX_PAGE_TOKEN_CHARS = 512
+#: Largest creation time a cursor may hold (ns; year 2262).
+_MAX_CURSOR_NS = 2**63 - 1
+_CURSOR_ID_CHARS = 128
+#: Longest ReapOrphans max_age (100 years, in seconds).
+MAX_REAP_AGE_SECONDS = 100 * 365 * 24 * 3600
+#: Longest Duration any request may carry (in seconds), checked before a
+#: timedelta could overflow.
+_MAX_DURATION_SECONDS = 10**10
 
 
 def spec_from_proto(msg: sandbox_pb2.SandboxSpec) -> Spec:
@@ -160,11 +171,54 @@ def decode_page_token(token: str) -> tuple[int, str] | None:
     """
     if not token:
         return None
+    bad = InvalidArgument("page_token: not a token from a previous response")
+    if len(token) > MAX_PAGE_TOKEN_CHARS or not token.isascii():
+        raise bad
     try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return int(data["c"]), str(data["i"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidArgument("page_token: not a token from a previous response") from None
+        data = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, binascii.Error, RecursionError):
+        raise bad from None
+    # Field by field: anything but {"c": <non-negative int>, "i": <short str>} is forged.
+    if not isinstance(data, dict) or set(data) != {"c", "i"}:
+        raise bad
+    created, last_id = data["c"], data["i"]
+    if isinstance(created, bool) or not isinstance(created, int):
+        raise bad
+    if not 0 <= created <= _MAX_CURSOR_NS:
+        raise bad
+    if not isinstance(last_id, str) or len(last_id) > _CURSOR_ID_CHARS:
+        raise bad
+    return created, last_id
+
+
+def duration_seconds(
+    value: duration_pb2.Duration, field_name: str, maximum: float = _MAX_DURATION_SECONDS
+) -> float:
+    """Seconds of a request's Duration, range-checked before any conversion.
+
+    Raises:
+        InvalidArgument: Negative, or nanos outside the Duration's own range.
+        OutOfRange: Longer than ``maximum`` seconds.
+    """
+    if value.seconds < 0 or value.nanos < 0:
+        raise InvalidArgument(f"{field_name}: must not be negative")
+    if value.nanos > 999_999_999:
+        raise InvalidArgument(f"{field_name}: nanos must be below 1e9")
+    if value.seconds > maximum:
+        raise OutOfRange(f"{field_name}: at most {int(maximum)} s")
+    return value.seconds + value.nanos / 1e9
+
+
+def max_age_from_proto(req: sandbox_service_pb2.ReapOrphansRequest) -> timedelta | None:
+    """The ``max_age`` of a ReapOrphans request (None: the default).
+
+    Raises:
+        InvalidArgument: A negative max_age.
+        OutOfRange: A max_age past 100 years.
+    """
+    if not req.HasField("max_age"):
+        return None
+    return timedelta(seconds=duration_seconds(req.max_age, "max_age", MAX_REAP_AGE_SECONDS))
 
 
 def exec_from_proto(req: sandbox_service_pb2.ExecRequest) -> ExecCommand:
@@ -172,12 +226,11 @@ def exec_from_proto(req: sandbox_service_pb2.ExecRequest) -> ExecCommand:
 
     Raises:
         InvalidArgument: A negative timeout.
+        OutOfRange: A timeout too long to represent.
     """
     timeout = 0.0
     if req.HasField("timeout"):
-        if req.timeout.seconds < 0 or req.timeout.nanos < 0:
-            raise InvalidArgument("timeout: must not be negative")
-        timeout = req.timeout.ToTimedelta().total_seconds()
+        timeout = duration_seconds(req.timeout, "timeout", MAX_TIMEOUT_SECONDS)
     return ExecCommand(
         argv=tuple(req.argv),
         env=dict(req.env),

@@ -1,9 +1,19 @@
 """Docker client creation, error translation and a span per engine call.
 
-Engine errors become typed service errors here, once: ``NotFound`` →
-NOT_FOUND, ``ImageNotFound`` → FAILED_PRECONDITION naming the image, an
-unreachable engine → UNAVAILABLE, a conflict on a stopped container →
-FAILED_PRECONDITION.
+Engine errors become typed service errors here, once, and never INTERNAL:
+
+* the engine cannot be reached (connection refused or reset, a timeout, a
+  broken stream) → UNAVAILABLE naming the engine;
+* ``ImageNotFound``, or a 404 about an image → FAILED_PRECONDITION naming the
+  image (the manager never pulls); any other 404 → NOT_FOUND naming the resource;
+* 400 → INVALID_ARGUMENT with the engine's message (first 200 characters);
+* 409 on a container name that another acquire just took → :class:`NameTaken`
+  (ABORTED; the manager adopts that container); any other 409 (not running,
+  removal in progress) → FAILED_PRECONDITION with the engine's message;
+* any other 4xx → FAILED_PRECONDITION with the engine's message;
+* 5xx: 502/503/504 (the engine's own dependencies are down) → UNAVAILABLE, any
+  other (the runtime failed the operation, e.g. ``OCI runtime create failed``)
+  → FAILED_PRECONDITION with the engine's message.
 """
 
 from __future__ import annotations
@@ -19,11 +29,55 @@ import docker.errors
 import requests
 from opentelemetry import trace
 
-from services.runtime.errors import FailedPrecondition, NotFound, Unavailable
+from services.runtime.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    quote,
+)
 from services.sandbox import labels
 from services.sandbox.model import SandboxInfo
 
 tracer = trace.get_tracer(__name__)
+
+#: How much of the engine's own message an error carries.
+ENGINE_MESSAGE_CHARS = 200
+
+
+class NameTaken(Aborted):
+    """The engine refused a create because the container name is in use (409)."""
+
+
+def engine_message(exc: BaseException) -> str:
+    """The engine's explanation of an error, at most 200 characters."""
+    raw = exc.explanation if isinstance(exc, docker.errors.APIError) else None
+    text = " ".join(str(raw or exc).split())
+    if len(text) > ENGINE_MESSAGE_CHARS:
+        return text[:ENGINE_MESSAGE_CHARS] + "…"
+    return text
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """A short reason why the engine could not be reached (the innermost OS error)."""
+    seen: set[int] = set()
+    inner: BaseException | None = exc
+    best: BaseException = exc
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, OSError) and inner.strerror:
+            best = inner
+        nested = inner.args[0] if inner.args and isinstance(inner.args[0], BaseException) else None
+        if nested is None and len(inner.args) > 1 and isinstance(inner.args[1], BaseException):
+            nested = inner.args[1]
+        inner = nested or inner.__cause__ or inner.__context__
+    if isinstance(best, OSError) and best.strerror:
+        return best.strerror.lower()
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timed out"
+    return engine_message(exc)
 
 
 def create_client(*, timeout: float = 60.0, pool_size: int = 32) -> docker.DockerClient:
@@ -42,16 +96,20 @@ def create_client(*, timeout: float = 60.0, pool_size: int = 32) -> docker.Docke
         # convention, not a Longshore setting.
         return docker.from_env(timeout=int(timeout), max_pool_size=pool_size)
     except docker.errors.DockerException as exc:
-        raise Unavailable(f"docker engine unreachable: {exc}") from exc
+        raise Unavailable(f"docker engine unreachable: {unreachable_reason(exc)}") from exc
 
 
 def is_conflict(exc: BaseException) -> bool:
-    """Whether ``exc`` is the engine's 409 Conflict."""
-    return isinstance(exc, docker.errors.APIError) and exc.status_code == 409
+    """Whether ``exc`` is the engine's 409 Conflict (raw or translated)."""
+    return isinstance(exc, NameTaken) or (
+        isinstance(exc, docker.errors.APIError) and exc.status_code == 409
+    )
 
 
 def is_unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` means the engine could not be reached at all."""
+    if isinstance(exc, Unavailable):
+        return True
     return isinstance(exc, requests.exceptions.ConnectionError | ConnectionError) or (
         isinstance(exc, docker.errors.DockerException)
         and not isinstance(exc, docker.errors.APIError)
@@ -59,11 +117,72 @@ def is_unreachable(exc: BaseException) -> bool:
     )
 
 
+def translate(
+    exc: BaseException, op: str, *, resource: str = "", image: str = ""
+) -> ServiceError | None:
+    """The typed error an engine failure stands for (None: not an engine failure).
+
+    Args:
+        exc: What the docker client raised.
+        op: The engine call, e.g. ``containers.create``.
+        resource: What the call is about, for NOT_FOUND messages (``sandbox 'abc'``).
+        image: The image the call uses, for FAILED_PRECONDITION messages.
+    """
+    what = resource or "resource"
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return _missing_image(image)
+    if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
+        status = int(exc.status_code)
+        message = engine_message(exc)
+        if status == 404:
+            if image and "image" in message.lower():
+                return _missing_image(image)
+            return NotFound(f"{what} not found")
+        if status == 400:
+            return InvalidArgument(f"docker engine rejected {op}: {message}")
+        if status == 409:
+            lowered = message.lower()
+            if "is already in use" in lowered and op == "containers.create":
+                return NameTaken(f"container name taken during {op}: {message}")
+            if "not running" in lowered:
+                return FailedPrecondition(f"{resource or 'sandbox'} is not running")
+            return FailedPrecondition(f"docker engine refused {op} (conflict): {message}")
+        if status in (502, 503, 504):
+            return Unavailable(f"docker engine unavailable during {op}: {message}")
+        if status >= 500:
+            return FailedPrecondition(f"docker engine failed {op}: {message}")
+        return FailedPrecondition(f"docker engine refused {op} ({status}): {message}")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return Unavailable(f"docker engine timed out during {op}")
+    if isinstance(
+        exc,
+        requests.exceptions.ConnectionError
+        | requests.exceptions.ChunkedEncodingError
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return Unavailable(f"docker engine unreachable during {op}: {unreachable_reason(exc)}")
+    if isinstance(exc, docker.errors.InvalidArgument):
+        return InvalidArgument(f"docker client rejected {op}: {engine_message(exc)}")
+    if isinstance(exc, docker.errors.DockerException | requests.exceptions.RequestException):
+        return Unavailable(f"docker engine call {op} failed: {engine_message(exc)}")
+    return None
+
+
+def _missing_image(image: str) -> FailedPrecondition:
+    what = quote(image) if image else "image"
+    return FailedPrecondition(
+        f"image {what} does not exist on the engine (the manager never pulls)"
+    )
+
+
 @contextlib.contextmanager
 def engine_call(
     op: str, *, resource: str = "", image: str = "", **attributes: Any
 ) -> Iterator[trace.Span]:
-    """Runs one engine call in a span and translates its errors.
+    """Runs one engine call in a span and translates its errors (see the module doc).
 
     Args:
         op: Span name suffix, e.g. ``containers.create`` (span ``docker.<name>``).
@@ -73,32 +192,23 @@ def engine_call(
 
     Raises:
         NotFound: The container (or other resource) does not exist.
-        FailedPrecondition: The image is missing, or the container is not running.
+        InvalidArgument: The engine rejected a value (400).
+        NameTaken: A create lost the race for a container name.
+        FailedPrecondition: The image is missing, the container is not running,
+            or the engine refused or failed the operation.
         Unavailable: The engine is unreachable or timed out.
     """
     attrs = {k: v for k, v in attributes.items() if v is not None}
     with tracer.start_as_current_span(f"docker.{op}", attributes=attrs) as span:
         try:
             yield span
-        except docker.errors.ImageNotFound as exc:
-            what = image or "image"
-            raise FailedPrecondition(
-                f"image {what!r} does not exist on the engine (the manager never pulls)"
-            ) from exc
-        except docker.errors.NotFound as exc:
-            if image and "image" in str(exc.explanation or "").lower():
-                raise FailedPrecondition(
-                    f"image {image!r} does not exist on the engine (the manager never pulls)"
-                ) from exc
-            raise NotFound(f"{resource or 'resource'} not found") from exc
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409 and "not running" in str(exc.explanation or "").lower():
-                raise FailedPrecondition(f"{resource or 'sandbox'} is not running") from exc
+        except ServiceError:
             raise
-        except requests.exceptions.Timeout as exc:
-            raise Unavailable(f"docker engine timed out during {op}") from exc
-        except (requests.exceptions.ConnectionError, ConnectionError) as exc:
-            raise Unavailable(f"docker engine unreachable during {op}: {exc}") from exc
+        except Exception as exc:
+            typed = translate(exc, op, resource=resource, image=image)
+            if typed is None:
+                raise
+            raise typed from exc
 
 
 _TIMESTAMP = re.compile(
@@ -171,4 +281,5 @@ def info_from_inspect(data: Mapping[str, Any], last_used: LastUsed) -> SandboxIn
         finish_time=parse_docker_time(str(state.get("FinishedAt", ""))),
         last_used_time=last_used(str(data["Id"])),
         created_ns=labels.created_ns(lbl, created.timestamp() if created else 0.0),
+        user=str(config.get("User") or ""),
     )

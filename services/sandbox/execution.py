@@ -1,10 +1,25 @@
-"""Exec: run one command in a sandbox, stream its output, kill its tree on timeout.
+"""Exec: run one command in a sandbox, stream its output, stop its whole tree.
 
-The command runs with a random marker in its environment
-(``LONGSHORE_EXEC_ID``). Every process it starts inherits the marker, even
-one that double-forks into a new session, so on timeout (or when the caller
-goes away) a second exec, run as the same user, finds every process carrying
-the marker through ``/proc/*/environ`` and SIGKILLs it and its process group.
+The command runs with a marker in its environment
+(``LONGSHORE_EXEC_ID=<owner>~<random>``, see :mod:`.owners`). Every process it
+starts inherits the marker, even one that double-forks into a new session.
+To stop the command (timeout, cancel, or a leftover of a dead manager) a
+second exec, run as the same user, **freezes first, then kills**: it sends
+SIGSTOP to every process whose ``/proc/<pid>/environ`` holds the marker and
+repeats the sweep until one finds no new process (a stopped process cannot
+fork, so the set is closed), then SIGKILLs them all. Killing in ``/proc``
+order instead would let a parent shell, whose child just died, run its next
+step.
+
+The killer reads ``environ`` with the shell's ``read -d ''`` builtin when the
+image's shell has it (busybox ash, bash), so it forks nothing but itself;
+other shells fall back to ``tr | grep``. When the killer cannot run at all
+(the command holds every pid of the sandbox's pids limit, so the engine
+cannot start the exec) the manager stops and restarts the container: its
+name, labels and mounts stay, every process in it is gone, and the exec's
+output ends with a note saying so. Either way the Exec stream ends with an
+:class:`ExecExit` (``timed_out`` for a timeout).
+
 Env values go to the engine through the exec API's ``environment`` field,
 never through an argv; the killer's argv carries only the marker.
 """
@@ -13,45 +28,80 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import docker
+import docker.errors
+import requests
 from docker.utils.socket import frames_iter
 
-from services.runtime.errors import InvalidArgument
-from services.sandbox.docker_client import engine_call
+from services.runtime.errors import InvalidArgument, OutOfRange, ServiceError, Unavailable
+from services.sandbox.docker_client import engine_call, engine_message
 from services.sandbox.metrics import SandboxMetrics
 from services.sandbox.model import ExecCommand, ExecExit, OutputChunk, StreamKind
+from services.sandbox.owners import MARKER_SEPARATOR
 
 log = logging.getLogger(__name__)
 
 MARKER_VAR = "LONGSHORE_EXEC_ID"
 #: Seconds the killer gets before the output stream is cut from our side.
 KILL_GRACE_SECONDS = 5.0
+#: Longest timeout an Exec may ask for (7 days).
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+#: Largest output cap an Exec may ask for.
+MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
+_DONE = "longshore-kill-done"
 _SIGNAL_BASE = 128
 _MAX_SIGNAL = 64
 
-# Runs inside the sandbox as the command's user. $1 is the marker (not a
-# secret). Repeats a few times so a process forked mid-sweep is caught too.
+# Runs inside the sandbox. $1 is the mode: "kill" stops exactly the marker
+# value $2 (freeze, then kill), "list" prints every marker value it can read.
+# The last line is the sentinel, so a killer that could not finish is told
+# apart from one that found nothing.
 KILL_SCRIPT = r"""
-m="LONGSHORE_EXEC_ID=$1"; n=0
-while [ $n -lt 5 ]; do
-  hit=
+mode=$1; m="LONGSHORE_EXEC_ID=$2"
+nul=; read -r -d '' _ < /proc/$$/environ 2>/dev/null && nul=1
+has() {
+  if [ -n "$nul" ]; then
+    while IFS= read -r -d '' v; do [ "$v" = "$m" ] && return 0; done < "$1/environ"
+    return 1
+  fi
+  tr '\000' '\n' < "$1/environ" | grep -qxF -e "$m"
+} 2>/dev/null
+if [ "$mode" = list ]; then
+  for d in /proc/[0-9]*; do
+    [ "${d#/proc/}" = "$$" ] && continue
+    if [ -n "$nul" ]; then
+      while IFS= read -r -d '' v; do
+        case "$v" in LONGSHORE_EXEC_ID=*) echo "$v";; esac
+      done < "$d/environ" 2>/dev/null
+    else
+      tr '\000' '\n' < "$d/environ" 2>/dev/null | grep '^LONGSHORE_EXEC_ID='
+    fi
+  done
+  echo longshore-kill-done
+  exit 0
+fi
+frozen=" "; n=0; round=0
+while [ $round -lt 200 ]; do
+  new=
   for d in /proc/[0-9]*; do
     p=${d#/proc/}
     [ "$p" = "$$" ] && continue
-    if tr '\000' '\n' < "$d/environ" 2>/dev/null | grep -qx "$m"; then
-      kill -KILL -- "-$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; hit=1
-    fi
+    case "$frozen" in *" $p "*) continue;; esac
+    if has "$d"; then kill -STOP "$p" 2>/dev/null; frozen="$frozen$p "; n=$((n+1)); new=1; fi
   done
-  [ -z "$hit" ] && break
-  n=$((n+1))
+  [ -z "$new" ] && break
+  round=$((round+1))
 done
+for p in $frozen; do kill -KILL "$p" 2>/dev/null; done
+echo "longshore-kill-done $n"
 """
 
 
@@ -67,22 +117,75 @@ def validate(command: ExecCommand) -> None:
 
     Raises:
         InvalidArgument: Empty argv, negative timeout or cap, or a bad env name.
+        OutOfRange: A timeout or output cap past its maximum.
     """
     if not command.argv or not command.argv[0]:
         raise InvalidArgument("argv: required")
-    if command.timeout_seconds < 0:
+    if not math.isfinite(command.timeout_seconds) or command.timeout_seconds < 0:
         raise InvalidArgument("timeout: must not be negative")
+    if command.timeout_seconds > MAX_TIMEOUT_SECONDS:
+        raise OutOfRange(f"timeout: at most {MAX_TIMEOUT_SECONDS} s")
     if command.max_output_bytes < 0:
         raise InvalidArgument("max_output_bytes: must not be negative")
+    if command.max_output_bytes > MAX_OUTPUT_BYTES:
+        raise OutOfRange(f"max_output_bytes: at most {MAX_OUTPUT_BYTES}")
     for name in command.env:
         if not name or "=" in name or "\0" in name:
-            raise InvalidArgument(f"env: invalid variable name {name!r}")
+            raise InvalidArgument(f"env: invalid variable name {name[:100]!r}")
         if name == MARKER_VAR:
             raise InvalidArgument(f"env: {MARKER_VAR} is reserved")
 
 
+def new_marker(owner: str) -> str:
+    """A fresh marker value for one exec of the manager ``owner``."""
+    return f"{owner}{MARKER_SEPARATOR}{secrets.token_hex(12)}"
+
+
+def run_killer(api: docker.APIClient, cid: str, args: list[str], user: str) -> str | None:
+    """Runs the killer script in a sandbox; its output, or None when it could not finish.
+
+    None means the engine could not start the exec (typically every pid of
+    the sandbox's limit is taken) or the script died before its sentinel.
+    """
+    try:
+        with engine_call("exec.kill_tree", sandbox_id=cid):
+            kill_id = api.exec_create(
+                cid, ["sh", "-c", KILL_SCRIPT, "sh", *args], stdout=True, stderr=True, user=user
+            )["Id"]
+            raw = api.exec_start(kill_id)
+    except ServiceError as exc:
+        log.warning("killer exec failed", extra={"sandbox_id": cid, "error": exc.message})
+        return None
+    out = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if _DONE not in out:
+        log.warning("killer did not finish", extra={"sandbox_id": cid, "output": out[-200:]})
+        return None
+    return out
+
+
+def list_markers(api: docker.APIClient, cid: str, user: str) -> list[str] | None:
+    """Every exec marker value readable as ``user`` in a sandbox (None: killer failed)."""
+    out = run_killer(api, cid, ["list", ""], user)
+    if out is None:
+        return None
+    prefix = f"{MARKER_VAR}="
+    return sorted({ln[len(prefix) :] for ln in out.splitlines() if ln.startswith(prefix)})
+
+
 class ExecRun:
-    """One running command; iterate it for output chunks and then one :class:`ExecExit`."""
+    """One running command; iterate it for output chunks and then one :class:`ExecExit`.
+
+    Args:
+        api: The engine's low-level client.
+        container_id: Full id of the sandbox.
+        command: What to run.
+        timeout: Seconds before the command is stopped.
+        max_output: Output bytes passed on; more are counted and dropped.
+        metrics: Where exec outcomes are counted.
+        owner: This manager's owner id, the first part of the marker.
+        restart: Stops and restarts the sandbox (given the reason) when the
+            killer cannot run in it.
+    """
 
     def __init__(
         self,
@@ -93,6 +196,8 @@ class ExecRun:
         timeout: float,
         max_output: int,
         metrics: SandboxMetrics,
+        owner: str = "",
+        restart: Callable[[str], None] | None = None,
     ) -> None:
         self._api = api
         self._cid = container_id
@@ -100,22 +205,28 @@ class ExecRun:
         self._timeout = timeout
         self._max_output = max_output
         self._metrics = metrics
-        self._marker = secrets.token_hex(12)
+        self._restart = restart
+        self.marker = new_marker(owner)
         self._timed_out = threading.Event()
         self._finished = threading.Event()
+        self._stopping = threading.Event()
         self._sock: Any = None
         self._close_lock = threading.Lock()
+        self._kill_lock = threading.Lock()
+        self._notes: list[str] = []
+        self._stopped = False
 
     def events(self) -> Iterator[OutputChunk | ExecExit]:
         """Starts the command and yields its output as it arrives, then the exit.
 
         Raises:
             NotFound: The sandbox does not exist.
-            FailedPrecondition: The sandbox is not running.
+            FailedPrecondition: The sandbox is not running, or the engine
+                could not start the command.
             Unavailable: The engine is unreachable.
         """
         env: dict[str, str] = dict(self._cmd.env)
-        env[MARKER_VAR] = self._marker
+        env[MARKER_VAR] = self.marker
         with engine_call("exec.create", resource=f"sandbox {self._cid!r}", sandbox_id=self._cid):
             exec_id = self._api.exec_create(
                 self._cid,
@@ -138,7 +249,7 @@ class ExecRun:
         produced = 0
         truncated = False
         try:
-            for stream_id, frame in frames_iter(self._sock, tty=False):
+            for stream_id, frame in self._frames():
                 if not frame:
                     continue
                 room = self._max_output - produced
@@ -155,8 +266,14 @@ class ExecRun:
             timer.cancel()
             if not self._finished.is_set():
                 # The caller went away mid-stream: do not leave the command running.
-                self._kill_tree()
+                self.stop()
             self._close()
+        # A stop may still be restarting the sandbox (which is what ended the
+        # stream): wait for it, so its note is part of this result.
+        with self._kill_lock:
+            notes = list(self._notes)
+        for note in notes:
+            yield OutputChunk(StreamKind.STDERR, f"longshore: {note}\n".encode())
         duration = time.monotonic() - started
         exit_code = self._exit_code(exec_id)
         timed_out = self._timed_out.is_set()
@@ -166,8 +283,23 @@ class ExecRun:
         self._metrics.exec(timed_out=timed_out)
         yield ExecExit(exit_code, signal, timed_out, truncated, duration, produced)
 
+    def _frames(self) -> Iterator[tuple[int, bytes]]:
+        """The output frames; ends quietly when we closed the socket ourselves."""
+        sock = self._sock
+        if sock is None:  # stopped before the first read
+            return
+        try:
+            yield from frames_iter(sock, tty=False)
+        except (OSError, ValueError, requests.exceptions.RequestException) as exc:
+            # ValueError is a read on a socket file a timeout or cancel closed.
+            if self._stopping.is_set() or self._sock is None:
+                return
+            raise Unavailable(
+                f"docker engine connection lost during exec in sandbox {self._cid!r}: {exc}"
+            ) from exc
+
     def cancel(self) -> None:
-        """Kills the command's process tree and unblocks the reader; safe from any thread.
+        """Stops the command's process tree and unblocks the reader; safe from any thread.
 
         A cancelled call may be waiting on a command that prints nothing, so
         the reader is blocked on the socket: closing it is what wakes it.
@@ -176,11 +308,35 @@ class ExecRun:
         if self._finished.is_set():
             return
         log.info(
-            "exec cancelled by the caller; killing its process tree",
+            "exec cancelled by the caller; stopping its process tree",
             extra={"sandbox_id": self._cid},
         )
-        self._kill_tree()
+        self.stop()
         self._close()
+
+    def stop(self) -> None:
+        """Freezes and kills every process of the command; restarts the sandbox if that fails."""
+        self._stopping.set()
+        # One stop at a time: a timeout and a cancel racing would otherwise
+        # both restart the sandbox; once one stop succeeded the rest skip.
+        with self._kill_lock:
+            if self._finished.is_set() or self._stopped:
+                return
+            self._stopped = True
+            out = run_killer(self._api, self._cid, ["kill", self.marker], self._cmd.user)
+            if out is not None or self._restart is None:
+                return
+            reason = "the command could not be stopped in place (no process can start"
+            reason += " in the sandbox, e.g. its pids limit is reached); the sandbox was restarted"
+            try:
+                self._restart(reason)
+            except ServiceError as exc:
+                log.error(
+                    "restarting the sandbox to stop an exec failed",
+                    extra={"sandbox_id": self._cid, "error": exc.message},
+                )
+                return
+            self._notes.append(reason)
 
     def _feed_stdin(self) -> None:
         sock = self._sock
@@ -197,8 +353,16 @@ class ExecRun:
         # The stream ends when the process exits; the engine records the code
         # a moment later at most, so a few short retries cover the gap.
         for attempt in range(50):
-            with engine_call("exec.inspect", sandbox_id=self._cid):
-                info = self._api.exec_inspect(exec_id)
+            try:
+                with engine_call("exec.inspect", sandbox_id=self._cid):
+                    info = self._api.exec_inspect(exec_id)
+            except ServiceError as exc:
+                if self._stopping.is_set():
+                    return -1  # e.g. the exec went with a restarted sandbox
+                raise Unavailable(
+                    f"docker engine lost the exec's exit in sandbox {self._cid!r}: "
+                    f"{exc.message[:200]}"
+                ) from exc
             if not info.get("Running") and info.get("ExitCode") is not None:
                 return int(info["ExitCode"])
             time.sleep(0.002 * (attempt + 1))
@@ -207,28 +371,12 @@ class ExecRun:
     def _on_timeout(self) -> None:
         self._timed_out.set()
         log.info(
-            "exec timed out; killing its process tree",
+            "exec timed out; stopping its process tree",
             extra={"sandbox_id": self._cid, "timeout_seconds": self._timeout},
         )
-        self._kill_tree()
+        self.stop()
         if not self._finished.wait(KILL_GRACE_SECONDS):
             self._close()
-
-    def _kill_tree(self) -> None:
-        try:
-            with engine_call("exec.kill_tree", sandbox_id=self._cid):
-                kill_id = self._api.exec_create(
-                    self._cid,
-                    ["sh", "-c", KILL_SCRIPT, "sh", self._marker],
-                    stdout=True,
-                    stderr=True,
-                    user=self._cmd.user,
-                )["Id"]
-                self._api.exec_start(kill_id)
-        except Exception as exc:  # best effort: the socket is cut regardless
-            log.warning(
-                "killing exec tree failed", extra={"sandbox_id": self._cid, "error": str(exc)}
-            )
 
     def _close(self) -> None:
         # Called from the reader, the timeout timer and a cancel callback:
@@ -247,3 +395,12 @@ class ExecRun:
 def env_names(env: Mapping[str, str]) -> list[str]:
     """Names only, for logs and spans."""
     return sorted(env)
+
+
+def describe(exc: BaseException) -> str:
+    """A short text of an engine error for logs."""
+    if isinstance(exc, ServiceError):
+        return exc.message
+    if isinstance(exc, docker.errors.DockerException):
+        return engine_message(exc)
+    return str(exc)

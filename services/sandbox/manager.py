@@ -6,14 +6,17 @@ scoped to one deployment. Persistent sandboxes have a deterministic name, so
 get-or-create is atomic across processes (a 409 conflict means "adopt the one
 another process just made"); within a process a per-key lock serialises
 acquires for one (task, profile).
+
+Sandbox ids and names longer than 128 characters are refused before any
+engine call, and messages quote at most 100 characters of any caller-supplied
+value. While the engine probe (:mod:`.engine_health`) says the engine is
+down, every call fails at once with UNAVAILABLE naming the engine.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import socket
 import threading
 import time
 from collections import Counter
@@ -23,18 +26,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 import docker
-import docker.errors
 from opentelemetry import trace
 
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+    quote,
+)
 from services.sandbox import labels
 from services.sandbox.cleanup import CleanupPool
 from services.sandbox.docker_client import (
+    NameTaken,
     engine_call,
     info_from_inspect,
     info_from_list,
-    is_conflict,
 )
+from services.sandbox.engine_health import EngineHealth
 from services.sandbox.execution import ExecRun, validate
 from services.sandbox.hardening import host_config_kwargs, resolve_spec
 from services.sandbox.metrics import SandboxMetrics
@@ -48,6 +58,7 @@ from services.sandbox.model import (
     SandboxInfo,
     Spec,
 )
+from services.sandbox.owners import Liveness, current_owner
 from services.sandbox.reaper import Candidate
 from services.sandbox.settings import SandboxSection
 
@@ -57,6 +68,8 @@ tracer = trace.get_tracer(__name__)
 Clock = Callable[[], datetime]
 #: How long an acquire keeps re-probing while another process holds the key.
 _ACQUIRE_DEADLINE_SECONDS = 30.0
+#: Longest sandbox id or name a caller may pass (engine ids are 64 characters).
+MAX_REF_CHARS = 128
 
 
 def utcnow() -> datetime:
@@ -64,9 +77,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def default_owner() -> str:
-    """An id for this manager instance: host, pid and a random suffix."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+def check_ref(field_name: str, value: str) -> None:
+    """Refuses an empty or over-long sandbox reference.
+
+    Raises:
+        InvalidArgument: Empty, or longer than 128 characters (never echoed whole).
+    """
+    if not value:
+        raise InvalidArgument(f"{field_name}: required")
+    if len(value) > MAX_REF_CHARS:
+        raise InvalidArgument(f"{field_name}: at most {MAX_REF_CHARS} characters, got {len(value)}")
 
 
 class SandboxManager:
@@ -76,7 +96,8 @@ class SandboxManager:
         client: Docker client.
         section: The ``sandbox`` settings section.
         deployment: Deployment name (``io.longshore.deployment``).
-        owner: Instance id for the ``io.longshore.owner`` label.
+        owner: Instance id for the ``io.longshore.owner`` label and exec
+            markers; this process's id (see :mod:`.owners`) when omitted.
         clock: Wall clock, injectable for tests.
     """
 
@@ -92,8 +113,11 @@ class SandboxManager:
         self.api: docker.APIClient = client.api
         self.section = section
         self.deployment = deployment
-        self.owner = owner or default_owner()
         self.clock = clock
+        self.owner = owner or current_owner(self._inspect_or_none)
+        self.liveness = Liveness(self._inspect_or_none)
+        #: The engine probe; set by the wiring, consulted before every call.
+        self.engine_health: EngineHealth | None = None
         self.metrics = SandboxMetrics()
         self._dep_label = labels.sanitize(deployment)
         self._locks_guard = threading.Lock()
@@ -121,6 +145,7 @@ class SandboxManager:
         if not profile.strip():
             raise InvalidArgument("profile: required")
         resolved = resolve_spec(spec, self.section)
+        self.require_engine()
         if persist:
             with self._key_lock(task_id, profile):
                 result = self._acquire_persistent(task_id, profile, resolved)
@@ -174,9 +199,7 @@ class SandboxManager:
             if not found:
                 try:
                     info = self._create_started(task_id, profile, spec, persist=True, name=name)
-                except docker.errors.APIError as exc:
-                    if not is_conflict(exc):
-                        raise
+                except NameTaken:
                     # The engine reserves the name before the container shows up in
                     # lists or inspects; under load that window lasts a while.
                     log.info(
@@ -218,7 +241,7 @@ class SandboxManager:
         if state in ("exited", "created", "paused"):
             try:
                 self._start(cid, unpause=state == "paused")
-            except (docker.errors.APIError, FailedPrecondition, NotFound) as exc:
+            except (FailedPrecondition, InvalidArgument, NotFound) as exc:
                 # Another manager may have started (or removed) it meanwhile.
                 try:
                     info = self._inspect_info(cid)
@@ -267,7 +290,9 @@ class SandboxManager:
             )["Id"]
         try:
             self._start(cid)
-        except (docker.errors.APIError, FailedPrecondition, NotFound) as exc:
+        except (FailedPrecondition, InvalidArgument, NotFound) as exc:
+            # The engine answers a start it cannot do (a missing binary, a
+            # runtime error) with 400 or 500: the state check below decides.
             log.warning(
                 "start of a new sandbox failed", extra={"sandbox_id": cid, "error": _explain(exc)}
             )
@@ -275,7 +300,7 @@ class SandboxManager:
         if info.state != "running":
             self._remove_now(cid)
             raise FailedPrecondition(
-                f"sandbox from image {spec.image!r} does not stay running (state {info.state})"
+                f"sandbox from image {quote(spec.image)} does not stay running (state {info.state})"
             )
         return info
 
@@ -297,8 +322,23 @@ class SandboxManager:
     # ---- get / list ----------------------------------------------------------------
 
     def _inspect(self, ref: str) -> dict[str, Any]:
-        with engine_call("containers.inspect", resource=f"sandbox {ref!r}", sandbox_id=ref):
+        with engine_call("containers.inspect", resource=f"sandbox {quote(ref)}", sandbox_id=ref):
             return dict(self.api.inspect_container(ref))
+
+    def _inspect_or_none(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return self._inspect(ref)
+        except NotFound:
+            return None
+
+    def require_engine(self) -> None:
+        """Fails fast while the engine probe says the engine is down.
+
+        Raises:
+            Unavailable: The last probe of the engine failed.
+        """
+        if self.engine_health is not None:
+            self.engine_health.check()
 
     def _inspect_info(self, ref: str) -> SandboxInfo:
         return info_from_inspect(self._inspect(ref), self.last_used)
@@ -310,12 +350,12 @@ class SandboxManager:
             InvalidArgument: Empty sandbox_id.
             NotFound: No such sandbox in this deployment.
         """
-        if not sandbox_id:
-            raise InvalidArgument("sandbox_id: required")
+        check_ref("sandbox_id", sandbox_id)
+        self.require_engine()
         data = self._inspect(sandbox_id)
-        lbl = data["Config"].get("Labels") or {}
+        lbl = (data.get("Config") or {}).get("Labels") or {}
         if lbl.get(labels.MANAGED) != "1" or lbl.get(labels.DEPLOYMENT) != self._dep_label:
-            raise NotFound(f"sandbox {sandbox_id!r} not found")
+            raise NotFound(f"sandbox {quote(sandbox_id)} not found")
         with self._state_lock:
             self._known[sandbox_id] = data["Id"]
         return info_from_inspect(data, self.last_used)
@@ -327,8 +367,7 @@ class SandboxManager:
             InvalidArgument: Empty sandbox_id.
             NotFound: No such sandbox in this deployment.
         """
-        if not sandbox_id:
-            raise InvalidArgument("sandbox_id: required")
+        check_ref("sandbox_id", sandbox_id)
         with self._state_lock:
             known = self._known.get(sandbox_id)
         return known or self.get(sandbox_id).sandbox_id
@@ -349,6 +388,7 @@ class SandboxManager:
         filters: dict[str, Any] = {"label": label_filters}
         if states:
             filters["status"] = list(states)
+        self.require_engine()
         with engine_call("containers.list", profile=profile or None):
             rows = self.api.containers(all=True, filters=filters)
         infos = [info_from_list(r, self.last_used) for r in rows]
@@ -375,10 +415,20 @@ class SandboxManager:
             FailedPrecondition: The sandbox is not running.
         """
         validate(command)
+        self.require_engine()
         cid = self.resolve_id(sandbox_id)
         timeout = command.timeout_seconds or self.section.exec_timeout_seconds
         cap = command.max_output_bytes or self.section.exec_max_output_bytes
-        run = ExecRun(self.api, cid, command, timeout=timeout, max_output=cap, metrics=self.metrics)
+        run = ExecRun(
+            self.api,
+            cid,
+            command,
+            timeout=timeout,
+            max_output=cap,
+            metrics=self.metrics,
+            owner=self.owner,
+            restart=lambda reason: self.restart(cid, reason=reason),
+        )
         if on_cancel is not None:
             on_cancel(run.cancel)
         self.touch(cid)
@@ -423,14 +473,14 @@ class SandboxManager:
         except NotFound:
             log.info("cleanup: sandbox already gone", extra={"sandbox_id": cid})
             return
-        except docker.errors.APIError as exc:  # stop failed: rm -f still kills it
+        except FailedPrecondition as exc:  # stop failed: rm -f still kills it
             log.warning("cleanup: stop failed", extra={"sandbox_id": cid, "error": _explain(exc)})
         try:
             with engine_call("containers.remove", resource=f"sandbox {cid!r}", sandbox_id=cid):
                 self.api.remove_container(cid, force=True, v=True)
         except NotFound:
             pass
-        except docker.errors.APIError as exc:
+        except FailedPrecondition as exc:
             if "already in progress" not in _explain(exc):
                 raise
         log.info("cleanup: sandbox removed", extra={"sandbox_id": cid, "reason": reason})
@@ -507,8 +557,31 @@ class SandboxManager:
         with engine_call("containers.stop", resource=f"sandbox {cid!r}", sandbox_id=cid):
             self.api.stop(cid, timeout=self.section.stop_timeout_seconds)
 
+    def restart(self, cid: str, *, reason: str) -> None:
+        """Stops (bounded grace) and starts a sandbox again: every process in it ends.
+
+        The container keeps its id, name, labels and mounts, so a persistent
+        sandbox is still the one its key finds.
+
+        Raises:
+            NotFound: The sandbox is gone.
+            Unavailable: The engine is unreachable.
+        """
+        log.warning("restarting sandbox", extra={"sandbox_id": cid, "reason": reason})
+        with engine_call("containers.restart", resource=f"sandbox {cid!r}", sandbox_id=cid):
+            self.api.restart(cid, timeout=self.section.stop_timeout_seconds)
+
+    def is_owner_dead(self, values: Mapping[str, str]) -> bool:
+        """Whether the manager named by a sandbox's owner label is known to be dead."""
+        owner = values.get(labels.OWNER, "")
+        return owner != self.owner and self.liveness.is_dead(owner)
+
+    def config_user(self, cid: str) -> str:
+        """The user a sandbox's processes run as by default (``Config.User``; "" = image's)."""
+        return str((self._inspect(cid).get("Config") or {}).get("User") or "")
+
 
 def _explain(exc: BaseException) -> str:
-    if isinstance(exc, docker.errors.APIError):
-        return str(exc.explanation or exc)
+    if isinstance(exc, ServiceError):
+        return exc.message
     return str(exc)

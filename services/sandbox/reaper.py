@@ -11,6 +11,11 @@ are inspected and removed concurrently.
 The same periodic tick handles idle sandboxes: non-persistent ones idle longer
 than ``lifetime_seconds`` are removed, persistent running ones idle longer than
 ``idle_stop_seconds`` (when set) are stopped and later aged out by the reaper.
+
+What dead managers leave behind is handled by :mod:`.leftovers`: at start the
+manager ends their leftover execs and removes their non-persistent
+sandboxes; every tick removes non-persistent sandboxes of owners that died
+since (the liveness rule is in :mod:`.owners`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from services.sandbox import labels
+from services.sandbox import labels, leftovers
 from services.sandbox.docker_client import parse_docker_time
 
 if TYPE_CHECKING:
@@ -376,9 +381,15 @@ class Reaper:
         return acted
 
     def tick(self, now: datetime) -> None:
-        """One periodic round: reap, then idle handling."""
+        """One periodic round: reap, idle handling, then dead owners' non-persistent sandboxes."""
         self.reap(now=now)
         self.idle(now)
+        leftovers.sweep(self.manager, execs=False)
+
+    def startup(self, now: datetime) -> None:
+        """The start-up round: end dead managers' leftovers, then reap."""
+        leftovers.sweep(self.manager, execs=True)
+        self.reap(now=now)
 
     def start(self) -> bool:
         """Starts the loop when enabled; returns whether it started.
@@ -390,7 +401,7 @@ class Reaper:
             return False
         self._loop = ReaperLoop(
             tick=self.tick,
-            startup=lambda now: self.reap(now=now),
+            startup=self.startup,
             interval_seconds=self.section.reap_interval_seconds,
             clock=self.manager.clock,
             guard=self._guard,
@@ -402,7 +413,7 @@ class Reaper:
         """Runs the startup sweep synchronously unless the guard already tripped."""
         if not self.section.reaper_enabled or not self._guard.claim():
             return False
-        self.reap(now=now)
+        self.startup(now or self.manager.clock())
         return True
 
     def stop(self) -> None:

@@ -135,11 +135,7 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
     ) -> sandbox_service_pb2.ReapOrphansResponse:
         """See the proto."""
         self.access.require_operator(context, "ReapOrphans")
-        max_age = None
-        if request.HasField("max_age"):
-            if request.max_age.seconds < 0 or request.max_age.nanos < 0:
-                raise InvalidArgument("max_age: must not be negative")
-            max_age = request.max_age.ToTimedelta()
+        max_age = convert.max_age_from_proto(request)
         report = self.reaper.reap(max_age=max_age, profile=request.profile, dry_run=request.dry_run)
         if report.error:
             raise Unavailable(report.error)

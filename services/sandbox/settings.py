@@ -118,6 +118,16 @@ class SandboxSection:
     cleanup_drain_seconds: float = field(
         default=15.0, metadata={"help": "How long shutdown waits for outstanding cleanups."}
     )
+    engine_probe_interval_seconds: float = field(
+        default=2.0,
+        metadata={
+            "help": "Seconds between background pings of the Docker engine; while one "
+            "fails, health is NOT_SERVING and calls fail fast with UNAVAILABLE."
+        },
+    )
+    engine_probe_timeout_seconds: float = field(
+        default=2.0, metadata={"help": "Timeout of one engine ping, in seconds."}
+    )
 
     def __post_init__(self) -> None:
         # The policy settings are checked once here, so a manager never starts

@@ -1,0 +1,116 @@
+"""What a dead manager leaves behind: its running execs and its non-persistent sandboxes.
+
+A manager that dies (``kill -9``, a crash, a compose restart) leaves every
+exec it was streaming running in its sandbox, and its non-persistent
+sandboxes running with nobody to release them. The next manager of the
+deployment cleans both up at start (and the reaper's tick keeps removing
+non-persistent sandboxes of dead owners):
+
+* every running sandbox of the deployment is swept for exec markers; an exec
+  whose owner (the marker's first part) is known dead by the rule of
+  :mod:`.owners` is frozen and killed like a timed-out one (the sandbox is
+  restarted when no killer can start in it). Execs of live or unknown owners
+  are left alone, so two managers of one deployment never stop each other's
+  commands;
+* a non-persistent sandbox whose ``io.longshore.owner`` is known dead is
+  removed at once, instead of after the idle lifetime plus the exec-timeout
+  grace that a sandbox of an unknown owner gets. Persistent sandboxes stay:
+  they are meant to outlive their manager.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from services.runtime.errors import ServiceError
+from services.sandbox import labels
+from services.sandbox.execution import list_markers, run_killer
+from services.sandbox.owners import owner_of_marker
+
+if TYPE_CHECKING:
+    from services.sandbox.manager import SandboxManager
+
+log = logging.getLogger(__name__)
+
+#: The user id every sandbox is swept as, besides its configured user.
+ROOT_USER = "0"
+
+
+@dataclass
+class LeftoverReport:
+    """One sweep: execs ended, sandboxes restarted or removed, failures."""
+
+    execs_ended: int = 0
+    restarted: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def end_orphaned_execs(manager: SandboxManager, cid: str, report: LeftoverReport) -> None:
+    """Stops every exec in a running sandbox whose manager is dead.
+
+    The killer runs as the sandbox's configured user and as root, since a
+    process's environment is readable by its own user only (the sandbox has
+    no CAP_SYS_PTRACE); when it cannot run at all the sandbox is restarted.
+    """
+    users = list(dict.fromkeys([manager.config_user(cid), ROOT_USER]))
+    for user in users:
+        markers = list_markers(manager.api, cid, user)
+        if markers is None:
+            manager.restart(cid, reason="leftover execs could not be listed in place")
+            report.restarted.append(cid)
+            return
+        for marker in markers:
+            owner = owner_of_marker(marker)
+            if owner == manager.owner or not manager.liveness.is_dead(owner):
+                continue
+            if run_killer(manager.api, cid, ["kill", marker], user) is None:
+                manager.restart(cid, reason="a leftover exec could not be stopped in place")
+                report.restarted.append(cid)
+                return
+            log.info(
+                "ended an exec left over by a dead manager",
+                extra={"sandbox_id": cid, "owner": owner},
+            )
+            report.execs_ended += 1
+
+
+def sweep(manager: SandboxManager, *, execs: bool = True) -> LeftoverReport:
+    """Ends dead managers' execs (when ``execs``) and removes their non-persistent sandboxes.
+
+    Never raises for engine trouble: failures are logged and reported.
+    """
+    report = LeftoverReport()
+    try:
+        running = manager.list_candidates(status="running")
+    except ServiceError as exc:
+        report.errors.append(f"listing running sandboxes failed: {exc.message}")
+        log.error("leftover sweep failed", extra={"error": exc.message})
+        return report
+    for cand in running:
+        cid = cand.sandbox_id
+        persist = cand.labels.get(labels.PERSIST) == "true"
+        try:
+            if not persist and manager.is_owner_dead(cand.labels) and not manager.is_busy(cid):
+                manager.schedule_removal(cid, reason="its manager is dead")
+                report.removed.append(cid)
+                continue
+            if execs:
+                end_orphaned_execs(manager, cid, report)
+        except ServiceError as exc:
+            report.errors.append(f"sandbox {cid}: {exc.message}")
+            log.warning(
+                "leftover sweep: sandbox failed", extra={"sandbox_id": cid, "error": exc.message}
+            )
+    if report.execs_ended or report.restarted or report.removed:
+        log.info(
+            "leftovers of dead managers cleaned up",
+            extra={
+                "execs_ended": report.execs_ended,
+                "restarted": len(report.restarted),
+                "removed": len(report.removed),
+            },
+        )
+    return report
