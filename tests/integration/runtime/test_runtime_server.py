@@ -13,7 +13,7 @@ from longshore.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from longshore.kanban.v1 import kanban_service_pb2, kanban_service_pb2_grpc
 
 from services.runtime import healthcheck
-from services.runtime.serving import build_server
+from services.runtime.serving import BindError, build_server
 from services.runtime.testing import serve_in_process
 from tests.integration.runtime.demo_services import (
     FailingGateway,
@@ -117,7 +117,9 @@ def test_reflection_lists_services_to_buf_curl() -> None:
 def test_two_servers_never_share_a_port() -> None:
     with (
         serve_in_process([gateway_service(FailingGateway("ok"))]) as running,
-        pytest.raises(RuntimeError, match="cannot bind"),
+        pytest.raises(
+            BindError, match=r"cannot listen on 127\.0\.0\.1:\d+: address already in use"
+        ),
     ):
         build_server([gateway_service(FailingGateway("ok"))], listen=running.address)
 
