@@ -45,7 +45,7 @@ def sse(dash: DashboardProcess, path: str, token: str, until: str) -> list[tuple
     frames: list[tuple[str, Any]] = []
     name = ""
     while True:
-        line = response.fp.readline().decode().rstrip("\n")
+        line = response.readline().decode().rstrip("\n")
         if line.startswith("event: "):
             name = line[7:]
         elif line.startswith("data: "):

@@ -113,7 +113,7 @@ def read_sse(
     events: list[tuple[str, str, Any]] = []
     name, event_id = "", ""
     while len(events) < want:
-        line = response.fp.readline().decode().rstrip("\n")
+        line = response.readline().decode().rstrip("\n")
         if line.startswith("event: "):
             name = line[7:]
         elif line.startswith("id: "):
@@ -339,3 +339,23 @@ def test_expired_session_api_answer_clears_the_cookie() -> None:
         assert reply.json() == {"error": "session_expired", "login_url": "/login?next=/tasks/t9"}
         assert any("Max-Age=0" in c for c in reply.cookies())
         assert COOKIE_NAME not in client.cookies
+
+
+def test_a_browser_leaving_cancels_the_upstream_stream() -> None:
+    import time
+
+    with running_dashboard() as dash:
+        client = dash.client
+        client.token = page_token(client.get("/boards/default").body)
+        conn = http.client.HTTPConnection("127.0.0.1", client.port, timeout=10)
+        conn.request("GET", "/api/events", headers={"X-Longshore-Token": client.token})
+        response = conn.getresponse()
+        assert response.readline().startswith(b"event: hello")
+        hub = dash.built.app.hub
+        assert len(hub) == 1
+        conn.sock.shutdown(2)  # type: ignore[union-attr]
+        conn.close()
+        deadline = time.monotonic() + 10
+        while len(hub) and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        assert len(hub) == 0, "the WatchEvents call outlived the browser"
