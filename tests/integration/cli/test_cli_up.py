@@ -186,6 +186,17 @@ def test_up_with_a_port_in_use_says_so_in_one_line_and_starts_nothing(
     assert "started" not in text  # checked before any child ran
 
 
+def test_up_refuses_a_port_held_by_a_server_that_answers_serving(up_factory: type[Up]) -> None:
+    """The case that printed the banner before: another Longshore server on the gateway port."""
+    with serve_in_process([]) as other:
+        port = int(other.address.rsplit(":", 1)[1])
+        up = up_factory("--no-supervise", "--no-dashboard", f"--gateway-port={port}")
+        assert up.proc.wait(60) != 0
+    text = up.text()
+    assert BANNER not in text, text
+    assert f"error: up: gateway: cannot listen on 127.0.0.1:{port}: address already in use" in text
+
+
 def test_up_names_the_child_that_died_before_it_was_healthy_and_why(
     up_factory: type[Up],
 ) -> None:
