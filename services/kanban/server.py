@@ -205,7 +205,13 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
                 source=SOURCE,
                 effects=effects,
             )
-            parents = links.parent_ids(s, [row.task_id])[row.task_id]
+            # A new task's parents are the request's (one query fewer while
+            # the write lock is held); a deduplicated one's are as stored.
+            parents = (
+                links.parent_ids(s, [row.task_id])[row.task_id]
+                if dedup
+                else sorted(set(request.parent_ids))
+            )
             msg = convert.task(row, parents)
         self._after(effects)
         return pb.CreateTaskResponse(task=msg, deduplicated=dedup)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -36,6 +37,8 @@ from services.runtime.callers import DISPATCHER
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 SOURCE = "kanban.dispatcher"
+#: Least time between two ticks of the loop (a burst of wakes makes one tick).
+WAKE_COALESCE_SECONDS = 0.1
 DEFAULT_ASSIGNEE_SOURCE = "kanban.default_assignee"
 
 
@@ -350,6 +353,7 @@ class Dispatcher:
 
     def _loop(self) -> None:
         interval = max(0.05, self._section.dispatch_interval_seconds)
+        last_tick = 0.0
         while not self._stop.is_set():
             wait = interval
             due = self._next_due
@@ -358,6 +362,14 @@ class Dispatcher:
                 until = (due - self._clock()).total_seconds() + 0.01
                 wait = min(interval, max(0.01, until))
             self._wake.wait(wait)
+            # A tick holds the write lock while it plans; ticking once per
+            # wake would let a burst of creates (each wakes the loop) queue
+            # behind back-to-back ticks. Coalesce: at most one tick per
+            # WAKE_COALESCE_SECONDS, so a burst is dispatched by one tick and
+            # writers get the lock in between.
+            rest = WAKE_COALESCE_SECONDS - (time.monotonic() - last_tick)
+            if rest > 0 and self._stop.wait(rest):
+                return
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -365,6 +377,7 @@ class Dispatcher:
                 self.tick()
             except Exception:
                 log.exception("dispatcher tick failed")
+            last_tick = time.monotonic()
 
 
 def _earliest_retry(result: Plan) -> dt.datetime | None:
