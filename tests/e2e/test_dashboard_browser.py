@@ -284,3 +284,101 @@ def test_gated_login_end_to_end_and_expired_session_lands_on_login_once(
     assert body == {"error": "session_expired", "login_url": "/login?next=/boards/default"}
     assert "Max-Age=0" in headers.get("set-cookie", "")
     assert "longshore_session" not in {c["name"] for c in page.context.cookies()}
+
+
+def sign_out(page: Page) -> None:
+    page.click("form.logout button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/login"))
+
+
+def test_a_read_only_login_shows_no_write_controls_and_cannot_write(
+    stack: RealStack, gated: DashboardProcess, page: Page
+) -> None:
+    task_id = task_id_of(cli(stack, "task", "create", "Look, do not touch", "--priority", "1"))
+    login(page, gated, stack.keys.admin)
+    expect(card(page, task_id)).to_be_visible()
+    expect(card(page, task_id).locator("select.move")).to_be_visible()
+    expect(page.locator("#create-form")).to_have_count(1)
+    expect(page.locator("#read-only")).to_have_count(0)
+    shoot(page, "board-admin")
+    sign_out(page)
+
+    login(page, gated, stack.keys.reader)
+    expect(card(page, task_id)).to_be_visible()
+    expect(page.locator("#read-only")).to_be_visible()
+    for control in ("#create-form", "select.move", "select.assign", "button.block"):
+        expect(page.locator(control)).to_have_count(0)
+    shoot(page, "board-read-only")
+    page.goto(f"{gated.url}/dispatcher")
+    expect(page.locator("#tick")).to_have_count(0)
+    page.goto(f"{gated.url}/sandboxes")
+    expect(page.locator("#reap")).to_have_count(0)
+    # Writing anyway, from the page itself: the gateway's own refusal.
+    refusal = page.evaluate(
+        """async (id) => {
+          const move = {method: "POST", body: {status: "todo"}};
+          try { await Longshore.api(`/api/tasks/${id}/move`, move); }
+          catch (e) { return {status: e.status, body: e.body}; }
+          return null;
+        }""",
+        task_id,
+    )
+    assert refusal is not None and refusal["status"] == 403, refusal
+    assert "needs scope 'write'" in refusal["body"]["message"], refusal
+    shown = cli(stack, "task", "show", task_id)
+    assert shown.get("task", shown)["status"] in ("ready", "TASK_STATUS_READY"), shown
+
+
+def test_logout_then_the_old_cookie_is_refused(
+    stack: RealStack, gated: DashboardProcess, browser: Browser, page: Page
+) -> None:
+    login(page, gated, stack.keys.admin)
+    (old,) = [c for c in page.context.cookies() if c["name"] == "longshore_session"]
+    sign_out(page)
+    assert "longshore_session" not in {c["name"] for c in page.context.cookies()}
+    # Another browser presents the old cookie: refused, sent to the login page.
+    other = browser.new_context(viewport=DESKTOP)
+    try:
+        other.add_cookies([old])  # type: ignore[list-item]
+        replay = other.new_page()
+        replay.goto(f"{gated.url}/boards/default")
+        expect(replay).to_have_url(re.compile(r"/login\?next=/boards/default$"))
+        expect(replay.locator("input[name=api_key]")).to_be_visible()
+        api = other.request.get(f"{gated.url}/api/boards")
+        assert api.status == 401 and api.json()["error"] in ("session_ended", "unauthenticated")
+    finally:
+        other.close()
+
+
+@pytest.fixture(scope="module")
+def throttled(stack: RealStack) -> Iterator[DashboardProcess]:
+    # Its own process: the throttle counts per address, and every browser here is 127.0.0.1.
+    env = {
+        "LONGSHORE_DASHBOARD_REQUIRE_LOGIN": "1",
+        "LONGSHORE_DASHBOARD_SESSION_SECRET": SESSION_SECRET,
+    }
+    with dashboard_process(stack, env=env, name="dashboard-throttled") as d:
+        yield d
+
+
+def test_the_eleventh_wrong_login_within_a_minute_is_throttled(
+    stack: RealStack, throttled: DashboardProcess, page: Page
+) -> None:
+    statuses: list[int] = []
+    page.on(
+        "response",
+        lambda r: statuses.append(r.status) if r.request.method == "POST" else None,
+    )
+    for attempt in range(11):
+        page.goto(f"{throttled.url}/login?next=/boards/default")
+        page.fill("input[name=api_key]", f"lsk_wrong_{attempt}")
+        page.click("button[type=submit]")
+        expect(page.locator(".error")).to_be_visible()
+    assert statuses == [401] * 10 + [429], statuses
+    expect(page.locator(".error")).to_contain_text("Too many wrong API keys")
+    shoot(page, "login-throttled")
+    # Even the right key waits out the minute.
+    page.goto(f"{throttled.url}/login?next=/boards/default")
+    page.fill("input[name=api_key]", stack.keys.admin)
+    page.click("button[type=submit]")
+    expect(page.locator(".error")).to_contain_text("Too many wrong API keys")
