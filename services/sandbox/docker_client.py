@@ -60,6 +60,13 @@ def engine_message(exc: BaseException) -> str:
     return text
 
 
+def explain(exc: BaseException) -> str:
+    """A short text of any error for logs: a typed error's message, else the engine's."""
+    if isinstance(exc, ServiceError):
+        return exc.message
+    return engine_message(exc)
+
+
 def unreachable_reason(exc: BaseException) -> str:
     """A short reason why the engine could not be reached (the innermost OS error)."""
     seen: set[int] = set()

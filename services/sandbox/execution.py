@@ -42,7 +42,7 @@ import requests
 from docker.utils.socket import frames_iter
 
 from services.runtime.errors import InvalidArgument, OutOfRange, ServiceError, Unavailable
-from services.sandbox.docker_client import engine_call, engine_message
+from services.sandbox.docker_client import engine_call
 from services.sandbox.metrics import SandboxMetrics
 from services.sandbox.model import ExecCommand, ExecExit, OutputChunk, StreamKind
 from services.sandbox.owners import MARKER_SEPARATOR
@@ -65,7 +65,7 @@ _MAX_SIGNAL = 64
 # The last line is the sentinel, so a killer that could not finish is told
 # apart from one that found nothing.
 KILL_SCRIPT = r"""
-mode=$1; m="LONGSHORE_EXEC_ID=$2"
+mode=$1; m="LONGSHORE_EXEC_ID=$2"; broke=
 nul=; read -r -d '' _ < /proc/$$/environ 2>/dev/null && nul=1
 has() {
   if [ -n "$nul" ]; then
@@ -73,6 +73,8 @@ has() {
     return 1
   fi
   tr '\000' '\n' < "$1/environ" | grep -qxF -e "$m"
+  rc=$?; [ $rc -gt 1 ] && broke=1
+  return $rc
 } 2>/dev/null
 if [ "$mode" = list ]; then
   for d in /proc/[0-9]*; do
@@ -101,7 +103,7 @@ while [ $round -lt 200 ]; do
   round=$((round+1))
 done
 for p in $frozen; do kill -KILL "$p" 2>/dev/null; done
-echo "longshore-kill-done $n"
+[ -z "$broke" ] && echo "longshore-kill-done $n"
 """
 
 
@@ -395,12 +397,3 @@ class ExecRun:
 def env_names(env: Mapping[str, str]) -> list[str]:
     """Names only, for logs and spans."""
     return sorted(env)
-
-
-def describe(exc: BaseException) -> str:
-    """A short text of an engine error for logs."""
-    if isinstance(exc, ServiceError):
-        return exc.message
-    if isinstance(exc, docker.errors.DockerException):
-        return engine_message(exc)
-    return str(exc)

@@ -1,11 +1,9 @@
 """The sandbox manager: acquire, get, list, exec and release labelled sandboxes.
 
-This is the only module (with its exec half, :mod:`.execution`) that talks to
+This is the only module (with its halves :mod:`.acquire_steps`, the
+get-or-create of persistent sandboxes, and :mod:`.execution`) that talks to
 the Docker engine. Sandboxes are found by their ``io.longshore.*`` labels and
-scoped to one deployment. Persistent sandboxes have a deterministic name, so
-get-or-create is atomic across processes (a 409 conflict means "adopt the one
-another process just made"); within a process a per-key lock serialises
-acquires for one (task, profile).
+scoped to one deployment.
 
 Sandbox ids and names longer than 128 characters are refused before any
 engine call, and messages quote at most 100 characters of any caller-supplied
@@ -18,10 +16,8 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,21 +28,15 @@ from services.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ServiceError,
-    Unavailable,
     quote,
 )
 from services.sandbox import labels
+from services.sandbox.acquire_steps import AcquireSteps
 from services.sandbox.cleanup import CleanupPool
-from services.sandbox.docker_client import (
-    NameTaken,
-    engine_call,
-    info_from_inspect,
-    info_from_list,
-)
+from services.sandbox.docker_client import engine_call, explain, info_from_inspect, info_from_list
 from services.sandbox.engine_health import EngineHealth
 from services.sandbox.execution import ExecRun, validate
-from services.sandbox.hardening import host_config_kwargs, resolve_spec
+from services.sandbox.hardening import resolve_spec
 from services.sandbox.metrics import SandboxMetrics
 from services.sandbox.model import (
     AcquireResult,
@@ -54,7 +44,6 @@ from services.sandbox.model import (
     ExecExit,
     Outcome,
     OutputChunk,
-    ResolvedSpec,
     SandboxInfo,
     Spec,
 )
@@ -66,8 +55,6 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 Clock = Callable[[], datetime]
-#: How long an acquire keeps re-probing while another process holds the key.
-_ACQUIRE_DEADLINE_SECONDS = 30.0
 #: Longest sandbox id or name a caller may pass (engine ids are 64 characters).
 MAX_REF_CHARS = 128
 
@@ -89,7 +76,7 @@ def check_ref(field_name: str, value: str) -> None:
         raise InvalidArgument(f"{field_name}: at most {MAX_REF_CHARS} characters, got {len(value)}")
 
 
-class SandboxManager:
+class SandboxManager(AcquireSteps):
     """Owns every container call of one deployment.
 
     Args:
@@ -167,157 +154,6 @@ class SandboxManager:
             },
         )
         return result
-
-    @contextmanager
-    def _key_lock(self, task_id: str, profile: str) -> Iterator[None]:
-        key = (task_id, profile)
-        with self._locks_guard:
-            lock, users = self._key_locks.get(key, (threading.Lock(), 0))
-            self._key_locks[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._locks_guard:
-                lock, users = self._key_locks[key]
-                if users == 1:
-                    del self._key_locks[key]
-                else:
-                    self._key_locks[key] = (lock, users - 1)
-
-    def _acquire_persistent(self, task_id: str, profile: str, spec: ResolvedSpec) -> AcquireResult:
-        # Each round re-probes, so whatever another process did meanwhile
-        # (created, started, replaced the container) is seen, not fought.
-        filters = {"label": labels.key_filters(self.deployment, profile, task_id)}
-        name = labels.container_name(self.deployment, profile, task_id)
-        outcome, reason = Outcome.CREATED, "no sandbox for the key"
-        deadline = time.monotonic() + _ACQUIRE_DEADLINE_SECONDS
-        backoff = 0.02
-        while time.monotonic() < deadline:
-            with engine_call("containers.list", task_id=task_id, profile=profile):
-                found = self.api.containers(all=True, filters=filters)
-            if not found:
-                try:
-                    info = self._create_started(task_id, profile, spec, persist=True, name=name)
-                except NameTaken:
-                    # The engine reserves the name before the container shows up in
-                    # lists or inspects; under load that window lasts a while.
-                    log.info(
-                        "name taken by a concurrent acquire; adopting",
-                        extra={"container_name": name},
-                    )
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 0.5)
-                    continue
-                except NotFound:
-                    continue  # removed by a concurrent acquire right after we made it
-                return AcquireResult(info, outcome, reason)
-            found.sort(
-                key=lambda c: (
-                    c.get("State") == "running",
-                    labels.created_ns(c.get("Labels") or {}, c.get("Created", 0)),
-                ),
-                reverse=True,
-            )
-            current = found[0]
-            cid = str(current["Id"])
-            old_hash = (current.get("Labels") or {}).get(labels.CONFIG_HASH, "")
-            if old_hash != spec.config_hash:
-                self._remove_now(cid)
-                outcome = Outcome.REPLACED_CONFIG_CHANGED
-                reason = f"config hash changed: {old_hash or 'none'} -> {spec.config_hash}"
-                continue
-            attached = self._attach(cid, str(current.get("State", "")))
-            if attached is not None:
-                return attached
-            outcome = Outcome.REPLACED_START_FAILED
-            reason = f"start of {current.get('State')} sandbox failed"
-        raise Unavailable(f"sandbox {name!r} kept changing under concurrent acquires; retry")
-
-    def _attach(self, cid: str, state: str) -> AcquireResult | None:
-        """Attaches to (starting if needed) a sandbox; None when it was broken and removed."""
-        if state == "running":
-            return AcquireResult(self._inspect_info(cid), Outcome.REUSED_RUNNING, "attached")
-        if state in ("exited", "created", "paused"):
-            try:
-                self._start(cid, unpause=state == "paused")
-            except (FailedPrecondition, InvalidArgument, NotFound) as exc:
-                # Another manager may have started (or removed) it meanwhile.
-                try:
-                    info = self._inspect_info(cid)
-                except NotFound:
-                    return None
-                if info.state == "running":
-                    return AcquireResult(info, Outcome.REUSED_RUNNING, "started concurrently")
-                log.warning(
-                    "start of a stopped sandbox failed; replacing it",
-                    extra={"sandbox_id": cid, "state": info.state, "error": _explain(exc)},
-                )
-                self._remove_now(cid)
-                return None
-            info = self._inspect_info(cid)
-            if info.state == "running":
-                return AcquireResult(info, Outcome.RESTARTED, f"started {state} sandbox")
-        # restarting, removing, dead, or exited again right after start.
-        self._remove_now(cid)
-        return None
-
-    def _create_started(
-        self, task_id: str, profile: str, spec: ResolvedSpec, *, persist: bool, name: str
-    ) -> SandboxInfo:
-        lbl = labels.sandbox_labels(
-            deployment=self.deployment,
-            profile=profile,
-            task_id=task_id,
-            persist=persist,
-            owner=self.owner,
-            config_hash=spec.config_hash,
-        )
-        keepalive = list(self.section.keepalive_command)
-        with engine_call("containers.create", image=spec.image, name=name):
-            host_config = self.api.create_host_config(**host_config_kwargs(spec, self.section))
-            cid = self.api.create_container(
-                spec.image,
-                entrypoint=keepalive[:1],
-                command=keepalive[1:],
-                labels=lbl,
-                name=name,
-                host_config=host_config,
-                environment=dict(spec.env),
-                working_dir=spec.workdir or None,
-                user=spec.user or None,
-                detach=True,
-            )["Id"]
-        try:
-            self._start(cid)
-        except (FailedPrecondition, InvalidArgument, NotFound) as exc:
-            # The engine answers a start it cannot do (a missing binary, a
-            # runtime error) with 400 or 500: the state check below decides.
-            log.warning(
-                "start of a new sandbox failed", extra={"sandbox_id": cid, "error": _explain(exc)}
-            )
-        info = self._inspect_info(cid)
-        if info.state != "running":
-            self._remove_now(cid)
-            raise FailedPrecondition(
-                f"sandbox from image {quote(spec.image)} does not stay running (state {info.state})"
-            )
-        return info
-
-    def _start(self, cid: str, *, unpause: bool = False) -> None:
-        with engine_call("containers.start", resource=f"sandbox {cid!r}", sandbox_id=cid):
-            if unpause:
-                self.api.unpause(cid)
-            else:
-                self.api.start(cid)
-
-    def _remove_now(self, cid: str) -> None:
-        try:
-            with engine_call("containers.remove", resource=f"sandbox {cid!r}", sandbox_id=cid):
-                self.api.remove_container(cid, force=True, v=True)
-        except NotFound:
-            pass
-        self.forget(cid)
 
     # ---- get / list ----------------------------------------------------------------
 
@@ -474,14 +310,14 @@ class SandboxManager:
             log.info("cleanup: sandbox already gone", extra={"sandbox_id": cid})
             return
         except FailedPrecondition as exc:  # stop failed: rm -f still kills it
-            log.warning("cleanup: stop failed", extra={"sandbox_id": cid, "error": _explain(exc)})
+            log.warning("cleanup: stop failed", extra={"sandbox_id": cid, "error": explain(exc)})
         try:
             with engine_call("containers.remove", resource=f"sandbox {cid!r}", sandbox_id=cid):
                 self.api.remove_container(cid, force=True, v=True)
         except NotFound:
             pass
         except FailedPrecondition as exc:
-            if "already in progress" not in _explain(exc):
+            if "already in progress" not in explain(exc):
                 raise
         log.info("cleanup: sandbox removed", extra={"sandbox_id": cid, "reason": reason})
 
@@ -579,9 +415,3 @@ class SandboxManager:
     def config_user(self, cid: str) -> str:
         """The user a sandbox's processes run as by default (``Config.User``; "" = image's)."""
         return str((self._inspect(cid).get("Config") or {}).get("User") or "")
-
-
-def _explain(exc: BaseException) -> str:
-    if isinstance(exc, ServiceError):
-        return exc.message
-    return str(exc)
