@@ -382,3 +382,26 @@ def test_the_eleventh_wrong_login_within_a_minute_is_throttled(
     page.fill("input[name=api_key]", stack.keys.admin)
     page.click("button[type=submit]")
     expect(page.locator(".error")).to_contain_text("Too many wrong API keys")
+
+
+def test_the_status_page_says_why_a_backend_is_not_serving(page: Page) -> None:
+    # The real dashboard server; the gateway behind it reports a backend down
+    # with its reason, as the real one does while the Docker engine is away.
+    from longshore.gateway.v1 import gateway_service_pb2
+
+    from tests.unit.dashboard.dashboard_harness import running_dashboard
+
+    with running_dashboard() as dash:
+        dash.state.extra_backends.append(
+            gateway_service_pb2.BackendStatus(
+                name="sandbox-engine",
+                address="unix:///var/run/docker.sock",
+                health=gateway_service_pb2.BACKEND_HEALTH_NOT_SERVING,
+                detail="docker engine unreachable: connection refused",
+            )
+        )
+        page.goto(f"http://127.0.0.1:{dash.client.port}/status")
+        row = page.locator("#backends tbody tr", has_text="sandbox-engine")
+        expect(row.locator(".pill")).to_have_text("not serving")
+        expect(row.locator(".why")).to_have_text("docker engine unreachable: connection refused")
+        shoot(page, "status-not-serving")

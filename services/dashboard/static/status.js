@@ -31,13 +31,12 @@
       el("td", { text: b.name }),
       el("td", {}, el("span", { class: `pill ${b.health}`, text: b.health.replaceAll("_", " ") }),
         // Why a backend is not serving, right next to it (e.g. "docker engine unreachable: …").
-        b.health !== "serving" && b.detail ? el("span", { class: "why", text: ` ${b.detail}` }) : null),
+        b.detail ? el("span", { class: b.health === "serving" ? "muted" : "why", text: ` ${b.detail}` }) : null),
       el("td", { text: b.version }),
       el("td", { text: b.address }),
-      el("td", { text: `${Number(b.latency_ms || 0).toFixed(1)} ms` }),
-      el("td", { text: b.detail })));
+      el("td", { text: `${Number(b.latency_ms || 0).toFixed(1)} ms` })));
     document.querySelector("#backends tbody").replaceChildren(
-      ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "6", class: "empty", text: "no backends reported" }))]));
+      ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "5", class: "empty", text: "no backends reported" }))]));
   }
 
   load().catch((error) => { if (error.status !== 401) banner(String(error.message), "error"); });
