@@ -8,7 +8,12 @@ key every call carried.
 from __future__ import annotations
 
 from services.dashboard.auth.sessions import COOKIE_NAME
-from tests.unit.dashboard.dashboard_harness import form_login, in_process_dashboard, page_token_of
+from tests.unit.dashboard.dashboard_harness import (
+    form_login,
+    in_process_dashboard,
+    page_token_of,
+    running_dashboard,
+)
 from tests.unit.dashboard.fake_gateway import DASHBOARD_KEY, READ_KEY, USER_KEY
 
 WRITE_CONTROLS = ('id="create-form"', 'id="tick"', 'id="reap"', 'id="reap-preview"')
@@ -186,3 +191,39 @@ def test_a_trusted_proxy_user_acts_with_the_sso_key() -> None:
         )
         assert refused.status_code == 403
         assert set(dash.state.calls) == {READ_KEY}
+
+
+def test_loopback_mode_acts_with_the_dashboards_own_key() -> None:
+    with running_dashboard() as dash:
+        client = dash.client
+        page = client.get("/boards/default")
+        assert b'<meta name="longshore-can-write" content="1">' in page.body
+        client.token = page_token_of(page.body.decode())
+        dash.state.calls.clear()
+        assert client.post("/api/tasks", body={"title": "by the dashboard"}).status == 201
+        assert client.get("/api/boards").status == 200
+        assert set(dash.state.calls) == {DASHBOARD_KEY}
+
+
+def test_an_event_stream_refused_for_a_rotated_key_ends_the_session() -> None:
+    with in_process_dashboard() as dash:
+        browser = dash.client()
+        form_login(browser, USER_KEY)
+        del dash.state.keys[USER_KEY]
+        # Resuming (Last-Event-ID) goes straight to WatchEvents, which is refused.
+        with browser.stream("GET", "/api/events", headers={"Last-Event-ID": "0"}) as stream:
+            assert stream.status_code == 200
+            text = "".join(stream.iter_text())
+        assert '"code":"UNAUTHENTICATED"' in text
+        after = browser.get("/api/boards")
+        assert after.status_code == 401 and after.json()["error"] == "session_ended"
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_keep_alive() -> None:
+    import socket
+
+    with (
+        running_dashboard(keep_alive_seconds=1) as dash,
+        socket.create_connection(("127.0.0.1", dash.client.port), timeout=15) as idle,
+    ):
+        assert idle.recv(1) == b""  # closed by the server, not by our timeout
