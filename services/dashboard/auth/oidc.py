@@ -1,8 +1,8 @@
 """OpenID Connect login: authorization code flow with PKCE (S256).
 
 The flow's secrets (state, nonce, code verifier, where to return) travel in a
-short-lived signed cookie scoped to ``/auth/oidc/``, so nothing is stored on
-the server and several dashboard replicas work. The ID token comes straight
+short-lived signed cookie scoped to ``/auth/oidc/``, so a login in flight
+needs no server state (the session it ends in does: see :mod:`.store`). The ID token comes straight
 from the token endpoint over the back channel, so its claims (issuer,
 audience, expiry, nonce) are checked and its signature is not (OpenID Connect
 Core 1.0, section 3.1.3.7, step 6: TLS to the token endpoint authenticates

@@ -1,4 +1,8 @@
-"""Signed, expiring session cookies (HMAC-SHA256, no server-side state).
+"""Signed, expiring session cookies (HMAC-SHA256).
+
+A cookie only *names* a session: the gate also requires the server-side
+record of ``sid`` in :class:`~.store.SessionStore`, which holds the key the
+session acts with, so logout and key rotation end a session for good.
 
 A cookie value is ``<payload>.<signature>`` where the payload is base64url
 JSON ``{"sub", "sid", "method", "auth", "exp"}``. The signature covers the

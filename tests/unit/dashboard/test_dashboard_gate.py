@@ -93,6 +93,7 @@ def make_gate(mode: Mode, *, proxy: bool = False, sessions: bool = True) -> Gate
         bind_host="127.0.0.1" if mode is Mode.LOOPBACK else "0.0.0.0",
         methods=LoginMethods(api_key=sessions, oidc=False, proxy=proxy),
         page_token=PAGE_TOKEN,
+        sso_api_key="sso-key",
     )
     return Gate(
         config,
@@ -266,6 +267,29 @@ def test_gated_without_session_codec_refuses_cookies() -> None:
     gate = make_gate(G, proxy=True, sessions=False)
     row = Row(G, "GET", "/api/boards", "cookie:valid", "401:unauthenticated")
     run_row(row, gate)
+
+
+def test_identities_carry_the_key_their_calls_use() -> None:
+    gate = make_gate(G, proxy=True)
+    cookie = f"{COOKIE_NAME}={cookie_for('valid')}"
+    session = gate.check(Request.build("GET", "/api/boards", {"Cookie": cookie})).identity
+    assert session is not None
+    assert (session.api_key, session.scopes) == ("key-valid", frozenset({"read"}))
+    assert session.ends_with_its_key and "key-valid" not in repr(session)
+    proxied = Request.build("GET", "/", {"X-Forwarded-User": "alice"}, peer="10.1.2.3")
+    identity = gate.check(proxied).identity
+    assert identity is not None and identity.api_key == "sso-key" and identity.scopes is None
+    assert not identity.ends_with_its_key
+    loopback = make_gate(L).check(Request.build("GET", "/", {"Host": LOOP_HOST})).identity
+    assert loopback is not None and loopback.api_key == ""  # the dashboard's own key
+
+
+def test_behind_a_trusted_proxy_the_client_address_is_the_last_forwarded_hop() -> None:
+    gate = make_gate(G, proxy=True)
+    via = {"X-Forwarded-For": "203.0.113.1, 198.51.100.7"}
+    assert gate.client_address(Request.build("GET", "/", via, peer="10.0.0.9")) == "198.51.100.7"
+    # Anyone else's forwarding header is ignored.
+    assert gate.client_address(Request.build("GET", "/", via, peer="192.0.2.4")) == "192.0.2.4"
 
 
 def test_loopback_refuses_a_reverse_proxy_in_front() -> None:
