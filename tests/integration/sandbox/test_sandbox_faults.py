@@ -8,6 +8,7 @@ start and looking for the file it would write.
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -28,8 +29,10 @@ from services.sandbox import labels
 from services.sandbox.docker_client import engine_call
 from services.sandbox.manager import SandboxManager
 from services.sandbox.model import ExecCommand, Spec
+from services.sandbox.owners import identity
 from services.sandbox.reaper import Reaper, StartupGuard
 from services.sandbox.server import SandboxServicer, grpc_service
+from services.sandbox.settings import SandboxSection
 from tests.support.engine_proxy import EngineProxy
 
 from .conftest import remove_deployment
@@ -82,9 +85,9 @@ def exists(stub: SandboxServiceStub, cid: str, path: str) -> bool:
     return exec_all(stub, cid, ["test", "-e", path])[2].exit_code == 0
 
 
-def acquire(stub: SandboxServiceStub, task: str, **spec: int) -> str:
+def acquire(stub: SandboxServiceStub, task: str, pids_limit: int = 0) -> str:
     req = sandbox_service_pb2.AcquireSandboxRequest(
-        task_id=task, profile="faults", spec=sandbox_pb2.SandboxSpec(**spec)
+        task_id=task, profile="faults", spec=sandbox_pb2.SandboxSpec(pids_limit=pids_limit)
     )
     return str(stub.AcquireSandbox(req, timeout=T).sandbox.sandbox_id)
 
@@ -262,6 +265,29 @@ def test_non_persistent_sandbox_of_a_killed_manager_is_removed_by_the_next(
     assert engine.api.inspect_container(kept)["State"]["Running"]
 
 
+def test_reaper_tick_removes_only_non_persistent_sandboxes_of_dead_owners(
+    make_manager: Callable[..., SandboxManager],
+    engine: docker.DockerClient,
+    section: SandboxSection,
+    test_deployment: str,
+) -> None:
+    alive = make_manager()  # its fixture removes the deployment's containers at the end
+    # This process's own pid with another start time: a manager that died and
+    # whose pid was reused, which the liveness rule must call dead.
+    me = identity()
+    dead_owner = f"gone.p{me.boot_id}.{me.pid_namespace}.{os.getpid()}.1"
+    dead = SandboxManager(engine, section, deployment=test_deployment, owner=dead_owner)
+    doomed = dead.acquire("doomed", "faults", Spec(), persist=False).sandbox.sandbox_id
+    kept = dead.acquire("kept", "faults", Spec()).sandbox.sandbox_id
+    mine = alive.acquire("mine", "faults", Spec(), persist=False).sandbox.sandbox_id
+    Reaper(alive, guard=StartupGuard()).tick(alive.clock())
+    alive.cleanup.drain(30)
+    assert not engine.api.containers(all=True, filters={"id": doomed})
+    for cid in (kept, mine):
+        assert engine.api.inspect_container(cid)["State"]["Running"]
+    dead.close(0)
+
+
 def test_engine_cut_for_ten_seconds_is_reported_and_recovered(
     procs: list[Manager], proc_env: dict[str, str], engine: docker.DockerClient
 ) -> None:
@@ -377,7 +403,7 @@ def test_huge_durations_caps_and_ids_are_refused_naming_the_field(
 ) -> None:
     cid = acquire(stub, "bounds")
     huge = duration_pb2.Duration(seconds=2**62)
-    cases = [
+    cases: list[tuple[Callable[[], object], str]] = [
         (
             lambda: list(
                 stub.Exec(
