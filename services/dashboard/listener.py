@@ -48,7 +48,9 @@ def bind(host: str, port: int) -> socket.socket:
         ListenError: The address is in use or cannot be bound; says which.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets
+    # that say so, and without it every response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

@@ -167,3 +167,17 @@ def test_login_throttle_is_per_address_and_bounded() -> None:
     assert len(throttle) == 2
     clock.now = 61
     assert throttle.retry_after("a") == 0
+
+
+def test_the_listening_socket_says_tcp_so_responses_are_not_held_by_nagle() -> None:
+    from services.dashboard.listener import ListenError, bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        # asyncio turns TCP_NODELAY on only for sockets created with IPPROTO_TCP;
+        # without it each response waited ~40 ms for the client's delayed ACK.
+        assert sock.proto == socket.IPPROTO_TCP
+        with pytest.raises(ListenError, match=r"cannot listen on 127\.0\.0\.1:\d+: address"):
+            bind("127.0.0.1", sock.getsockname()[1])
+    finally:
+        sock.close()
