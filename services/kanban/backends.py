@@ -35,8 +35,8 @@ Probe = Callable[[], str | None]
 
 
 def _one_line(reason: str) -> str:
-    text = " ".join(reason.split()) or "unavailable"
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+    text = " ".join(reason.split()).encode("ascii", "replace").decode() or "unavailable"
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
 
 
 def _utcnow() -> dt.datetime:

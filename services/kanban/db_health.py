@@ -29,8 +29,9 @@ SetServing = Callable[[bool, str], None]
 
 
 def _one_line(err: BaseException) -> str:
-    text_ = " ".join(str(err).split()) or type(err).__name__
-    return text_ if len(text_) <= MAX_REASON_CHARS else text_[: MAX_REASON_CHARS - 1] + "…"
+    # ASCII on one line: it travels as health metadata, which allows no more.
+    text_ = " ".join(str(err).split()).encode("ascii", "replace").decode() or type(err).__name__
+    return text_ if len(text_) <= MAX_REASON_CHARS else text_[: MAX_REASON_CHARS - 3] + "..."
 
 
 class DatabaseHealth:

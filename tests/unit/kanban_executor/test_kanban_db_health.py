@@ -38,7 +38,8 @@ def test_a_reachable_database_serves_and_an_unreachable_one_says_why(tmp_path: P
     assert problem is not None
     serving, detail = recorder.calls[-1]
     assert not serving and detail.startswith("database unreachable: ")
-    assert len(detail) < 200
+    # It travels as health metadata: one ASCII line, bounded.
+    assert detail.isascii() and "\n" not in detail and len(detail) < 200
     broken.stop()
     bad.dispose()
 
