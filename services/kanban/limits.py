@@ -88,7 +88,7 @@ TEXTS: Mapping[str, Text] = {
     "title": LABEL,
     "author": LABEL,
     "worker_id": LABEL,
-    "image": Text(300),
+    "image": Text(255),  # the longest image reference Docker accepts
     "description": Text(64 * KIB, "bytes"),
     "body": Text(64 * KIB, "bytes"),
     "reason": Text(4 * KIB, "bytes"),
@@ -105,7 +105,7 @@ MANY: Mapping[str, Many] = {
     "env": Many(128, Text(32 * KIB, "bytes"), key=Text(256), total_bytes=256 * KIB),
     "labels": Many(64, Text(256), key=Text(63)),
     "parent_ids": Many(100, ID),
-    "allowed_images": Many(64, Text(300)),
+    "allowed_images": Many(64, Text(255)),
     "statuses": Many(16, ID),
     "paths": Many(32, Text(64)),
 }
