@@ -105,7 +105,7 @@ MANY: Mapping[str, Many] = {
     "env": Many(128, Text(32 * KIB, "bytes"), key=Text(256), total_bytes=256 * KIB),
     "labels": Many(64, Text(256), key=Text(63)),
     "parent_ids": Many(100, ID),
-    "allowed_images": Many(64, Text(255)),
+    "allowed_images": Many(32, Text(255)),
     "statuses": Many(16, ID),
     "paths": Many(32, Text(64)),
 }

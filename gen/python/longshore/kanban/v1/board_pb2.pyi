@@ -53,11 +53,17 @@ class Board(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     TASK_COUNTS_FIELD_NUMBER: _builtins.int
     board_id: _builtins.str
-    """Board id: lowercase `[a-z0-9][a-z0-9-]{0,62}`, chosen by the creator."""
+    """Board id: lowercase `[a-z0-9][a-z0-9-]{0,62}`, chosen by the creator.
+    At most 63 characters; no NUL characters.
+    """
     display_name: _builtins.str
-    """Name shown in the UI."""
+    """Name shown in the UI.
+    At most 200 characters; no NUL characters.
+    """
     description: _builtins.str
-    """Free text."""
+    """Free text.
+    At most 65536 bytes; no NUL characters.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the board was created."""

@@ -31,9 +31,13 @@ class Comment(_message.Message):
     comment_id: _builtins.str
     """Comment id. Output only."""
     task_id: _builtins.str
-    """Task the comment is on."""
+    """Task the comment is on.
+    At most 64 characters; no NUL characters.
+    """
     author: _builtins.str
-    """Who wrote it (free text; the gateway fills the key's name when empty)."""
+    """Who wrote it (free text; the gateway fills the key's name when empty).
+    At most 200 characters; no NUL characters.
+    """
     body: _builtins.str
     """The text, at most 64 KiB."""
     @_builtins.property

@@ -83,7 +83,9 @@ class GetBoardRequest(_message.Message):
 
     BOARD_ID_FIELD_NUMBER: _builtins.int
     board_id: _builtins.str
-    """Board id."""
+    """Board id.
+    At most 63 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -130,9 +132,13 @@ class ListBoardsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum results; 0 = 100, capped at 1000."""
+    """Maximum results; 0 = 100, capped at 1000. A page also stops before it
+    would exceed 1 MiB; its next_page_token resumes after the last row sent.
+    """
     page_token: _builtins.str
-    """Opaque token from a previous response."""
+    """Opaque token from a previous response.
+    At most 1024 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -184,7 +190,9 @@ class DeleteBoardRequest(_message.Message):
     BOARD_ID_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     board_id: _builtins.str
-    """Board id."""
+    """Board id.
+    At most 63 characters; no NUL characters.
+    """
     force: _builtins.bool
     """Delete its tasks too."""
     def __init__(
@@ -274,7 +282,9 @@ class GetProfileRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Profile name."""
+    """Profile name.
+    At most 63 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -321,9 +331,13 @@ class ListProfilesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum results; 0 = 100, capped at 1000."""
+    """Maximum results; 0 = 100, capped at 1000. A page also stops before it
+    would exceed 1 MiB; its next_page_token resumes after the last row sent.
+    """
     page_token: _builtins.str
-    """Opaque token from a previous response."""
+    """Opaque token from a previous response.
+    At most 1024 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -456,7 +470,9 @@ class DeleteProfileRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Profile name."""
+    """Profile name.
+    At most 63 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -508,7 +524,9 @@ class CreateTaskRequest(_message.Message):
 
     @_builtins.property
     def parent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Parent tasks to wait for; the task starts in TODO while any is not done."""
+        """Parent tasks to wait for; the task starts in TODO while any is not done.
+        At most 100 elements of at most 64 characters each.
+        """
 
     def __init__(
         self,
@@ -561,7 +579,9 @@ class GetTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -612,18 +632,28 @@ class ListTasksRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     board_id: _builtins.str
-    """Board; empty = every board."""
+    """Board; empty = every board.
+    At most 63 characters; no NUL characters.
+    """
     assignee: _builtins.str
-    """Only tasks assigned to this profile, when set."""
+    """Only tasks assigned to this profile, when set.
+    At most 63 characters; no NUL characters.
+    """
     include_readiness: _builtins.bool
     """Fill each task's readiness (costs a plan of the board)."""
     page_size: _builtins.int
-    """Maximum results; 0 = 100, capped at 1000."""
+    """Maximum results; 0 = 100, capped at 1000. A page also stops before it
+    would exceed 1 MiB; its next_page_token resumes after the last row sent.
+    """
     page_token: _builtins.str
-    """Opaque token from a previous response."""
+    """Opaque token from a previous response.
+    At most 1024 characters; no NUL characters.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_task_pb2.TaskStatus.ValueType]:
-        """Only these statuses, when set."""
+        """Only these statuses, when set.
+        At most 16 elements.
+        """
 
     def __init__(
         self,
@@ -733,7 +763,9 @@ class DeleteTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -774,11 +806,15 @@ class MoveTaskRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     status: _task_pb2.TaskStatus.ValueType
     """Target status."""
     reason: _builtins.str
-    """Why; kept in the event (and as blocked_reason when moving to blocked)."""
+    """Why; kept in the event (and as blocked_reason when moving to blocked).
+    At most 4096 bytes; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -827,9 +863,13 @@ class AssignTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     ASSIGNEE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     assignee: _builtins.str
-    """Profile name; empty clears the assignee."""
+    """Profile name; empty clears the assignee.
+    At most 63 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -877,9 +917,13 @@ class BlockTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     reason: _builtins.str
-    """Why. Required."""
+    """Why. Required.
+    At most 4096 bytes; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -927,9 +971,13 @@ class UnblockTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     reason: _builtins.str
-    """Why, for the event log."""
+    """Why, for the event log.
+    At most 4096 bytes; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -977,9 +1025,13 @@ class LinkTasksRequest(_message.Message):
     PARENT_ID_FIELD_NUMBER: _builtins.int
     CHILD_ID_FIELD_NUMBER: _builtins.int
     parent_id: _builtins.str
-    """Parent task id."""
+    """Parent task id.
+    At most 64 characters; no NUL characters.
+    """
     child_id: _builtins.str
-    """Child task id."""
+    """Child task id.
+    At most 64 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -1027,9 +1079,13 @@ class UnlinkTasksRequest(_message.Message):
     PARENT_ID_FIELD_NUMBER: _builtins.int
     CHILD_ID_FIELD_NUMBER: _builtins.int
     parent_id: _builtins.str
-    """Parent task id."""
+    """Parent task id.
+    At most 64 characters; no NUL characters.
+    """
     child_id: _builtins.str
-    """Child task id."""
+    """Child task id.
+    At most 64 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -1076,7 +1132,9 @@ class ExplainTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -1132,9 +1190,13 @@ class AddCommentRequest(_message.Message):
     AUTHOR_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     author: _builtins.str
-    """Author (free text)."""
+    """Author (free text).
+    At most 200 characters; no NUL characters.
+    """
     body: _builtins.str
     """Text; required, at most 64 KiB."""
     def __init__(
@@ -1186,11 +1248,17 @@ class ListCommentsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     page_size: _builtins.int
-    """Maximum results; 0 = 100, capped at 1000."""
+    """Maximum results; 0 = 100, capped at 1000. A page also stops before it
+    would exceed 1 MiB; its next_page_token resumes after the last row sent.
+    """
     page_token: _builtins.str
-    """Opaque token from a previous response."""
+    """Opaque token from a previous response.
+    At most 1024 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -1246,15 +1314,23 @@ class ListTaskEventsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Only this task's events, when set."""
+    """Only this task's events, when set.
+    At most 64 characters; no NUL characters.
+    """
     board_id: _builtins.str
-    """Only this board's events, when set."""
+    """Only this board's events, when set.
+    At most 63 characters; no NUL characters.
+    """
     after_event_id: _builtins.int
     """Only events with a larger id."""
     page_size: _builtins.int
-    """Maximum results; 0 = 100, capped at 1000."""
+    """Maximum results; 0 = 100, capped at 1000. A page also stops before it
+    would exceed 1 MiB; its next_page_token resumes after the last row sent.
+    """
     page_token: _builtins.str
-    """Opaque token from a previous response."""
+    """Opaque token from a previous response.
+    At most 1024 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -1312,9 +1388,13 @@ class WatchEventsRequest(_message.Message):
     since_event_id: _builtins.int
     """Send events with a larger id; 0 = from the beginning."""
     board_id: _builtins.str
-    """Only this board's events, when set."""
+    """Only this board's events, when set.
+    At most 63 characters; no NUL characters.
+    """
     task_id: _builtins.str
-    """Only this task's events, when set."""
+    """Only this task's events, when set.
+    At most 64 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -1364,11 +1444,17 @@ class ListTaskRunsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    """Task id."""
+    """Task id.
+    At most 64 characters; no NUL characters.
+    """
     page_size: _builtins.int
-    """Maximum results; 0 = 100, capped at 1000."""
+    """Maximum results; 0 = 100, capped at 1000. A page also stops before it
+    would exceed 1 MiB; its next_page_token resumes after the last row sent.
+    """
     page_token: _builtins.str
-    """Opaque token from a previous response."""
+    """Opaque token from a previous response.
+    At most 1024 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -1423,9 +1509,13 @@ class GetRunOutputRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """Run id; when empty, the latest run of task_id."""
+    """Run id; when empty, the latest run of task_id.
+    At most 64 characters; no NUL characters.
+    """
     task_id: _builtins.str
-    """Task id, used when run_id is empty."""
+    """Task id, used when run_id is empty.
+    At most 64 characters; no NUL characters.
+    """
     offset: _builtins.int
     """Byte offset to start at."""
     limit: _builtins.int
@@ -1495,9 +1585,13 @@ class StreamRunOutputRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """Run id; when empty, the latest run of task_id."""
+    """Run id; when empty, the latest run of task_id.
+    At most 64 characters; no NUL characters.
+    """
     task_id: _builtins.str
-    """Task id, used when run_id is empty."""
+    """Task id, used when run_id is empty.
+    At most 64 characters; no NUL characters.
+    """
     offset: _builtins.int
     """Byte offset to start at."""
     follow: _builtins.bool
@@ -1562,7 +1656,9 @@ class DispatchRequest(_message.Message):
     DRY_RUN_FIELD_NUMBER: _builtins.int
     MAX_SPAWN_FIELD_NUMBER: _builtins.int
     board_id: _builtins.str
-    """Only this board, when set."""
+    """Only this board, when set.
+    At most 63 characters; no NUL characters.
+    """
     dry_run: _builtins.bool
     """Plan only: write nothing, report what a real tick would do."""
     max_spawn: _builtins.int

@@ -112,7 +112,9 @@ class Profile(_message.Message):
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
     ALLOWED_IMAGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Profile name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,62}`. The identifier."""
+    """Profile name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,62}`. The identifier.
+    At most 63 characters; no NUL characters.
+    """
     executor: Global___Executor.ValueType
     """How the profile's tasks run."""
     max_in_progress: _builtins.int
@@ -124,7 +126,9 @@ class Profile(_message.Message):
     of force-removing it.
     """
     description: _builtins.str
-    """Free text."""
+    """Free text.
+    At most 65536 bytes; no NUL characters.
+    """
     @_builtins.property
     def sandbox_spec(self) -> _sandbox_pb2.SandboxSpec:
         """Sandbox spec of this profile's tasks: operator policy, validated by the
@@ -138,6 +142,7 @@ class Profile(_message.Message):
     def default_max_runtime(self) -> _duration_pb2.Duration:
         """Default max runtime for tasks that set none; unset = the dispatcher's
         `kanban.default_max_runtime_seconds`.
+        At most 31622400 seconds (366 days); OUT_OF_RANGE beyond.
         """
 
     @_builtins.property

@@ -261,25 +261,34 @@ class Task(_message.Message):
     task_id: _builtins.str
     """Task id, assigned by the service. Output only."""
     board_id: _builtins.str
-    """Board the task is on. Required on create."""
+    """Board the task is on. Required on create.
+    At most 63 characters; no NUL characters.
+    """
     title: _builtins.str
     """Short title. Required on create, at most 200 characters."""
     description: _builtins.str
-    """Free text (markdown)."""
+    """Free text (markdown).
+    At most 65536 bytes; no NUL characters.
+    """
     status: Global___TaskStatus.ValueType
     """Column. On create, TRIAGE, TODO or READY (default READY; a task with
     parents that are not done starts in TODO).
     """
     assignee: _builtins.str
-    """Profile name the task is assigned to; empty = unassigned."""
+    """Profile name the task is assigned to; empty = unassigned.
+    At most 63 characters; no NUL characters.
+    """
     priority: _builtins.int
     """Higher runs first; ties go to the older task."""
     image: _builtins.str
     """Image overriding the profile's sandbox image, when set; must be the
     profile's image or one of its `allowed_images`.
+    At most 255 characters; no NUL characters.
     """
     blocked_reason: _builtins.str
-    """Why the task is blocked (set by BlockTask or by the breaker)."""
+    """Why the task is blocked (set by BlockTask or by the breaker).
+    At most 4096 bytes; no NUL characters.
+    """
     failure_count: _builtins.int
     """Counted failures of the current streak; at `failure_limit` the breaker
     blocks the task. Reset on success and on unblock. Output only.
@@ -296,6 +305,7 @@ class Task(_message.Message):
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Command run by the sandbox executor (argv; wrap shell code in
         `["sh", "-c", "..."]`). External workers read it as they like.
+        At most 256 elements of at most 32768 bytes each, 131072 bytes in all.
         """
 
     @_builtins.property
@@ -303,11 +313,15 @@ class Task(_message.Message):
         """Environment for the command; values are never logged or put in argv.
         Write-only: reads return each name with the value `<redacted>`, and a
         write that sends `<redacted>` for a name keeps the stored value.
+        At most 128 entries; keys at most 256 characters, values at most 32768
+        bytes, 262144 bytes in all.
         """
 
     @_builtins.property
     def max_runtime(self) -> _duration_pb2.Duration:
-        """Longest a run may take; its exec timeout. Unset = the profile's default."""
+        """Longest a run may take; its exec timeout. Unset = the profile's default.
+        At most 31622400 seconds (366 days); OUT_OF_RANGE beyond.
+        """
 
     @_builtins.property
     def parent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -315,7 +329,9 @@ class Task(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free-form labels."""
+        """Free-form labels.
+        At most 64 entries; keys at most 63 characters, values at most 256 characters.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:

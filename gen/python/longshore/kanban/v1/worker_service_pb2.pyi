@@ -32,15 +32,22 @@ class ClaimTaskRequest(_message.Message):
     WAIT_FIELD_NUMBER: _builtins.int
     BOARD_ID_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
-    """External profile to take work for."""
+    """External profile to take work for.
+    At most 63 characters; no NUL characters.
+    """
     worker_id: _builtins.str
-    """Stable id of the worker (for the run row and events)."""
+    """Stable id of the worker (for the run row and events).
+    At most 200 characters; no NUL characters.
+    """
     board_id: _builtins.str
-    """Only this board, when set."""
+    """Only this board, when set.
+    At most 63 characters; no NUL characters.
+    """
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
         """Wait up to this long for a task (long poll); 0 = answer at once. Capped
         at 60 s.
+        At most 31622400 seconds (366 days); OUT_OF_RANGE beyond.
         """
 
     def __init__(
@@ -129,7 +136,9 @@ class HeartbeatRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run's fencing token."""
+    """The run's fencing token.
+    At most 64 characters; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -186,9 +195,13 @@ class AppendOutputRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run's fencing token."""
+    """The run's fencing token.
+    At most 64 characters; no NUL characters.
+    """
     data: _builtins.bytes
-    """Bytes to append."""
+    """Bytes to append.
+    At most 1048576 bytes.
+    """
     def __init__(
         self,
         *,
@@ -238,9 +251,13 @@ class CompleteTaskRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run's fencing token."""
+    """The run's fencing token.
+    At most 64 characters; no NUL characters.
+    """
     summary: _builtins.str
-    """A short result summary, kept in the completed event."""
+    """A short result summary, kept in the completed event.
+    At most 16384 bytes; no NUL characters.
+    """
     def __init__(
         self,
         *,
@@ -291,9 +308,13 @@ class FailTaskRequest(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     PLATFORM_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run's fencing token."""
+    """The run's fencing token.
+    At most 64 characters; no NUL characters.
+    """
     error: _builtins.str
-    """What went wrong. Required."""
+    """What went wrong. Required.
+    At most 16384 bytes; no NUL characters.
+    """
     retryable: _builtins.bool
     """Whether a retry may succeed; false blocks the task at once."""
     exit_code: _builtins.int
