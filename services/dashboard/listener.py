@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -127,6 +128,10 @@ class DashboardServer:
             limit_concurrency=MAX_CONNECTIONS,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         )
+        # uvicorn's INFO lines ("Started server process", with an ANSI-coloured
+        # copy in `color_message`) repeat what the dashboard logs itself; its
+        # warnings (malformed requests) stay.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._server = _Server(config, dashboard)
         self._thread: threading.Thread | None = None
 
