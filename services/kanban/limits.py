@@ -31,6 +31,10 @@ PAGE_BYTES = 1024 * KIB
 PAGE_TOKEN_CHARS = 1024
 #: Longest Duration accepted anywhere (a year; ``now + 2^62 s`` overflows).
 MAX_DURATION_SECONDS = 366 * 86400
+#: Most bytes one GetRunOutput returns (0 asks for this much).
+OUTPUT_READ_BYTES = 1024 * KIB
+#: Largest output offset accepted (far past any output cap; keeps sums in 64 bits).
+MAX_OUTPUT_OFFSET = 2**53
 #: Largest serialized event payload; longer strings in it are cut first.
 EVENT_PAYLOAD_BYTES = 16 * KIB
 

@@ -12,7 +12,7 @@ from services.kanban import convert, limits, models, pagination
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.store import runs
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument, OutOfRange
 
 STREAM_CHUNK = 64 * 1024
 FOLLOW_IDLE_SECONDS = 0.5
@@ -26,11 +26,20 @@ def _run_for(s: Session, run_id: str, task_id: str) -> models.TaskRun:
     return runs.latest_run(s, task_id)
 
 
+def _check_offset(offset: int) -> None:
+    if offset < 0:
+        raise InvalidArgument("offset: must not be negative")
+    if offset > limits.MAX_OUTPUT_OFFSET:
+        raise OutOfRange(f"offset: at most {limits.MAX_OUTPUT_OFFSET}")
+
+
 class RunReads:
     """Mixin for :class:`~services.kanban.server.KanbanServicer`: reading runs."""
 
     _db: Database
     _bus: EventBus
+    #: Byte budget of one page (tests lower it).
+    page_bytes: int = limits.PAGE_BYTES
 
     def ListTaskRuns(
         self, request: pb.ListTaskRunsRequest, context: grpc.ServicerContext
@@ -46,7 +55,7 @@ class RunReads:
                 after=key,  # (datetime, str), checked on decode
                 limit=size + 1,
             )
-            page = pagination.fill(rows, size, convert.run, budget=limits.PAGE_BYTES)
+            page = pagination.fill(rows, size, convert.run, budget=self.page_bytes)
             token = ""
             if page.last is not None:
                 token = pagination.encode_token(
@@ -57,13 +66,15 @@ class RunReads:
     def GetRunOutput(
         self, request: pb.GetRunOutputRequest, context: grpc.ServicerContext
     ) -> pb.GetRunOutputResponse:
-        if request.offset < 0:
-            raise InvalidArgument("offset: must not be negative")
+        _check_offset(request.offset)
         if request.limit < 0:
             raise InvalidArgument("limit: must not be negative")
+        # Beyond 1 MiB a reply could pass the message limit; `offset + limit`
+        # must also stay a 64-bit integer for the database.
+        limit = min(request.limit or limits.OUTPUT_READ_BYTES, limits.OUTPUT_READ_BYTES)
         with self._db.read() as s:
             run = _run_for(s, request.run_id, request.task_id)
-            data, next_offset = runs.read_output(s, run, request.offset, request.limit)
+            data, next_offset = runs.read_output(s, run, request.offset, limit)
             ended = run.status != models.RUN_RUNNING
             return pb.GetRunOutputResponse(
                 run_id=run.run_id,
@@ -76,8 +87,7 @@ class RunReads:
     def StreamRunOutput(
         self, request: pb.StreamRunOutputRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamRunOutputResponse]:
-        if request.offset < 0:
-            raise InvalidArgument("offset: must not be negative")
+        _check_offset(request.offset)
         with self._db.read() as s:
             run_id = _run_for(s, request.run_id, request.task_id).run_id
         offset = request.offset

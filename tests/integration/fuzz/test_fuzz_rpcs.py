@@ -153,6 +153,19 @@ def _vocabulary(stack: RealStack, image: str) -> Vocabulary:
                 metadata=meta,
             ).task
             ids.append(task.task_id)
+        # A run with output, so the run-reading and worker calls get past NOT_FOUND.
+        claim = stubs.worker.ClaimTask(
+            worker_service_pb2.ClaimTaskRequest(profile="fz-ext", worker_id="w1"),
+            timeout=30,
+            metadata=meta,
+        )
+        if claim.run_id:
+            ids.append(claim.run_id)
+            stubs.worker.AppendOutput(
+                worker_service_pb2.AppendOutputRequest(run_id=claim.run_id, data=b"out\n" * 100),
+                timeout=30,
+                metadata=meta,
+            )
     return Vocabulary(ids=ids, images=[image, "", "nonexistent.invalid/fuzz:1"])
 
 
@@ -250,6 +263,30 @@ def _serving(stack: RealStack) -> dict[str, str]:
             )
         states[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return states
+
+
+def test_malformed_bytes_through_the_gateway_are_invalid_argument(stack: RealStack) -> None:
+    meta = auth(stack.keys.admin)
+    answers: dict[str, tuple[str, str]] = {}
+    with stack.channel() as channel:
+        for method in _methods():
+            path = f"/{method.containing_service.full_name}/{method.name}"
+            try:
+                if method.server_streaming:
+                    list(channel.unary_stream(path)(b"\xff\xff\xff", timeout=30, metadata=meta))
+                else:
+                    channel.unary_unary(path)(b"\xff\xff\xff", timeout=30, metadata=meta)
+                answers[path] = ("OK", "")
+            except grpc.RpcError as exc:
+                answers[path] = (exc.code().name, exc.details())  # type: ignore[attr-defined]
+    expected = {
+        f"/{m.containing_service.full_name}/{m.name}": (
+            "INVALID_ARGUMENT",
+            f"request: malformed {m.input_type.name} bytes",
+        )
+        for m in _methods()
+    }
+    assert answers == expected
 
 
 def test_no_rpc_answers_internal_or_unknown_and_every_service_stays_serving(

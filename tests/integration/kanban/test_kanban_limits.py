@@ -63,6 +63,13 @@ def _worker(method: str, **fields: Any) -> Callable[[Kanban], Any]:
     )
 
 
+def _run(k: Kanban) -> str:
+    """A claimed run of a new task on the `ext` profile."""
+    k.task("claimed", assignee="ext")
+    claim = k.worker.ClaimTask(wpb.ClaimTaskRequest(profile="ext", worker_id="w"), timeout=30)
+    return str(claim.run_id)
+
+
 CASES = [
     Case(
         "board.display_name",
@@ -214,6 +221,14 @@ CASES = [
         "page_token: at most 1024 characters",
     ),
     Case(
+        "output offset",
+        lambda k: k.stub.GetRunOutput(
+            pb.GetRunOutputRequest(run_id=_run(k), offset=2**63 - 1, limit=2**63 - 1), timeout=30
+        ),
+        "offset: at most 9007199254740992",
+        grpc.StatusCode.OUT_OF_RANGE,
+    ),
+    Case(
         "worker_id",
         _worker("ClaimTask", profile="ext", worker_id="w" * 201),
         "worker_id: at most 200 characters",
@@ -249,6 +264,21 @@ def test_each_field_is_refused_past_its_maximum(
     assert error.code() == case.code, error.details()
     assert case.needle in error.details()
     assert len(error.details()) < 400  # never an echo of the oversized value
+
+
+def test_a_huge_output_limit_reads_at_most_one_mib(kanban_factory: Callable[..., Kanban]) -> None:
+    k = kanban_factory()
+    k.profile("ext")
+    run_id = _run(k)
+    for _ in range(3):
+        k.worker.AppendOutput(
+            wpb.AppendOutputRequest(run_id=run_id, data=b"o" * (512 * KIB)), timeout=30
+        )
+    reply = k.stub.GetRunOutput(
+        pb.GetRunOutputRequest(run_id=run_id, offset=10, limit=2**63 - 1), timeout=30
+    )
+    assert len(reply.data) <= limits.OUTPUT_READ_BYTES
+    assert reply.next_offset == 10 + len(reply.data)
 
 
 def test_values_at_their_maximum_are_stored_and_read_back(

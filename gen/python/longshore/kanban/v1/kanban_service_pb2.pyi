@@ -1517,9 +1517,11 @@ class GetRunOutputRequest(_message.Message):
     At most 64 characters; no NUL characters.
     """
     offset: _builtins.int
-    """Byte offset to start at."""
+    """Byte offset to start at.
+    At most 2^53 (OUT_OF_RANGE beyond); negative is INVALID_ARGUMENT.
+    """
     limit: _builtins.int
-    """Most bytes to return; 0 = 1 MiB."""
+    """Most bytes to return; 0 = 1 MiB, and at most 1 MiB."""
     def __init__(
         self,
         *,
@@ -1593,7 +1595,9 @@ class StreamRunOutputRequest(_message.Message):
     At most 64 characters; no NUL characters.
     """
     offset: _builtins.int
-    """Byte offset to start at."""
+    """Byte offset to start at.
+    At most 2^53 (OUT_OF_RANGE beyond); negative is INVALID_ARGUMENT.
+    """
     follow: _builtins.bool
     """Keep streaming new output until the run ends."""
     def __init__(
