@@ -119,6 +119,13 @@ class Database:
         )
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        # SQLite admits one writer; a second BEGIN IMMEDIATE does not queue but
+        # polls in SQLite's busy handler, which sleeps up to 100 ms between
+        # tries, so under 8 concurrent writers the unlucky ones wait hundreds of
+        # ms after the lock is free. Queueing this process's writers on a
+        # Python lock first hands the database over at once; the busy timeout
+        # still covers writers in other processes.
+        self._sqlite_writer = threading.Lock() if self.dialect == "sqlite" else None
 
     @property
     def is_postgres(self) -> bool:
@@ -137,12 +144,27 @@ class Database:
         Yields:
             A session inside the transaction; store functions only flush.
         """
-        with self._writes.begin() as session:
+        with self._writer(), self._writes.begin() as session:
             if self.is_postgres:
                 session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
             yield session
         for listener in list(self._listeners):
             listener()
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """Hold this process's SQLite writer slot (a no-op on PostgreSQL)."""
+        if self._sqlite_writer is None:
+            yield
+            return
+        # Bounded like the busy timeout: should a writer ever wait on itself
+        # (a nested write), fall through to SQLite, which then fails as before.
+        held = self._sqlite_writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            yield
+        finally:
+            if held:
+                self._sqlite_writer.release()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -165,7 +187,7 @@ class Database:
         Yields:
             A session inside the transaction.
         """
-        with self._writes.begin() as session:
+        with self._writer(), self._writes.begin() as session:
             yield session
         for listener in list(self._listeners):
             listener()
