@@ -20,6 +20,11 @@ name, labels and mounts stay, every process in it is gone, and the exec's
 output ends with a note saying so. Either way the Exec stream ends with an
 :class:`ExecExit` (``timed_out`` for a timeout).
 
+What the marker cannot see is out of reach: a process that clears its
+environment (``env -i``) or switches to another user escapes the sweep (the
+killer runs as the command's user and reads ``environ`` with that user's
+rights); such a process ends with the sandbox.
+
 Env values go to the engine through the exec API's ``environment`` field,
 never through an argv; the killer's argv carries only the marker.
 """

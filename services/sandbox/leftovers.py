@@ -9,9 +9,11 @@ non-persistent sandboxes of dead owners):
 * every running sandbox of the deployment is swept for exec markers; an exec
   whose owner (the marker's first part) is known dead by the rule of
   :mod:`.owners` is frozen and killed like a timed-out one (the sandbox is
-  restarted when no killer can start in it). Execs of live or unknown owners
-  are left alone, so two managers of one deployment never stop each other's
-  commands;
+  restarted when the killer cannot stop it in place). Execs of live or
+  unknown owners are left alone, so two managers of one deployment never stop
+  each other's commands; a sandbox where no killer can list the markers is
+  restarted when it is at its pids limit (nothing can start in it for anyone)
+  and otherwise (an image without a shell) reported and left alone;
 * a non-persistent sandbox whose ``io.longshore.owner`` is known dead is
   removed at once, instead of after the idle lifetime plus the exec-timeout
   grace that a sandbox of an unknown owner gets. Persistent sandboxes stay:
@@ -56,15 +58,27 @@ def end_orphaned_execs(manager: SandboxManager, cid: str, report: LeftoverReport
     no CAP_SYS_PTRACE); when it cannot run at all the sandbox is restarted.
     """
     users = list(dict.fromkeys([manager.config_user(cid), ROOT_USER]))
+    ended: set[str] = set()
     for user in users:
         markers = list_markers(manager.api, cid, user)
-        if markers is None:
-            manager.restart(cid, reason="leftover execs could not be listed in place")
+        if markers is None and manager.at_pids_limit(cid):
+            # Every pid is taken, so nothing (a live manager's command
+            # included) can start here any more: only a restart frees it.
+            manager.restart(cid, reason="no process can start in it (pids limit reached)")
             report.restarted.append(cid)
             return
+        if markers is None:
+            # No killer runs here (e.g. no shell in the image): we cannot tell
+            # whose execs run, and a restart would also end a live manager's,
+            # so leave them to their own managers.
+            report.errors.append(f"sandbox {cid}: execs could not be listed as user {user!r}")
+            log.warning(
+                "leftover sweep: execs could not be listed", extra={"sandbox_id": cid, "user": user}
+            )
+            continue
         for marker in markers:
             owner = owner_of_marker(marker)
-            if owner == manager.owner or not manager.liveness.is_dead(owner):
+            if marker in ended or owner == manager.owner or not manager.liveness.is_dead(owner):
                 continue
             if run_killer(manager.api, cid, ["kill", marker], user) is None:
                 manager.restart(cid, reason="a leftover exec could not be stopped in place")
@@ -74,6 +88,7 @@ def end_orphaned_execs(manager: SandboxManager, cid: str, report: LeftoverReport
                 "ended an exec left over by a dead manager",
                 extra={"sandbox_id": cid, "owner": owner},
             )
+            ended.add(marker)
             report.execs_ended += 1
 
 

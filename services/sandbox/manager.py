@@ -412,6 +412,15 @@ class SandboxManager(AcquireSteps):
         owner = values.get(labels.OWNER, "")
         return owner != self.owner and self.liveness.is_dead(owner)
 
+    def at_pids_limit(self, cid: str) -> bool:
+        """Whether a sandbox runs as many processes as its pids limit allows."""
+        limit = int((self._inspect(cid).get("HostConfig") or {}).get("PidsLimit") or 0)
+        if limit <= 0:
+            return False
+        with engine_call("containers.top", resource=f"sandbox {cid!r}", sandbox_id=cid):
+            rows = self.api.top(cid).get("Processes") or []
+        return len(rows) >= limit
+
     def config_user(self, cid: str) -> str:
         """The user a sandbox's processes run as by default (``Config.User``; "" = image's)."""
         return str((self._inspect(cid).get("Config") or {}).get("User") or "")

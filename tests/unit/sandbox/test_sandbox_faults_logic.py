@@ -22,7 +22,7 @@ from services.runtime.errors import (
     OutOfRange,
     Unavailable,
 )
-from services.sandbox import convert
+from services.sandbox import convert, leftovers
 from services.sandbox.docker_client import NameTaken, translate, unreachable_reason
 from services.sandbox.engine_health import EngineHealth
 from services.sandbox.owners import Identity, Liveness, current_owner, owner_of_marker
@@ -197,3 +197,58 @@ def test_durations_are_checked_before_conversion() -> None:
         sandbox_service_pb2.ReapOrphansRequest(max_age=duration_pb2.Duration(seconds=90))
     )
     assert ok is not None and ok.total_seconds() == 90
+
+
+class FakeManager:
+    """What the leftover sweep needs from a manager, recording what it did."""
+
+    def __init__(self, *, at_limit: bool, dead: set[str]) -> None:
+        self.api = object()
+        self.owner = "me"
+        self._at_limit = at_limit
+        self._dead = dead
+        self.restarted: list[str] = []
+        self.liveness = self
+
+    def is_dead(self, owner: str) -> bool:
+        return owner in self._dead
+
+    def config_user(self, cid: str) -> str:
+        return "1000"
+
+    def at_pids_limit(self, cid: str) -> bool:
+        return self._at_limit
+
+    def restart(self, cid: str, *, reason: str) -> None:
+        self.restarted.append(cid)
+
+
+@pytest.mark.parametrize("at_limit", [True, False])
+def test_unlistable_sandbox_is_restarted_only_at_its_pids_limit(
+    monkeypatch: pytest.MonkeyPatch, at_limit: bool
+) -> None:
+    monkeypatch.setattr(leftovers, "list_markers", lambda api, cid, user: None)
+    manager = FakeManager(at_limit=at_limit, dead=set())
+    report = leftovers.LeftoverReport()
+    leftovers.end_orphaned_execs(manager, "c1", report)  # type: ignore[arg-type]
+    assert manager.restarted == (["c1"] if at_limit else [])
+    assert bool(report.errors) is not at_limit
+
+
+def test_only_dead_owners_execs_are_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    killed: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        leftovers, "list_markers", lambda api, cid, user: ["dead~1", "alive~2", "me~3", "x"]
+    )
+
+    def kill(api: object, cid: str, args: list[str], user: str) -> str:
+        killed.append((args[1], user))
+        return "longshore-kill-done 1"
+
+    monkeypatch.setattr(leftovers, "run_killer", kill)
+    manager = FakeManager(at_limit=False, dead={"dead"})
+    report = leftovers.LeftoverReport()
+    leftovers.end_orphaned_execs(manager, "c1", report)  # type: ignore[arg-type]
+    # Swept as the sandbox's user and as root; only the dead owner's exec goes, once.
+    assert killed == [("dead~1", "1000")]
+    assert report.execs_ended == 1 and not manager.restarted
