@@ -49,7 +49,6 @@ class GatewayClient:
 
     def __init__(self, address: str, *, api_key: str, timeout: float = 10.0) -> None:
         self._metadata: tuple[tuple[str, str], ...] = self._auth(api_key)
-        self.api_key_set = bool(api_key)
         self.address = address
         self.timeout = timeout
         # No channel-wide metadata: the key travels per call, so one channel
@@ -69,7 +68,6 @@ class GatewayClient:
         """The same client (same channels) whose calls carry ``api_key`` instead."""
         bound = copy.copy(self)
         bound._metadata = self._auth(api_key)
-        bound.api_key_set = bool(api_key)
         return bound
 
     def close(self) -> None:

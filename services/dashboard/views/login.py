@@ -74,6 +74,11 @@ def register(router: Router, ctx: ViewContext) -> None:  # noqa: PLR0915 - one c
         scopes: frozenset[str] = frozenset(),
     ) -> Response:
         assert gate.sessions is not None and gate.store is not None
+        # A login in a browser that still holds a session replaces it: the
+        # old one must not linger, acting with the previous key.
+        previous = gate.sessions.decode(request.cookies.get(COOKIE_NAME)).session
+        if previous is not None:
+            gate.store.delete(previous.session_id)
         session = gate.sessions.issue(subject, method)
         # The credential stays here, server-side; the cookie only names the session.
         gate.store.put(

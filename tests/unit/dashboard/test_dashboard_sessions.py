@@ -227,3 +227,27 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_keep_alive() -> Non
         socket.create_connection(("127.0.0.1", dash.client.port), timeout=15) as idle,
     ):
         assert idle.recv(1) == b""  # closed by the server, not by our timeout
+
+
+def test_logging_in_again_replaces_the_browsers_session() -> None:
+    with in_process_dashboard() as dash:
+        browser = dash.client()
+        form_login(browser, USER_KEY)
+        first = browser.cookies[COOKIE_NAME]
+        # The login page sends a logged-in browser on; the form posted anyway
+        # (another key) starts a new session and ends the old one.
+        assert browser.get("/login?next=/", follow_redirects=False).status_code == 303
+        token_page = dash.client().get("/login?next=/")
+        browser.cookies.set("longshore_login", token_page.cookies["longshore_login"], path="/login")
+        token = token_page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        again = browser.post(
+            "/login",
+            data={"csrf_token": token, "next": "/", "api_key": READ_KEY},
+            follow_redirects=False,
+        )
+        assert again.status_code == 303
+        assert len(dash.built.app.gate.store or ()) == 1
+        stale = dash.client()
+        stale.cookies.set(COOKIE_NAME, first)
+        assert stale.get("/api/boards").json()["error"] == "session_ended"
+        assert 'id="read-only"' in browser.get("/boards/default").text
