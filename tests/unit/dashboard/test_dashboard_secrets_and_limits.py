@@ -181,3 +181,14 @@ def test_the_listening_socket_says_tcp_so_responses_are_not_held_by_nagle() -> N
             bind("127.0.0.1", sock.getsockname()[1])
     finally:
         sock.close()
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.dashboard import asgi
+
+    monkeypatch.setattr(asgi, "BODY_TIMEOUT_SECONDS", 1.0)
+    with running_dashboard() as dash:
+        port = dash.client.port
+        head = f"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 10\r\n\r\n"
+        slow = raw_exchange(port, head.encode() + b"{}")  # 2 of the 10 bytes, then nothing
+        assert slow.startswith(b"HTTP/1.1 408"), slow[:200]
