@@ -13,14 +13,14 @@ from collections.abc import Iterator
 import grpc
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2, sandbox_service_pb2_grpc
 
-from services.runtime.errors import InvalidArgument, Unavailable
+from services.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.runtime.serving import GrpcService
-from services.sandbox import convert
-from services.sandbox.access import SandboxAccess
+from services.sandbox import convert, labels
+from services.sandbox.access import SandboxAccess, short_id
 from services.sandbox.hardening import resolve_spec
 from services.sandbox.manager import SandboxManager
 from services.sandbox.model import Spec
-from services.sandbox.policy import check_image_allowed
+from services.sandbox.policy import check_image_allowed, quote
 from services.sandbox.reaper import Reaper
 
 SERVICE_NAME = "longshore.sandbox.v1.SandboxService"
@@ -56,6 +56,8 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
             if request.HasField("persist_across_processes")
             else True
         )
+        if grant is not None and not persist:
+            self._check_one_fresh_sandbox(request.task_id, request.profile)
         result = self.manager.acquire(
             request.task_id,
             request.profile,
@@ -63,6 +65,25 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
             persist=persist,
         )
         return convert.acquire_to_proto(result)
+
+    def _check_one_fresh_sandbox(self, task_id: str, profile: str) -> None:
+        """Refuses a run's holder a second non-persistent sandbox while one is alive.
+
+        A persistent acquire is get-or-create by key, so a holder can never
+        have more than one; without this, a worker key could create fresh
+        sandboxes in a loop under one token. Operators are not limited.
+        """
+        alive = [
+            info
+            for info in self.manager.list_sandboxes(task_id=task_id, profile=profile)
+            if info.labels.get(labels.PERSIST) == "false"
+            and info.state in ("created", "running", "paused", "restarting")
+        ]
+        if alive:
+            raise ResourceExhausted(
+                f"task {quote(task_id)} already has a non-persistent sandbox "
+                f"{short_id(alive[0].sandbox_id)}; release it before acquiring another"
+            )
 
     def GetSandbox(
         self, request: sandbox_service_pb2.GetSandboxRequest, context: grpc.ServicerContext

@@ -313,3 +313,18 @@ def test_check_sandbox_spec_is_the_acquire_path_without_the_engine(
             )
         assert info.value.code() == code
         assert (info.value.details() or "").startswith(start)
+
+
+def test_a_holder_gets_one_fresh_sandbox_at_a_time(rig: Rig) -> None:
+    token = with_token(rig.token())
+    fresh = sandbox_service_pb2.AcquireSandboxRequest(
+        task_id="t1", profile="coder", spec=SPEC, persist_across_processes=False
+    )
+    first = rig.stub.AcquireSandbox(fresh, timeout=T, metadata=token).sandbox
+    with pytest.raises(grpc.RpcError) as info:
+        rig.stub.AcquireSandbox(fresh, timeout=T, metadata=token)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "release it before acquiring another" in (info.value.details() or "")
+    # Operators are not limited.
+    rig.stub.AcquireSandbox(fresh, timeout=T, metadata=ADMIN)
+    assert release(rig, first.sandbox_id, token) is True

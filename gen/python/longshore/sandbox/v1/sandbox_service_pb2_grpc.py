@@ -123,7 +123,9 @@ class SandboxServiceServicer:
         e.g. a relative volume path or the engine socket), PERMISSION_DENIED (a
         spec field outside the manager's policy, e.g. `spec.volumes[0].host_path`;
         no, an expired or a forged sandbox token; a token for another task,
-        profile or spec), FAILED_PRECONDITION (the image does not exist on the
+        profile or spec), RESOURCE_EXHAUSTED (a non-admin caller asked for a
+        second non-persistent sandbox of its task while one is alive),
+        FAILED_PRECONDITION (the image does not exist on the
         engine), UNAVAILABLE (the Docker engine cannot be reached),
         DEADLINE_EXCEEDED.
         """

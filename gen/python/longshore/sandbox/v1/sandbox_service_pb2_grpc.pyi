@@ -63,7 +63,9 @@ class SandboxServiceStub:
     e.g. a relative volume path or the engine socket), PERMISSION_DENIED (a
     spec field outside the manager's policy, e.g. `spec.volumes[0].host_path`;
     no, an expired or a forged sandbox token; a token for another task,
-    profile or spec), FAILED_PRECONDITION (the image does not exist on the
+    profile or spec), RESOURCE_EXHAUSTED (a non-admin caller asked for a
+    second non-persistent sandbox of its task while one is alive),
+    FAILED_PRECONDITION (the image does not exist on the
     engine), UNAVAILABLE (the Docker engine cannot be reached),
     DEADLINE_EXCEEDED.
     """
@@ -156,7 +158,9 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     e.g. a relative volume path or the engine socket), PERMISSION_DENIED (a
     spec field outside the manager's policy, e.g. `spec.volumes[0].host_path`;
     no, an expired or a forged sandbox token; a token for another task,
-    profile or spec), FAILED_PRECONDITION (the image does not exist on the
+    profile or spec), RESOURCE_EXHAUSTED (a non-admin caller asked for a
+    second non-persistent sandbox of its task while one is alive),
+    FAILED_PRECONDITION (the image does not exist on the
     engine), UNAVAILABLE (the Docker engine cannot be reached),
     DEADLINE_EXCEEDED.
     """
@@ -252,7 +256,9 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         e.g. a relative volume path or the engine socket), PERMISSION_DENIED (a
         spec field outside the manager's policy, e.g. `spec.volumes[0].host_path`;
         no, an expired or a forged sandbox token; a token for another task,
-        profile or spec), FAILED_PRECONDITION (the image does not exist on the
+        profile or spec), RESOURCE_EXHAUSTED (a non-admin caller asked for a
+        second non-persistent sandbox of its task while one is alive),
+        FAILED_PRECONDITION (the image does not exist on the
         engine), UNAVAILABLE (the Docker engine cannot be reached),
         DEADLINE_EXCEEDED.
         """
