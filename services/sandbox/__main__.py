@@ -8,6 +8,7 @@ from services.runtime.config import load_settings
 from services.runtime.logs import configure_logging
 from services.runtime.serving import EXIT_CANNOT_START, BindError, build_server
 from services.runtime.tracing import configure_tracing
+from services.sandbox import leftovers
 from services.sandbox.docker_client import create_client
 from services.sandbox.engine_health import EngineHealth
 from services.sandbox.manager import SandboxManager
@@ -65,6 +66,9 @@ def main() -> int:
     server.add_shutdown_hook(tracer_provider.shutdown)
     # The first probe runs before serving, so health is truthful from the start.
     engine_health.start()
+    # Before serving: a caller retrying a command a dead manager was running
+    # must never find the old one still running next to its retry.
+    leftovers.sweep(manager, execs=True)
     server.start()
     reaper.start()
     server.serve_until_signal()

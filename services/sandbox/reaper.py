@@ -12,10 +12,10 @@ The same periodic tick handles idle sandboxes: non-persistent ones idle longer
 than ``lifetime_seconds`` are removed, persistent running ones idle longer than
 ``idle_stop_seconds`` (when set) are stopped and later aged out by the reaper.
 
-What dead managers leave behind is handled by :mod:`.leftovers`: at start the
-manager ends their leftover execs and removes their non-persistent
-sandboxes; every tick removes non-persistent sandboxes of owners that died
-since (the liveness rule is in :mod:`.owners`).
+What dead managers leave behind is handled by :mod:`.leftovers`: before it
+serves, the manager ends their leftover execs and removes their
+non-persistent sandboxes (``__main__``); every tick removes non-persistent
+sandboxes of owners that died since (the liveness rule is in :mod:`.owners`).
 """
 
 from __future__ import annotations
@@ -387,8 +387,7 @@ class Reaper:
         leftovers.sweep(self.manager, execs=False)
 
     def startup(self, now: datetime) -> None:
-        """The start-up round: end dead managers' leftovers, then reap."""
-        leftovers.sweep(self.manager, execs=True)
+        """The start-up round of the loop: reap (leftovers ended before serving)."""
         self.reap(now=now)
 
     def start(self) -> bool:
