@@ -3,8 +3,9 @@
 A manager that dies (``kill -9``, a crash, a compose restart) leaves every
 exec it was streaming running in its sandbox, and its non-persistent
 sandboxes running with nobody to release them. The next manager of the
-deployment cleans both up at start (and the reaper's tick keeps removing
-non-persistent sandboxes of dead owners):
+deployment cleans both up at start, before it serves (so a caller's retry
+never runs next to the old command; with or without the reaper), and the
+reaper's tick keeps removing non-persistent sandboxes of owners that die later:
 
 * every running sandbox of the deployment is swept for exec markers; an exec
   whose owner (the marker's first part) is known dead by the rule of
