@@ -46,12 +46,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from operator import attrgetter
 
+from services.kanban.caps import normalize_assignee, parse_cap, planner_settings
 from services.kanban.planner_types import (
     BackendView,
     BlockedRef,
@@ -72,6 +71,11 @@ from services.kanban.planner_types import (
     TaskStatus,
     TaskView,
     clock_text,
+)
+from services.kanban.retry import (
+    backoff_seconds,
+    next_attempt_time,
+    retry_policy,
 )
 
 __all__ = [
@@ -105,155 +109,8 @@ __all__ = [
     "retry_policy",
 ]
 
+
 log = logging.getLogger(__name__)
-
-_warned: set[tuple[str, str]] = set()
-_warned_lock = threading.Lock()
-
-
-def parse_cap(raw: object, *, setting: str = "cap") -> int | None:
-    """Parse a cap setting the anchor's way.
-
-    Args:
-        raw: The configured value: an int, a string, or ``None``/``""`` (unset).
-        setting: The setting's name, for the warning.
-
-    Returns:
-        The cap, or ``None`` for "no cap". ``0``, negative and non-integer
-        values mean no cap and log one warning per (setting, value).
-    """
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return None
-    value: int | None = None
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        value = raw
-    elif isinstance(raw, str):
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            value = None
-    if value is not None and value > 0:
-        return value
-    key = (setting, repr(raw))
-    with _warned_lock:
-        first = key not in _warned
-        _warned.add(key)
-    if first:
-        log.warning(
-            "%s=%r is not a positive integer: no cap applies",
-            setting,
-            raw,
-            extra={"setting": setting},
-        )
-    return None
-
-
-def normalize_assignee(raw: str | None) -> str | None:
-    """An assignee setting with surrounding whitespace dropped; empty means none."""
-    if raw is None:
-        return None
-    value = raw.strip()
-    return value or None
-
-
-def planner_settings(
-    *,
-    default_assignee: str | None = None,
-    max_in_progress: object = None,
-    max_in_progress_per_profile: object = None,
-    failure_limit: int = 2,
-    retry_initial_backoff_seconds: float = 5.0,
-    retry_max_backoff_seconds: float = 300.0,
-) -> PlannerSettings:
-    """Build :class:`PlannerSettings` from raw setting values (see :func:`parse_cap`).
-
-    Args:
-        default_assignee: ``kanban.default_assignee``; empty or whitespace = none.
-        max_in_progress: ``kanban.max_in_progress`` as configured.
-        max_in_progress_per_profile: ``kanban.max_in_progress_per_profile``.
-        failure_limit: ``kanban.failure_limit``; below 1 is treated as 1.
-        retry_initial_backoff_seconds: ``kanban.retry_initial_backoff_seconds``;
-            negative is treated as 0 (retry at once).
-        retry_max_backoff_seconds: ``kanban.retry_max_backoff_seconds``; below
-            the initial delay is treated as the initial delay.
-
-    Returns:
-        The parsed settings.
-    """
-    initial = max(0.0, retry_initial_backoff_seconds)
-    return PlannerSettings(
-        default_assignee=normalize_assignee(default_assignee),
-        max_in_progress=parse_cap(max_in_progress, setting="kanban.max_in_progress"),
-        max_in_progress_per_profile=parse_cap(
-            max_in_progress_per_profile, setting="kanban.max_in_progress_per_profile"
-        ),
-        failure_limit=max(1, failure_limit),
-        retry_initial_backoff_seconds=initial,
-        retry_max_backoff_seconds=max(initial, retry_max_backoff_seconds),
-    )
-
-
-# Longest delay any policy can ask for; keeps ``now + delay`` representable.
-MAX_BACKOFF_SECONDS = 366 * 86400.0
-
-
-def retry_policy(profile: ProfileView | None, settings: PlannerSettings) -> RetryPolicy:
-    """A profile's retry policy with its zeros replaced by the settings' values.
-
-    Args:
-        profile: The profile, or ``None`` (unknown: the settings apply).
-        settings: The dispatcher's settings.
-
-    Returns:
-        A policy whose three fields are all set (``max_attempts`` >= 1).
-    """
-    own = profile.retry if profile is not None else RetryPolicy()
-    attempts = own.max_attempts if own.max_attempts > 0 else settings.failure_limit
-    initial = (
-        own.initial_backoff_seconds
-        if own.initial_backoff_seconds > 0
-        else settings.retry_initial_backoff_seconds
-    )
-    longest = (
-        own.max_backoff_seconds
-        if own.max_backoff_seconds > 0
-        else settings.retry_max_backoff_seconds
-    )
-    return RetryPolicy(max(1, attempts), initial, max(initial, longest))
-
-
-def backoff_seconds(failures: int, policy: RetryPolicy) -> float:
-    """The delay before the retry after ``failures`` failures in a row.
-
-    ``min(max_backoff, initial * 2**(failures - 1))``: the first retry waits
-    the initial delay, each further failure doubles it, up to the maximum.
-    Overflow-safe for any ``failures`` (a huge count is simply the maximum)
-    and never longer than :data:`MAX_BACKOFF_SECONDS`.
-
-    Args:
-        failures: Failures in a row, this one included (below 1 counts as 1).
-        policy: A resolved policy (see :func:`retry_policy`).
-
-    Returns:
-        Seconds, ``>= 0``.
-    """
-    initial = max(0.0, policy.initial_backoff_seconds)
-    longest = min(max(initial, policy.max_backoff_seconds), MAX_BACKOFF_SECONDS)
-    if initial == 0.0:
-        return 0.0
-    # 2**1000 times any positive initial delay exceeds every cap we allow, and
-    # ldexp stays finite there; larger exponents are clamped before the call.
-    exponent = min(max(0, failures - 1), 1000)
-    try:
-        delay = math.ldexp(initial, exponent)
-    except OverflowError:
-        delay = math.inf
-    return min(longest, initial if delay < initial else delay)
-
-
-def next_attempt_time(now: dt.datetime, failures: int, policy: RetryPolicy) -> dt.datetime:
-    """``now`` plus :func:`backoff_seconds` (the task's ``next_attempt_time``)."""
-    return now + dt.timedelta(seconds=backoff_seconds(failures, policy))
 
 
 def _later(when: dt.datetime, now: dt.datetime) -> bool:

@@ -6,7 +6,7 @@ changes nothing, so a slow or orphaned exec can never overwrite a newer run.
 
 A failed run is recorded with its failure class (``Outcome.failure_class``):
 the work's count toward the profile's retry limit, the platform's never do;
-both put the task back to ready after a backoff (``store.runs.fail``). A
+both put the task back to ready after a backoff (``store.failures.fail``). A
 failure that says the sandbox backend is down also opens the dispatcher's
 breaker for it, before the task is put back, so the tick that the failure
 wakes already sees the backend paused.
@@ -26,7 +26,7 @@ from services.kanban.backends import BackendBreaker
 from services.kanban.db import Database
 from services.kanban.executor import Outcome, OutcomeKind
 from services.kanban.planner import FailureClass, PlannerSettings
-from services.kanban.store import Effects, runs
+from services.kanban.store import Effects, failures, runs
 from services.runtime.errors import FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class DbRunSink:
                 error = outcome.error or (
                     f"exit code {outcome.exit_code}" if outcome.exit_code is not None else "failed"
                 )
-                runs.fail(
+                failures.fail(
                     s,
                     run,
                     task,

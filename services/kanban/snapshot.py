@@ -28,7 +28,7 @@ from services.kanban.planner import (
     TaskStatus,
     TaskView,
 )
-from services.kanban.store import runs
+from services.kanban.store import failures
 
 _STATUS = {status.value: status for status in TaskStatus}
 
@@ -194,9 +194,9 @@ def build(
     ]
     counted = [*backing, *(rc.task_id for rc in reclaims)]
     if counted:
-        counts = runs.run_counts(session, counted)
+        counts = failures.run_counts(session, counted)
         gone = [rc.task_id for rc in reclaims if rc.kind is ReclaimKind.EXECUTOR_GONE]
-        streaks = runs.platform_streaks(session, gone) if gone else {}
+        streaks = failures.platform_streaks(session, gone) if gone else {}
         for task_id in dict.fromkeys(counted):
             views[task_id] = replace(
                 views[task_id],

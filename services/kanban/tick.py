@@ -31,7 +31,7 @@ from services.kanban.executor import RunJob, RunSink, merge_spec
 from services.kanban.planner import BackendView, Plan, Readiness, ReadinessReason, plan
 from services.kanban.run_sink import DbRunSink
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, events, runs, tasks
+from services.kanban.store import Effects, events, failures, runs, tasks
 from services.runtime.callers import DISPATCHER
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class Dispatcher:
                 continue
             # The plan's time and class: the task's backoff is the one the
             # plan (and so the dry run) computed.
-            runs.fail(
+            failures.fail(
                 s,
                 run,
                 task,

@@ -32,7 +32,7 @@ from services.kanban.events_bus import EventBus
 from services.kanban.executor_types import merge_spec
 from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, events, links, profiles, runs
+from services.kanban.store import Effects, events, failures, links, profiles, runs
 from services.kanban.tick import Dispatcher
 from services.runtime.callers import DISPATCHER, Caller, caller
 from services.runtime.errors import (
@@ -320,7 +320,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         with self._db.write() as s:
             self._held(s, request.run_id, context)
             run, task = runs.fenced(s, request.run_id, lock=True)
-            outcome = runs.fail(
+            outcome = failures.fail(
                 s,
                 run,
                 task,

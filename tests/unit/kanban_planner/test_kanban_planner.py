@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.kanban import planner as planner_module
+from services.kanban import caps, retry
 from services.kanban.planner import (
     BackendView,
     BlockedRef,
@@ -271,8 +271,8 @@ def test_parse_cap_valid_and_unset(raw: object, expected: int | None) -> None:
 def test_parse_cap_invalid_means_no_cap_with_one_warning(
     raw: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    planner_module._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="services.kanban.planner"):
+    caps._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="services.kanban.caps"):
         assert parse_cap(raw, setting="kanban.max_in_progress") is None
         assert parse_cap(raw, setting="kanban.max_in_progress") is None
     warnings = [r for r in caplog.records if "no cap applies" in r.getMessage()]
@@ -371,7 +371,7 @@ def test_backoff_doubles_from_the_initial_delay_up_to_the_maximum(
 def test_backoff_is_overflow_safe(failures: int) -> None:
     policy = RetryPolicy(2, 1e300, 1e308)
     delay = backoff_seconds(failures, policy)
-    assert delay == planner_module.MAX_BACKOFF_SECONDS
+    assert delay == retry.MAX_BACKOFF_SECONDS
     assert NOW + timedelta(seconds=delay) > NOW
 
 
