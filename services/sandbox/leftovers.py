@@ -24,6 +24,7 @@ reaper's tick keeps removing non-persistent sandboxes of owners that die later:
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from services.sandbox.owners import owner_of_marker
 
 if TYPE_CHECKING:
     from services.sandbox.manager import SandboxManager
+    from services.sandbox.reaper import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -105,21 +107,36 @@ def sweep(manager: SandboxManager, *, execs: bool = True) -> LeftoverReport:
         report.errors.append(f"listing running sandboxes failed: {exc.message}")
         log.error("leftover sweep failed", extra={"error": exc.message})
         return report
-    for cand in running:
+
+    def one(cand: Candidate) -> LeftoverReport:
+        # Each sandbox gets its own report, merged below, so the workers share nothing.
+        part = LeftoverReport()
         cid = cand.sandbox_id
         persist = cand.labels.get(labels.PERSIST) == "true"
         try:
             if not persist and manager.is_owner_dead(cand.labels) and not manager.is_busy(cid):
                 manager.schedule_removal(cid, reason="its manager is dead")
-                report.removed.append(cid)
-                continue
-            if execs:
-                end_orphaned_execs(manager, cid, report)
+                part.removed.append(cid)
+            elif execs:
+                end_orphaned_execs(manager, cid, part)
         except ServiceError as exc:
-            report.errors.append(f"sandbox {cid}: {exc.message}")
+            part.errors.append(f"sandbox {cid}: {exc.message}")
             log.warning(
                 "leftover sweep: sandbox failed", extra={"sandbox_id": cid, "error": exc.message}
             )
+        return part
+
+    if running:
+        # Concurrent: the sweep runs before the manager serves, and one
+        # sandbox costs a few execs (~0.2 s), so a sequential sweep of many
+        # sandboxes would delay the start by that many times.
+        workers = max(1, min(manager.section.reap_workers, len(running)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leftovers") as pool:
+            for part in pool.map(one, running):
+                report.execs_ended += part.execs_ended
+                report.restarted += part.restarted
+                report.removed += part.removed
+                report.errors += part.errors
     if report.execs_ended or report.restarted or report.removed:
         log.info(
             "leftovers of dead managers cleaned up",

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,17 +140,21 @@ class Liveness:
     def __init__(self, inspect: Inspect, me: Identity | None = None) -> None:
         self._inspect = inspect
         self._me = me or identity()
+        # Sweeps judge owners from several threads at once.
+        self._lock = threading.Lock()
         self._dead: set[str] = set()
 
     def is_dead(self, owner: str) -> bool:
         """Whether ``owner`` is known to be dead (False when alive or unknown)."""
         if not owner:
             return False
-        if owner in self._dead:
-            return True  # a dead owner never comes back: its id names one start
+        with self._lock:
+            if owner in self._dead:
+                return True  # a dead owner never comes back: its id names one start
         dead = self._judge(owner)
         if dead:
-            self._dead.add(owner)
+            with self._lock:
+                self._dead.add(owner)
         return dead
 
     def _judge(self, owner: str) -> bool:
