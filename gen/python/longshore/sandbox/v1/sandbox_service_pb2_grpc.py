@@ -137,8 +137,9 @@ class SandboxServiceServicer:
         """GetSandbox returns one sandbox by id.
         Like ListSandboxes it needs only the `read` scope: a sandbox record
         carries labels and state, never env values.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
-        this deployment), UNAVAILABLE (engine unreachable).
+        Errors: INVALID_ARGUMENT (empty sandbox_id, or one over 128
+        characters), NOT_FOUND (no such sandbox in this deployment), UNAVAILABLE
+        (engine unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,8 +160,9 @@ class SandboxServiceServicer:
         timeout kills the command's whole process tree inside the container.
         A non-admin caller needs the sandbox token of the sandbox's task and may
         run only as the sandbox's own user.
-        Errors: INVALID_ARGUMENT (empty sandbox_id or argv, negative timeout),
-        PERMISSION_DENIED (no token, a token for another task, or a `user`
+        Errors: INVALID_ARGUMENT (empty sandbox_id or argv, an id over 128
+        characters, negative timeout), OUT_OF_RANGE (`timeout` over 7 days,
+        `max_output_bytes` over 1 GiB), PERMISSION_DENIED (no token, a token for another task, or a `user`
         other than the sandbox's), NOT_FOUND (no such sandbox),
         FAILED_PRECONDITION (the sandbox is not running), UNAVAILABLE (engine
         unreachable).
@@ -174,9 +176,9 @@ class SandboxServiceServicer:
         left running unless force_remove; otherwise it is stopped (bounded) and
         removed on a cleanup worker thread, and the call returns at once.
         A non-admin caller needs the sandbox token of the sandbox's task.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
-        token, or a token for another task), NOT_FOUND (no such sandbox),
-        UNAVAILABLE (engine unreachable).
+        Errors: INVALID_ARGUMENT (empty sandbox_id, or one over 128
+        characters), PERMISSION_DENIED (no token, or a token for another task),
+        NOT_FOUND (no such sandbox), UNAVAILABLE (engine unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,8 +189,9 @@ class SandboxServiceServicer:
         `State.FinishedAt` is older than the max age, and reports why each other
         candidate was spared. Running sandboxes are never reaped.
         Operators only (an `admin` key or another Longshore service).
-        Errors: INVALID_ARGUMENT (negative max_age), PERMISSION_DENIED (not an
-        operator), UNAVAILABLE (engine unreachable).
+        Errors: INVALID_ARGUMENT (negative max_age), OUT_OF_RANGE (`max_age`
+        over 100 years), PERMISSION_DENIED (not an operator), UNAVAILABLE
+        (engine unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

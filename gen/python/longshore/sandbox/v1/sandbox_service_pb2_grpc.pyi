@@ -73,8 +73,9 @@ class SandboxServiceStub:
     """GetSandbox returns one sandbox by id.
     Like ListSandboxes it needs only the `read` scope: a sandbox record
     carries labels and state, never env values.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
-    this deployment), UNAVAILABLE (engine unreachable).
+    Errors: INVALID_ARGUMENT (empty sandbox_id, or one over 128
+    characters), NOT_FOUND (no such sandbox in this deployment), UNAVAILABLE
+    (engine unreachable).
     """
     ListSandboxes: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.ListSandboxesRequest, _sandbox_service_pb2.ListSandboxesResponse]
     """ListSandboxes lists this deployment's sandboxes, newest first.
@@ -87,8 +88,9 @@ class SandboxServiceStub:
     timeout kills the command's whole process tree inside the container.
     A non-admin caller needs the sandbox token of the sandbox's task and may
     run only as the sandbox's own user.
-    Errors: INVALID_ARGUMENT (empty sandbox_id or argv, negative timeout),
-    PERMISSION_DENIED (no token, a token for another task, or a `user`
+    Errors: INVALID_ARGUMENT (empty sandbox_id or argv, an id over 128
+    characters, negative timeout), OUT_OF_RANGE (`timeout` over 7 days,
+    `max_output_bytes` over 1 GiB), PERMISSION_DENIED (no token, a token for another task, or a `user`
     other than the sandbox's), NOT_FOUND (no such sandbox),
     FAILED_PRECONDITION (the sandbox is not running), UNAVAILABLE (engine
     unreachable).
@@ -98,17 +100,18 @@ class SandboxServiceStub:
     left running unless force_remove; otherwise it is stopped (bounded) and
     removed on a cleanup worker thread, and the call returns at once.
     A non-admin caller needs the sandbox token of the sandbox's task.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
-    token, or a token for another task), NOT_FOUND (no such sandbox),
-    UNAVAILABLE (engine unreachable).
+    Errors: INVALID_ARGUMENT (empty sandbox_id, or one over 128
+    characters), PERMISSION_DENIED (no token, or a token for another task),
+    NOT_FOUND (no such sandbox), UNAVAILABLE (engine unreachable).
     """
     ReapOrphans: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.ReapOrphansRequest, _sandbox_service_pb2.ReapOrphansResponse]
     """ReapOrphans removes exited sandboxes of this deployment whose
     `State.FinishedAt` is older than the max age, and reports why each other
     candidate was spared. Running sandboxes are never reaped.
     Operators only (an `admin` key or another Longshore service).
-    Errors: INVALID_ARGUMENT (negative max_age), PERMISSION_DENIED (not an
-    operator), UNAVAILABLE (engine unreachable).
+    Errors: INVALID_ARGUMENT (negative max_age), OUT_OF_RANGE (`max_age`
+    over 100 years), PERMISSION_DENIED (not an operator), UNAVAILABLE
+    (engine unreachable).
     """
     CheckSandboxSpec: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.CheckSandboxSpecRequest, _sandbox_service_pb2.CheckSandboxSpecResponse]
     """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
@@ -168,8 +171,9 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """GetSandbox returns one sandbox by id.
     Like ListSandboxes it needs only the `read` scope: a sandbox record
     carries labels and state, never env values.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
-    this deployment), UNAVAILABLE (engine unreachable).
+    Errors: INVALID_ARGUMENT (empty sandbox_id, or one over 128
+    characters), NOT_FOUND (no such sandbox in this deployment), UNAVAILABLE
+    (engine unreachable).
     """
     ListSandboxes: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.ListSandboxesRequest, _sandbox_service_pb2.ListSandboxesResponse]  # type: ignore[assignment]
     """ListSandboxes lists this deployment's sandboxes, newest first.
@@ -182,8 +186,9 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     timeout kills the command's whole process tree inside the container.
     A non-admin caller needs the sandbox token of the sandbox's task and may
     run only as the sandbox's own user.
-    Errors: INVALID_ARGUMENT (empty sandbox_id or argv, negative timeout),
-    PERMISSION_DENIED (no token, a token for another task, or a `user`
+    Errors: INVALID_ARGUMENT (empty sandbox_id or argv, an id over 128
+    characters, negative timeout), OUT_OF_RANGE (`timeout` over 7 days,
+    `max_output_bytes` over 1 GiB), PERMISSION_DENIED (no token, a token for another task, or a `user`
     other than the sandbox's), NOT_FOUND (no such sandbox),
     FAILED_PRECONDITION (the sandbox is not running), UNAVAILABLE (engine
     unreachable).
@@ -193,17 +198,18 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     left running unless force_remove; otherwise it is stopped (bounded) and
     removed on a cleanup worker thread, and the call returns at once.
     A non-admin caller needs the sandbox token of the sandbox's task.
-    Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
-    token, or a token for another task), NOT_FOUND (no such sandbox),
-    UNAVAILABLE (engine unreachable).
+    Errors: INVALID_ARGUMENT (empty sandbox_id, or one over 128
+    characters), PERMISSION_DENIED (no token, or a token for another task),
+    NOT_FOUND (no such sandbox), UNAVAILABLE (engine unreachable).
     """
     ReapOrphans: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.ReapOrphansRequest, _sandbox_service_pb2.ReapOrphansResponse]  # type: ignore[assignment]
     """ReapOrphans removes exited sandboxes of this deployment whose
     `State.FinishedAt` is older than the max age, and reports why each other
     candidate was spared. Running sandboxes are never reaped.
     Operators only (an `admin` key or another Longshore service).
-    Errors: INVALID_ARGUMENT (negative max_age), PERMISSION_DENIED (not an
-    operator), UNAVAILABLE (engine unreachable).
+    Errors: INVALID_ARGUMENT (negative max_age), OUT_OF_RANGE (`max_age`
+    over 100 years), PERMISSION_DENIED (not an operator), UNAVAILABLE
+    (engine unreachable).
     """
     CheckSandboxSpec: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.CheckSandboxSpecRequest, _sandbox_service_pb2.CheckSandboxSpecResponse]  # type: ignore[assignment]
     """CheckSandboxSpec validates a spec with the same code AcquireSandbox uses
@@ -272,8 +278,9 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetSandbox returns one sandbox by id.
         Like ListSandboxes it needs only the `read` scope: a sandbox record
         carries labels and state, never env values.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), NOT_FOUND (no such sandbox in
-        this deployment), UNAVAILABLE (engine unreachable).
+        Errors: INVALID_ARGUMENT (empty sandbox_id, or one over 128
+        characters), NOT_FOUND (no such sandbox in this deployment), UNAVAILABLE
+        (engine unreachable).
         """
 
     @_abc_1.abstractmethod
@@ -298,8 +305,9 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         timeout kills the command's whole process tree inside the container.
         A non-admin caller needs the sandbox token of the sandbox's task and may
         run only as the sandbox's own user.
-        Errors: INVALID_ARGUMENT (empty sandbox_id or argv, negative timeout),
-        PERMISSION_DENIED (no token, a token for another task, or a `user`
+        Errors: INVALID_ARGUMENT (empty sandbox_id or argv, an id over 128
+        characters, negative timeout), OUT_OF_RANGE (`timeout` over 7 days,
+        `max_output_bytes` over 1 GiB), PERMISSION_DENIED (no token, a token for another task, or a `user`
         other than the sandbox's), NOT_FOUND (no such sandbox),
         FAILED_PRECONDITION (the sandbox is not running), UNAVAILABLE (engine
         unreachable).
@@ -315,9 +323,9 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         left running unless force_remove; otherwise it is stopped (bounded) and
         removed on a cleanup worker thread, and the call returns at once.
         A non-admin caller needs the sandbox token of the sandbox's task.
-        Errors: INVALID_ARGUMENT (empty sandbox_id), PERMISSION_DENIED (no
-        token, or a token for another task), NOT_FOUND (no such sandbox),
-        UNAVAILABLE (engine unreachable).
+        Errors: INVALID_ARGUMENT (empty sandbox_id, or one over 128
+        characters), PERMISSION_DENIED (no token, or a token for another task),
+        NOT_FOUND (no such sandbox), UNAVAILABLE (engine unreachable).
         """
 
     @_abc_1.abstractmethod
@@ -330,8 +338,9 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         `State.FinishedAt` is older than the max age, and reports why each other
         candidate was spared. Running sandboxes are never reaped.
         Operators only (an `admin` key or another Longshore service).
-        Errors: INVALID_ARGUMENT (negative max_age), PERMISSION_DENIED (not an
-        operator), UNAVAILABLE (engine unreachable).
+        Errors: INVALID_ARGUMENT (negative max_age), OUT_OF_RANGE (`max_age`
+        over 100 years), PERMISSION_DENIED (not an operator), UNAVAILABLE
+        (engine unreachable).
         """
 
     @_abc_1.abstractmethod
