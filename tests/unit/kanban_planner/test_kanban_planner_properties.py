@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.kanban.planner import (
+    BackendView,
     ExecutorKind,
     Plan,
     PlannerSettings,
     ProfileView,
     ReclaimKind,
     ReclaimView,
+    RetryPolicy,
     Snapshot,
     TaskStatus,
     apply,
@@ -38,6 +42,10 @@ STATUSES = [
     TaskStatus.BLOCKED,
     TaskStatus.TRIAGE,
 ]
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+# A retry already due, one not due yet, or none.
+RETRY_AT = [None, None, NOW - timedelta(seconds=10), NOW + timedelta(seconds=30)]
+DOWN = BackendView("sandbox", NOW - timedelta(seconds=5), "connection refused", NOW)
 
 
 @st.composite
@@ -49,6 +57,7 @@ def boards(draw: st.DrawFn) -> tuple[Snapshot, PlannerSettings, int | None]:
             f"p{i}",
             draw(st.sampled_from(list(ExecutorKind))),
             draw(st.integers(-1, 3)),
+            RetryPolicy(max_attempts=draw(st.integers(0, 3))),
         )
         for i in range(n_profiles)
     }
@@ -81,6 +90,9 @@ def boards(draw: st.DrawFn) -> tuple[Snapshot, PlannerSettings, int | None]:
                 waiting_on=waiting,
                 failure_count=draw(st.integers(0, 3)),
                 breaker_open=status is TaskStatus.BLOCKED and draw(st.booleans()),
+                next_attempt_time=draw(st.sampled_from(RETRY_AT))
+                if status is TaskStatus.READY
+                else None,
             )
         )
     for name in names:
@@ -93,7 +105,12 @@ def boards(draw: st.DrawFn) -> tuple[Snapshot, PlannerSettings, int | None]:
     )
     max_spawn = draw(st.sampled_from([None, 1, 2, 3]))
     snapshot = Snapshot(
-        tasks=tuple(tasks), profiles=profs, running=dict(running), reclaims=tuple(reclaims)
+        tasks=tuple(tasks),
+        profiles=profs,
+        running=dict(running),
+        reclaims=tuple(reclaims),
+        now=draw(st.sampled_from([None, NOW])),
+        sandbox_backend=draw(st.sampled_from([None, None, DOWN])),
     )
     return snapshot, planner, max_spawn
 
@@ -117,6 +134,8 @@ def _verdicts(result: Plan) -> Counter[str]:
     ids.update(r.task_id for r in result.skipped_per_profile_capped)
     ids.update(r.task_id for r in result.awaiting_worker)
     ids.update(r.task_id for r in result.auto_blocked)
+    ids.update(r.task_id for r in result.backing_off)
+    ids.update(r.task_id for r in result.backend_paused)
     ids.update(result.not_considered)
     return ids
 
@@ -133,7 +152,7 @@ def test_plan_is_deterministic_and_ignores_row_order(
     rnd.shuffle(shuffled)
     reclaims = list(snapshot.reclaims)
     rnd.shuffle(reclaims)
-    other = Snapshot(tuple(shuffled), snapshot.profiles, snapshot.running, tuple(reclaims))
+    other = replace(snapshot, tasks=tuple(shuffled), reclaims=tuple(reclaims))
     assert plan(other, settings=planner, max_spawn=max_spawn) == first
 
 
@@ -158,6 +177,10 @@ def test_every_task_gets_one_verdict_and_a_readiness(
     assert all(count == 1 for count in verdicts.values())
     for spawned in result.spawned:
         assert snapshot.profiles[spawned.assignee].executor is ExecutorKind.SANDBOX
+    if snapshot.sandbox_backend is not None:
+        assert result.spawned == [] and result.backend_unavailable
+    for ref in result.backend_paused:
+        assert snapshot.profiles[ref.assignee].executor is ExecutorKind.SANDBOX
     if max_spawn is not None:
         assert len(result.spawned) <= max_spawn
 
