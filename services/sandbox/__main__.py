@@ -28,9 +28,15 @@ def main() -> int:
         pool_size=section.max_workers + section.cleanup_workers + section.reap_workers + 4,
     )
     manager = SandboxManager(client, section, deployment=settings.deployment)
-    engine_health = EngineHealth.for_engine(
+    startup_sweep = leftovers.StartupSweep(manager)
+
+    def engine_changed(serving: bool, detail: str) -> None:
         # Called only from start() on, once the server below exists.
-        lambda serving, detail: server.set_serving(serving, detail),  # noqa: PLW0108
+        server.set_serving(serving, detail)
+        startup_sweep.engine_changed(serving)
+
+    engine_health = EngineHealth.for_engine(
+        engine_changed,
         interval_seconds=section.engine_probe_interval_seconds,
         timeout_seconds=section.engine_probe_timeout_seconds,
     )
@@ -68,7 +74,7 @@ def main() -> int:
     engine_health.start()
     # Before serving: a caller retrying a command a dead manager was running
     # must never find the old one still running next to its retry.
-    leftovers.sweep(manager, execs=True)
+    startup_sweep.run()
     server.start()
     reaper.start()
     server.serve_until_signal()

@@ -19,6 +19,7 @@ Engine errors become typed service errors here, once, and never INTERNAL:
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,8 @@ from services.runtime.errors import (
 )
 from services.sandbox import labels
 from services.sandbox.model import SandboxInfo
+
+log = logging.getLogger(__name__)
 
 tracer = trace.get_tracer(__name__)
 
@@ -87,6 +90,11 @@ def unreachable_reason(exc: BaseException) -> str:
     return engine_message(exc)
 
 
+#: API version used when the engine cannot be asked at start: Debian's engine
+#: 20.10 speaks 1.41, and every later engine still accepts it.
+FALLBACK_API_VERSION = "1.41"
+
+
 def create_client(*, timeout: float = 60.0, pool_size: int = 32) -> docker.DockerClient:
     """Connects to the engine named by ``DOCKER_HOST`` (else the local socket).
 
@@ -103,7 +111,23 @@ def create_client(*, timeout: float = 60.0, pool_size: int = 32) -> docker.Docke
         # convention, not a Longshore setting.
         return docker.from_env(timeout=int(timeout), max_pool_size=pool_size)
     except docker.errors.DockerException as exc:
-        raise Unavailable(f"docker engine unreachable: {unreachable_reason(exc)}") from exc
+        if not isinstance(exc.__context__, requests.exceptions.ConnectionError):
+            raise Unavailable(f"docker engine unreachable: {unreachable_reason(exc)}") from exc
+        # The engine is down right now ("auto" negotiates the API version with
+        # it). Start anyway on the oldest API we support, so the manager serves,
+        # reports NOT_SERVING with the reason and recovers by itself when the
+        # engine returns, instead of exiting into a crash loop.
+        log.warning(
+            "docker engine unreachable at start; using API %s until it answers",
+            FALLBACK_API_VERSION,
+            extra={"error": unreachable_reason(exc)},
+        )
+        try:
+            return docker.from_env(
+                version=FALLBACK_API_VERSION, timeout=int(timeout), max_pool_size=pool_size
+            )
+        except docker.errors.DockerException as again:
+            raise Unavailable(f"docker engine unreachable: {unreachable_reason(again)}") from again
 
 
 def is_conflict(exc: BaseException) -> bool:

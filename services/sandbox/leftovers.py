@@ -24,6 +24,7 @@ reaper's tick keeps removing non-persistent sandboxes of owners that die later:
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -147,3 +148,33 @@ def sweep(manager: SandboxManager, *, execs: bool = True) -> LeftoverReport:
             },
         )
     return report
+
+
+class StartupSweep:
+    """The start-up sweep, run again once the engine answers if it could not run at start.
+
+    A manager started while its engine is down serves NOT_SERVING; the execs
+    and sandboxes a dead manager left must still be ended, so the first probe
+    that finds the engine back triggers the sweep it missed (on a thread of its
+    own: the probe thread must keep probing).
+    """
+
+    def __init__(self, manager: SandboxManager) -> None:
+        self._manager = manager
+        self._lock = threading.Lock()
+        self._pending = False
+
+    def run(self) -> LeftoverReport:
+        """Sweeps now; remembers to sweep again if the engine could not be listed."""
+        report = sweep(self._manager, execs=True)
+        with self._lock:
+            self._pending = bool(report.errors)
+        return report
+
+    def engine_changed(self, serving: bool) -> None:
+        """Called on every engine health change; sweeps once after a missed start."""
+        with self._lock:
+            due = serving and self._pending
+            self._pending = self._pending and not due
+        if due:
+            threading.Thread(target=self.run, name="leftovers-retry", daemon=True).start()

@@ -23,6 +23,7 @@ from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
 from services.gateway.status import BackendHealth, probe
+from services.runtime.channels import open_channel
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.testing import serve_in_process
 from services.sandbox import labels
@@ -471,3 +472,25 @@ def test_engine_proxy_relays_exec_streams_and_cut_refuses(engine: docker.DockerC
         proxy.restore()
         assert client.ping()
         client.close()
+
+
+def test_a_manager_started_while_the_engine_is_down_serves_not_serving_then_recovers(
+    procs: list[Manager], proc_env: dict[str, str]
+) -> None:
+    with EngineProxy() as proxy:
+        proxy.cut()
+        m = Manager({**proc_env, "DOCKER_HOST": proxy.docker_host}, "sandbox-born-cut")
+        procs.append(m)
+        m.proc.spawn()
+        with grpc.insecure_channel(m.addr) as channel:
+            wait_for(
+                lambda: probe(channel, 5).detail.startswith("docker engine unreachable"),
+                "a NOT_SERVING manager that says why, instead of an exit",
+            )
+            assert probe(channel, 5).health == BackendHealth.BACKEND_HEALTH_NOT_SERVING
+            proxy.restore()
+            m.proc.wait_serving(30)
+        m.channel = open_channel(m.addr, internal_token=m.token)
+        cid = acquire(m.stub, "born-cut")
+        assert exec_all(m.stub, cid, ["echo", "up"])[0] == b"up\n"
+        m.close()
