@@ -329,6 +329,7 @@ class Executor:
         truncated = False
         result: ExecResult | None = None
         seen = False
+        began = time.monotonic()
         try:
             for event in stream:
                 seen = True
@@ -361,6 +362,17 @@ class Executor:
                     truncated=truncated,
                     failure_kind=err.kind,
                     error=f"no exit status within the deadline ({job.timeout_seconds:g}s + grace)",
+                )
+            if err.kind is FailureKind.OTHER and time.monotonic() - began >= job.timeout_seconds:
+                # The command ran its whole timeout and the manager failed to
+                # report how it ended (e.g. it could not start its killer at a
+                # pids limit): the command timed out; it never "failed to spawn".
+                return Outcome(
+                    OutcomeKind.TIMED_OUT,
+                    timed_out=True,
+                    truncated=truncated,
+                    failure_kind=err.kind,
+                    error=f"timed out after {job.timeout_seconds:g}s; its exit was lost: {err}",
                 )
             kind = OutcomeKind.FAILED if seen else OutcomeKind.SPAWN_FAILED
             return Outcome(kind, truncated=truncated, failure_kind=err.kind, error=str(err))

@@ -379,3 +379,21 @@ def test_merge_spec_layers_the_task_over_the_profile() -> None:
     assert (spec.image, dict(spec.env), spec.cpus) == ("task:2", {"A": "1", "B": "3"}, 0.5)
     assert profile.image == "base:1"
     assert merge_spec(profile).image == "base:1"
+
+
+def test_an_error_after_the_whole_timeout_is_a_timeout_not_a_spawn_failure(
+    executor: Executor, sandboxes: FakeSandboxes
+) -> None:
+    # The manager answered INTERNAL once the command had run its whole timeout
+    # (it could not start its killer at a pids limit): the command timed out.
+    sandboxes.script = [SandboxCallFailed("exec: internal error: ValueError")]
+    sink = RecordingSink()
+    executor.start(job(timeout_seconds=0.0), sink)
+    outcome = sink.outcome()
+    assert outcome.kind is OutcomeKind.TIMED_OUT and outcome.timed_out
+    assert outcome.failure_class is FailureClass.WORK
+    assert "its exit was lost" in outcome.error
+    # The same error before the timeout is what it says: the exec never started.
+    sink = RecordingSink()
+    executor.start(job("run-2", timeout_seconds=30.0), sink)
+    assert sink.outcome().kind is OutcomeKind.SPAWN_FAILED
