@@ -39,6 +39,8 @@ tracer = trace.get_tracer(__name__)
 SOURCE = "kanban.dispatcher"
 #: Least time between two ticks of the loop (a burst of wakes makes one tick).
 WAKE_COALESCE_SECONDS = 0.1
+#: The gap after a tick is at least this many times its duration.
+TICK_SHARE_FACTOR = 4.0
 DEFAULT_ASSIGNEE_SOURCE = "kanban.default_assignee"
 
 
@@ -89,6 +91,8 @@ class Dispatcher:
         self.instance = instance
         self._clock = clock
         self._tick_lock = threading.Lock()
+        # Whether the last real tick wrote nothing (then the next plans on a read first).
+        self._quiet = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -170,6 +174,22 @@ class Dispatcher:
     ) -> dispatch_pb2.DispatchResult:
         effects = Effects()
         jobs: list[RunJob] = []
+        if self._quiet:
+            # The last tick wrote nothing: plan on a plain read first, and
+            # take the write lock (which every create and claim waits on)
+            # only when this plan has something to write. Writing ticks
+            # re-plan under the lock, so caps stay exact.
+            with self._db.read() as s:
+                snap = snapshot.build(
+                    s, now=now, board_id=board_id, sandbox_backend=self._backend_view()
+                )
+                result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
+            if not _writes(result):
+                proto = result.to_proto(dry_run=False)
+                proto.tick_time.CopyFrom(tick_time)
+                if not board_id:
+                    self._next_due = _earliest_retry(result)
+                return proto
         with self._db.write() as s:
             snap = snapshot.build(
                 s, now=now, board_id=board_id, sandbox_backend=self._backend_view()
@@ -178,6 +198,7 @@ class Dispatcher:
             proto = result.to_proto(dry_run=False)
             proto.tick_time.CopyFrom(tick_time)
             self._apply(s, result, proto, jobs, effects, now)
+        self._quiet = not _writes(result)
         if not board_id:
             self._next_due = _earliest_retry(result)
         self._start(jobs)
@@ -354,6 +375,7 @@ class Dispatcher:
     def _loop(self) -> None:
         interval = max(0.05, self._section.dispatch_interval_seconds)
         last_tick = 0.0
+        gap = WAKE_COALESCE_SECONDS
         while not self._stop.is_set():
             wait = interval
             due = self._next_due
@@ -364,20 +386,35 @@ class Dispatcher:
             self._wake.wait(wait)
             # A tick holds the write lock while it plans; ticking once per
             # wake would let a burst of creates (each wakes the loop) queue
-            # behind back-to-back ticks. Coalesce: at most one tick per
-            # WAKE_COALESCE_SECONDS, so a burst is dispatched by one tick and
-            # writers get the lock in between.
-            rest = WAKE_COALESCE_SECONDS - (time.monotonic() - last_tick)
+            # behind back-to-back ticks. Coalesce: after a tick of d seconds
+            # the next waits max(WAKE_COALESCE_SECONDS, TICK_SHARE_FACTOR * d),
+            # so ticks hold the lock at most ~1/(1 + factor) of the time and
+            # a burst is dispatched by one tick.
+            rest = gap - (time.monotonic() - last_tick)
             if rest > 0 and self._stop.wait(rest):
                 return
             self._wake.clear()
             if self._stop.is_set():
                 return
+            started = time.monotonic()
             try:
                 self.tick()
             except Exception:
                 log.exception("dispatcher tick failed")
             last_tick = time.monotonic()
+            gap = max(WAKE_COALESCE_SECONDS, TICK_SHARE_FACTOR * (last_tick - started))
+
+
+def _writes(result: Plan) -> bool:
+    """Whether applying ``result`` changes anything (what :meth:`Dispatcher._apply` acts on)."""
+    return bool(
+        result.reclaimed
+        or result.crashed
+        or result.promoted
+        or result.auto_assigned_default
+        or result.auto_blocked
+        or result.spawned
+    )
 
 
 def _earliest_retry(result: Plan) -> dt.datetime | None:
