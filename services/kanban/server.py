@@ -212,7 +212,9 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
                 if dedup
                 else sorted(set(request.parent_ids))
             )
-            msg = convert.task(row, parents)
+        # Converted after the commit: the row stays loaded (expire_on_commit
+        # is off), and the write lock is not held for work that needs no lock.
+        msg = convert.task(row, parents)
         self._after(effects)
         return pb.CreateTaskResponse(task=msg, deduplicated=dedup)
 
