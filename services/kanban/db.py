@@ -51,6 +51,24 @@ def default_url(home: Path) -> str:
     return f"sqlite:///{home / 'kanban.db'}"
 
 
+def prepare_sqlite_directory(url: str) -> None:
+    """Create the directory of a SQLite database file when it is missing.
+
+    SQLite creates the file but not its directory, and the default one is
+    ``LONGSHORE_HOME``, which holds secrets (the CLI's key) too: a directory
+    made here is private to its owner (0700). Other URLs are left alone.
+
+    Args:
+        url: The database URL (any backend).
+    """
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    directory = Path(parsed.database).expanduser().parent
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def _install_sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -82,8 +100,7 @@ def make_engine(url: str, *, instrument: bool = True) -> Engine:
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite_directory(url)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},

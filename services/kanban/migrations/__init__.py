@@ -13,7 +13,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from services.kanban.db import normalize_url
+from services.kanban.db import normalize_url, prepare_sqlite_directory
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 
@@ -35,6 +35,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
         database_url: SQLAlchemy URL of the kanban database.
         revision: Target revision, ``head`` by default.
     """
+    prepare_sqlite_directory(database_url)  # the first connection is Alembic's
     command.upgrade(alembic_config(database_url), revision)
 
 
