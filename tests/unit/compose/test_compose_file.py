@@ -216,3 +216,11 @@ def test_env_example_holds_no_secret_values() -> None:
             and (key in SECRETS or key in ("LONGSHORE_API_KEY", "LONGSHORE_POSTGRES_PASSWORD"))
         ):
             assert value == "", f"{key} must be empty in .env.example"
+
+
+def test_the_sandbox_policy_reaches_the_sandbox_manager_and_defaults_to_empty() -> None:
+    env = compose()["services"]["sandbox"]["environment"]
+    for name in ("LONGSHORE_SANDBOX_ALLOWED_HOST_PATHS", "LONGSHORE_SANDBOX_ALLOWED_CAPABILITIES"):
+        assert env[name] == f"${{{name}:-}}", name
+    example = (REPO / ".env.example").read_text()
+    assert "LONGSHORE_SANDBOX_ALLOWED_HOST_PATHS=\n" in example
