@@ -42,10 +42,8 @@ class Case:
 
 
 def _task(**fields: Any) -> Callable[[Kanban], Any]:
-    return lambda k: k.stub.CreateTask(
-        pb.CreateTaskRequest(task=task_pb2.Task(title=fields.pop("title", "t"), **fields)),
-        timeout=30,
-    )
+    task = {"title": "t", **fields}  # one dict per case, never mutated: cases run per database
+    return lambda k: k.stub.CreateTask(pb.CreateTaskRequest(task=task_pb2.Task(**task)), timeout=30)
 
 
 def _on_task(method: str, **fields: Any) -> Callable[[Kanban], Any]:
