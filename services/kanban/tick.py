@@ -97,7 +97,10 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Earliest end of a backoff the last real tick saw: the loop wakes
-        # then rather than up to a whole interval later.
+        # then rather than up to a whole interval later. Written by whichever
+        # thread ticks (the loop, or a Dispatch RPC), read by the loop: one
+        # reference assignment, so no lock; a stale read costs at most one
+        # interval of waiting, never a missed retry.
         self._next_due: dt.datetime | None = None
         self.backend = backend
         if backend is not None:
