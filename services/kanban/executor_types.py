@@ -141,6 +141,9 @@ class RunJob:
             config hash).
         trace_parent: W3C ``traceparent`` of the call that created the task;
             the run's spans join that trace.
+        refusal: Why the run must not start at all (policy found at spawn,
+            e.g. a task image its profile does not allow); it then ends at
+            once as a spawn failure of the work, never reaching a sandbox.
     """
 
     run_id: str
@@ -152,6 +155,7 @@ class RunJob:
     persist: bool = True
     env: Mapping[str, str] = field(default_factory=dict)
     trace_parent: str = ""
+    refusal: str = ""
 
 
 def merge_spec(

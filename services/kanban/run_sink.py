@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from services.kanban import models
 from services.kanban.backends import BackendBreaker
 from services.kanban.db import Database
-from services.kanban.executor import Outcome, OutcomeKind
+from services.kanban.executor import FailureKind, Outcome, OutcomeKind
 from services.kanban.planner import FailureClass, PlannerSettings
 from services.kanban.store import Effects, failures, runs
 from services.runtime.errors import FailedPrecondition, NotFound
@@ -147,13 +147,19 @@ class DbRunSink:
                 error = outcome.error or (
                     f"exit code {outcome.exit_code}" if outcome.exit_code is not None else "failed"
                 )
+                # A policy refusal (an image or spec the profile does not
+                # allow) fails the same way every time: block at once.
+                refused = outcome.kind is OutcomeKind.SPAWN_FAILED and outcome.failure_kind in (
+                    FailureKind.PERMISSION_DENIED,
+                    FailureKind.INVALID_SPEC,
+                )
                 failures.fail(
                     s,
                     run,
                     task,
                     status=status,
                     error=error,
-                    retryable=True,
+                    retryable=not refused,
                     settings=self._settings,
                     source=SOURCE,
                     effects=effects,

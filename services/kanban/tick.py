@@ -32,7 +32,9 @@ from services.kanban.planner import BackendView, Plan, Readiness, ReadinessReaso
 from services.kanban.run_sink import DbRunSink
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, events, failures, runs, tasks
+from services.kanban.store.profiles import check_image
 from services.runtime.callers import DISPATCHER
+from services.runtime.errors import PermissionDenied
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -319,6 +321,13 @@ class Dispatcher:
             or profile.default_max_runtime_seconds
             or self._section.default_max_runtime_seconds
         )
+        # Checked again at spawn: the task may have taken the default assignee
+        # after it was written, or the profile's images changed since.
+        try:
+            check_image(profile, task.image)
+            refusal = ""
+        except PermissionDenied as exc:
+            refusal = exc.message
         return RunJob(
             run_id=run_id,
             task_id=task.task_id,
@@ -329,13 +338,24 @@ class Dispatcher:
             persist=True,
             env=dict(task.env or {}),
             trace_parent=task.trace_parent,
+            refusal=refusal,
         )
 
     def _start(self, jobs: list[RunJob]) -> None:
-        for job in jobs:
-            if self._executor is None:
-                from services.kanban.executor import Outcome, OutcomeKind
+        from services.kanban.executor import FailureKind, Outcome, OutcomeKind
 
+        for job in jobs:
+            if job.refusal:
+                self.sink.finished(
+                    job.run_id,
+                    Outcome(
+                        OutcomeKind.SPAWN_FAILED,
+                        failure_kind=FailureKind.PERMISSION_DENIED,
+                        error=job.refusal,
+                    ),
+                )
+                continue
+            if self._executor is None:
                 self.sink.finished(
                     job.run_id,
                     Outcome(OutcomeKind.SPAWN_FAILED, error="no sandbox executor configured"),

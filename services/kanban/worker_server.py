@@ -32,7 +32,7 @@ from services.kanban.events_bus import EventBus
 from services.kanban.executor_types import merge_spec
 from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, events, failures, links, profiles, runs
+from services.kanban.store import Effects, events, failures, links, profiles, runs, tasks
 from services.kanban.tick import Dispatcher
 from services.runtime.callers import DISPATCHER, Caller, caller
 from services.runtime.errors import (
@@ -44,6 +44,8 @@ from services.runtime.errors import (
 from services.runtime.sandbox_tokens import SandboxGrant, SandboxTokens, spec_digest
 
 MAX_WAIT_SECONDS = 60.0
+#: Event source of a task blocked at claim by the profile's policy.
+POLICY_SOURCE = "kanban.policy"
 POLL_SLICE_SECONDS = 1.0
 
 
@@ -175,6 +177,15 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         ).limit(1)
         task = s.scalar(stmt)
         if task is None:
+            return None
+        try:
+            # Checked again at claim: the profile's images may have changed
+            # since the task was written. A refusal is for good: block it.
+            profiles.check_image(profile, task.image)
+        except PermissionDenied as exc:
+            tasks.set_status(
+                s, task, models.BLOCKED, reason=exc.message, source=POLICY_SOURCE, effects=Effects()
+            )
             return None
         run = runs.claim(
             s,

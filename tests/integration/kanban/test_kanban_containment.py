@@ -603,3 +603,33 @@ def test_the_sandbox_executor_gets_real_values_while_reads_are_redacted(
     profile = stub.GetProfile(pb.GetProfileRequest(name="sb"), timeout=10).profile
     assert dict(profile.sandbox_spec.env) == {"PROFILE_SECRET": "<redacted>"}
     assert _leaks(got, profile, *listed) == []
+
+
+def test_images_are_checked_again_at_spawn_and_at_claim(kanban_factory: Any) -> None:
+    # Written before the rule could see them: an unassigned task that takes the
+    # default assignee, and a task whose profile's allowlist shrank later.
+    kanban = kanban_factory(default_assignee="box")
+    _profile(kanban, "box", profile_pb2.EXECUTOR_SANDBOX)
+    loose = kanban.task("loose", image="img:bad", command=["true"])
+    kanban.stub.Dispatch(pb.DispatchRequest(), metadata=ADMIN, timeout=10)
+    got = kanban.get(loose.task_id)
+    assert got.status == S.TASK_STATUS_BLOCKED, got
+    assert "image: 'img:bad' is not allowed for profile 'box'" in got.blocked_reason
+    assert not kanban.executor.jobs  # refused before any sandbox call
+    _profile(kanban, "ext", profile_pb2.EXECUTOR_EXTERNAL, allowed_images=["img:ok"])
+    task = kanban.task("ok", assignee="ext", image="img:ok")
+    kanban.stub.UpdateProfile(
+        pb.UpdateProfileRequest(
+            profile=profile_pb2.Profile(name="ext"),
+            update_mask=field_mask_pb2.FieldMask(paths=["allowed_images"]),
+        ),
+        metadata=ADMIN,
+        timeout=10,
+    )
+    reply = kanban.worker.ClaimTask(
+        W.ClaimTaskRequest(profile="ext", worker_id="host-1"), metadata=W1, timeout=10
+    )
+    assert not reply.run_id and not reply.sandbox_token
+    got = kanban.get(task.task_id)
+    assert got.status == S.TASK_STATUS_BLOCKED
+    assert "image: 'img:ok' is not allowed for profile 'ext'" in got.blocked_reason
