@@ -20,6 +20,7 @@ import docker
 import pytest
 from docker.errors import APIError, DockerException, NotFound
 
+from tests.support.hardening_audit import HardeningAudit
 from tests.support.images import build_busybox_image
 
 log = logging.getLogger(__name__)
@@ -132,15 +133,30 @@ def docker_client(run_id: str) -> Iterator[docker.DockerClient]:
     except RuntimeError as exc:
         where = "CI=true: the runner must provide Docker" if os.environ.get("CI") == "true" else ""
         pytest.fail(f"Docker engine unavailable: {exc} {where}".strip(), pytrace=False)
+    audit = HardeningAudit(client, run_id)
     try:
         yield client
     finally:
         try:
-            removed = cleanup_run(client, run_id)
-            if removed:
-                log.info("removed %d test containers", len(removed))
+            audit.close()
+            if audit.problems:
+                pytest.fail(
+                    f"sandboxes without the hardening ({len(audit.problems)} of "
+                    f"{audit.seen} inspected):\n" + "\n".join(audit.problems[:20]),
+                    pytrace=False,
+                )
         finally:
-            client.close()
+            cleanup_run_and_close(client, run_id)
+
+
+def cleanup_run_and_close(client: docker.DockerClient, run_id: str) -> None:
+    """Remove this run's resources, then close the client."""
+    try:
+        removed = cleanup_run(client, run_id)
+        if removed:
+            log.info("removed %d test containers", len(removed))
+    finally:
+        client.close()
 
 
 _deployments = itertools.count(1)

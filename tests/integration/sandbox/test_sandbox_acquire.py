@@ -14,6 +14,7 @@ from services.sandbox import labels
 from services.sandbox.hardening import resolve_spec
 from services.sandbox.manager import SandboxManager
 from services.sandbox.model import Spec
+from tests.support.hardening_audit import FORGED_LABEL
 
 T = 30
 
@@ -99,14 +100,17 @@ def test_failed_start_is_replaced_by_a_fresh_sandbox(
         spec.image,
         entrypoint=["/no/such/binary"],
         name=labels.container_name(manager.deployment, "coder", "task-1"),
-        labels=labels.sandbox_labels(
-            deployment=manager.deployment,
-            profile="coder",
-            task_id="task-1",
-            persist=True,
-            owner="someone-else",
-            config_hash=spec.config_hash,
-        ),
+        labels={
+            **labels.sandbox_labels(
+                deployment=manager.deployment,
+                profile="coder",
+                task_id="task-1",
+                persist=True,
+                owner="someone-else",
+                config_hash=spec.config_hash,
+            ),
+            FORGED_LABEL: "1",
+        },
     )["Id"]
     resp = acquire(stub)
     assert resp.outcome == sandbox_pb2.REUSE_OUTCOME_REPLACED_START_FAILED

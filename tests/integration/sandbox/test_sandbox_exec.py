@@ -12,6 +12,8 @@ from google.protobuf import duration_pb2
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
+from tests.support.hardening_audit import FORGED_LABEL
+
 T = 60
 
 
@@ -176,7 +178,12 @@ def test_exec_in_another_deployments_sandbox_is_not_found(
 ) -> None:
     other = engine.api.create_container(
         sandbox_image,
-        labels={**run_labels, "io.longshore.managed": "1", "io.longshore.deployment": "elsewhere"},
+        labels={
+            **run_labels,
+            "io.longshore.managed": "1",
+            "io.longshore.deployment": "elsewhere",
+            FORGED_LABEL: "1",
+        },
     )["Id"]
     try:
         with pytest.raises(grpc.RpcError) as info:

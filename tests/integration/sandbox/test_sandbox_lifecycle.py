@@ -17,6 +17,7 @@ from services.sandbox import labels
 from services.sandbox.manager import SandboxManager
 from services.sandbox.model import Spec
 from services.sandbox.reaper import Reaper, StartupGuard
+from tests.support.hardening_audit import FORGED_LABEL
 
 T = 30
 
@@ -137,7 +138,7 @@ def test_reaper_removes_only_old_exited_sandboxes_of_this_deployment(
         engine.api.stop(cid, timeout=0)
     foreign = [
         engine.api.create_container(
-            sandbox_image, command=["true"], labels={**run_labels, **extra}
+            sandbox_image, command=["true"], labels={**run_labels, **extra, FORGED_LABEL: "1"}
         )["Id"]
         for extra in (
             {labels.MANAGED: "1", labels.DEPLOYMENT: test_deployment + "-other"},
