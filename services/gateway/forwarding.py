@@ -11,12 +11,14 @@ injected so the backend's spans join the caller's trace.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc import aio
 from longshore.kanban.v1 import kanban_service_pb2, worker_service_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2
 from opentelemetry import propagate, trace
@@ -57,10 +59,9 @@ _STRIPPED = frozenset(
         "grpc-timeout",
     }
 )
-# Unary methods whose backend waits on purpose: forwarded so that a client's
-# cancellation reaches the backend. Other unary calls are short and forwarded
-# with a plain blocking call (cheaper); a cancelled one runs out upstream
-# within its propagated deadline. Server streams always pass cancellation on.
+# Unary methods whose backend waits on purpose (a held one costs the gateway
+# a coroutine, not a thread). Every forwarded call, these included, passes a
+# client's cancellation on to the backend.
 LONG_POLL_METHODS = frozenset({"/longshore.kanban.v1.WorkerService/ClaimTask"})
 # A remaining time beyond this means the client set no deadline at all.
 _NO_DEADLINE = 10 * 365 * 86400.0
@@ -106,13 +107,59 @@ def forwarded_service_names() -> list[str]:
     ]
 
 
-@dataclass(frozen=True)
 class Backend:
-    """A backend the gateway dials."""
+    """A backend the gateway dials: its name, configured address and ``grpc.aio`` channel.
 
-    name: str
-    address: str
-    channel: grpc.Channel
+    The channel is opened on first use, which happens on the server's event
+    loop (an aio channel belongs to the loop it was opened on).
+    """
+
+    def __init__(self, name: str, address: str, *, max_message_bytes: int, balanced: bool) -> None:
+        """Describe a backend.
+
+        Args:
+            name: ``kanban`` or ``sandbox``.
+            address: As configured: ``host:port``, a comma-separated list of
+                ``ip:port``, or a gRPC target (``dns:///kanban:50052``).
+            max_message_bytes: Largest message relayed.
+            balanced: Round robin over every address the target resolves to
+                (kanban replicas), instead of gRPC's pick-first.
+        """
+        self.name = name
+        self.address = address
+        self.target = channel_target(address)
+        self._limit = max_message_bytes + 64 * 1024
+        self._balanced = balanced
+        self._channel: aio.Channel | None = None
+
+    @property
+    def channel(self) -> aio.Channel:
+        """The raw channel to forward over (opened on first use, on the loop)."""
+        if self._channel is None:
+            self._channel = backend_channel(self.target, self._limit, balanced=self._balanced)
+        return self._channel
+
+    async def close(self) -> None:
+        """Close the channel (cancels what is still in flight on it)."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+def channel_target(address: str) -> str:
+    """Return the gRPC target for a configured backend address.
+
+    ``a:1,b:2`` (several replicas listed) becomes ``ipv4:a:1,b:2``; a target
+    with a scheme is kept; ``host:port`` becomes ``dns:///host:port``, so
+    every address the name resolves to (``docker compose up --scale
+    kanban=3``) is a subchannel.
+    """
+    address = address.strip()
+    if "," in address:
+        return "ipv4:" + ",".join(part.strip() for part in address.split(",") if part.strip())
+    if ":///" in address or address.startswith(("ipv4:", "ipv6:", "unix:")):
+        return address
+    return f"dns:///{address}"
 
 
 @dataclass(frozen=True)
@@ -135,21 +182,21 @@ class DeadlinePolicy:
         return max(0.0, min(remaining, cap))
 
 
-def backend_channel(address: str, max_message_bytes: int) -> grpc.Channel:
+def backend_channel(target: str, limit: int, *, balanced: bool) -> aio.Channel:
     """Open the raw channel the gateway forwards over.
 
     Plain (not intercepted) on purpose: the forwarder injects the credential
-    and trace context itself and needs the call objects to cancel them.
+    and trace context itself. With ``balanced``, calls are spread round robin
+    over every address ``target`` resolves to.
     """
-    limit = max_message_bytes + 64 * 1024
-    return grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.enable_retries", 0),
-        ],
-    )
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.enable_retries", 0),
+    ]
+    if balanced:
+        options.append(("grpc.lb_policy_name", "round_robin"))
+    return aio.insecure_channel(target, options=options)
 
 
 class Forwarder(grpc.GenericRpcHandler):
@@ -199,25 +246,22 @@ class Forwarder(grpc.GenericRpcHandler):
 
     def _handler(self, info: MethodInfo, backend: Backend) -> grpc.RpcMethodHandler[bytes, bytes]:
         if info.server_streaming:
-            stream_call: grpc.UnaryStreamMultiCallable[bytes, bytes] = backend.channel.unary_stream(
-                info.path
-            )
 
-            def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-                return self._forward_stream(info, backend, stream_call, request, context)
+            async def stream(
+                request: bytes, context: aio.ServicerContext[bytes, bytes]
+            ) -> AsyncIterator[bytes]:
+                async for message in self._forward_stream(info, backend, request, context):
+                    yield message
 
             return grpc.unary_stream_rpc_method_handler(stream)
-        unary_call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = backend.channel.unary_unary(
-            info.path
-        )
 
-        def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
-            return self._forward_unary(info, backend, unary_call, request, context)
+        async def unary(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+            return await self._forward_unary(info, backend, request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary)
 
     def _prepare(
-        self, info: MethodInfo, request: bytes, context: grpc.ServicerContext
+        self, info: MethodInfo, request: bytes, context: aio.ServicerContext[bytes, bytes]
     ) -> Principal:
         principal = self._gate.admit(context.invocation_metadata() or (), info.path)
         if len(request) > self._max_bytes:
@@ -228,8 +272,8 @@ class Forwarder(grpc.GenericRpcHandler):
         return principal
 
     def _metadata(
-        self, principal: Principal, context: grpc.ServicerContext
-    ) -> tuple[tuple[str, str | bytes], ...]:
+        self, principal: Principal, context: aio.ServicerContext[bytes, bytes]
+    ) -> aio.Metadata:
         metadata: list[tuple[str, str | bytes]] = [
             (key, value)
             for key, value in context.invocation_metadata() or ()
@@ -242,66 +286,70 @@ class Forwarder(grpc.GenericRpcHandler):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         metadata.extend(carrier.items())
-        return tuple(metadata)
+        return aio.Metadata(*metadata)
 
-    def _timeout(self, context: grpc.ServicerContext, *, streaming: bool) -> float:
+    async def _timeout(
+        self, context: aio.ServicerContext[bytes, bytes], *, streaming: bool
+    ) -> float:
         timeout = self._deadlines.timeout(context.time_remaining(), streaming=streaming)
         if timeout <= 0:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired at the gateway")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired at the gateway"
+            )
         return timeout
 
-    def _forward_unary(
+    async def _forward_unary(
         self,
         info: MethodInfo,
         backend: Backend,
-        call: grpc.UnaryUnaryMultiCallable[bytes, bytes],
         request: bytes,
-        context: grpc.ServicerContext,
+        context: aio.ServicerContext[bytes, bytes],
     ) -> bytes:
         principal = self._prepare(info, request, context)
-        timeout = self._timeout(context, streaming=False)
+        timeout = await self._timeout(context, streaming=False)
         with _client_span(self._tracer, info, backend, principal) as span:
             # Inside the client span, so the backend's spans become its children.
             metadata = self._metadata(principal, context)
+            method: aio.UnaryUnaryMultiCallable[bytes, bytes] = backend.channel.unary_unary(
+                info.path
+            )
+            call = method(request, timeout=timeout, metadata=metadata)
             try:
-                if info.path in LONG_POLL_METHODS:
-                    # Worth a future (about +0.5 ms): a caller that gives up
-                    # must not hold a backend long poll until its deadline.
-                    future = call.future(request, timeout=timeout, metadata=metadata)
-                    if not context.add_callback(lambda: _discard(future.cancel())):
-                        future.cancel()  # the caller left before we registered
-                    response: bytes = future.result()
-                else:
-                    response = call(request, timeout=timeout, metadata=metadata)
+                response: bytes = await call
+            except asyncio.CancelledError:
+                # The client went away (the server cancels this coroutine):
+                # a backend long poll must not be held until its deadline.
+                call.cancel()
+                raise
             except grpc.RpcError as exc:
                 raise _upstream_error(exc, backend, span) from None
         self._check_response(len(response), info)
         return response
 
-    def _forward_stream(
+    async def _forward_stream(
         self,
         info: MethodInfo,
         backend: Backend,
-        call: grpc.UnaryStreamMultiCallable[bytes, bytes],
         request: bytes,
-        context: grpc.ServicerContext,
-    ) -> Iterator[bytes]:
+        context: aio.ServicerContext[bytes, bytes],
+    ) -> AsyncIterator[bytes]:
         principal = self._prepare(info, request, context)
-        timeout = self._timeout(context, streaming=True)
+        timeout = await self._timeout(context, streaming=True)
         with _client_span(self._tracer, info, backend, principal) as span:
-            responses = call(request, timeout=timeout, metadata=self._metadata(principal, context))
-            cancel: Callable[[], Any] = responses.cancel
-            if not context.add_callback(lambda: _discard(cancel())):
-                cancel()  # the caller left before we registered
+            method: aio.UnaryStreamMultiCallable[bytes, bytes] = backend.channel.unary_stream(
+                info.path
+            )
+            call = method(request, timeout=timeout, metadata=self._metadata(principal, context))
             try:
-                for message in responses:
+                async for message in call:
                     self._check_response(len(message), info)
                     yield message
             except grpc.RpcError as exc:
                 raise _upstream_error(exc, backend, span) from None
             finally:
-                # The client went away or we stopped early: end the upstream stream too.
-                cancel()
+                # The client went away (CancelledError) or we stopped early:
+                # end the upstream stream too.
+                call.cancel()
 
     def _check_response(self, size: int, info: MethodInfo) -> None:
         if size > self._max_bytes:
@@ -309,10 +357,6 @@ class Forwarder(grpc.GenericRpcHandler):
                 f"{info.path}: response of {size} bytes exceeds the gateway limit of "
                 f"{self._max_bytes} bytes (gateway.max_message_bytes)"
             )
-
-
-def _discard(_: object) -> None:
-    """Drop a return value (``add_callback`` wants callables returning None)."""
 
 
 def _client_span(
@@ -337,8 +381,9 @@ def _client_span(
 
 def _upstream_error(exc: grpc.RpcError, backend: Backend, span: trace.Span) -> Exception:
     """Return what to raise for a failed upstream call (the interceptor maps it)."""
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+    upstream = isinstance(exc, (grpc.Call, aio.AioRpcError))
+    code = exc.code() if upstream else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if upstream else "") or ""
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code == grpc.StatusCode.UNAVAILABLE:
         span.set_status(StatusCode.ERROR, "backend unavailable")

@@ -12,14 +12,13 @@ from services.gateway.forwarding import (
     Backend,
     DeadlinePolicy,
     Forwarder,
-    backend_channel,
     forwarded_service_names,
 )
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.scopes import check_complete
 from services.gateway.settings import GatewaySettings
 from services.gateway.status import StatusServicer
-from services.runtime.serving import GrpcService, Server, build_server
+from services.runtime.aio_serving import AioServer, AioService, build_aio_server
 
 GATEWAY_SERVICE = "longshore.gateway.v1.GatewayService"
 
@@ -28,20 +27,18 @@ GATEWAY_SERVICE = "longshore.gateway.v1.GatewayService"
 class Gateway:
     """A built (not yet started) gateway and what to close after it stops."""
 
-    server: Server
+    server: AioServer
     backends: list[Backend]
     status: StatusServicer
     keys: KeyRing
     _closed: bool = field(default=False, repr=False)
 
     def close(self) -> None:
-        """Release the backend channels and probe threads (after the server stopped)."""
+        """Stop the server if it still runs (its shutdown closes the backend channels)."""
         if self._closed:
             return
         self._closed = True
-        self.status.close()
-        for backend in self.backends:
-            backend.channel.close()
+        self.server.stop(0)
 
 
 def build_gateway(
@@ -67,7 +64,14 @@ def build_gateway(
     keys = KeyRing.from_entries(section.api_keys)
     gate = Gate(keys, RateLimiter(section.rate_limit_rps, section.rate_limit_burst))
     backends = [
-        Backend(name, peer.addr, backend_channel(peer.addr, section.max_message_bytes))
+        # Every kanban replica shares one database, so any may serve any call:
+        # round robin. A sandbox lives on the manager that made it: pick-first.
+        Backend(
+            name,
+            peer.addr,
+            max_message_bytes=section.max_message_bytes,
+            balanced=name == "kanban",
+        )
         for name, peer in (("kanban", settings.kanban), ("sandbox", settings.sandbox))
     ]
     forwarder = Forwarder(
@@ -91,27 +95,25 @@ def build_gateway(
     )
     names = forwarded_service_names()
     services = [
-        GrpcService(
+        AioService(
             GATEWAY_SERVICE,
             lambda s: gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(status, s),
         ),
         # One generic handler serves every forwarded method; every name is
         # listed so that health and reflection report the forwarded services.
-        GrpcService(names[0], lambda s: s.add_generic_rpc_handlers((forwarder,))),
-        *(GrpcService(name, lambda s: None) for name in names[1:]),
+        AioService(names[0], lambda s: s.add_generic_rpc_handlers((forwarder,))),
+        *(AioService(name, lambda s: None) for name in names[1:]),
     ]
-    try:
-        server = build_server(
-            services,
-            listen=section.listen,
-            max_workers=section.max_workers,
-            tracer_provider=tracer_provider,
-            max_message_bytes=section.max_message_bytes,
-            shutdown_delay=settings.shutdown_delay_seconds,
-        )
-    except RuntimeError:
-        status.close()
-        for backend in backends:
-            backend.channel.close()
-        raise
+    # No max_workers: a held call costs a coroutine. gateway.max_workers now
+    # bounds the calls in flight (beyond it: RESOURCE_EXHAUSTED).
+    server = build_aio_server(
+        services,
+        listen=section.listen,
+        tracer_provider=tracer_provider,
+        max_message_bytes=section.max_message_bytes,
+        max_concurrent_rpcs=section.max_concurrent_calls or None,
+        shutdown_delay=settings.shutdown_delay_seconds,
+    )
+    for backend in backends:
+        server.add_shutdown_hook(backend.close)
     return Gateway(server=server, backends=backends, status=status, keys=keys)

@@ -4,7 +4,10 @@
 ``name:scope+scope:sha256hex`` (see :mod:`services.gateway.auth`):
 comma-separated in ``LONGSHORE_GATEWAY_API_KEYS``, a YAML list in the config
 file. ``kanban.addr`` / ``sandbox.addr`` (``LONGSHORE_KANBAN_ADDR``,
-``LONGSHORE_SANDBOX_ADDR``) say where the backends listen.
+``LONGSHORE_SANDBOX_ADDR``) say where the backends listen. The gateway
+spreads its calls round robin over every kanban replica: every address
+``kanban.addr``'s host name resolves to, or each of a comma-separated list of
+``ip:port`` (see docs/operations.md).
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ class GatewaySection:
     addr: str = field(
         default="127.0.0.1:50051", metadata={"help": "host:port where clients find the gateway."}
     )
-    max_workers: int = field(
-        default=32,
-        metadata={"help": "Server threads: concurrent calls, streams included."},
+    max_concurrent_calls: int = field(
+        default=20000,
+        metadata={
+            "help": "Calls in flight (held long polls and streams included; each costs a "
+            "coroutine, not a thread) beyond which new calls are RESOURCE_EXHAUSTED; 0 = no limit."
+        },
     )
     api_keys: tuple[str, ...] = field(
         default=(),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from longshore.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 
@@ -31,23 +32,27 @@ class Probe:
     version: str = ""
 
 
-def probe(channel: grpc.Channel, timeout: float) -> Probe:
+async def probe(channel: aio.Channel, timeout: float) -> Probe:
     """Ask a backend's health service whether the whole server is SERVING.
 
     Never raises: an unreachable backend is UNREACHABLE with the error as detail.
+    With several kanban replicas, one of them (round robin) answers.
     """
     stub = health_pb2_grpc.HealthStub(channel)
     started = time.perf_counter()
+    call = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
     try:
-        reply, call = stub.Check.with_call(health_pb2.HealthCheckRequest(), timeout=timeout)
+        reply = await call
+        trailing = await call.trailing_metadata()
     except grpc.RpcError as exc:
         latency = (time.perf_counter() - started) * 1000
-        code = exc.code().name if isinstance(exc, grpc.Call) else "ERROR"
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        upstream = isinstance(exc, aio.AioRpcError)
+        code = exc.code().name if upstream else "ERROR"
+        details = exc.details() if upstream else str(exc)
         return Probe(BackendHealth.BACKEND_HEALTH_UNREACHABLE, f"{code}: {details}", latency)
     latency = (time.perf_counter() - started) * 1000
     # Every Longshore server tags its responses with its release (runtime interceptor).
-    trailers = {key: str(value) for key, value in call.trailing_metadata() or ()}
+    trailers = {key: str(value) for key, value in trailing or ()}
     version = trailers.get(VERSION_KEY, "")
     if reply.status == health_pb2.HealthCheckResponse.SERVING:
         return Probe(BackendHealth.BACKEND_HEALTH_SERVING, "", latency, version)
@@ -81,18 +86,17 @@ class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         self._gate = gate
         self._deployment = deployment
         self._timeout = probe_timeout
-        self._pool = futures.ThreadPoolExecutor(
-            max_workers=max(1, len(self._backends)), thread_name_prefix="status-probe"
-        )
 
-    def GetStatus(
+    async def GetStatus(
         self,
         request: gateway_service_pb2.GetStatusRequest,
-        context: grpc.ServicerContext,
+        context: aio.ServicerContext[
+            gateway_service_pb2.GetStatusRequest, gateway_service_pb2.GetStatusResponse
+        ],
     ) -> gateway_service_pb2.GetStatusResponse:
         """Report the version and every backend's health, probing them in parallel."""
         principal = self._gate.admit(context.invocation_metadata() or (), _GET_STATUS)
-        probes = list(self._pool.map(lambda b: probe(b.channel, self._timeout), self._backends))
+        probes = await asyncio.gather(*(probe(b.channel, self._timeout) for b in self._backends))
         now = Timestamp()
         now.GetCurrentTime()
         response = gateway_service_pb2.GetStatusResponse(
@@ -113,7 +117,3 @@ class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                 )
             )
         return response
-
-    def close(self) -> None:
-        """Stop the probe threads."""
-        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -52,7 +52,7 @@ def metadata_value(context: grpc.ServicerContext, key: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Malformed:
+class Malformed:
     """Stands for request bytes the method's deserializer could not parse."""
 
     message: str
@@ -64,8 +64,10 @@ def _message_name(deserializer: Callable[[bytes], Any]) -> str:
     return str(getattr(descriptor, "name", "") or "request")
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """Returns ``deserializer`` made to return :class:`_Malformed` instead of raising.
+def tolerant_deserializer(
+    deserializer: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    """Returns ``deserializer`` made to return :class:`Malformed` instead of raising.
 
     gRPC answers a deserializer's exception with INTERNAL "Exception
     deserializing request!"; bad bytes are the caller's fault, so the wrapped
@@ -79,7 +81,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         try:
             return deserializer(data)
         except Exception:  # DecodeError, or a message nested too deep to parse
-            return _Malformed(f"request: malformed {name} bytes")
+            return Malformed(f"request: malformed {name} bytes")
 
     parse._longshore_tolerant = True  # type: ignore[attr-defined]
     return parse
@@ -91,7 +93,7 @@ def _refuse_malformed(behavior: Behavior, client_streaming: bool) -> Behavior:
 
         def each(requests: Iterator[Any]) -> Iterator[Any]:
             for request in requests:
-                if isinstance(request, _Malformed):
+                if isinstance(request, Malformed):
                     raise InvalidArgument(request.message)
                 yield request
 
@@ -101,7 +103,7 @@ def _refuse_malformed(behavior: Behavior, client_streaming: bool) -> Behavior:
         return streamed
 
     def single(request: Any, context: grpc.ServicerContext) -> Any:
-        if isinstance(request, _Malformed):
+        if isinstance(request, Malformed):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         return behavior(request, context)
 
@@ -118,7 +120,7 @@ def _replace_behaviors(
     bytes reach the client as INVALID_ARGUMENT naming the message, not as
     gRPC's INTERNAL.
     """
-    parse = _tolerant(handler.request_deserializer)
+    parse = tolerant_deserializer(handler.request_deserializer)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
             wrap(_refuse_malformed(handler.unary_unary, False), False),
@@ -145,24 +147,39 @@ def _replace_behaviors(
     )
 
 
-def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -> None:
-    """Aborts ``context`` with the status that ``exc`` stands for. Always raises."""
+def status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    """Returns the status (code, capped message) a client sees for ``exc``.
+
+    The one mapping of the sync and the async interceptors: a typed
+    :class:`ServiceError` keeps its code, a failed downstream call keeps its
+    code and message (UNKNOWN becomes INTERNAL), anything else is logged with
+    its traceback and becomes INTERNAL naming ``method``.
+    """
     if isinstance(exc, ServiceError):
         # Capped: a message quoting a huge value must not overflow the trailers.
-        context.abort(exc.code, clip_message(exc.message))
-    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
-        # A downstream call failed: keep its code and message for the caller.
-        code = exc.code()
-        if code == grpc.StatusCode.UNKNOWN:
+        return exc.code, clip_message(exc.message)
+    code_of = getattr(exc, "code", None)
+    if isinstance(exc, grpc.RpcError) and callable(code_of):
+        # A downstream call failed (sync grpc.Call or grpc.aio.AioRpcError):
+        # keep its code and message for the caller.
+        code = code_of()
+        if not isinstance(code, grpc.StatusCode) or code == grpc.StatusCode.UNKNOWN:
             code = grpc.StatusCode.INTERNAL
-        context.abort(code, clip_message(exc.details() or code.name))
+        details = exc.details() if callable(getattr(exc, "details", None)) else ""
+        return code, clip_message(details or code.name)
     log.error(
         "unhandled exception in %s",
         method,
         exc_info=(type(exc), exc, exc.__traceback__),
         extra={"rpc_method": method},
     )
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
+    return grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}"
+
+
+def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -> None:
+    """Aborts ``context`` with the status that ``exc`` stands for. Always raises."""
+    code, message = status_of(exc, method)
+    context.abort(code, message)
 
 
 def _already_aborted(context: grpc.ServicerContext) -> bool:
@@ -225,7 +242,7 @@ class ErrorInterceptor(_WrappingInterceptor):
 
 
 HEALTH_DETAIL_KEY = "longshore-health-detail"
-_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 
 
 class VersionInterceptor(_WrappingInterceptor):
@@ -243,7 +260,7 @@ class VersionInterceptor(_WrappingInterceptor):
 
     def wrapper(self, details: grpc.HandlerCallDetails) -> Wrap:
         metadata = self._metadata
-        detail = self._health_detail if details.method == _HEALTH_CHECK else None
+        detail = self._health_detail if details.method == HEALTH_CHECK_METHOD else None
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             def tagged(request: Any, context: grpc.ServicerContext) -> Any:
