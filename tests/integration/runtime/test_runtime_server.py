@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from longshore.gateway.v1 import gateway_service_pb2 as gw_pb
 from longshore.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from longshore.kanban.v1 import kanban_service_pb2, kanban_service_pb2_grpc
 
+from services.gateway.status import Probe, probe
 from services.runtime import healthcheck
 from services.runtime.serving import BindError, build_server
 from services.runtime.testing import serve_in_process
@@ -134,10 +137,14 @@ def test_healthcheck_probe_exit_codes(capsys: pytest.CaptureFixture[str]) -> Non
     assert "SERVING" in out and "NOT_SERVING" in out
 
 
+async def _probe(address: str) -> Probe:
+    """The gateway's probe (it runs on grpc.aio) of the server at ``address``."""
+    async with aio.insecure_channel(address) as channel:
+        return await probe(channel, 5)
+
+
 def test_a_server_reports_not_serving_with_its_reason_and_recovers() -> None:
     from longshore.gateway.v1.gateway_service_pb2 import BackendHealth
-
-    from services.gateway.status import probe
 
     with serve_in_process([gateway_service(FailingGateway("not_found"))]) as running:
         channel = running.channel()
@@ -145,7 +152,7 @@ def test_a_server_reports_not_serving_with_its_reason_and_recovers() -> None:
         running.server.set_serving(False, "docker engine unreachable: connection refused")
         reply = health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        seen = probe(channel, 5)
+        seen = asyncio.run(_probe(running.address))
         assert seen.health == BackendHealth.BACKEND_HEALTH_NOT_SERVING
         assert seen.detail == "docker engine unreachable: connection refused"
         # Not ASCII, several lines: still one printable metadata line, never INTERNAL.
@@ -154,4 +161,4 @@ def test_a_server_reports_not_serving_with_its_reason_and_recovers() -> None:
         running.server.set_serving(True)
         reply = health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        assert probe(channel, 5).detail == ""
+        assert asyncio.run(_probe(running.address)).detail == ""
