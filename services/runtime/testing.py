@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry import trace
 
+from services.runtime.aio_serving import AioServer, AioService, build_aio_server
 from services.runtime.channels import open_channel
 from services.runtime.serving import GrpcService, Server, build_server
 
@@ -17,7 +18,7 @@ from services.runtime.serving import GrpcService, Server, build_server
 class RunningServer:
     """A started server and how to reach it."""
 
-    server: Server
+    server: Server | AioServer
     address: str
     internal_token: str | None
 
@@ -45,6 +46,31 @@ def serve_in_process(
         services,
         listen="127.0.0.1:0",
         max_workers=max_workers,
+        internal_token=internal_token,
+        tracer_provider=tracer_provider,
+    )
+    server.start()
+    try:
+        yield RunningServer(server, server.address, internal_token)
+    finally:
+        server.stop(grace=0)
+
+
+@contextmanager
+def serve_aio_in_process(
+    services: Sequence[AioService],
+    *,
+    internal_token: str | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> Iterator[RunningServer]:
+    """Serves async ``services`` on ``grpc.aio`` at ``127.0.0.1:<free port>`` for a ``with``.
+
+    Yields:
+        The running server (its own loop thread); it is stopped (grace 0) on exit.
+    """
+    server = build_aio_server(
+        services,
+        listen="127.0.0.1:0",
         internal_token=internal_token,
         tracer_provider=tracer_provider,
     )
