@@ -41,6 +41,7 @@ from services.runtime.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
     BindError,
     check_listen,
+    metadata_text,
     trace_filter,
 )
 from services.runtime.version import __version__
@@ -108,7 +109,7 @@ class AioServer:
         """
         if self._stopping:
             return
-        self._unhealthy_detail = "" if serving else (detail or "not serving")
+        self._unhealthy_detail = "" if serving else (metadata_text(detail) or "not serving")
         if self._started:
             # Scheduled, not awaited: a probe on the loop thread must not block it.
             self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._publish()))

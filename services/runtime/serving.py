@@ -162,7 +162,7 @@ class Server:
         """
         if self._stopped.is_set():
             return
-        self._unhealthy_detail = "" if serving else (_metadata_text(detail) or "not serving")
+        self._unhealthy_detail = "" if serving else (metadata_text(detail) or "not serving")
         if not self._started:
             return
         status = (
@@ -309,7 +309,7 @@ def build_server(
     return server
 
 
-def _metadata_text(text: str) -> str:
+def metadata_text(text: str) -> str:
     """``text`` as one printable ASCII line: it travels as gRPC metadata, where
     anything else makes the health check itself fail (INTERNAL)."""
     line = " ".join(text.split())

@@ -160,6 +160,14 @@ def test_version_trailer_and_health_detail() -> None:
         trailers = dict(call.trailing_metadata())
         assert trailers[HEALTH_DETAIL_KEY] == "database unreachable: connection refused"
         assert trailers[VERSION_KEY] == __version__
+        # Not ASCII, several lines: still one printable metadata line, never INTERNAL.
+        running.server.set_serving(False, "engine … gone\nreally")
+        for _ in range(100):
+            _, call = health.Check.with_call(health_pb2.HealthCheckRequest(), timeout=5)
+            if dict(call.trailing_metadata())[HEALTH_DETAIL_KEY] == "engine ? gone really":
+                break
+            threading.Event().wait(0.05)
+        assert dict(call.trailing_metadata())[HEALTH_DETAIL_KEY] == "engine ? gone really"
 
 
 def test_internal_credential_is_required_except_for_health_and_reflection() -> None:

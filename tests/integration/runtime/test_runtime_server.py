@@ -157,7 +157,7 @@ def test_a_server_reports_not_serving_with_its_reason_and_recovers() -> None:
         assert seen.detail == "docker engine unreachable: connection refused"
         # Not ASCII, several lines: still one printable metadata line, never INTERNAL.
         running.server.set_serving(False, "engine … gone\nreally")
-        assert probe(channel, 5).detail == "engine ? gone really"
+        assert asyncio.run(_probe(running.address)).detail == "engine ? gone really"
         running.server.set_serving(True)
         reply = health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
