@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Longest a call from another thread waits for the loop to build or start the server.
 _LOOP_CALL_TIMEOUT = 60.0
+#: New calls gRPC core may queue before the loop accepts them.
+_MAX_PENDING_CALLS = 20000
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,12 @@ async def _build(
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # The aio server accepts calls one at a time from the loop; a burst
+            # of new calls (thousands of workers reconnecting at once) waits in
+            # gRPC core's pending queue, which cancels what is beyond its
+            # default 1,000. Held calls are bounded by max_concurrent_rpcs.
+            ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", 3 * _MAX_PENDING_CALLS),
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )

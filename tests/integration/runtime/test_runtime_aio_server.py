@@ -21,7 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from longshore.gateway.v1 import gateway_service_pb2 as gw_pb
 from longshore.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
-from longshore.kanban.v1 import event_pb2, kanban_service_pb2, kanban_service_pb2_grpc
+from longshore.kanban.v1 import (
+    event_pb2,
+    kanban_service_pb2,
+    kanban_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
 
 from services.runtime import errors
 from services.runtime.aio_serving import AioService, build_aio_server
@@ -241,3 +247,45 @@ def test_stop_drains_an_in_flight_call_then_runs_the_hooks() -> None:
     assert not stopper.is_alive()
     assert hooks == ["ran"]
     channel.close()
+
+
+class HoldingWorker(worker_service_pb2_grpc.WorkerServiceServicer):
+    """ClaimTask holds until cancelled; counts the calls it holds."""
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    async def ClaimTask(  # type: ignore[override]
+        self, request: worker_service_pb2.ClaimTaskRequest, context: object
+    ) -> worker_service_pb2.ClaimTaskResponse:
+        self.held += 1
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.held -= 1
+        return worker_service_pb2.ClaimTaskResponse()
+
+
+def test_a_burst_beyond_grpc_cores_default_pending_queue_is_accepted() -> None:
+    """2,500 calls at once: gRPC core's default queue (1,000) would cancel some."""
+    burst = 2500
+    servicer = HoldingWorker()
+    service = AioService(
+        "longshore.kanban.v1.WorkerService",
+        lambda s: worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, s),
+    )
+    with serve_aio_in_process([service]) as running, grpc.insecure_channel(running.address) as ch:
+        stub = worker_service_pb2_grpc.WorkerServiceStub(ch)
+        request = worker_service_pb2.ClaimTaskRequest(profile="p", worker_id="w")
+        calls = [stub.ClaimTask.future(request, timeout=120) for _ in range(burst)]
+        try:
+            for _ in range(1200):
+                if servicer.held >= burst or any(c.done() for c in calls):
+                    break
+                threading.Event().wait(0.1)
+            failed = [c for c in calls if c.done()]
+            assert failed == [], f"{len(failed)} failed, e.g. {failed[0].exception()}"
+            assert servicer.held == burst
+        finally:
+            for call in calls:
+                call.cancel()
