@@ -59,10 +59,6 @@ _STRIPPED = frozenset(
         "grpc-timeout",
     }
 )
-# Unary methods whose backend waits on purpose (a held one costs the gateway
-# a coroutine, not a thread). Every forwarded call, these included, passes a
-# client's cancellation on to the backend.
-LONG_POLL_METHODS = frozenset({"/longshore.kanban.v1.WorkerService/ClaimTask"})
 # A remaining time beyond this means the client set no deadline at all.
 _NO_DEADLINE = 10 * 365 * 86400.0
 
@@ -131,6 +127,9 @@ class Backend:
         self._limit = max_message_bytes + 64 * 1024
         self._balanced = balanced
         self._channel: aio.Channel | None = None
+        # One multicallable per method, made once: building one per call costs.
+        self._unary: dict[str, aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._stream: dict[str, aio.UnaryStreamMultiCallable[bytes, bytes]] = {}
 
     @property
     def channel(self) -> aio.Channel:
@@ -139,11 +138,27 @@ class Backend:
             self._channel = backend_channel(self.target, self._limit, balanced=self._balanced)
         return self._channel
 
+    def unary_unary(self, path: str) -> aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        """The raw-bytes unary method ``path`` on this backend's channel."""
+        method = self._unary.get(path)
+        if method is None:
+            method = self._unary[path] = self.channel.unary_unary(path)
+        return method
+
+    def unary_stream(self, path: str) -> aio.UnaryStreamMultiCallable[bytes, bytes]:
+        """The raw-bytes server-streaming method ``path`` on this backend's channel."""
+        method = self._stream.get(path)
+        if method is None:
+            method = self._stream[path] = self.channel.unary_stream(path)
+        return method
+
     async def close(self) -> None:
         """Close the channel (cancels what is still in flight on it)."""
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+            self._unary.clear()
+            self._stream.clear()
 
 
 def channel_target(address: str) -> str:
@@ -310,10 +325,7 @@ class Forwarder(grpc.GenericRpcHandler):
         with _client_span(self._tracer, info, backend, principal) as span:
             # Inside the client span, so the backend's spans become its children.
             metadata = self._metadata(principal, context)
-            method: aio.UnaryUnaryMultiCallable[bytes, bytes] = backend.channel.unary_unary(
-                info.path
-            )
-            call = method(request, timeout=timeout, metadata=metadata)
+            call = backend.unary_unary(info.path)(request, timeout=timeout, metadata=metadata)
             try:
                 response: bytes = await call
             except asyncio.CancelledError:
@@ -336,10 +348,8 @@ class Forwarder(grpc.GenericRpcHandler):
         principal = self._prepare(info, request, context)
         timeout = await self._timeout(context, streaming=True)
         with _client_span(self._tracer, info, backend, principal) as span:
-            method: aio.UnaryStreamMultiCallable[bytes, bytes] = backend.channel.unary_stream(
-                info.path
-            )
-            call = method(request, timeout=timeout, metadata=self._metadata(principal, context))
+            metadata = self._metadata(principal, context)
+            call = backend.unary_stream(info.path)(request, timeout=timeout, metadata=metadata)
             try:
                 async for message in call:
                     self._check_response(len(message), info)
