@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, TypeVar
 
 from grpc import aio
@@ -40,6 +38,7 @@ from services.runtime.aio_interceptors import (
 from services.runtime.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
     BindError,
+    ServerLifecycle,
     check_listen,
     metadata_text,
     trace_filter,
@@ -66,7 +65,7 @@ class AioService:
     register: Callable[[aio.Server], None]
 
 
-class AioServer:
+class AioServer(ServerLifecycle):
     """A ``grpc.aio`` server on its own loop thread, with health and orderly shutdown."""
 
     def __init__(
@@ -86,11 +85,6 @@ class AioServer:
         self._stopping = False
         self._stopped = threading.Event()
         self._unhealthy_detail = ""
-
-    @property
-    def health_detail(self) -> str:
-        """Why the server reports NOT_SERVING ("" while healthy)."""
-        return self._unhealthy_detail
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = _LOOP_CALL_TIMEOUT) -> T:
         """Runs ``coro`` on the server's loop from another thread and returns its result.
@@ -141,10 +135,6 @@ class AioServer:
         await self.grpc_server.start()
         await self._publish()
 
-    def request_stop(self) -> None:
-        """Asks :meth:`serve_until_signal` to shut down (safe from any thread)."""
-        self._stop_requested.set()
-
     def stop(self, grace: float = 10.0) -> None:
         """Drains and stops: NOT_SERVING, stop accepting, drain ``grace``, hooks, end the loop."""
         if self._stopped.is_set() or self._stopping:
@@ -175,22 +165,6 @@ class AioServer:
                     await result
             except Exception:
                 log.exception("shutdown hook failed", extra={"hook": repr(hook)})
-
-    def serve_until_signal(self, grace: float = 10.0) -> None:
-        """Starts (unless started), waits for SIGTERM/SIGINT or :meth:`request_stop`, stops."""
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
-            self._stop_requested.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            self.start()
-            self._stop_requested.wait()
-            self.stop(grace)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def build_aio_server(

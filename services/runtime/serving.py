@@ -124,7 +124,52 @@ def trace_filter() -> Any:
     )
 
 
-class Server:
+class ServerLifecycle:
+    """What every Longshore server shares, sync or ``grpc.aio``: the stop request,
+    the health detail, and serving until SIGTERM/SIGINT.
+
+    Subclasses set ``_stop_requested`` and ``_unhealthy_detail`` in their
+    ``__init__`` and implement :meth:`start` and :meth:`stop`.
+    """
+
+    _stop_requested: threading.Event
+    _unhealthy_detail: str
+
+    @property
+    def health_detail(self) -> str:
+        """Why the server reports NOT_SERVING ("" while healthy)."""
+        return self._unhealthy_detail
+
+    def start(self) -> None:
+        """Starts serving."""
+        raise NotImplementedError
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Drains and stops."""
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        """Asks :meth:`serve_until_signal` to shut down (safe from any thread)."""
+        self._stop_requested.set()
+
+    def serve_until_signal(self, grace: float = 10.0) -> None:
+        """Starts (unless started), waits for SIGTERM/SIGINT or :meth:`request_stop`, stops."""
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
+            self._stop_requested.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            self._stop_requested.wait()
+            self.stop(grace)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class Server(ServerLifecycle):
     """A started-or-startable gRPC server with health and orderly shutdown."""
 
     def __init__(
@@ -147,11 +192,6 @@ class Server:
         self._started = False
         self._stopped = threading.Event()
         self._unhealthy_detail = ""
-
-    @property
-    def health_detail(self) -> str:
-        """Why the server reports NOT_SERVING ("" while healthy)."""
-        return self._unhealthy_detail
 
     def set_serving(self, serving: bool, detail: str = "") -> None:
         """Report every service SERVING or NOT_SERVING (with why) on the health service.
@@ -192,10 +232,6 @@ class Server:
             self.health.set(name, status)
         log.info("serving", extra={"address": self.address, "services": self._service_names})
 
-    def request_stop(self) -> None:
-        """Asks :meth:`serve_until_signal` to shut down (safe from any thread)."""
-        self._stop_requested.set()
-
     def stop(self, grace: float = 10.0) -> None:
         """Drains and stops: NOT_SERVING, stop accepting, wait ``grace``, run hooks."""
         if self._stopped.is_set():
@@ -212,22 +248,6 @@ class Server:
                 log.exception("shutdown hook failed", extra={"hook": repr(hook)})
         self._stopped.set()
         log.info("stopped", extra={"address": self.address})
-
-    def serve_until_signal(self, grace: float = 10.0) -> None:
-        """Starts (unless started), waits for SIGTERM/SIGINT or :meth:`request_stop`, stops."""
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
-            self._stop_requested.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            self.start()
-            self._stop_requested.wait()
-            self.stop(grace)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def build_server(
