@@ -37,8 +37,8 @@ from services.runtime.aio_interceptors import (
 )
 from services.runtime.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    BindError,
     ServerLifecycle,
+    bind,
     check_listen,
     metadata_text,
     trace_filter,
@@ -267,17 +267,7 @@ async def _build(
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], grpc_server
     )
-    # The address was free a moment ago; another process may have taken it since.
-    unbound = BindError(listen, "gRPC could not bind it (GRPC_VERBOSITY=debug says why)")
-    try:
-        port = grpc_server.add_insecure_port(listen)
-    except RuntimeError:
-        raise unbound from None
-    if port == 0:
-        raise unbound
-    host = listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
+    port, host = bind(grpc_server, listen)
     server.grpc_server = grpc_server
     server.health = health_servicer
     server.port = port

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 import grpc
+from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
@@ -122,6 +123,26 @@ def trace_filter() -> Any:
             filters.service_prefix("grpc.reflection"),
         )
     )
+
+
+def bind(grpc_server: grpc.Server | aio.Server, listen: str) -> tuple[int, str]:
+    """Binds ``listen`` on a (sync or aio) server; returns the port and the host peers dial.
+
+    Raises:
+        BindError: gRPC could not bind the address.
+    """
+    # The address was free a moment ago; another process may have taken it since.
+    unbound = BindError(listen, "gRPC could not bind it (GRPC_VERBOSITY=debug says why)")
+    try:
+        port = grpc_server.add_insecure_port(listen)
+    except RuntimeError:
+        raise unbound from None
+    if port == 0:
+        raise unbound
+    host = listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return port, host
 
 
 class ServerLifecycle:
@@ -312,17 +333,7 @@ def build_server(
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], grpc_server
     )
-    # The address was free a moment ago; another process may have taken it since.
-    unbound = BindError(listen, "gRPC could not bind it (GRPC_VERBOSITY=debug says why)")
-    try:
-        port = grpc_server.add_insecure_port(listen)
-    except RuntimeError:
-        raise unbound from None
-    if port == 0:
-        raise unbound
-    host = listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
+    port, host = bind(grpc_server, listen)
     log.debug("built server", extra={"listen": listen, "version": __version__})
     server = Server(grpc_server, port, host, names, health_servicer, shutdown_delay)
     detail.server = server
