@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from longshore.gateway.v1 import gateway_service_pb2 as gw_pb
 from longshore.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from longshore.kanban.v1 import kanban_service_pb2, kanban_service_pb2_grpc
 
-from services.gateway.status import Probe, probe
 from services.runtime import healthcheck
 from services.runtime.serving import BindError, build_server
 from services.runtime.testing import serve_in_process
@@ -24,6 +21,7 @@ from tests.integration.runtime.demo_services import (
     gateway_service,
     kanban_service,
 )
+from tests.support.health import probe_address
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -137,12 +135,6 @@ def test_healthcheck_probe_exit_codes(capsys: pytest.CaptureFixture[str]) -> Non
     assert "SERVING" in out and "NOT_SERVING" in out
 
 
-async def _probe(address: str) -> Probe:
-    """The gateway's probe (it runs on grpc.aio) of the server at ``address``."""
-    async with aio.insecure_channel(address) as channel:
-        return await probe(channel, 5)
-
-
 def test_a_server_reports_not_serving_with_its_reason_and_recovers() -> None:
     from longshore.gateway.v1.gateway_service_pb2 import BackendHealth
 
@@ -152,13 +144,13 @@ def test_a_server_reports_not_serving_with_its_reason_and_recovers() -> None:
         running.server.set_serving(False, "docker engine unreachable: connection refused")
         reply = health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        seen = asyncio.run(_probe(running.address))
+        seen = probe_address(running.address)
         assert seen.health == BackendHealth.BACKEND_HEALTH_NOT_SERVING
         assert seen.detail == "docker engine unreachable: connection refused"
         # Not ASCII, several lines: still one printable metadata line, never INTERNAL.
         running.server.set_serving(False, "engine … gone\nreally")
-        assert asyncio.run(_probe(running.address)).detail == "engine ? gone really"
+        assert probe_address(running.address).detail == "engine ? gone really"
         running.server.set_serving(True)
         reply = health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        assert asyncio.run(_probe(running.address)).detail == ""
+        assert probe_address(running.address).detail == ""

@@ -22,7 +22,7 @@ from google.protobuf import duration_pb2
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
-from services.gateway.status import BackendHealth, probe
+from services.gateway.status import BackendHealth
 from services.runtime.channels import open_channel
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.testing import serve_in_process
@@ -35,6 +35,7 @@ from services.sandbox.reaper import Reaper, StartupGuard
 from services.sandbox.server import SandboxServicer, grpc_service
 from services.sandbox.settings import SandboxSection
 from tests.support.engine_proxy import EngineProxy
+from tests.support.health import probe_address
 
 from .conftest import remove_deployment
 from .test_sandbox_processes import Manager
@@ -294,17 +295,15 @@ def test_engine_cut_for_ten_seconds_is_reported_and_recovered(
 ) -> None:
     with EngineProxy() as proxy:
         m = spawn(procs, {**proc_env, "DOCKER_HOST": proxy.docker_host}, "sandbox-cut")
-        channel = m.channel
-        assert channel is not None
         cid = acquire(m.stub, "cut")
         assert exec_all(m.stub, cid, ["echo", "before"])[0] == b"before\n"
         proxy.cut()
         cut_at = time.monotonic()
         wait_for(
-            lambda: probe(channel, 5).detail.startswith("docker engine unreachable"),
+            lambda: probe_address(m.addr).detail.startswith("docker engine unreachable"),
             "health NOT_SERVING with the engine's reason",
         )
-        health = probe(channel, 5)
+        health = probe_address(m.addr)
         assert health.health == BackendHealth.BACKEND_HEALTH_NOT_SERVING, health
         assert "connection refused" in health.detail, health.detail
         for call in (
@@ -319,7 +318,7 @@ def test_engine_cut_for_ten_seconds_is_reported_and_recovered(
             time.sleep(0.5)
         proxy.restore()
         wait_for(
-            lambda: probe(channel, 5).health == BackendHealth.BACKEND_HEALTH_SERVING,
+            lambda: probe_address(m.addr).health == BackendHealth.BACKEND_HEALTH_SERVING,
             "health SERVING again",
         )
         assert exec_all(m.stub, cid, ["echo", "after"])[0] == b"after\n"
@@ -482,14 +481,13 @@ def test_a_manager_started_while_the_engine_is_down_serves_not_serving_then_reco
         m = Manager({**proc_env, "DOCKER_HOST": proxy.docker_host}, "sandbox-born-cut")
         procs.append(m)
         m.proc.spawn()
-        with grpc.insecure_channel(m.addr) as channel:
-            wait_for(
-                lambda: probe(channel, 5).detail.startswith("docker engine unreachable"),
-                "a NOT_SERVING manager that says why, instead of an exit",
-            )
-            assert probe(channel, 5).health == BackendHealth.BACKEND_HEALTH_NOT_SERVING
-            proxy.restore()
-            m.proc.wait_serving(30)
+        wait_for(
+            lambda: probe_address(m.addr).detail.startswith("docker engine unreachable"),
+            "a NOT_SERVING manager that says why, instead of an exit",
+        )
+        assert probe_address(m.addr).health == BackendHealth.BACKEND_HEALTH_NOT_SERVING
+        proxy.restore()
+        m.proc.wait_serving(30)
         m.channel = open_channel(m.addr, internal_token=m.token)
         cid = acquire(m.stub, "born-cut")
         assert exec_all(m.stub, cid, ["echo", "up"])[0] == b"up\n"
