@@ -36,10 +36,12 @@ class OutcomeKind(enum.StrEnum):
 
 # Failures of the sandbox call itself that say nothing about the work: the
 # manager or its engine unreachable or too slow to answer, the sandbox gone
-# under the run (an engine restart), a stream cancelled by us.
+# under the run (an engine restart), a stream cancelled by us, the manager
+# failing in itself or refusing our internal credential.
 PLATFORM_KINDS = frozenset(
     {
         FailureKind.UNAVAILABLE,
+        FailureKind.SERVICE_ERROR,
         FailureKind.DEADLINE_EXCEEDED,
         FailureKind.NOT_FOUND,
         FailureKind.NOT_RUNNING,
@@ -112,10 +114,16 @@ class Outcome:
 
     @property
     def backend_down(self) -> bool:
-        """Whether it says the sandbox backend is unreachable (opens the dispatcher's breaker)."""
-        return self.failure_kind in (FailureKind.UNAVAILABLE, FailureKind.DEADLINE_EXCEEDED) and (
-            self.kind is not OutcomeKind.TIMED_OUT
-        )
+        """Whether it says the sandbox backend is unreachable or failing in itself.
+
+        Opens the dispatcher's breaker; its next health probe closes it again
+        when the manager answers SERVING.
+        """
+        return self.failure_kind in (
+            FailureKind.UNAVAILABLE,
+            FailureKind.DEADLINE_EXCEEDED,
+            FailureKind.SERVICE_ERROR,
+        ) and (self.kind is not OutcomeKind.TIMED_OUT)
 
     @property
     def run_status(self) -> run_pb2.RunStatus.ValueType:

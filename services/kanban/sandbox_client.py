@@ -72,6 +72,7 @@ class FailureKind(enum.StrEnum):
     NOT_RUNNING = "not-running"
     DEADLINE_EXCEEDED = "deadline-exceeded"
     CANCELLED = "cancelled"
+    SERVICE_ERROR = "service-error"
     OTHER = "other"
 
 
@@ -143,6 +144,13 @@ class ExecCancelled(SandboxError):
     kind = FailureKind.CANCELLED
 
 
+class SandboxServiceError(SandboxError):
+    """The sandbox service failed in itself (INTERNAL, UNKNOWN) or refused our
+    credential (UNAUTHENTICATED): a fault of the platform, never of the work."""
+
+    kind = FailureKind.SERVICE_ERROR
+
+
 class SandboxCallFailed(SandboxError):
     """Any other failure."""
 
@@ -178,6 +186,12 @@ def translate(err: grpc.RpcError, *, operation: str) -> SandboxError:
         return SandboxDeadline(message, code=code)
     if code is grpc.StatusCode.CANCELLED:
         return ExecCancelled(message, code=code)
+    if code in (
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ):
+        return SandboxServiceError(message, code=code)
     return SandboxCallFailed(message, code=code)
 
 

@@ -18,6 +18,7 @@ from longshore.sandbox.v1 import sandbox_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.kanban.executor import Executor, Outcome, OutcomeKind, RunJob
+from services.kanban.planner import FailureClass
 from services.kanban.sandbox_client import FailureKind, SandboxClient
 from services.runtime.testing import RunningServer
 from services.sandbox import labels
@@ -245,4 +246,6 @@ def test_a_client_without_the_internal_token_is_refused(
         executor.shutdown(wait=True)
         client.close()
     assert outcome.kind is OutcomeKind.SPAWN_FAILED
-    assert outcome.failure_kind is FailureKind.OTHER
+    # Our own credential refused: the platform's fault, never the task's.
+    assert outcome.failure_kind is FailureKind.SERVICE_ERROR
+    assert outcome.failure_class is FailureClass.PLATFORM

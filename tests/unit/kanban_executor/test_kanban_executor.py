@@ -20,6 +20,7 @@ from services.kanban.sandbox_client import (
     SandboxCallFailed,
     SandboxDeadline,
     SandboxNotRunning,
+    SandboxServiceError,
     SandboxUnavailable,
     SpecRefused,
 )
@@ -114,6 +115,11 @@ def test_timeout_reported_by_the_service(executor: Executor, sandboxes: FakeSand
         (
             SandboxDeadline("acquire: too slow"),
             FailureKind.DEADLINE_EXCEEDED,
+            FailureClass.PLATFORM,
+        ),
+        (
+            SandboxServiceError("acquire: internal error in AcquireSandbox"),
+            FailureKind.SERVICE_ERROR,
             FailureClass.PLATFORM,
         ),
         (SandboxCallFailed("acquire: boom"), FailureKind.OTHER, FailureClass.WORK),

@@ -15,6 +15,7 @@ from services.kanban.sandbox_client import (
     SandboxError,
     SandboxNotFound,
     SandboxNotRunning,
+    SandboxServiceError,
     SandboxUnavailable,
     translate,
 )
@@ -61,8 +62,15 @@ class FakeRpcError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
             FailureKind.DEADLINE_EXCEEDED,
         ),
         (grpc.StatusCode.CANCELLED, "exec", ExecCancelled, FailureKind.CANCELLED),
-        (grpc.StatusCode.INTERNAL, "acquire", SandboxCallFailed, FailureKind.OTHER),
-        (grpc.StatusCode.UNAUTHENTICATED, "acquire", SandboxCallFailed, FailureKind.OTHER),
+        (grpc.StatusCode.INTERNAL, "acquire", SandboxServiceError, FailureKind.SERVICE_ERROR),
+        (grpc.StatusCode.UNKNOWN, "exec", SandboxServiceError, FailureKind.SERVICE_ERROR),
+        (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "acquire",
+            SandboxServiceError,
+            FailureKind.SERVICE_ERROR,
+        ),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "acquire", SandboxCallFailed, FailureKind.OTHER),
     ],
 )
 def test_translate(
