@@ -74,8 +74,15 @@ class BaseSettings:
     otel_endpoint: str = field(
         default="",
         metadata={
-            "help": "OTLP/gRPC endpoint for traces; empty disables export.",
+            "help": "OTLP/gRPC endpoint for traces and metrics; empty disables export.",
             "env": "OTEL_EXPORTER_OTLP_ENDPOINT",
+        },
+    )
+    metrics_listen: str = field(
+        default="",
+        metadata={
+            "help": "host:port of the Prometheus text endpoint (GET /metrics); empty disables "
+            "it. Metrics also go over OTLP to otel_endpoint when that is set."
         },
     )
 
