@@ -29,12 +29,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.metrics import Meter
 
 from services.runtime.aio_interceptors import (
     AioErrorInterceptor,
     AioInternalTokenInterceptor,
     AioVersionInterceptor,
 )
+from services.runtime.rpc_metrics import AioMetricsInterceptor, CallWindow, RpcMetrics
 from services.runtime.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ServerLifecycle,
@@ -177,6 +179,8 @@ def build_aio_server(
     max_concurrent_rpcs: int | None = None,
     shutdown_delay: float = 0.0,
     extra_interceptors: Sequence[aio.ServerInterceptor] = (),
+    meter: Meter | None = None,
+    call_window: CallWindow | None = None,
 ) -> AioServer:
     """Creates an aio server for ``services`` bound to ``listen`` (``host:port``; port 0 = any).
 
@@ -191,6 +195,9 @@ def build_aio_server(
             RESOURCE_EXHAUSTED; None = unbounded (each costs a coroutine).
         shutdown_delay: Seconds health stays NOT_SERVING before calls are refused.
         extra_interceptors: Run after auth and before error mapping.
+        meter: Records RPC durations by method and code and the calls in
+            flight (:mod:`services.runtime.rpc_metrics`); None = not recorded.
+        call_window: Also keeps the last minute of calls (headline figures).
 
     Returns:
         The server, bound and not yet started; its loop thread is running.
@@ -215,6 +222,9 @@ def build_aio_server(
                 max_message_bytes=max_message_bytes,
                 max_concurrent_rpcs=max_concurrent_rpcs,
                 extra_interceptors=extra_interceptors,
+                rpc_metrics=RpcMetrics(meter, call_window)
+                if meter is not None or call_window is not None
+                else None,
             )
         )
     except BaseException:
@@ -234,12 +244,18 @@ async def _build(
     max_message_bytes: int,
     max_concurrent_rpcs: int | None,
     extra_interceptors: Sequence[aio.ServerInterceptor],
+    rpc_metrics: RpcMetrics | None = None,
 ) -> None:
     """Creates, registers and binds the server on the loop (gRPC objects belong to it)."""
     interceptors: list[aio.ServerInterceptor] = [
         aio_server_interceptor(tracer_provider=tracer_provider, filter_=trace_filter()),
-        AioVersionInterceptor(__version__, health_detail=lambda: server.health_detail),
     ]
+    if rpc_metrics is not None:
+        # Outside the rest: it records the code the client sees.
+        interceptors.append(AioMetricsInterceptor(rpc_metrics))
+    interceptors.append(
+        AioVersionInterceptor(__version__, health_detail=lambda: server.health_detail)
+    )
     if internal_token is not None:
         interceptors.append(AioInternalTokenInterceptor(internal_token))
     interceptors.extend(extra_interceptors)

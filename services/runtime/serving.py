@@ -28,12 +28,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import filters, server_interceptor
+from opentelemetry.metrics import Meter
 
 from services.runtime.interceptors import (
     ErrorInterceptor,
     InternalTokenInterceptor,
     VersionInterceptor,
 )
+from services.runtime.rpc_metrics import MetricsInterceptor, RpcMetrics
 from services.runtime.version import __version__
 
 log = logging.getLogger(__name__)
@@ -281,6 +283,7 @@ def build_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     shutdown_delay: float = 0.0,
     extra_interceptors: Sequence[grpc.ServerInterceptor] = (),
+    meter: Meter | None = None,
 ) -> Server:
     """Creates a server for ``services`` bound to ``listen`` (``host:port``; port 0 = any).
 
@@ -294,6 +297,8 @@ def build_server(
         max_message_bytes: Largest request or response accepted.
         shutdown_delay: Seconds health stays NOT_SERVING before calls are refused.
         extra_interceptors: Run after auth and before error mapping.
+        meter: Records RPC durations by method and code and the calls in
+            flight (:mod:`services.runtime.rpc_metrics`); None = not recorded.
 
     Returns:
         The server, not yet started.
@@ -306,8 +311,11 @@ def build_server(
     detail = _Detail()
     interceptors: list[grpc.ServerInterceptor] = [
         server_interceptor(tracer_provider=tracer_provider, filter_=trace_filter()),
-        VersionInterceptor(__version__, health_detail=detail),
     ]
+    if meter is not None:
+        # Outside the rest: it records the code the client sees.
+        interceptors.append(MetricsInterceptor(RpcMetrics(meter)))
+    interceptors.append(VersionInterceptor(__version__, health_detail=detail))
     if internal_token is not None:
         interceptors.append(InternalTokenInterceptor(internal_token))
     interceptors.extend(extra_interceptors)
