@@ -287,7 +287,7 @@ class ExecRun:
         signal = 9 if timed_out else signal_of(exit_code)
         if timed_out:
             exit_code = -1
-        self._metrics.exec(timed_out=timed_out)
+        self._metrics.exec(timed_out=timed_out, duration_seconds=duration)
         yield ExecExit(exit_code, signal, timed_out, truncated, duration, produced)
 
     def _frames(self) -> Iterator[tuple[int, bytes]]:

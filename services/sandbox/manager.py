@@ -23,6 +23,7 @@ from typing import Any
 
 import docker
 from opentelemetry import trace
+from opentelemetry.metrics import Meter
 
 from services.runtime.errors import (
     FailedPrecondition,
@@ -86,6 +87,7 @@ class SandboxManager(AcquireSteps):
         owner: Instance id for the ``io.longshore.owner`` label and exec
             markers; this process's id (see :mod:`.owners`) when omitted.
         clock: Wall clock, injectable for tests.
+        meter: Where the manager's instruments are created (see :mod:`.metrics`).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class SandboxManager(AcquireSteps):
         deployment: str,
         owner: str | None = None,
         clock: Clock = utcnow,
+        meter: Meter | None = None,
     ) -> None:
         self.api: docker.APIClient = client.api
         self.section = section
@@ -105,7 +108,7 @@ class SandboxManager(AcquireSteps):
         self.liveness = Liveness(self._inspect_or_none)
         #: The engine probe; set by the wiring, consulted before every call.
         self.engine_health: EngineHealth | None = None
-        self.metrics = SandboxMetrics()
+        self.metrics = SandboxMetrics(meter)
         self._dep_label = labels.sanitize(deployment)
         self._locks_guard = threading.Lock()
         self._key_locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}

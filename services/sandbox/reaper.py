@@ -323,7 +323,7 @@ class Reaper:
             workers=self.section.reap_workers,
         )
         if not dry_run:
-            self.manager.metrics.reaped(len(report.removed))
+            self.manager.metrics.reaped(len(report.removed), failed=len(report.failed))
         return report
 
     def idle(self, now: datetime) -> list[tuple[str, str, str]]:
@@ -377,6 +377,7 @@ class Reaper:
                 )
                 continue
             log.info("idle sweep: %s", action, extra={"sandbox_id": cid, "reason": reason})
+            self.manager.metrics.reaper_action(action)
             acted.append((cid, action, reason))
         return acted
 
