@@ -15,6 +15,7 @@ from services.gateway.server import build_gateway
 from services.gateway.settings import GatewaySettings
 from services.runtime.config import SettingsError, load_settings
 from services.runtime.logs import configure_logging
+from services.runtime.metrics import configure_metrics
 from services.runtime.serving import EXIT_CANNOT_START, BindError
 from services.runtime.tracing import configure_tracing
 
@@ -34,7 +35,12 @@ def main() -> int:
     configure_logging("gateway", settings.log_level)
     provider = configure_tracing("gateway", endpoint=settings.otel_endpoint)
     try:
-        gateway = build_gateway(settings)
+        meters = configure_metrics(
+            "gateway",
+            otlp_endpoint=settings.otel_endpoint,
+            prometheus_listen=settings.metrics_listen,
+        )
+        gateway = build_gateway(settings, meter=meters.get_meter("longshore.gateway"))
     except BindError as exc:
         sys.stderr.write(f"gateway: {exc}\n")
         return EXIT_CANNOT_START
@@ -55,6 +61,7 @@ def main() -> int:
         gateway.server.serve_until_signal()
     finally:
         gateway.close()
+        meters.shutdown()
         provider.shutdown()
     return 0
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from longshore.gateway.v1 import gateway_service_pb2_grpc
 from opentelemetry import trace
+from opentelemetry.metrics import Meter
 
 from services.gateway.auth import Gate, KeyRing
 from services.gateway.forwarding import (
@@ -19,6 +20,7 @@ from services.gateway.scopes import check_complete
 from services.gateway.settings import GatewaySettings
 from services.gateway.status import StatusServicer
 from services.runtime.aio_serving import AioServer, AioService, build_aio_server
+from services.runtime.rpc_metrics import CallWindow
 
 GATEWAY_SERVICE = "longshore.gateway.v1.GatewayService"
 
@@ -45,12 +47,15 @@ def build_gateway(
     settings: GatewaySettings,
     *,
     tracer_provider: trace.TracerProvider | None = None,
+    meter: Meter | None = None,
 ) -> Gateway:
     """Build the gateway server: forwarding, GetStatus, health and reflection.
 
     Args:
         settings: Loaded gateway settings.
         tracer_provider: Provider for server spans; the global one by default.
+        meter: Records RPC metrics (see services.runtime.rpc_metrics); None = not
+            recorded. GetStatus reports the last minute of traffic either way.
 
     Returns:
         The gateway; start it with ``gateway.server.start()`` or
@@ -87,11 +92,13 @@ def build_gateway(
         tracer_provider=tracer_provider,
     )
     check_complete([*forwarder.methods, f"/{GATEWAY_SERVICE}/GetStatus"])
+    traffic = CallWindow()
     status = StatusServicer(
         backends,
         gate=gate,
         deployment=settings.deployment,
         probe_timeout=section.health_probe_timeout_seconds,
+        traffic=traffic,
     )
     names = forwarded_service_names()
     services = [
@@ -113,6 +120,8 @@ def build_gateway(
         max_message_bytes=section.max_message_bytes,
         max_concurrent_rpcs=section.max_concurrent_calls or None,
         shutdown_delay=settings.shutdown_delay_seconds,
+        meter=meter,
+        call_window=traffic,
     )
     for backend in backends:
         server.add_shutdown_hook(backend.close)

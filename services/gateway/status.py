@@ -1,4 +1,4 @@
-"""GatewayService: the gateway's version and each backend's gRPC health."""
+"""GatewayService: the gateway's version, each backend's gRPC health, the gateway's traffic."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from longshore.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from services.gateway.auth import Gate
 from services.gateway.forwarding import Backend
 from services.runtime.interceptors import HEALTH_DETAIL_KEY, VERSION_KEY
+from services.runtime.rpc_metrics import CallWindow, TrafficFigures
 from services.runtime.version import __version__
 
 _GET_STATUS = "/longshore.gateway.v1.GatewayService/GetStatus"
@@ -73,6 +74,7 @@ class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         gate: Gate,
         deployment: str,
         probe_timeout: float,
+        traffic: CallWindow | None = None,
     ) -> None:
         """Create the servicer.
 
@@ -81,11 +83,14 @@ class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             gate: Admits calls (GetStatus needs the `read` scope).
             deployment: The deployment name reported.
             probe_timeout: Deadline of each health probe, in seconds.
+            traffic: The gateway server's call window (headline figures);
+                None reports no traffic.
         """
         self._backends = list(backends)
         self._gate = gate
         self._deployment = deployment
         self._timeout = probe_timeout
+        self._traffic = traffic
 
     async def GetStatus(
         self,
@@ -94,7 +99,7 @@ class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             gateway_service_pb2.GetStatusRequest, gateway_service_pb2.GetStatusResponse
         ],
     ) -> gateway_service_pb2.GetStatusResponse:
-        """Report the version and every backend's health, probing them in parallel."""
+        """Report the version, every backend's health (probed in parallel) and the traffic."""
         principal = self._gate.admit(context.invocation_metadata() or (), _GET_STATUS)
         probes = await asyncio.gather(*(probe(b.channel, self._timeout) for b in self._backends))
         now = Timestamp()
@@ -105,6 +110,9 @@ class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             check_time=now,
             scopes=sorted(principal.scopes),
         )
+        if self._traffic is not None:
+            # This call has not finished: it is in in_flight_calls, not in calls.
+            response.traffic.CopyFrom(traffic_proto(self._traffic.figures()))
         for backend, result in zip(self._backends, probes, strict=True):
             response.backends.append(
                 gateway_service_pb2.BackendStatus(
@@ -117,3 +125,18 @@ class StatusServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                 )
             )
         return response
+
+
+def traffic_proto(figures: TrafficFigures) -> gateway_service_pb2.GatewayTraffic:
+    """The headline figures of a call window as the contract carries them."""
+    return gateway_service_pb2.GatewayTraffic(
+        window_seconds=figures.window_seconds,
+        calls=figures.calls,
+        calls_per_second=round(figures.calls_per_second, 3),
+        p50_latency_ms=round(figures.p50_ms, 3),
+        p99_latency_ms=round(figures.p99_ms, 3),
+        errors=figures.errors,
+        errors_by_code=dict(figures.errors_by_code),
+        in_flight_calls=figures.in_flight,
+        held_streams=figures.held_streams,
+    )

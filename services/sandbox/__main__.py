@@ -6,6 +6,7 @@ import sys
 
 from services.runtime.config import load_settings
 from services.runtime.logs import configure_logging
+from services.runtime.metrics import configure_metrics
 from services.runtime.serving import EXIT_CANNOT_START, BindError, build_server
 from services.runtime.tracing import configure_tracing
 from services.sandbox import leftovers
@@ -23,11 +24,21 @@ def main() -> int:
     section = settings.sandbox
     configure_logging("sandbox", settings.log_level)
     tracer_provider = configure_tracing("sandbox", endpoint=settings.otel_endpoint)
+    try:
+        meters = configure_metrics(
+            "sandbox",
+            otlp_endpoint=settings.otel_endpoint,
+            prometheus_listen=settings.metrics_listen,
+        )
+    except BindError as exc:
+        sys.stderr.write(f"sandbox: {exc}\n")
+        return EXIT_CANNOT_START
+    meter = meters.get_meter("longshore.sandbox")
     client = create_client(
         timeout=section.docker_timeout_seconds,
         pool_size=section.max_workers + section.cleanup_workers + section.reap_workers + 4,
     )
-    manager = SandboxManager(client, section, deployment=settings.deployment)
+    manager = SandboxManager(client, section, deployment=settings.deployment, meter=meter)
     startup_sweep = leftovers.StartupSweep(manager)
 
     def engine_changed(serving: bool, detail: str) -> None:
@@ -53,6 +64,7 @@ def main() -> int:
             max_workers=section.max_workers,
             internal_token=settings.internal_token or None,
             shutdown_delay=settings.shutdown_delay_seconds,
+            meter=meter,
         )
     except BindError as exc:
         # One line, no traceback, and last (the supervisor shows the last line):
@@ -69,6 +81,7 @@ def main() -> int:
 
     server.add_shutdown_hook(drain_cleanups)
     server.add_shutdown_hook(client.close)
+    server.add_shutdown_hook(meters.shutdown)
     server.add_shutdown_hook(tracer_provider.shutdown)
     # The first probe runs before serving, so health is truthful from the start.
     engine_health.start()

@@ -25,21 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*longshore/gateway/v1/gateway_service.proto\x12\x14longshore.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"\xaf\x01\n\x11GetStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x35\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32#.longshore.gateway.v1.BackendStatus\x12.\n\ncheck_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x05 \x03(\t\"\x98\x01\n\rBackendStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x33\n\x06health\x18\x03 \x01(\x0e\x32#.longshore.gateway.v1.BackendHealth\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01*\x8b\x01\n\rBackendHealth\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42\x41\x43KEND_HEALTH_SERVING\x10\x01\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_NOT_SERVING\x10\x02\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_UNREACHABLE\x10\x03\x32n\n\x0eGatewayService\x12\\\n\tGetStatus\x12&.longshore.gateway.v1.GetStatusRequest\x1a\'.longshore.gateway.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*longshore/gateway/v1/gateway_service.proto\x12\x14longshore.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"\xe6\x01\n\x11GetStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x35\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32#.longshore.gateway.v1.BackendStatus\x12.\n\ncheck_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x35\n\x07traffic\x18\x06 \x01(\x0b\x32$.longshore.gateway.v1.GatewayTraffic\"\xc5\x02\n\x0eGatewayTraffic\x12\x16\n\x0ewindow_seconds\x18\x01 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x18\n\x10\x63\x61lls_per_second\x18\x03 \x01(\x01\x12\x16\n\x0ep50_latency_ms\x18\x04 \x01(\x01\x12\x16\n\x0ep99_latency_ms\x18\x05 \x01(\x01\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x03\x12N\n\x0e\x65rrors_by_code\x18\x07 \x03(\x0b\x32\x36.longshore.gateway.v1.GatewayTraffic.ErrorsByCodeEntry\x12\x17\n\x0fin_flight_calls\x18\x08 \x01(\x03\x12\x14\n\x0cheld_streams\x18\t \x01(\x03\x1a\x33\n\x11\x45rrorsByCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x98\x01\n\rBackendStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x33\n\x06health\x18\x03 \x01(\x0e\x32#.longshore.gateway.v1.BackendHealth\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01*\x8b\x01\n\rBackendHealth\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42\x41\x43KEND_HEALTH_SERVING\x10\x01\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_NOT_SERVING\x10\x02\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_UNREACHABLE\x10\x03\x32n\n\x0eGatewayService\x12\\\n\tGetStatus\x12&.longshore.gateway.v1.GetStatusRequest\x1a\'.longshore.gateway.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'longshore.gateway.v1.gateway_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKENDHEALTH']._serialized_start=455
-  _globals['_BACKENDHEALTH']._serialized_end=594
+  _globals['_GATEWAYTRAFFIC_ERRORSBYCODEENTRY']._loaded_options = None
+  _globals['_GATEWAYTRAFFIC_ERRORSBYCODEENTRY']._serialized_options = b'8\001'
+  _globals['_BACKENDHEALTH']._serialized_start=838
+  _globals['_BACKENDHEALTH']._serialized_end=977
   _globals['_GETSTATUSREQUEST']._serialized_start=101
   _globals['_GETSTATUSREQUEST']._serialized_end=119
   _globals['_GETSTATUSRESPONSE']._serialized_start=122
-  _globals['_GETSTATUSRESPONSE']._serialized_end=297
-  _globals['_BACKENDSTATUS']._serialized_start=300
-  _globals['_BACKENDSTATUS']._serialized_end=452
-  _globals['_GATEWAYSERVICE']._serialized_start=596
-  _globals['_GATEWAYSERVICE']._serialized_end=706
+  _globals['_GETSTATUSRESPONSE']._serialized_end=352
+  _globals['_GATEWAYTRAFFIC']._serialized_start=355
+  _globals['_GATEWAYTRAFFIC']._serialized_end=680
+  _globals['_GATEWAYTRAFFIC_ERRORSBYCODEENTRY']._serialized_start=629
+  _globals['_GATEWAYTRAFFIC_ERRORSBYCODEENTRY']._serialized_end=680
+  _globals['_BACKENDSTATUS']._serialized_start=683
+  _globals['_BACKENDSTATUS']._serialized_end=835
+  _globals['_GATEWAYSERVICE']._serialized_start=979
+  _globals['_GATEWAYSERVICE']._serialized_end=1089
 # @@protoc_insertion_point(module_scope)

@@ -76,6 +76,7 @@ class GetStatusResponse(_message.Message):
     BACKENDS_FIELD_NUMBER: _builtins.int
     CHECK_TIME_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
+    TRAFFIC_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Version of the Longshore release the gateway runs (PEP 440)."""
     deployment: _builtins.str
@@ -92,6 +93,12 @@ class GetStatusResponse(_message.Message):
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes granted to the API key that made this call."""
 
+    @_builtins.property
+    def traffic(self) -> Global___GatewayTraffic:
+        """The gateway's own traffic: what clients sent through it in the last minute
+        and what they hold open now.
+        """
+
     def __init__(
         self,
         *,
@@ -100,14 +107,97 @@ class GetStatusResponse(_message.Message):
         backends: _abc.Iterable[Global___BackendStatus] | None = ...,
         check_time: _timestamp_pb2.Timestamp | None = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
+        traffic: Global___GatewayTraffic | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["check_time", b"check_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check_time", b"check_time", "traffic", b"traffic"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "check_time", b"check_time", "deployment", b"deployment", "scopes", b"scopes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "check_time", b"check_time", "deployment", b"deployment", "scopes", b"scopes", "traffic", b"traffic", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class GatewayTraffic(_message.Message):
+    """GatewayTraffic is the headline figures of the calls the gateway served
+    (forwarded calls and GetStatus; health checks and reflection are left out).
+    Finished calls are summed over the last minute; in-flight ones are counted
+    now. Latencies are the upper bound of a bucket (at most 25% high).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ErrorsByCodeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    CALLS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    P50_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    ERRORS_BY_CODE_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_CALLS_FIELD_NUMBER: _builtins.int
+    HELD_STREAMS_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.float
+    """Seconds the figures sum: 60, or the gateway's uptime when shorter."""
+    calls: _builtins.int
+    """Calls that finished in the window."""
+    calls_per_second: _builtins.float
+    """`calls / window_seconds`."""
+    p50_latency_ms: _builtins.float
+    """Median duration of those calls, in milliseconds (a held stream counts its
+    whole life).
+    """
+    p99_latency_ms: _builtins.float
+    """99th percentile duration of those calls, in milliseconds."""
+    errors: _builtins.int
+    """Calls in the window that ended with a code other than OK or CANCELLED."""
+    in_flight_calls: _builtins.int
+    """Calls in progress now, held streams and long polls included."""
+    held_streams: _builtins.int
+    """Response streams in progress now (event watches, exec output)."""
+    @_builtins.property
+    def errors_by_code(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """`errors` by status code name (`NOT_FOUND`, `UNAVAILABLE`, ...)."""
+
+    def __init__(
+        self,
+        *,
+        window_seconds: _builtins.float = ...,
+        calls: _builtins.int = ...,
+        calls_per_second: _builtins.float = ...,
+        p50_latency_ms: _builtins.float = ...,
+        p99_latency_ms: _builtins.float = ...,
+        errors: _builtins.int = ...,
+        errors_by_code: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        in_flight_calls: _builtins.int = ...,
+        held_streams: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "calls_per_second", b"calls_per_second", "errors", b"errors", "errors_by_code", b"errors_by_code", "held_streams", b"held_streams", "in_flight_calls", b"in_flight_calls", "p50_latency_ms", b"p50_latency_ms", "p99_latency_ms", b"p99_latency_ms", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayTraffic: _TypeAlias = GatewayTraffic  # noqa: Y015
 
 @_typing.final
 class BackendStatus(_message.Message):
