@@ -298,6 +298,31 @@ Continuation = Callable[
 ]
 
 
+class _RecordingContext:
+    """The call's context, recording the code when a behaviour aborts.
+
+    ``grpc.aio`` sends an abort's status to the client at once, before the
+    behaviour unwinds: recorded afterwards, a client could read the metrics
+    before its own failed call is in them. Everything but ``abort`` is the
+    real context's.
+    """
+
+    __slots__ = ("_call", "_context")
+
+    def __init__(self, context: aio.ServicerContext[Any, Any], call: _Call) -> None:
+        self._context = context
+        self._call = call
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> None:
+        self._call.end(code)
+        await self._context.abort(code, details, trailing_metadata)
+
+
 def _aio_timed(
     behavior: AsyncBehavior, metrics: RpcMetrics, method: str, streaming: bool
 ) -> AsyncBehavior:
@@ -313,7 +338,7 @@ def _aio_timed(
         ) -> AsyncIterator[Any]:
             call = metrics.call(method, streaming)
             try:
-                async for item in behavior(request, context):
+                async for item in behavior(request, _RecordingContext(context, call)):
                     yield item
             except BaseException as exc:
                 call.end(_code_after(context, exc))
@@ -325,7 +350,7 @@ def _aio_timed(
     async def single(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         call = metrics.call(method, streaming)
         try:
-            result = await behavior(request, context)
+            result = await behavior(request, _RecordingContext(context, call))
         except BaseException as exc:
             call.end(_code_after(context, exc))
             raise
