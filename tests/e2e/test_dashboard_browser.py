@@ -198,6 +198,11 @@ def test_dispatcher_and_status_pages(stack: RealStack, dash: DashboardProcess, p
     expect(page.locator("#backends tbody")).to_contain_text("kanban")
     expect(page.locator("#backends tbody")).to_contain_text("serving")
     expect(page.locator("#auth")).to_contain_text("loopback")
+    # The gateway's headline figures: this page's own status calls at least.
+    expect(page.locator("#traffic")).to_contain_text("calls per second")
+    expect(page.locator("#traffic")).to_contain_text("p99 latency")
+    expect(page.locator("#traffic")).to_contain_text("held streams")
+    expect(page.locator("#traffic")).to_contain_text(re.compile(r"[1-9]\d* in \d+ s"))
     shoot(page, "status")
 
 

@@ -1,4 +1,4 @@
-// Status page: versions, backends' health, auth mode.
+// Status page: versions, backends' health, auth mode, the gateway's traffic.
 "use strict";
 
 (() => {
@@ -7,6 +7,21 @@
   function pairs(target, entries) {
     document.getElementById(target).replaceChildren(...entries.flatMap(([k, v]) =>
       [el("dt", { text: k }), el("dd", { text: v === undefined || v === "" ? "—" : String(v) })]));
+  }
+
+  // The gateway's headline figures (GetStatus.traffic); empty when unreachable.
+  function traffic(t) {
+    if (!t) return [["calls per second", ""]];
+    const errors = Object.entries(t.errors_by_code || {}).map(([code, n]) => `${code} ${n}`);
+    return [
+      ["calls per second", Number(t.calls_per_second || 0).toFixed(2)],
+      ["calls", `${t.calls || 0} in ${Number(t.window_seconds || 0).toFixed(0)} s`],
+      ["p50 latency", `${Number(t.p50_latency_ms || 0).toFixed(1)} ms`],
+      ["p99 latency", `${Number(t.p99_latency_ms || 0).toFixed(1)} ms`],
+      ["errors", `${t.errors || 0}${errors.length ? ` (${errors.join(", ")})` : ""}`],
+      ["calls in flight", t.in_flight_calls || 0],
+      ["held streams", t.held_streams || 0],
+    ];
   }
 
   async function load() {
@@ -27,6 +42,7 @@
       ["via", data.auth.via],
       ["your key's scopes", (gw.scopes || []).join(", ")],
     ]);
+    pairs("traffic", traffic(gw.traffic));
     const rows = (gw.backends || []).map((b) => el("tr", {},
       el("td", { text: b.name }),
       el("td", {}, el("span", { class: `pill ${b.health}`, text: b.health.replaceAll("_", " ") }),

@@ -66,6 +66,11 @@ def test_status_and_board_show_cli_tasks(stack: RealStack, dash: DashboardProces
         "kanban": "serving",
         "sandbox": "serving",
     }
+    # The gateway's headline figures: the public status call above finished,
+    # this one is still in flight (int64 fields are strings in JSON).
+    traffic = detail["gateway"]["traffic"]
+    assert int(traffic["calls"]) >= 1 and int(traffic["in_flight_calls"]) >= 1
+    assert float(traffic["calls_per_second"]) > 0 and float(traffic["p99_latency_ms"]) > 0
     created = cli(stack, "task", "create", "Written by the CLI", "--priority", "3")
     task_id = created["task_id"] if "task_id" in created else created["task"]["task_id"]
     status, board = dash.request("GET", "/api/boards/default/tasks", token=token)
