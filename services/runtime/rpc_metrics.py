@@ -2,7 +2,7 @@
 
 Every call a server finishes is recorded, by method and status code, in the
 ``rpc.server.duration`` histogram (milliseconds; its count is the number of
-calls), and the calls in flight are an up-down counter
+calls), and the calls in flight are an observed up-down counter
 ``rpc.server.active_calls`` by method (a held stream or long poll counts
 until it ends). Attributes follow the OpenTelemetry RPC conventions:
 ``rpc.system``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``.
@@ -23,13 +23,13 @@ import bisect
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc import aio
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from services.runtime.interceptors import (
     Behavior,
@@ -203,15 +203,19 @@ class RpcMetrics:
             if meter is not None
             else None
         )
-        self._active = (
-            meter.create_up_down_counter(
+        # Calls in flight are counted here and observed at collection: an
+        # up-down counter would cost two SDK measurements per call (each
+        # cleans and hashes its attributes), tripling the cost of recording.
+        self._active: dict[str, int] | None = None
+        self._active_lock = threading.Lock()
+        if meter is not None:
+            self._active = {}
+            meter.create_observable_up_down_counter(
                 "rpc.server.active_calls",
+                callbacks=[self._observe_active],
                 unit="{call}",
                 description="Calls in progress (held streams and long polls included).",
             )
-            if meter is not None
-            else None
-        )
         # Attribute dicts built once per method (and code): the OTel SDK keys
         # its series by them, and building them per call is measurable at
         # thousands of calls per second.
@@ -231,7 +235,8 @@ class RpcMetrics:
         attrs = self._attrs(method)
         window = None if is_open_method(method) else self.window
         if self._active is not None:
-            self._active.add(1, attrs)
+            with self._active_lock:
+                self._active[method] = self._active.get(method, 0) + 1
         if window is not None:
             window.begin(streaming)
         return _Call(self, method, attrs, streaming, window, time.perf_counter())
@@ -239,7 +244,8 @@ class RpcMetrics:
     def _finish(self, call: _Call, code: grpc.StatusCode) -> None:
         duration_ms = (time.perf_counter() - call.started) * 1000
         if self._active is not None:
-            self._active.add(-1, call.attrs)
+            with self._active_lock:
+                self._active[call.method] -= 1
         if self._duration is not None:
             key = (call.method, code)
             attrs = self._code_attrs.get(key)
@@ -249,6 +255,12 @@ class RpcMetrics:
             self._duration.record(duration_ms, attrs)
         if call.window is not None:
             call.window.end(call.streaming, duration_ms, code)
+
+    def _observe_active(self, _options: CallbackOptions) -> Iterable[Observation]:
+        assert self._active is not None
+        with self._active_lock:
+            counts = list(self._active.items())
+        return [Observation(n, self._attrs(method)) for method, n in counts]
 
 
 @dataclass(slots=True)
