@@ -40,7 +40,7 @@ def main() -> int:
             otlp_endpoint=settings.otel_endpoint,
             prometheus_listen=settings.metrics_listen,
         )
-        gateway = build_gateway(settings, meter=meters.get_meter("longshore.gateway"))
+        gateway = build_gateway(settings, meter=meters.recording_meter("longshore.gateway"))
     except BindError as exc:
         sys.stderr.write(f"gateway: {exc}\n")
         return EXIT_CANNOT_START

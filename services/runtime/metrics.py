@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import metrics
+from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -72,6 +73,15 @@ class ServiceMeterProvider(MeterProvider):
     metrics_address: str = ""
     _http: WSGIServer | None = None
     _http_thread: threading.Thread | None = None
+    _read: bool = False
+
+    def recording_meter(self, name: str) -> Meter | None:
+        """The meter to inject into what records, or None when no reader reads it.
+
+        Without a reader the SDK still builds and cleans every measurement;
+        a None meter lets the RPC interceptor stay out of the call path.
+        """
+        return self.get_meter(name) if self._read else None
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         """Stops the ``/metrics`` endpoint, then flushes and stops the readers."""
@@ -145,6 +155,7 @@ def configure_metrics(
         # atexit handler would flush a second time at interpreter exit.
         shutdown_on_exit=False,
     )
+    provider._read = bool(all_readers)
     if http is not None:
         provider._http, provider._http_thread, provider.metrics_address = http
         log.info("metrics endpoint serving", extra={"address": provider.metrics_address})

@@ -33,7 +33,7 @@ def main() -> int:
     except BindError as exc:
         sys.stderr.write(f"sandbox: {exc}\n")
         return EXIT_CANNOT_START
-    meter = meters.get_meter("longshore.sandbox")
+    meter = meters.recording_meter("longshore.sandbox")
     client = create_client(
         timeout=section.docker_timeout_seconds,
         pool_size=section.max_workers + section.cleanup_workers + section.reap_workers + 4,

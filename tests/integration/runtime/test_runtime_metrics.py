@@ -242,3 +242,10 @@ def test_the_endpoint_stops_with_the_provider() -> None:
     # Another provider may take the port at once.
     again = configure_metrics("test", prometheus_listen=address, set_global=False)
     again.shutdown()
+
+
+def test_a_provider_nobody_reads_injects_no_meter(provider: ServiceMeterProvider) -> None:
+    unread = configure_metrics("test", set_global=False)
+    assert unread.recording_meter("test") is None
+    unread.shutdown()
+    assert provider.recording_meter("test") is not None
