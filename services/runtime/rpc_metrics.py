@@ -207,6 +207,8 @@ class RpcMetrics:
         # up-down counter would cost two SDK measurements per call (each
         # cleans and hashes its attributes), tripling the cost of recording.
         self._active: dict[str, int] | None = None
+        # The sync server counts from its pool threads and the collector reads
+        # from its own: an increment is a read and a write, not atomic.
         self._active_lock = threading.Lock()
         if meter is not None:
             self._active = {}
