@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import hmac
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import Token as _ContextToken
+from typing import Any, NoReturn
 from urllib.parse import unquote
 
 import grpc
@@ -54,6 +54,8 @@ Continuation = Callable[
     [grpc.HandlerCallDetails], "Awaitable[grpc.RpcMethodHandler[Any, Any] | None]"
 ]
 Context = aio.ServicerContext[Any, Any]
+#: Restores the OpenTelemetry context a server span replaced.
+Token = _ContextToken[otel_context.Context]
 
 #: Calls never traced: probes every few seconds and tooling would drown the traces.
 UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -169,7 +171,8 @@ class AioServingInterceptor(aio.ServerInterceptor):
         if inspect.isasyncgenfunction(behavior):
 
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                with self._span(method, context) as span:
+                span, token = self._start_span(method, context)
+                try:
                     await self._before(method, request, context)
                     try:
                         async for item in behavior(request, context):
@@ -178,21 +181,23 @@ class AioServingInterceptor(aio.ServerInterceptor):
                         raise  # the behaviour chose its status already
                     except Exception as exc:
                         await self._abort(method, exc, context, span)
-                    _record_code(span, context)
+                finally:
+                    _end_span(span, token, context)
 
             return stream
 
         async def single(request: Any, context: Context) -> Any:
-            with self._span(method, context) as span:
+            span, token = self._start_span(method, context)
+            try:
                 await self._before(method, request, context)
                 try:
-                    response = await behavior(request, context)
+                    return await behavior(request, context)
                 except aio.AbortError:
                     raise
                 except Exception as exc:
                     await self._abort(method, exc, context, span)
-                _record_code(span, context)
-                return response
+            finally:
+                _end_span(span, token, context)
 
         return single
 
@@ -222,43 +227,51 @@ class AioServingInterceptor(aio.ServerInterceptor):
 
     async def _abort(
         self, method: _Method, exc: Exception, context: Context, span: trace.Span | None
-    ) -> None:
-        """Aborts with the status ``exc`` stands for (always raises)."""
+    ) -> NoReturn:
+        """Aborts with the status ``exc`` stands for."""
         code, message = status_of(exc, method.name)
         if span is not None:
             span.record_exception(exc)
-            _set_code(span, code, message)
         await context.abort(code, message)
 
-    @contextmanager
-    def _span(self, method: _Method, context: Context) -> Iterator[trace.Span | None]:
-        """The call's server span, current while the behaviour runs (None: untraced).
+    def _start_span(
+        self, method: _Method, context: Context
+    ) -> tuple[trace.Span | None, Token | None]:
+        """Starts the call's server span and makes it current (None: untraced).
 
-        The caller's trace context is attached first, so the span is its
-        child and the caller's baggage stays visible to the behaviour.
+        The span's parent is the caller's span (W3C context from the
+        metadata), and the caller's baggage stays visible to the behaviour.
+        Started and attached by hand, in one step: the context-manager layers
+        of ``start_as_current_span`` cost every call.
+
+        Returns:
+            The span and the token that restores the context it replaced.
         """
         if not method.traced:
-            yield None
-            return
+            return None, None
         metadata = context.invocation_metadata() or ()
         carrier = {key: value for key, value in metadata if isinstance(value, str)}
-        token = otel_context.attach(propagate.extract(carrier))
-        try:
-            with self._tracer.start_as_current_span(
-                method.name,
-                kind=SpanKind.SERVER,
-                attributes=_span_attributes(method, context, carrier),
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                try:
-                    yield span
-                except aio.AbortError:
-                    # Aborted by the behaviour or by us: the code is the context's.
-                    _record_code(span, context)
-                    raise
-        finally:
-            otel_context.detach(token)
+        parent = propagate.extract(carrier)
+        span = self._tracer.start_span(
+            method.name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=_span_attributes(method, context, carrier),
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+
+def _end_span(span: trace.Span | None, token: Token | None, context: Context) -> None:
+    """Ends the server span with the status the call ends with (set, or aborted with)."""
+    if span is None or token is None:
+        return
+    code = context.code()
+    if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
+        _set_code(span, code, context.details() or "")
+    span.end()
+    otel_context.detach(token)
 
 
 def _span_attributes(method: _Method, context: Context, carrier: dict[str, str]) -> dict[str, Any]:
@@ -279,15 +292,6 @@ def _span_attributes(method: _Method, context: Context, carrier: dict[str, str])
         if ip in ("[::1]", "127.0.0.1"):
             attributes["net.peer.name"] = "localhost"
     return attributes
-
-
-def _record_code(span: trace.Span | None, context: Context) -> None:
-    """Puts the status the call ends with (set or aborted with) on its span."""
-    if span is None:
-        return
-    code = context.code()
-    if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
-        _set_code(span, code, context.details() or "")
 
 
 def _set_code(span: trace.Span, code: grpc.StatusCode, details: str | bytes) -> None:
