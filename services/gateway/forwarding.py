@@ -12,6 +12,7 @@ injected so the backend's spans join the caller's trace.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
@@ -284,9 +285,8 @@ class Forwarder(grpc.GenericRpcHandler):
 
             return grpc.unary_stream_rpc_method_handler(stream)
 
-        async def unary(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
-            return await self._forward_unary(info, backend, attributes, request, context)
-
+        # A partial, not a wrapping coroutine: one await less on every call.
+        unary = functools.partial(self._forward_unary, info, backend, attributes)
         return grpc.unary_unary_rpc_method_handler(unary)
 
     def _prepare(
