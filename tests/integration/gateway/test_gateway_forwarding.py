@@ -9,8 +9,9 @@ The same rules are exercised against the real services as processes in
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -26,9 +27,10 @@ from longshore.kanban.v1 import (
     worker_service_pb2_grpc,
 )
 from longshore.sandbox.v1 import sandbox_service_pb2, sandbox_service_pb2_grpc
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from services.gateway.auth import key_entry
 from services.gateway.server import build_gateway
@@ -49,6 +51,29 @@ BackendHealth = gateway_service_pb2.BackendHealth
 SPANS = InMemorySpanExporter()
 TRACER_PROVIDER = TracerProvider()
 TRACER_PROVIDER.add_span_processor(SimpleSpanProcessor(SPANS))
+
+
+class _EndedSpans(SpanProcessor):
+    """Wakes a waiting test when a span ends.
+
+    An aborted call's status reaches the client before the server's span
+    ends (``abort`` sends it at once), so a test waits for the span instead.
+    """
+
+    def __init__(self) -> None:
+        self._ended = threading.Condition()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._ended:
+            self._ended.notify_all()
+
+    def wait_for(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
+        with self._ended:
+            assert self._ended.wait_for(predicate, timeout), "span never ended"
+
+
+ENDED = _EndedSpans()
+TRACER_PROVIDER.add_span_processor(ENDED)
 
 
 def auth(key: str) -> tuple[tuple[str, str], ...]:
@@ -180,6 +205,61 @@ def test_upstream_client_errors_pass_through_unchanged(gw: Stack) -> None:
     assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "task.title: required")
 
 
+def _spans_named(name: str, trace_id: str) -> list[ReadableSpan]:
+    return [
+        s
+        for s in SPANS.get_finished_spans()
+        if s.name == name and format(s.context.trace_id, "032x") == trace_id
+    ]
+
+
+def test_server_span_joins_the_callers_trace_and_records_the_status(gw: Stack) -> None:
+    trace_id, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    traceparent = (("traceparent", f"00-{trace_id}-{caller_span}-01"),)
+    get = "/longshore.kanban.v1.KanbanService/GetTask"
+    code, _ = code_of(
+        lambda: gw.kanban.GetTask(
+            kanban_service_pb2.GetTaskRequest(task_id="zz"),
+            timeout=5,
+            metadata=(*auth(ADMIN), *traceparent),
+        )
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    ENDED.wait_for(lambda: len(_spans_named(get, trace_id)) == 2)
+    [server] = [s for s in _spans_named(get, trace_id) if s.kind == SpanKind.SERVER]
+    [client] = [s for s in _spans_named(get, trace_id) if s.kind == SpanKind.CLIENT]
+    assert server.parent is not None and format(server.parent.span_id, "016x") == caller_span
+    assert client.parent is not None and client.parent.span_id == server.context.span_id
+    assert server.attributes is not None
+    assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert server.attributes["longshore.principal"] == "ops"
+    # The caller's mistake is not the server's error.
+    assert server.status.status_code == StatusCode.UNSET
+
+    # Refused at the gateway (the gateway's own abort): the span says so too.
+    code, _ = code_of(
+        lambda: gw.kanban.CreateTask(
+            kanban_service_pb2.CreateTaskRequest(task=task_pb2.Task(title="x")),
+            timeout=5,
+            metadata=(*auth(READER), *traceparent),
+        )
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    create = "/longshore.kanban.v1.KanbanService/CreateTask"
+    ENDED.wait_for(lambda: _spans_named(create, trace_id))
+    [refused] = _spans_named(create, trace_id)
+    assert refused.kind == SpanKind.SERVER and refused.attributes is not None
+    assert refused.attributes["rpc.grpc.status_code"] == grpc.StatusCode.PERMISSION_DENIED.value[0]
+
+    # Probes are not traced.
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health_pb2_grpc.HealthStub(gw.channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=5, metadata=traceparent
+    )
+    assert not _spans_named("/grpc.health.v1.Health/Check", trace_id)
+
+
 def test_deadline_propagates_to_a_long_poll(gw: Stack) -> None:
     claim = worker_service_pb2.ClaimTaskRequest(
         profile="p", worker_id="w", wait=Duration(seconds=30)
@@ -276,6 +356,15 @@ def test_backend_down_is_unavailable_naming_it() -> None:
         )
         assert code == grpc.StatusCode.UNAVAILABLE
         assert details.startswith("sandbox backend (127.0.0.1:")
+
+        # The platform's failure: an error on the gateway's server and client spans.
+        def listed() -> list[ReadableSpan]:
+            name = "/longshore.sandbox.v1.SandboxService/ListSandboxes"
+            return [span for span in SPANS.get_finished_spans() if span.name == name]
+
+        ENDED.wait_for(lambda: {span.kind for span in listed()} >= {SpanKind.SERVER})
+        assert {span.kind for span in listed()} == {SpanKind.SERVER, SpanKind.CLIENT}
+        assert all(span.status.status_code == StatusCode.ERROR for span in listed())
         reply = s.gateway.GetStatus(
             gateway_service_pb2.GetStatusRequest(), timeout=5, metadata=auth(ADMIN)
         )
