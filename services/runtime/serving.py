@@ -16,8 +16,9 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -173,21 +174,37 @@ class ServerLifecycle:
         """Asks :meth:`serve_until_signal` to shut down (safe from any thread)."""
         self._stop_requested.set()
 
+    def serve(self, grace: float = 10.0) -> None:
+        """Starts (unless started), waits for :meth:`request_stop`, then drains and stops."""
+        self.start()
+        self._stop_requested.wait()
+        self.stop(grace)
+
     def serve_until_signal(self, grace: float = 10.0) -> None:
         """Starts (unless started), waits for SIGTERM/SIGINT or :meth:`request_stop`, stops."""
+        with stop_on_signal(self.request_stop):
+            self.serve(grace)
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
-            self._stop_requested.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            self.start()
-            self._stop_requested.wait()
-            self.stop(grace)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+@contextmanager
+def stop_on_signal(request_stop: Callable[[], None]) -> Iterator[None]:
+    """Within the ``with``, SIGTERM and SIGINT call ``request_stop`` (and log it).
+
+    Only the request happens in the handler: the drain must run on the
+    serving thread, not inside a signal handler that interrupted it.
+    The previous handlers are restored on exit.
+    """
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
+        request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Server(ServerLifecycle):
