@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from services.runtime.aio_serving import AioServer, build_aio_server
 from services.runtime.service_main import ServiceParts, run_service
-from services.runtime.serving import Server, build_server
 from services.sandbox import leftovers
 from services.sandbox.docker_client import create_client
 from services.sandbox.engine_health import EngineHealth
@@ -15,11 +15,12 @@ from services.sandbox.server import SandboxServicer, grpc_service
 from services.sandbox.settings import SandboxSettings
 
 
-def build(settings: SandboxSettings, parts: ServiceParts) -> Server:
+def build(settings: SandboxSettings, parts: ServiceParts) -> AioServer:
     """The manager's server, started after the first engine probe and the startup sweep.
 
     Closed after the drain, last registered first: the reaper, the engine
-    probe, outstanding cleanups (drained, bounded), the engine client.
+    probe, the kills of abandoned Execs, outstanding cleanups (drained,
+    bounded), the engine client.
     """
     section = settings.sandbox
     client = create_client(
@@ -32,11 +33,15 @@ def build(settings: SandboxSettings, parts: ServiceParts) -> Server:
     parts.close_on_exit(lambda: manager.close(section.cleanup_drain_seconds))
     startup_sweep = leftovers.StartupSweep(manager)
     reaper = Reaper(manager)
-    server = build_server(
-        [grpc_service(SandboxServicer(manager, reaper, internal_token=settings.internal_token))],
+    servicer = SandboxServicer(manager, reaper, internal_token=settings.internal_token)
+    parts.close_on_exit(servicer.close)
+    server = build_aio_server(
+        [grpc_service(servicer)],
         listen=section.listen,
-        max_workers=section.max_workers,
         internal_token=settings.internal_token or None,
+        # As the thread-pool server did: calls beyond the pool wait in its
+        # queue, and beyond this many the caller hears RESOURCE_EXHAUSTED.
+        max_concurrent_rpcs=section.max_workers * 64,
         shutdown_delay=settings.shutdown_delay_seconds,
     )
 
