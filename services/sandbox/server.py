@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent import futures
 from typing import Any, TypeVar
@@ -78,9 +79,22 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         self._cancels = futures.ThreadPoolExecutor(
             max_workers=CANCEL_WORKERS, thread_name_prefix="sandbox-cancel"
         )
+        # The Execs in flight. Added and removed on the loop, read by close()
+        # on the main thread after the loop stopped: hence the lock.
+        self._streams_lock = threading.Lock()
+        self._streams: set[ExecStream] = set()
 
     def close(self) -> None:
-        """After the server drained: waits for the kills of abandoned Execs, ends the pools."""
+        """After the server drained: kills the commands of Execs still open, ends the pools.
+
+        The drain cancels the calls still open after its grace, but their
+        handlers' ``finally`` may never run once the loop stops; abandoning
+        them here makes sure no command outlives the manager's shutdown.
+        """
+        with self._streams_lock:
+            open_streams = list(self._streams)
+        for stream in open_streams:
+            stream.abandon()
         self._cancels.shutdown(wait=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -193,11 +207,15 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         # abandon does nothing.
         # (The stubs type the callback as a class of their own; any callable works.)
         context.add_done_callback(lambda _context: stream.abandon())  # type: ignore[arg-type]
+        with self._streams_lock:
+            self._streams.add(stream)
         try:
             while (event := await stream.next()) is not None:
                 yield convert.exec_event_to_proto(event)
         finally:
             stream.abandon()
+            with self._streams_lock:
+                self._streams.discard(stream)
 
     async def ReleaseSandbox(
         self, request: sandbox_service_pb2.ReleaseSandboxRequest, context: Context
