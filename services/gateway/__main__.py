@@ -1,7 +1,8 @@
 """Run the gateway: ``python -m services.gateway``.
 
-Wiring only: settings → logging → tracing → server. Every variable is listed
-in :mod:`services.gateway.settings`; API keys are documented in
+Wiring only: settings → logging → tracing → server, through
+:func:`services.runtime.service_main.run_service`. Every variable is listed in
+:mod:`services.gateway.settings`; API keys are documented in
 :mod:`services.gateway.auth`.
 """
 
@@ -13,40 +14,19 @@ import sys
 from services.gateway.auth import ApiKeyFormatError
 from services.gateway.server import build_gateway
 from services.gateway.settings import GatewaySettings
-from services.runtime.config import SettingsError, load_settings
-from services.runtime.logs import configure_logging
-from services.runtime.metrics import configure_metrics
-from services.runtime.serving import EXIT_CANNOT_START, BindError
-from services.runtime.tracing import configure_tracing
+from services.runtime.aio_serving import AioServer
+from services.runtime.config import SettingsError
+from services.runtime.service_main import ServiceParts, run_service
 
 log = logging.getLogger("services.gateway")
 
 
-def main() -> int:
-    """Start the gateway and serve until SIGTERM/SIGINT; return the exit code."""
-    try:
-        settings = load_settings(GatewaySettings)
-    except SettingsError as exc:
-        sys.stderr.write(f"gateway: {exc}\n")
-        return 2
+def build(settings: GatewaySettings, parts: ServiceParts) -> AioServer:
+    """The gateway's server, bound; its shutdown closes the backend channels."""
     if not settings.internal_token:
-        sys.stderr.write("gateway: LONGSHORE_INTERNAL_TOKEN must be set (backends require it)\n")
-        return 2
-    configure_logging("gateway", settings.log_level)
-    provider = configure_tracing("gateway", endpoint=settings.otel_endpoint)
-    try:
-        meters = configure_metrics(
-            "gateway",
-            otlp_endpoint=settings.otel_endpoint,
-            prometheus_listen=settings.metrics_listen,
-        )
-        gateway = build_gateway(settings, meter=meters.recording_meter("longshore.gateway"))
-    except BindError as exc:
-        sys.stderr.write(f"gateway: {exc}\n")
-        return EXIT_CANNOT_START
-    except (ApiKeyFormatError, RuntimeError) as exc:
-        log.error("cannot start: %s", exc)
-        return 2
+        raise SettingsError("LONGSHORE_INTERNAL_TOKEN must be set (backends require it)")
+    gateway = build_gateway(settings, meter=parts.meters.recording_meter("longshore.gateway"))
+    parts.close_on_exit(gateway.close)
     if not len(gateway.keys):
         log.warning("no API keys configured: every call will be UNAUTHENTICATED")
     log.info(
@@ -57,13 +37,12 @@ def main() -> int:
             "backends": {b.name: b.address for b in gateway.backends},
         },
     )
-    try:
-        gateway.server.serve_until_signal()
-    finally:
-        gateway.close()
-        meters.shutdown()
-        provider.shutdown()
-    return 0
+    return gateway.server
+
+
+def main() -> int:
+    """Serve the gateway until SIGTERM/SIGINT; return the exit code."""
+    return run_service("gateway", GatewaySettings, build, refusals=(ApiKeyFormatError,))
 
 
 if __name__ == "__main__":

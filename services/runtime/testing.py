@@ -31,7 +31,7 @@ class RunningServer:
 
 @contextmanager
 def serve_in_process(
-    services: Sequence[GrpcService],
+    services: Sequence[GrpcService] | Sequence[AioService],
     *,
     internal_token: str | None = None,
     tracer_provider: trace.TracerProvider | None = None,
@@ -39,11 +39,27 @@ def serve_in_process(
 ) -> Iterator[RunningServer]:
     """Serves ``services`` on ``127.0.0.1:<free port>`` for the duration of a ``with``.
 
+    :class:`AioService` entries are served on ``grpc.aio`` (as their service
+    serves them; ``max_workers`` then does not apply), :class:`GrpcService`
+    entries on the thread-pool server of ``max_workers`` threads.
+
     Yields:
         The running server; it is stopped (grace 0) on exit.
+
+    Raises:
+        TypeError: The list mixes both kinds.
     """
+    aio_services = [s for s in services if isinstance(s, AioService)]
+    if aio_services:
+        if len(aio_services) != len(services):
+            raise TypeError("serve_in_process: AioService and GrpcService cannot share a server")
+        with serve_aio_in_process(
+            aio_services, internal_token=internal_token, tracer_provider=tracer_provider
+        ) as running:
+            yield running
+        return
     server = build_server(
-        services,
+        [s for s in services if isinstance(s, GrpcService)],
         listen="127.0.0.1:0",
         max_workers=max_workers,
         internal_token=internal_token,

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from services.runtime.config import load_settings
-from services.runtime.logs import configure_logging
-from services.runtime.metrics import configure_metrics
-from services.runtime.serving import EXIT_CANNOT_START, BindError, build_server
-from services.runtime.tracing import configure_tracing
+from services.runtime.aio_serving import AioServer, build_aio_server
+from services.runtime.service_main import ServiceParts, run_service
 from services.sandbox import leftovers
 from services.sandbox.docker_client import create_client
 from services.sandbox.engine_health import EngineHealth
@@ -18,31 +15,39 @@ from services.sandbox.server import SandboxServicer, grpc_service
 from services.sandbox.settings import SandboxSettings
 
 
-def main() -> int:
-    """Runs the sandbox manager until SIGTERM/SIGINT, then drains cleanups; returns the exit."""
-    settings = load_settings(SandboxSettings)
+def build(settings: SandboxSettings, parts: ServiceParts) -> AioServer:
+    """The manager's server, started after the first engine probe and the startup sweep.
+
+    Closed after the drain, last registered first: the reaper, the engine
+    probe, the kills of abandoned Execs, outstanding cleanups (drained,
+    bounded), the engine client.
+    """
     section = settings.sandbox
-    configure_logging("sandbox", settings.log_level)
-    tracer_provider = configure_tracing("sandbox", endpoint=settings.otel_endpoint)
-    try:
-        meters = configure_metrics(
-            "sandbox",
-            otlp_endpoint=settings.otel_endpoint,
-            prometheus_listen=settings.metrics_listen,
-        )
-    except BindError as exc:
-        sys.stderr.write(f"sandbox: {exc}\n")
-        return EXIT_CANNOT_START
-    meter = meters.recording_meter("longshore.sandbox")
+    meter = parts.meters.recording_meter("longshore.sandbox")
     client = create_client(
         timeout=section.docker_timeout_seconds,
         pool_size=section.max_workers + section.cleanup_workers + section.reap_workers + 4,
     )
+    parts.close_on_exit(client.close)
     manager = SandboxManager(client, section, deployment=settings.deployment, meter=meter)
+    # Nothing is outstanding when the bind fails, so the drain returns at once.
+    parts.close_on_exit(lambda: manager.close(section.cleanup_drain_seconds))
     startup_sweep = leftovers.StartupSweep(manager)
+    reaper = Reaper(manager)
+    servicer = SandboxServicer(manager, reaper, internal_token=settings.internal_token)
+    parts.close_on_exit(servicer.close)
+    server = build_aio_server(
+        [grpc_service(servicer)],
+        listen=section.listen,
+        internal_token=settings.internal_token or None,
+        # As the thread-pool server did: calls beyond the pool wait in its
+        # queue, and beyond this many the caller hears RESOURCE_EXHAUSTED.
+        max_concurrent_rpcs=section.max_workers * 64,
+        shutdown_delay=settings.shutdown_delay_seconds,
+        meter=meter,
+    )
 
     def engine_changed(serving: bool, detail: str) -> None:
-        # Called only from start() on, once the server below exists.
         server.set_serving(serving, detail)
         startup_sweep.engine_changed(serving)
 
@@ -52,46 +57,21 @@ def main() -> int:
         timeout_seconds=section.engine_probe_timeout_seconds,
     )
     manager.engine_health = engine_health
-    reaper = Reaper(manager)
-    try:
-        server = build_server(
-            [
-                grpc_service(
-                    SandboxServicer(manager, reaper, internal_token=settings.internal_token)
-                )
-            ],
-            listen=section.listen,
-            max_workers=section.max_workers,
-            internal_token=settings.internal_token or None,
-            shutdown_delay=settings.shutdown_delay_seconds,
-            meter=meter,
-        )
-    except BindError as exc:
-        # One line, no traceback, and last (the supervisor shows the last line):
-        # nothing was started, so close what was built first.
-        manager.close(0)
-        client.close()
-        sys.stderr.write(f"sandbox: {exc}\n")
-        return EXIT_CANNOT_START
-    server.add_shutdown_hook(reaper.stop)
-    server.add_shutdown_hook(engine_health.stop)
-
-    def drain_cleanups() -> None:
-        manager.close(section.cleanup_drain_seconds)
-
-    server.add_shutdown_hook(drain_cleanups)
-    server.add_shutdown_hook(client.close)
-    server.add_shutdown_hook(meters.shutdown)
-    server.add_shutdown_hook(tracer_provider.shutdown)
+    parts.close_on_exit(engine_health.stop)
     # The first probe runs before serving, so health is truthful from the start.
     engine_health.start()
     # Before serving: a caller retrying a command a dead manager was running
     # must never find the old one still running next to its retry.
     startup_sweep.run()
     server.start()
+    parts.close_on_exit(reaper.stop)
     reaper.start()
-    server.serve_until_signal()
-    return 0
+    return server
+
+
+def main() -> int:
+    """Runs the sandbox manager until SIGTERM/SIGINT, then drains cleanups; returns the exit."""
+    return run_service("sandbox", SandboxSettings, build)
 
 
 if __name__ == "__main__":

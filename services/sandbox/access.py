@@ -14,12 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import grpc
 from longshore.sandbox.v1 import sandbox_pb2
 
-from services.runtime.callers import Caller, caller
+from services.runtime.callers import Caller, caller_from_metadata
 from services.runtime.errors import PermissionDenied
-from services.runtime.interceptors import metadata_value
+from services.runtime.interceptors import CallMetadata, metadata_value
 from services.runtime.sandbox_tokens import (
     SANDBOX_TOKEN_KEY,
     SandboxGrant,
@@ -53,25 +52,25 @@ class SandboxAccess:
         self.deployment = deployment
         self._clock = clock
 
-    def require_operator(self, context: grpc.ServicerContext, method: str) -> Caller:
+    def require_operator(self, context: CallMetadata, method: str) -> Caller:
         """Refuses a caller that is neither an ``admin`` key nor a Longshore service.
 
         Raises:
             PermissionDenied: The caller is not an operator.
         """
-        who = caller(context)
+        who = caller_from_metadata(context.invocation_metadata())
         if not who.is_operator:
             raise PermissionDenied(f"{method}: operators only; {who.describe()} lacks 'admin'")
         return who
 
-    def grant(self, context: grpc.ServicerContext) -> SandboxGrant | None:
+    def grant(self, context: CallMetadata) -> SandboxGrant | None:
         """The caller's verified grant; None for an operator, who needs none.
 
         Raises:
             PermissionDenied: No, a malformed, a forged or an expired token; a
                 token of another deployment or held by another key.
         """
-        who = caller(context)
+        who = caller_from_metadata(context.invocation_metadata())
         if who.is_operator:
             return None
         return self._grant(context, who)
@@ -129,7 +128,7 @@ class SandboxAccess:
                 f"{quote(info.user or '(image default)')}; only an operator may choose the user"
             )
 
-    def _grant(self, context: grpc.ServicerContext, who: Caller) -> SandboxGrant:
+    def _grant(self, context: CallMetadata, who: Caller) -> SandboxGrant:
         token = metadata_value(context, SANDBOX_TOKEN_KEY)
         if self._tokens is None:
             # Without the internal credential nothing can be verified: refuse

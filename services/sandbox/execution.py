@@ -248,6 +248,14 @@ class ExecRun:
         started = time.monotonic()
         with engine_call("exec.start", resource=f"sandbox {self._cid!r}", sandbox_id=self._cid):
             self._sock = self._api.exec_start(exec_id, socket=True)
+        if self._stopping.is_set():
+            # A cancel came while the command was being started: its killer
+            # ran before the command existed and found no socket to close.
+            # Stop it now, before the first read would wait on it forever.
+            with self._kill_lock:
+                self._stopped = False
+            self.stop()
+            self._close()
         timer = threading.Timer(self._timeout, self._on_timeout)
         timer.daemon = True
         timer.start()

@@ -34,7 +34,13 @@ class SandboxSection:
     addr: str = field(
         default="127.0.0.1:50053", metadata={"help": "host:port where peers find the manager."}
     )
-    max_workers: int = field(default=32, metadata={"help": "gRPC handler threads."})
+    max_workers: int = field(
+        default=32,
+        metadata={
+            "help": "Threads of the blocking pool the (grpc.aio) handlers run Docker calls in:"
+            " bounds the engine calls in flight, each running Exec holding one."
+        },
+    )
     docker_timeout_seconds: float = field(
         default=60.0, metadata={"help": "HTTP timeout of ordinary Docker engine calls."}
     )
