@@ -8,14 +8,17 @@ try to claim in a write transaction. So 10,000 idle polls cost nothing per
 unrelated commit, and one read per lane per related one, never a read (let
 alone a write) per poll.
 
-Each lane also re-reads every ``recheck_seconds`` while polls wait in it:
-a task whose retry backoff ends becomes claimable without any commit, and on
-SQLite another process's commits ring nobody here.
+A task whose retry backoff ends becomes claimable without any commit, so the
+read also says when the lane's earliest backoff ends, and the lane reads
+again then. Each lane also re-reads every ``recheck_seconds`` while polls
+wait in it: on SQLite another process's commits ring nobody here (1 s), and
+with LISTEN/NOTIFY it is only a safety net (30 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -25,14 +28,27 @@ from services.kanban.events_bus import EventBus
 
 log = logging.getLogger(__name__)
 
-#: ``count(profile, board_id, most)``: how many of ``most`` polls may claim now.
-Count = Callable[[str, str, int], Awaitable[int]]
+#: ``count(profile, board_id, most)``: how many of ``most`` polls may claim now,
+#: and in how many seconds the lane's earliest backoff ends (None: no backoff).
+Count = Callable[[str, str, int], Awaitable[tuple[int, float | None]]]
+#: Least delay of a lane's read for a backoff that ends (coalesces near ones).
+MIN_DUE_SECONDS = 0.05
 
 
 class _Lane:
     """The polls waiting for one (profile, board) (touched on the loop only)."""
 
-    __slots__ = ("again", "board", "checking", "live", "profile", "ticker", "waiters")
+    __slots__ = (
+        "again",
+        "board",
+        "checking",
+        "live",
+        "next_read",
+        "profile",
+        "tick",
+        "ticker",
+        "waiters",
+    )
 
     def __init__(self, profile: str, board: str) -> None:
         self.profile = profile
@@ -44,6 +60,9 @@ class _Lane:
         self.checking = False
         self.again = False
         self.ticker: asyncio.Task[None] | None = None
+        #: Loop time of the lane's next read without a ring.
+        self.next_read = 0.0
+        self.tick = asyncio.Event()
 
 
 class ClaimLanes:
@@ -63,7 +82,9 @@ class ClaimLanes:
     ) -> None:
         self._bus = bus
         self._count = count
-        self._recheck = recheck_seconds
+        #: Period of a waiting lane's read without a ring (a test raises it to
+        #: count only the reads that rings cause).
+        self.recheck_seconds = recheck_seconds
         self._global_cap = global_cap
         self._lanes: dict[tuple[str, str], _Lane] = {}
         #: Rings that touched any lane so far (see :meth:`wait`).
@@ -90,6 +111,7 @@ class ClaimLanes:
         """
         if self.rings != seen or self._bus.closed:
             return True
+        self._bus.bind(asyncio.get_running_loop())
         lane = self._lanes.get((profile, board_id))
         if lane is None:
             lane = self._lanes[(profile, board_id)] = _Lane(profile, board_id)
@@ -97,6 +119,10 @@ class ClaimLanes:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         lane.waiters.append(future)
         lane.live += 1
+        if lane.live == 1 and not lane.checking:
+            # A new lane (or one empty until now) reads once: it learns when
+            # its earliest backoff ends, which no commit will announce.
+            self._check_soon(lane)
         try:
             await asyncio.wait((future,), timeout=timeout)
         except asyncio.CancelledError:
@@ -144,13 +170,15 @@ class ClaimLanes:
         try:
             while lane.live > 0:
                 lane.again = False
+                due_in: float | None = None
                 try:
-                    ready = await self._count(lane.profile, lane.board, lane.live)
+                    ready, due_in = await self._count(lane.profile, lane.board, lane.live)
                 except Exception:
                     # The lane's next tick reads again; the polls keep waiting.
                     log.warning("claimability read failed", exc_info=True)
                     ready = 0
                 self._wake(lane, ready)
+                self._schedule(lane, due_in)
                 if not lane.again:
                     break
         finally:
@@ -168,11 +196,31 @@ class ClaimLanes:
             lane.live -= 1
             ready -= 1
 
+    def _schedule(self, lane: _Lane, due_in: float | None) -> None:
+        """Make the lane's next read without a ring at most ``due_in`` seconds away."""
+        loop = asyncio.get_running_loop()
+        delay = (
+            self.recheck_seconds
+            if due_in is None
+            else max(MIN_DUE_SECONDS, min(due_in, self.recheck_seconds))
+        )
+        lane.next_read = loop.time() + delay
+        lane.tick.set()  # the ticker sleeps again, up to the new time
+
     async def _tick(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        lane.next_read = loop.time() + self.recheck_seconds
         while True:
-            await asyncio.sleep(self._recheck)
+            lane.tick.clear()
+            delay = lane.next_read - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lane.tick.wait(), delay)
+                if lane.tick.is_set():
+                    continue  # rescheduled: sleep up to the new time
             if lane.live == 0:
                 return
+            lane.next_read = loop.time() + self.recheck_seconds
             if len(lane.waiters) > 2 * lane.live + 64:
                 # Shed the polls that gave up (timed out, cancelled).
                 lane.waiters = deque(f for f in lane.waiters if not f.done())

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "longshore_kanban_events"
 OUTPUT_CHANNEL = "longshore_kanban_output"
+#: ``application_name`` of the listening connection (operators find it in pg_stat_activity).
+APPLICATION_NAME = "longshore-kanban-listen"
 #: Longest list of names sent; beyond it the payload is the wildcard.
 MAX_PAYLOAD_CHARS = 4000
 #: Longest a listener blocks waiting for a notification before it checks for stop.
@@ -93,7 +95,12 @@ class Listener:
         delay = RECONNECT_INITIAL_SECONDS
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    connect_timeout=5,
+                    application_name=APPLICATION_NAME,
+                ) as conn:
                     conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     conn.execute(f"LISTEN {OUTPUT_CHANNEL}")
                     self.connections += 1

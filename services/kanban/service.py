@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from grpc import aio
 from longshore.kanban.v1 import (
     kanban_service_pb2,
     kanban_service_pb2_grpc,
@@ -50,11 +52,15 @@ class KanbanApp:
         """The servicers to mount on a ``grpc.aio`` server (``build_aio_server``)."""
         kanban = self.pool.aio_face(self.kanban, _KANBAN)
         worker = self.pool.aio_face(self.worker, _WORKER)
+
+        def register_kanban(server: aio.Server) -> None:
+            # Registration runs on the server's loop: the bus delivers its
+            # wake-ups there from now on, whoever commits.
+            self.bus.bind(asyncio.get_running_loop())
+            kanban_service_pb2_grpc.add_KanbanServiceServicer_to_server(kanban, server)
+
         return [
-            AioService(
-                _KANBAN.full_name,
-                lambda s: kanban_service_pb2_grpc.add_KanbanServiceServicer_to_server(kanban, s),
-            ),
+            AioService(_KANBAN.full_name, register_kanban),
             AioService(
                 _WORKER.full_name,
                 lambda s: worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(worker, s),

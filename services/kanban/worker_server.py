@@ -30,7 +30,7 @@ from grpc import aio
 from longshore.kanban.v1 import worker_service_pb2 as pb
 from longshore.kanban.v1 import worker_service_pb2_grpc as pb_grpc
 from longshore.sandbox.v1 import sandbox_pb2
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from services.kanban import convert, limits, models
@@ -55,8 +55,11 @@ from services.runtime.sandbox_tokens import SandboxGrant, SandboxTokens, spec_di
 MAX_WAIT_SECONDS = 60.0
 #: Event source of a task blocked at claim by the profile's policy.
 POLICY_SOURCE = "kanban.policy"
-#: Period of a waiting lane's claimability read without a ring (backoffs end silently).
-POLL_SLICE_SECONDS = 1.0
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    """``value`` in UTC (SQLite returns stored times without their zone)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def check_holder(run: models.TaskRun, who: Caller) -> None:
@@ -136,13 +139,13 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self._deployment = deployment
         self._pool = pool
 
-        async def lane_count(profile: str, board_id: str, most: int) -> int:
+        async def lane_count(profile: str, board_id: str, most: int) -> tuple[int, float | None]:
             return await pool.run(self._lane_count, profile, board_id, most)
 
         self._lanes = ClaimLanes(
             bus,
             lane_count,
-            recheck_seconds=POLL_SLICE_SECONDS,
+            recheck_seconds=bus.idle_seconds,
             global_cap=limits.planner.max_in_progress is not None,
         )
 
@@ -287,8 +290,13 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 sandbox_spec=spec,
             )
 
-    def _lane_count(self, profile_name: str, board_id: str, most: int) -> int:
-        """A lane's claimability read (in the pool); see :mod:`services.kanban.claim_lanes`."""
+    def _lane_count(self, profile_name: str, board_id: str, most: int) -> tuple[int, float | None]:
+        """A lane's claimability read (in the pool); see :mod:`services.kanban.claim_lanes`.
+
+        Returns:
+            How many of ``most`` polls may claim now, and in how many seconds
+            the earliest backoff of the lane's tasks ends (None: none backs off).
+        """
         with self._db.read() as s:
             profile = s.get(models.Profile, profile_name)
             if (
@@ -298,8 +306,18 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             ):
                 # Deleted or changed under the polls: wake them all, each
                 # attempt then answers with the precise error.
-                return most
-            return self._claimable(s, profile, board_id, most)
+                return most, None
+            now = self._dispatcher.now()
+            stmt = select(func.min(models.Task.next_attempt_time)).where(
+                models.Task.status == models.READY,
+                models.Task.assignee == profile.name,
+                models.Task.next_attempt_time > now,
+            )
+            if board_id:
+                stmt = stmt.where(models.Task.board_id == board_id)
+            due = s.scalar(stmt)
+            due_in = None if due is None else (_aware(due) - now).total_seconds()
+            return self._claimable(s, profile, board_id, most), due_in
 
     async def ClaimTask(
         self, request: pb.ClaimTaskRequest, context: aio.ServicerContext[Any, Any]
