@@ -26,6 +26,7 @@ from services.kanban import convert, limits, models, secrets
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.handler_pool import HandlerPool
+from services.kanban.latest_plan import LatestPlan
 from services.kanban.server_lists import ListReads
 from services.kanban.server_runs import RunReads
 from services.kanban.spec_checks import SpecChecks
@@ -71,6 +72,9 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
     ) -> None:
         self._db = db
         self._pool = pool
+        # Readiness answers come from the latest plan, built at most once
+        # per state of what it plans from (not once per read).
+        self._plans = LatestPlan(dispatcher)
         self._bus = bus
         self._dispatcher = dispatcher
         self._spec_checks = spec_checks
@@ -236,7 +240,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         with self._db.read() as s:
             row = tasks.get(s, request.task_id)
             parents = links.parent_ids(s, [row.task_id])[row.task_id]
-            readiness = self._dispatcher.readiness(s, [row])[row.task_id].to_proto()
+            readiness = self._plans.readiness(s, [row])[row.task_id].to_proto()
             return pb.GetTaskResponse(task=convert.task(row, parents, readiness))
 
     def UpdateTask(
@@ -347,7 +351,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
     ) -> pb.ExplainTaskResponse:
         with self._db.read() as s:
             row = tasks.get(s, request.task_id)
-            readiness = self._dispatcher.readiness(s, [row])[row.task_id]
+            readiness = self._plans.readiness(s, [row])[row.task_id]
             return pb.ExplainTaskResponse(
                 task_id=row.task_id,
                 status=convert.task_status_value(row.status),
