@@ -22,6 +22,7 @@ from services.kanban.models import Task
 WILDCARD = "*"
 _EVENT_TASKS = "longshore.commit.event_tasks"
 _OUTPUT_RUNS = "longshore.commit.output_runs"
+_PROFILES = "longshore.commit.profiles"
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ class Commit:
         output_runs: Runs whose output grew or that gained an event (so a
             stream following one may have reached its end); may hold
             :data:`WILDCARD`.
-        profiles: Assignees of the tasks whose events were appended (their
-            ClaimTask polls may have work now); may hold :data:`WILDCARD`.
+        profiles: Assignees of the tasks whose events were appended, and
+            profiles changed (their ClaimTask polls may have work now); may
+            hold :data:`WILDCARD`.
     """
 
     added_events: bool = False
@@ -68,6 +70,11 @@ def note_output(session: Session, run_id: str) -> None:
     session.info.setdefault(_OUTPUT_RUNS, set()).add(run_id)
 
 
+def note_profile(session: Session, name: str) -> None:
+    """Mark ``session``: profile ``name`` changed (its polls may have work, or an error)."""
+    session.info.setdefault(_PROFILES, set()).add(name)
+
+
 def of(session: Session) -> Commit:
     """The :class:`Commit` a write session is about to make (call before it commits).
 
@@ -78,8 +85,9 @@ def of(session: Session) -> Commit:
     """
     event_tasks: set[str] = session.info.get(_EVENT_TASKS, set())
     runs: set[str] = session.info.get(_OUTPUT_RUNS, set())
+    noted: set[str] = session.info.get(_PROFILES, set())
     if not event_tasks:
-        return Commit(output_runs=frozenset(runs))
+        return Commit(output_runs=frozenset(runs), profiles=frozenset(noted))
     assignees: dict[str, str | None] = {}
     for obj in session.identity_map.values():
         if isinstance(obj, Task) and obj.task_id in event_tasks:
@@ -89,5 +97,5 @@ def of(session: Session) -> Commit:
     if len(assignees) < len(event_tasks):
         profiles = frozenset({WILDCARD})
     else:
-        profiles = frozenset(a for a in assignees.values() if a)
+        profiles = frozenset(a for a in assignees.values() if a) | noted
     return Commit(added_events=True, output_runs=frozenset(runs), profiles=profiles)

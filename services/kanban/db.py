@@ -231,7 +231,7 @@ class Database:
         if not self.is_postgres:
             return
         sql = text("SELECT pg_notify(:channel, :payload)")
-        if commit.added_events:
+        if commit.added_events or commit.profiles:
             names = commit.profiles
             session.execute(
                 sql,

@@ -52,6 +52,8 @@ def parse(channel: str, text: str) -> tuple[str, Commit | None]:
     origin, _, listed = text.partition(" ")
     names = frozenset(n for n in listed.split(",") if n)
     if channel == EVENTS_CHANNEL:
+        # Sent for a profile change too (no event): re-reading the log then
+        # costs a watcher one empty read, rarely.
         return origin, Commit(added_events=True, profiles=names)
     if channel == OUTPUT_CHANNEL:
         return origin, Commit(output_runs=names)

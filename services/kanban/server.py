@@ -22,7 +22,7 @@ from longshore.sandbox.v1 import sandbox_pb2
 from opentelemetry import propagate
 from sqlalchemy.orm import Session
 
-from services.kanban import convert, limits, models, secrets
+from services.kanban import commits, convert, limits, models, secrets
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.handler_pool import HandlerPool
@@ -166,6 +166,9 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
             self._check_spec(convert.spec_proto(merged), images)
         with self._db.write() as s:
             row = profiles.update(s, request.profile.name, values)
+            # No event, yet its polls may have work now (a cap raised, an
+            # executor changed): wake them here and on every replica.
+            commits.note_profile(s, request.profile.name)
             msg = convert.profile(row)
         self._dispatcher.wake()
         return pb.UpdateProfileResponse(profile=msg)
@@ -185,6 +188,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
     ) -> pb.DeleteProfileResponse:
         with self._db.write() as s:
             profiles.delete(s, request.name)
+            commits.note_profile(s, request.name)  # its polls answer NOT_FOUND now
         return pb.DeleteProfileResponse()
 
     # -- tasks ----------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from google.protobuf.duration_pb2 import Duration
 from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.kanban.v1 import profile_pb2
@@ -140,3 +141,25 @@ def test_a_poll_wakes_when_its_tasks_backoff_ends(kanban: Kanban) -> None:
     assert again.run_id != first.run_id
     readiness = kanban.stub.ExplainTask(pb.ExplainTaskRequest(task_id=task.task_id), timeout=10)
     assert readiness.task_id == task.task_id
+
+
+def test_raising_a_cap_wakes_the_polls_it_frees(kanban: Kanban) -> None:
+    """A profile change appends no event, yet its held polls are rung (and re-read)."""
+    kanban.profile("ext", cap=1)
+    kanban.task("one", assignee="ext")
+    two = kanban.task("two", assignee="ext")
+    kanban.worker.ClaimTask(wpb.ClaimTaskRequest(profile="ext", worker_id="w"), timeout=10)
+    lanes = kanban.app.worker._lanes
+    lanes.recheck_seconds = 3600.0  # only the ring can answer the poll
+    poll = kanban.worker.ClaimTask.future(
+        wpb.ClaimTaskRequest(profile="ext", worker_id="w2", wait=Duration(seconds=60)), timeout=90
+    )
+    wait_until(lambda: lanes.waiting() == 1, "the poll waiting at the cap")
+    kanban.stub.UpdateProfile(
+        pb.UpdateProfileRequest(
+            profile=profile_pb2.Profile(name="ext", max_in_progress=2),
+            update_mask=field_mask_pb2.FieldMask(paths=["max_in_progress"]),
+        ),
+        timeout=10,
+    )
+    assert poll.result(timeout=30).task.task_id == two.task_id
