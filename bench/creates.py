@@ -35,7 +35,7 @@ from bench.kanban import NoopExecutor, _fresh_pg, _postgres
 from services.kanban.service import build_app
 from services.kanban.settings import DatabaseSection, KanbanSection, KanbanSettings
 from services.runtime.channels import open_channel
-from services.runtime.testing import serve_in_process
+from services.runtime.testing import serve_aio_in_process
 
 CLIENTS = 8
 CREATES = 2000
@@ -53,7 +53,7 @@ def _serve(url: str, home: str, address: Connection, stop: Event) -> None:
     app.start()
     app.dispatcher.start()
     try:
-        with serve_in_process(app.grpc_services(), max_workers=32) as srv:
+        with serve_aio_in_process(app.grpc_services()) as srv:
             address.send(srv.address)
             stop.wait()
     finally:

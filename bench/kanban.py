@@ -42,7 +42,7 @@ from services.kanban.executor import RunJob, RunSink
 from services.kanban.planner import plan
 from services.kanban.service import KanbanApp, build_app
 from services.kanban.settings import DatabaseSection, KanbanSection, KanbanSettings
-from services.runtime.testing import serve_in_process
+from services.runtime.testing import serve_aio_in_process
 
 PROFILES = 50
 CAP = 2
@@ -207,7 +207,7 @@ def _ticks(ctx: Context, backend: str, url: str, home: Path, n: int) -> list[Res
 
 
 def _api(ctx: Context, backend: str, url: str, home: Path) -> list[Result]:
-    with _app(url, home) as app, serve_in_process(app.grpc_services(), max_workers=32) as srv:
+    with _app(url, home) as app, serve_aio_in_process(app.grpc_services()) as srv:
         channel = srv.channel()
         stub = kanban_service_pb2_grpc.KanbanServiceStub(channel)
         worker = worker_service_pb2_grpc.WorkerServiceStub(channel)

@@ -11,9 +11,10 @@ from services.kanban.executor import Executor
 from services.kanban.sandbox_client import SandboxClient
 from services.kanban.service import build_app
 from services.kanban.settings import KanbanSettings
+from services.runtime.aio_serving import build_aio_server
 from services.runtime.config import load_settings
 from services.runtime.logs import configure_logging
-from services.runtime.serving import EXIT_CANNOT_START, BindError, build_server
+from services.runtime.serving import EXIT_CANNOT_START, BindError
 from services.runtime.tracing import configure_tracing
 
 log = logging.getLogger("services.kanban")
@@ -39,11 +40,13 @@ def main() -> int:
     )
     app = build_app(settings, executor=executor, backend=backend)
     try:
-        server = build_server(
+        # A held long poll or stream costs a coroutine; the transactions of
+        # every call run in the app's pool of kanban.max_workers threads.
+        server = build_aio_server(
             app.grpc_services(),
             listen=section.listen,
-            max_workers=section.max_workers,
             internal_token=settings.internal_token or None,
+            max_concurrent_rpcs=section.max_concurrent_calls,
             shutdown_delay=settings.shutdown_delay_seconds,
         )
     except BindError as exc:

@@ -13,6 +13,7 @@ order, which WatchEvents relies on to lose nothing. Reads never take it.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from services.kanban import commits, notifications
+from services.kanban.commits import Commit
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +138,9 @@ class Database:
         self._reads = sessionmaker(
             engine.execution_options(**{_READONLY: True}), expire_on_commit=False
         )
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[Commit], None]] = []
+        #: Names this process in its NOTIFY payloads, so it skips its own.
+        self.origin = secrets.token_hex(6)
         self._lock = threading.Lock()
         # SQLite admits one writer; a second BEGIN IMMEDIATE does not queue but
         # polls in SQLite's busy handler, which sleeps up to 100 ms between
@@ -149,8 +155,12 @@ class Database:
         """Whether the backend is PostgreSQL."""
         return self.dialect == "postgresql"
 
-    def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` after every committed write transaction."""
+    def on_commit(self, listener: Callable[[Commit], None]) -> None:
+        """Call ``listener`` with what changed after every committed write transaction.
+
+        It runs on the committing thread, after the commit and outside every
+        lock, so it must be quick (the event bus only schedules wake-ups).
+        """
         with self._lock:
             self._listeners.append(listener)
 
@@ -165,8 +175,10 @@ class Database:
             if self.is_postgres:
                 session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
             yield session
-        for listener in list(self._listeners):
-            listener()
+            # Read the store's marks while the session still holds its objects.
+            commit = commits.of(session)
+            self._notify(session, commit)
+        self._committed(commit)
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
@@ -206,8 +218,46 @@ class Database:
         """
         with self._writer(), self._writes.begin() as session:
             yield session
+            commit = commits.of(session)
+            self._notify(session, commit)
+        self._committed(commit)
+
+    def _notify(self, session: Session, commit: Commit) -> None:
+        """Tell the other replicas (PostgreSQL NOTIFY) what this transaction changes.
+
+        Sent inside the transaction: PostgreSQL delivers it when, and only
+        if, the transaction commits, so a listener never reads too early.
+        """
+        if not self.is_postgres:
+            return
+        sql = text("SELECT pg_notify(:channel, :payload)")
+        if commit.added_events or commit.profiles:
+            names = commit.profiles
+            session.execute(
+                sql,
+                {
+                    "channel": notifications.EVENTS_CHANNEL,
+                    "payload": notifications.payload(self.origin, names),
+                },
+            )
+        if commit.output_runs:
+            session.execute(
+                sql,
+                {
+                    "channel": notifications.OUTPUT_CHANNEL,
+                    "payload": notifications.payload(self.origin, commit.output_runs),
+                },
+            )
+
+    def _committed(self, commit: Commit) -> None:
+        """Tell the listeners what the transaction that just committed changed."""
         for listener in list(self._listeners):
-            listener()
+            listener(commit)
+
+    def listen_url(self) -> str:
+        """The database URL in the form psycopg connects with (for LISTEN)."""
+        url = self.engine.url.set(drivername="postgresql")
+        return url.render_as_string(hide_password=False)
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -10,19 +10,23 @@ dispatcher once the transaction has committed.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
+from grpc import aio
+from longshore.kanban.v1 import event_pb2, task_pb2
 from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.kanban.v1 import kanban_service_pb2_grpc as pb_grpc
-from longshore.kanban.v1 import task_pb2
 from longshore.sandbox.v1 import sandbox_pb2
 from opentelemetry import propagate
 from sqlalchemy.orm import Session
 
-from services.kanban import convert, limits, models, secrets
+from services.kanban import commits, convert, limits, models, secrets
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
+from services.kanban.handler_pool import HandlerPool
+from services.kanban.latest_plan import LatestPlan
 from services.kanban.server_lists import ListReads
 from services.kanban.server_runs import RunReads
 from services.kanban.spec_checks import SpecChecks
@@ -32,7 +36,6 @@ from services.runtime.errors import InvalidArgument, quote
 
 SOURCE = "api"
 WATCH_BATCH = 500
-WATCH_IDLE_SECONDS = 1.0
 
 
 def _current_traceparent() -> str:
@@ -53,12 +56,25 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         bus: Rings when the event log may have grown.
         dispatcher: Plans readiness, runs ticks, applies post-commit effects.
         spec_checks: Validates profiles' sandbox specs on the sandbox manager.
+        pool: Runs the blocking work (every transaction) off the loop; the
+            unary handlers below are blocking and run there whole (see
+            :mod:`services.kanban.handler_pool`), the streams are coroutines.
     """
 
     def __init__(
-        self, db: Database, bus: EventBus, dispatcher: Dispatcher, *, spec_checks: SpecChecks
+        self,
+        db: Database,
+        bus: EventBus,
+        dispatcher: Dispatcher,
+        *,
+        spec_checks: SpecChecks,
+        pool: HandlerPool,
     ) -> None:
         self._db = db
+        self._pool = pool
+        # Readiness answers come from the latest plan, built at most once
+        # per state of what it plans from (not once per read).
+        self._plans = LatestPlan(dispatcher)
         self._bus = bus
         self._dispatcher = dispatcher
         self._spec_checks = spec_checks
@@ -150,6 +166,9 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
             self._check_spec(convert.spec_proto(merged), images)
         with self._db.write() as s:
             row = profiles.update(s, request.profile.name, values)
+            # No event, yet its polls may have work now (a cap raised, an
+            # executor changed): wake them here and on every replica.
+            commits.note_profile(s, request.profile.name)
             msg = convert.profile(row)
         self._dispatcher.wake()
         return pb.UpdateProfileResponse(profile=msg)
@@ -169,6 +188,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
     ) -> pb.DeleteProfileResponse:
         with self._db.write() as s:
             profiles.delete(s, request.name)
+            commits.note_profile(s, request.name)  # its polls answer NOT_FOUND now
         return pb.DeleteProfileResponse()
 
     # -- tasks ----------------------------------------------------------
@@ -224,7 +244,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         with self._db.read() as s:
             row = tasks.get(s, request.task_id)
             parents = links.parent_ids(s, [row.task_id])[row.task_id]
-            readiness = self._dispatcher.readiness(s, [row])[row.task_id].to_proto()
+            readiness = self._plans.readiness(s, [row])[row.task_id].to_proto()
             return pb.GetTaskResponse(task=convert.task(row, parents, readiness))
 
     def UpdateTask(
@@ -335,7 +355,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
     ) -> pb.ExplainTaskResponse:
         with self._db.read() as s:
             row = tasks.get(s, request.task_id)
-            readiness = self._dispatcher.readiness(s, [row])[row.task_id]
+            readiness = self._plans.readiness(s, [row])[row.task_id]
             return pb.ExplainTaskResponse(
                 task_id=row.task_id,
                 status=convert.task_status_value(row.status),
@@ -353,30 +373,41 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
             )
             return pb.AddCommentResponse(comment=convert.comment(row))
 
-    def WatchEvents(
-        self, request: pb.WatchEventsRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.WatchEventsResponse]:
+    def _watch_batch(
+        self, request: pb.WatchEventsRequest, cursor: int
+    ) -> list[event_pb2.TaskEvent]:
+        with self._db.read() as s:
+            rows = events.list_events(
+                s,
+                after_event_id=cursor,
+                task_id=request.task_id,
+                board_id=request.board_id,
+                limit=WATCH_BATCH,
+            )
+            return [convert.event(r) for r in rows]
+
+    def _require_board(self, board_id: str) -> None:
+        with self._db.read() as s:
+            boards.require(s, board_id)
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
         if request.since_event_id < 0:
             raise InvalidArgument("since_event_id: must not be negative")
-        with self._db.read() as s:
-            boards.require(s, request.board_id)
+        await self._pool.run(self._require_board, request.board_id)
+        signal = self._bus.events()
         cursor = request.since_event_id
-        while context.is_active() and not self._bus.closed:
-            version = self._bus.version
-            with self._db.read() as s:
-                rows = events.list_events(
-                    s,
-                    after_event_id=cursor,
-                    task_id=request.task_id,
-                    board_id=request.board_id,
-                    limit=WATCH_BATCH,
-                )
-                batch = [convert.event(r) for r in rows]
+        # Each read takes a pool thread; the waits between them take none. A
+        # client that goes away cancels the stream at its next await.
+        while not self._bus.closed:
+            version = signal.version
+            batch = await self._pool.run(self._watch_batch, request, cursor)
             for msg in batch:
                 yield pb.WatchEventsResponse(event=msg)
                 cursor = msg.event_id
             if len(batch) < WATCH_BATCH:
-                self._bus.wait(version, WATCH_IDLE_SECONDS)
+                await self._bus.wait(signal, version, self._bus.idle_seconds)
 
     # -- dispatch -------------------------------------------------------
 

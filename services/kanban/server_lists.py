@@ -15,8 +15,8 @@ from longshore.kanban.v1 import kanban_service_pb2 as pb
 
 from services.kanban import convert, limits, pagination
 from services.kanban.db import Database
+from services.kanban.latest_plan import LatestPlan
 from services.kanban.store import boards, comments, events, links, profiles, tasks
-from services.kanban.tick import Dispatcher
 from services.runtime.errors import InvalidArgument
 
 TIME, STR, INT = pagination.TIME, pagination.STR, pagination.INT
@@ -26,7 +26,7 @@ class ListReads:
     """Mixin for :class:`~services.kanban.server.KanbanServicer`: the List calls."""
 
     _db: Database
-    _dispatcher: Dispatcher
+    _plans: LatestPlan
     #: Byte budget of one page (tests lower it).
     page_bytes: int = limits.PAGE_BYTES
 
@@ -82,7 +82,7 @@ class ListReads:
             candidates = rows[:size]
             parents = links.parent_ids(s, [r.task_id for r in candidates])
             readiness: dict[str, Any] = (
-                self._dispatcher.readiness(s, candidates) if request.include_readiness else {}
+                self._plans.readiness(s, candidates) if request.include_readiness else {}
             )
             page = pagination.fill(
                 rows,

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
+from grpc import aio
 from longshore.kanban.v1 import kanban_service_pb2 as pb
 from sqlalchemy.orm import Session
 
 from services.kanban import convert, limits, models, pagination
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
+from services.kanban.handler_pool import HandlerPool
 from services.kanban.store import runs
 from services.runtime.errors import InvalidArgument, OutOfRange
 
 STREAM_CHUNK = 64 * 1024
-FOLLOW_IDLE_SECONDS = 0.5
 
 
 def _run_for(s: Session, run_id: str, task_id: str) -> models.TaskRun:
@@ -38,6 +40,7 @@ class RunReads:
 
     _db: Database
     _bus: EventBus
+    _pool: HandlerPool
     #: Byte budget of one page (tests lower it).
     page_bytes: int = limits.PAGE_BYTES
 
@@ -84,28 +87,39 @@ class RunReads:
                 truncated=run.output_truncated,
             )
 
-    def StreamRunOutput(
-        self, request: pb.StreamRunOutputRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.StreamRunOutputResponse]:
-        _check_offset(request.offset)
+    def _stream_start(self, request: pb.StreamRunOutputRequest) -> str:
         with self._db.read() as s:
-            run_id = _run_for(s, request.run_id, request.task_id).run_id
+            return _run_for(s, request.run_id, request.task_id).run_id
+
+    def _stream_read(self, run_id: str, offset: int) -> tuple[bytes, int, bool, bool]:
+        """The next chunk from ``offset``: data, next offset, run ended, at the end."""
+        with self._db.read() as s:
+            run = runs.get_run(s, run_id)
+            data, offset = runs.read_output(s, run, offset, STREAM_CHUNK)
+            return data, offset, run.status != models.RUN_RUNNING, offset >= run.output_bytes
+
+    async def StreamRunOutput(
+        self, request: pb.StreamRunOutputRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.StreamRunOutputResponse]:
+        _check_offset(request.offset)
+        run_id = await self._pool.run(self._stream_start, request)
         offset = request.offset
-        while context.is_active():
-            version = self._bus.version
-            with self._db.read() as s:
-                run = runs.get_run(s, run_id)
-                data, offset = runs.read_output(s, run, offset, STREAM_CHUNK)
-                ended = run.status != models.RUN_RUNNING
-                at_end = offset >= run.output_bytes
-            if data:
-                yield pb.StreamRunOutputResponse(
-                    run_id=run_id, data=data, next_offset=offset, eof=False
+        # The run's own signal rings when its output grows or it gains an
+        # event (ending is one): a stream never wakes for another run's output.
+        with self._bus.following(run_id) as signal:
+            while True:
+                version = signal.version
+                data, offset, ended, at_end = await self._pool.run(
+                    self._stream_read, run_id, offset
                 )
-                continue
-            if at_end and (ended or not request.follow):
-                yield pb.StreamRunOutputResponse(run_id=run_id, next_offset=offset, eof=ended)
-                return
-            if self._bus.closed:
-                return
-            self._bus.wait(version, FOLLOW_IDLE_SECONDS)
+                if data:
+                    yield pb.StreamRunOutputResponse(
+                        run_id=run_id, data=data, next_offset=offset, eof=False
+                    )
+                    continue
+                if at_end and (ended or not request.follow):
+                    yield pb.StreamRunOutputResponse(run_id=run_id, next_offset=offset, eof=ended)
+                    return
+                if self._bus.closed:
+                    return
+                await self._bus.wait(signal, version, self._bus.idle_seconds)

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
-from longshore.kanban.v1 import kanban_service_pb2_grpc, worker_service_pb2_grpc
+from grpc import aio
+from longshore.kanban.v1 import (
+    kanban_service_pb2,
+    kanban_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
 
 from services.kanban.backends import BackendBreaker
 from services.kanban.db import Database, default_url, make_engine
 from services.kanban.events_bus import EventBus
+from services.kanban.handler_pool import HandlerPool
 from services.kanban.migrations import upgrade
 from services.kanban.models import utcnow
 from services.kanban.server import KanbanServicer
@@ -20,49 +28,54 @@ from services.kanban.settings import DispatchLimits, KanbanSettings
 from services.kanban.spec_checks import SpecChecks
 from services.kanban.tick import Dispatcher, RunStarter
 from services.kanban.worker_server import WorkerServicer
+from services.runtime.aio_serving import AioService
 from services.runtime.channels import open_channel
 from services.runtime.sandbox_tokens import SandboxTokens
-from services.runtime.serving import GrpcService
 
-PG_EVENT_POLL_SECONDS = 0.2
+_KANBAN = kanban_service_pb2.DESCRIPTOR.services_by_name["KanbanService"]
+_WORKER = worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"]
 
 
 @dataclass
 class KanbanApp:
-    """A kanban process's parts: database, event bus, dispatcher, servicers."""
+    """A kanban process's parts: database, event bus, dispatcher, servicers, handler pool."""
 
     db: Database
     bus: EventBus
     dispatcher: Dispatcher
     kanban: KanbanServicer
     worker: WorkerServicer
+    pool: HandlerPool
     owned_channels: list[grpc.Channel] = field(default_factory=list)
 
-    def grpc_services(self) -> list[GrpcService]:
-        """The servicers to mount."""
+    def grpc_services(self) -> list[AioService]:
+        """The servicers to mount on a ``grpc.aio`` server (``build_aio_server``)."""
+        kanban = self.pool.aio_face(self.kanban, _KANBAN)
+        worker = self.pool.aio_face(self.worker, _WORKER)
+
+        def register_kanban(server: aio.Server) -> None:
+            # Registration runs on the server's loop: the bus delivers its
+            # wake-ups there from now on, whoever commits.
+            self.bus.bind(asyncio.get_running_loop())
+            kanban_service_pb2_grpc.add_KanbanServiceServicer_to_server(kanban, server)
+
         return [
-            GrpcService(
-                "longshore.kanban.v1.KanbanService",
-                lambda s: kanban_service_pb2_grpc.add_KanbanServiceServicer_to_server(
-                    self.kanban, s
-                ),
-            ),
-            GrpcService(
-                "longshore.kanban.v1.WorkerService",
-                lambda s: worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-                    self.worker, s
-                ),
+            AioService(_KANBAN.full_name, register_kanban),
+            AioService(
+                _WORKER.full_name,
+                lambda s: worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(worker, s),
             ),
         ]
 
     def start(self) -> None:
-        """Start the event poller and, when enabled, the dispatcher loop."""
+        """Start listening to the other replicas (PostgreSQL)."""
         self.bus.start()
 
     def close(self) -> None:
-        """Stop the loop, end streams, close the database."""
+        """Stop the loop, end streams and polls, stop the pool, close the database."""
         self.dispatcher.stop()
         self.bus.close()
+        self.pool.shutdown()
         self.db.dispose()
         for channel in self.owned_channels:
             channel.close()
@@ -106,7 +119,9 @@ def build_app(
     if migrate:
         upgrade(url)
     db = Database(make_engine(url, instrument=instrument))
-    bus = EventBus(db, poll_interval=PG_EVENT_POLL_SECONDS if db.is_postgres else None)
+    # On PostgreSQL the other replicas' commits arrive by LISTEN/NOTIFY.
+    bus = EventBus(db, listen=db.is_postgres)
+    pool = HandlerPool(settings.kanban.max_workers)
     limits = DispatchLimits.from_section(settings.kanban)
     dispatcher = Dispatcher(
         db,
@@ -130,7 +145,9 @@ def build_app(
         db=db,
         bus=bus,
         dispatcher=dispatcher,
-        kanban=KanbanServicer(db, bus, dispatcher, spec_checks=SpecChecks(sandbox_channel)),
+        kanban=KanbanServicer(
+            db, bus, dispatcher, spec_checks=SpecChecks(sandbox_channel), pool=pool
+        ),
         worker=WorkerServicer(
             db,
             bus,
@@ -139,6 +156,8 @@ def build_app(
             limits=limits,
             tokens=tokens,
             deployment=settings.deployment,
+            pool=pool,
         ),
+        pool=pool,
         owned_channels=owned,
     )

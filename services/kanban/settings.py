@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from services.kanban.planner import PlannerSettings, parse_cap, planner_settings
 from services.runtime.config import BaseSettings, PeerSection
 
+#: Largest ``kanban.max_concurrent_calls`` accepted.
+MAX_CONCURRENT_CALLS = 100_000
+
 
 @dataclass(frozen=True)
 class KanbanSection:
@@ -24,7 +27,22 @@ class KanbanSection:
     addr: str = field(
         default="127.0.0.1:50052", metadata={"help": "host:port where peers find the service."}
     )
-    max_workers: int = field(default=32, metadata={"help": "gRPC server worker threads."})
+    max_workers: int = field(
+        default=32,
+        metadata={
+            "help": "Threads of the pool every database transaction of a call runs in "
+            "(unary calls, each long-poll attempt and stream read); held long polls and "
+            "streams wait on the event loop and hold none."
+        },
+    )
+    max_concurrent_calls: int = field(
+        default=20000,
+        metadata={
+            "help": "Calls in flight (held long polls and streams included; each costs a "
+            "coroutine, not a thread) beyond which new calls are RESOURCE_EXHAUSTED; "
+            f"1 to {MAX_CONCURRENT_CALLS}."
+        },
+    )
     default_assignee: str = field(
         default="",
         metadata={"help": "Profile given to unassigned ready tasks; empty or blank = none."},
@@ -81,6 +99,17 @@ class KanbanSection:
     dispatcher_enabled: bool = field(
         default=True, metadata={"help": "Run the dispatcher loop in this process."}
     )
+
+    def __post_init__(self) -> None:
+        # Bounded (no "0 = no limit"): each held call is a coroutine, but a
+        # flood of them is still memory, and kanban must refuse it itself.
+        if not 1 <= self.max_concurrent_calls <= MAX_CONCURRENT_CALLS:
+            raise ValueError(
+                f"kanban.max_concurrent_calls: must be 1 to {MAX_CONCURRENT_CALLS}, "
+                f"got {self.max_concurrent_calls}"
+            )
+        if self.max_workers < 1:
+            raise ValueError(f"kanban.max_workers: must be at least 1, got {self.max_workers}")
 
 
 @dataclass(frozen=True)

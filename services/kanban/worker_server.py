@@ -10,31 +10,40 @@ every later call checks the holder first (another principal's run, or a run
 the dispatcher executes, is PERMISSION_DENIED; an unknown run stays
 NOT_FOUND), then staleness. ClaimTask and Heartbeat hand the holder a sandbox
 token (see :mod:`services.runtime.sandbox_tokens`) for the run's sandbox spec.
+
+ClaimTask is a coroutine: an attempt is a read (is anything claimable?) and,
+only then, the write transaction, both in the handler pool; between attempts
+the poll waits in its lane (:mod:`services.kanban.claim_lanes`) holding no
+thread, and is woken only when a commit may have given its profile work.
+Every other method is blocking and runs whole in the pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
+from grpc import aio
 from longshore.kanban.v1 import worker_service_pb2 as pb
 from longshore.kanban.v1 import worker_service_pb2_grpc as pb_grpc
 from longshore.sandbox.v1 import sandbox_pb2
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from services.kanban import convert, limits, models
+from services.kanban.claim_lanes import ClaimLanes
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.executor_types import merge_spec
+from services.kanban.handler_pool import HandlerPool
 from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, events, failures, links, profiles, runs, tasks
 from services.kanban.tick import Dispatcher
-from services.runtime.callers import DISPATCHER, Caller, caller
+from services.runtime.callers import DISPATCHER, Caller, caller, caller_from_metadata
 from services.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -46,7 +55,11 @@ from services.runtime.sandbox_tokens import SandboxGrant, SandboxTokens, spec_di
 MAX_WAIT_SECONDS = 60.0
 #: Event source of a task blocked at claim by the profile's policy.
 POLICY_SOURCE = "kanban.policy"
-POLL_SLICE_SECONDS = 1.0
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    """``value`` in UTC (SQLite returns stored times without their zone)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def check_holder(run: models.TaskRun, who: Caller) -> None:
@@ -102,6 +115,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             credential (then the sandbox manager checks no tokens either and
             ClaimTask returns none).
         deployment: The deployment the tokens name.
+        pool: Runs the blocking work (every transaction) off the loop.
     """
 
     def __init__(
@@ -114,6 +128,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         limits: DispatchLimits,
         tokens: SandboxTokens | None,
         deployment: str,
+        pool: HandlerPool,
     ) -> None:
         self._db = db
         self._bus = bus
@@ -122,6 +137,17 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self._limits = limits
         self._tokens = tokens
         self._deployment = deployment
+        self._pool = pool
+
+        async def lane_count(profile: str, board_id: str, most: int) -> tuple[int, float | None]:
+            return await pool.run(self._lane_count, profile, board_id, most)
+
+        self._lanes = ClaimLanes(
+            bus,
+            lane_count,
+            recheck_seconds=bus.idle_seconds,
+            global_cap=limits.planner.max_in_progress is not None,
+        )
 
     def _token(
         self,
@@ -199,46 +225,124 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         )
         return (task, run) if run is not None else None
 
-    def ClaimTask(
-        self, request: pb.ClaimTaskRequest, context: grpc.ServicerContext
+    def _claimable(self, s: Session, profile: models.Profile, board_id: str, most: int) -> int:
+        """How many tasks (at most ``most``) a claim of ``profile`` could take now: a read.
+
+        The same conditions as :meth:`_try_claim` (caps, status, backoff,
+        retry limit), without locks: an idle poll must write nothing, so it
+        opens a write transaction only once this says there is work.
+        """
+        settings = self._limits.planner
+        cap = profile.max_in_progress or settings.max_in_progress_per_profile
+        counts = profiles.running_counts(s)
+        room = most
+        if cap:
+            room = min(room, cap - counts.get(profile.name, 0))
+        if settings.max_in_progress:
+            room = min(room, settings.max_in_progress - sum(counts.values()))
+        if room <= 0:
+            return 0
+        stmt = select(models.Task.task_id).where(
+            models.Task.status == models.READY,
+            models.Task.assignee == profile.name,
+            models.Task.failure_count < (profile.retry_max_attempts or settings.failure_limit),
+            or_(
+                models.Task.next_attempt_time.is_(None),
+                models.Task.next_attempt_time <= self._dispatcher.now(),
+            ),
+        )
+        if board_id:
+            stmt = stmt.where(models.Task.board_id == board_id)
+        return len(s.scalars(stmt.limit(room)).all())
+
+    def _claim_profile(self, s: Session, request: pb.ClaimTaskRequest) -> models.Profile:
+        """The poll's profile, if it may be claimed for (and its board exists)."""
+        profile = profiles.get(s, request.profile)
+        if profile.executor != models.EXECUTOR_EXTERNAL:
+            raise FailedPrecondition(
+                f"profile {request.profile!r} has executor {profile.executor}, not external"
+            )
+        if request.board_id and s.get(models.Board, request.board_id) is None:
+            raise NotFound(f"board {request.board_id!r} not found")
+        return profile
+
+    def _attempt(self, request: pb.ClaimTaskRequest, holder: str) -> pb.ClaimTaskResponse | None:
+        """One claim attempt (in the pool): a read, then a write only if there is work."""
+        with self._db.read() as s:
+            if not self._claimable(s, self._claim_profile(s, request), request.board_id, 1):
+                return None
+        with self._db.write() as s:
+            profile = self._claim_profile(s, request)
+            claimed = self._try_claim(s, profile, request.worker_id, request.board_id, holder)
+            if claimed is None:
+                return None
+            task, run = claimed
+            parents = links.parent_ids(s, [task.task_id])[task.task_id]
+            spec = run_spec(task, profile)
+            token, token_expires = self._token(run, spec, run.lease_expire_time)
+            return pb.ClaimTaskResponse(
+                task=convert.task(task, parents),
+                run_id=run.run_id,
+                lease_expire_time=convert.timestamp(run.lease_expire_time),
+                profile=convert.profile(profile),
+                sandbox_token=token,
+                sandbox_token_expire_time=convert.timestamp(token_expires),
+                sandbox_spec=spec,
+            )
+
+    def _lane_count(self, profile_name: str, board_id: str, most: int) -> tuple[int, float | None]:
+        """A lane's claimability read (in the pool); see :mod:`services.kanban.claim_lanes`.
+
+        Returns:
+            How many of ``most`` polls may claim now, and in how many seconds
+            the earliest backoff of the lane's tasks ends (None: none backs off).
+        """
+        with self._db.read() as s:
+            profile = s.get(models.Profile, profile_name)
+            if (
+                profile is None
+                or profile.executor != models.EXECUTOR_EXTERNAL
+                or (board_id and s.get(models.Board, board_id) is None)
+            ):
+                # Deleted or changed under the polls: wake them all, each
+                # attempt then answers with the precise error.
+                return most, None
+            now = self._dispatcher.now()
+            stmt = select(func.min(models.Task.next_attempt_time)).where(
+                models.Task.status == models.READY,
+                models.Task.assignee == profile.name,
+                models.Task.next_attempt_time > now,
+            )
+            if board_id:
+                stmt = stmt.where(models.Task.board_id == board_id)
+            due = s.scalar(stmt)
+            due_in = None if due is None else (_aware(due) - now).total_seconds()
+            return self._claimable(s, profile, board_id, most), due_in
+
+    async def ClaimTask(
+        self, request: pb.ClaimTaskRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ClaimTaskResponse:
         if not request.profile:
             raise InvalidArgument("profile: required")
         if not request.worker_id:
             raise InvalidArgument("worker_id: required")
         wait = min(convert.seconds_of(request.wait, "wait"), MAX_WAIT_SECONDS)
-        deadline = time.monotonic() + wait
+        holder = caller_from_metadata(context.invocation_metadata()).principal
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         while True:
-            version = self._bus.version
-            with self._db.write() as s:
-                profile = profiles.get(s, request.profile)
-                if profile.executor != models.EXECUTOR_EXTERNAL:
-                    raise FailedPrecondition(
-                        f"profile {request.profile!r} has executor {profile.executor}, not external"
-                    )
-                if request.board_id and s.get(models.Board, request.board_id) is None:
-                    raise NotFound(f"board {request.board_id!r} not found")
-                claimed = self._try_claim(
-                    s, profile, request.worker_id, request.board_id, caller(context).principal
-                )
-                if claimed is not None:
-                    task, run = claimed
-                    parents = links.parent_ids(s, [task.task_id])[task.task_id]
-                    spec = run_spec(task, profile)
-                    token, token_expires = self._token(run, spec, run.lease_expire_time)
-                    return pb.ClaimTaskResponse(
-                        task=convert.task(task, parents),
-                        run_id=run.run_id,
-                        lease_expire_time=convert.timestamp(run.lease_expire_time),
-                        profile=convert.profile(profile),
-                        sandbox_token=token,
-                        sandbox_token_expire_time=convert.timestamp(token_expires),
-                        sandbox_spec=spec,
-                    )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not context.is_active() or self._bus.closed:
+            # Read before the attempt: a ring while the attempt runs (the poll
+            # out of its lane) makes the next wait return at once.
+            seen = self._lanes.rings
+            claimed = await self._pool.run(self._attempt, request, holder)
+            if claimed is not None:
+                return claimed
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._bus.closed:
                 return pb.ClaimTaskResponse()
-            self._bus.wait(version, min(remaining, POLL_SLICE_SECONDS))
+            # Waiting holds no thread and no transaction; a client that goes
+            # away cancels this await, and the poll leaves its lane.
+            await self._lanes.wait(request.profile, request.board_id, remaining, seen=seen)
 
     def _refuse(self, run_id: str) -> None:
         """Raise NotFound or FailedPrecondition for a run that did not renew."""

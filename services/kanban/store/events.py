@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.kanban import limits
+from services.kanban import commits, limits
 from services.kanban.models import TaskEvent, utcnow
 
 #: Longest string kept in a payload that is over :data:`limits.EVENT_PAYLOAD_BYTES`.
@@ -86,6 +86,7 @@ def append(
         create_time=now or utcnow(),
     )
     session.add(event)
+    commits.note_event(session, task_id, run_id)
     if flush:
         session.flush()
     return event

@@ -16,6 +16,7 @@ from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from services.kanban import commits
 from services.kanban.models import (
     DONE,
     READY,
@@ -278,6 +279,7 @@ def append_output(session: Session, run_id: str, data: bytes, *, max_bytes: int)
         piece = kept[start : start + MAX_CHUNK]
         session.add(RunOutput(run_id=run_id, offset=offset + start, data=piece))
     run.output_bytes = offset + len(kept)
+    commits.note_output(session, run_id)
     session.flush()
     return run
 

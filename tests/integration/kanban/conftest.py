@@ -25,7 +25,7 @@ from services.kanban.backends import BackendBreaker
 from services.kanban.executor import RunJob, RunSink
 from services.kanban.service import KanbanApp, build_app
 from services.kanban.settings import DatabaseSection, KanbanSection, KanbanSettings
-from services.runtime.testing import RunningServer, serve_in_process
+from services.runtime.testing import RunningServer, serve_aio_in_process, serve_in_process
 from services.sandbox import labels
 from services.sandbox.docker_client import create_client
 from services.sandbox.manager import SandboxManager
@@ -165,7 +165,7 @@ def kanban_factory(database_url: str, tmp_path: Path) -> Iterator[Callable[..., 
             sandbox_channel=sandbox_channel,
             backend=backend,
         )
-        ctx = serve_in_process(app.grpc_services())
+        ctx = serve_aio_in_process(app.grpc_services())
         running = ctx.__enter__()
         stack.append((ctx, app))
         app.start()

@@ -29,7 +29,7 @@ from services.kanban.service import build_app
 from services.kanban.settings import DatabaseSection, KanbanSection, KanbanSettings
 from services.runtime.callers import caller_metadata
 from services.runtime.sandbox_tokens import SandboxTokens, spec_digest
-from services.runtime.testing import RunningServer, serve_in_process
+from services.runtime.testing import RunningServer, serve_aio_in_process
 from tests.integration.kanban.conftest import SANDBOX_TOKEN, Kanban
 
 W1 = caller_metadata("w1", ["worker"])
@@ -551,7 +551,7 @@ def real_kanban(
         settings, executor=executor, instrument=False, sandbox_channel=sandbox_manager.channel()
     )
     try:
-        with serve_in_process(app.grpc_services()) as running:
+        with serve_aio_in_process(app.grpc_services()) as running:
             app.start()
             yield kanban_service_pb2_grpc.KanbanServiceStub(running.channel())
             app.bus.close()
