@@ -1,13 +1,16 @@
 """Engine and transactions for the kanban database (SQLite or PostgreSQL).
 
-One rule keeps both backends safe with several writers: a write transaction
-is exclusive from its first statement. On SQLite every write transaction
-starts with ``BEGIN IMMEDIATE`` (WAL mode, a busy timeout), so there is a
-single writer and no "database is locked" upgrade failure mid-transaction.
-On PostgreSQL every write transaction first takes one transaction-scoped
-advisory lock, so writes from every replica are serialized too: caps counted
-inside a write transaction are exact, and event ids become visible in id
-order, which WatchEvents relies on to lose nothing. Reads never take it.
+SQLite keeps one writer: every write transaction starts with ``BEGIN
+IMMEDIATE`` (WAL mode, a busy timeout), so there is no "database is locked"
+upgrade failure mid-transaction, and a cap counted inside a write transaction
+is exact because nothing else writes until it commits.
+
+PostgreSQL has no global write lock: writes of every replica run side by
+side (READ COMMITTED) and lock only what they protect. A claim locks the cap
+domain it spends (:mod:`services.kanban.store.claims`) and the task rows it
+takes; every other write takes row locks. Event ids are no longer committed in
+id order, so WatchEvents reads up to a watermark below which every id is
+settled (:mod:`services.kanban.store.events`). Reads never lock.
 """
 
 from __future__ import annotations
@@ -19,14 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
-# Key of the PostgreSQL advisory lock every write transaction holds.
-WRITE_LOCK_KEY = 0x4C6F6E67  # "Long"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _READONLY = "longshore_readonly"
 
@@ -156,15 +157,21 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """Open an exclusive write transaction; commit on success.
+        """Open a write transaction; commit on success.
+
+        On SQLite it is exclusive from its first statement; on PostgreSQL it
+        takes only the locks its store functions take (rows, cap domains, the
+        shared event gate).
 
         Yields:
             A session inside the transaction; store functions only flush.
         """
         with self._writer(), self._writes.begin() as session:
-            if self.is_postgres:
-                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
             yield session
+        self._committed()
+
+    def _committed(self) -> None:
+        """Tell every listener that a write transaction committed (the one place)."""
         for listener in list(self._listeners):
             listener()
 
@@ -192,22 +199,6 @@ class Database:
         """
         with self._reads() as session:
             yield session
-
-    @contextmanager
-    def unlocked_write(self) -> Iterator[Session]:
-        """Open a write transaction without the PostgreSQL write lock.
-
-        Only for single-row compare-and-set updates that append no event
-        (lease renewal, output chunks): row locks make them safe, and they
-        must not queue behind the dispatcher. On SQLite it is a plain write.
-
-        Yields:
-            A session inside the transaction.
-        """
-        with self._writer(), self._writes.begin() as session:
-            yield session
-        for listener in list(self._listeners):
-            listener()
 
     def dispose(self) -> None:
         """Close every pooled connection."""

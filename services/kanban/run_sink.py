@@ -70,7 +70,7 @@ class DbRunSink:
     def started(self, run_id: str, sandbox_id: str) -> bool:
         """Record the acquired sandbox; False when the run is stale."""
         try:
-            with self._db.unlocked_write() as s:
+            with self._db.write() as s:
                 runs.fenced(s, run_id, lock=True)
                 runs.set_sandbox(s, run_id, sandbox_id)
         except (FailedPrecondition, NotFound):
@@ -80,14 +80,14 @@ class DbRunSink:
     def output(self, run_id: str, data: bytes) -> None:
         """Append output; a stale run's output is dropped."""
         try:
-            with self._db.unlocked_write() as s:
+            with self._db.write() as s:
                 runs.append_output(s, run_id, data, max_bytes=self._max_output)
         except (FailedPrecondition, NotFound):
             log.debug("output of stale run %s dropped", run_id)
 
     def heartbeat(self, run_id: str) -> bool:
         """Renew the lease; False when the run is stale."""
-        with self._db.unlocked_write() as s:
+        with self._db.write() as s:
             return runs.heartbeat(s, run_id, lease_seconds=self._lease) is not None
 
     def finished(self, run_id: str, outcome: Outcome) -> None:

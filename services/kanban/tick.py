@@ -31,7 +31,7 @@ from services.kanban.executor import RunJob, RunSink, merge_spec
 from services.kanban.planner import BackendView, Plan, Readiness, ReadinessReason, plan
 from services.kanban.run_sink import DbRunSink
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, events, failures, runs, tasks
+from services.kanban.store import Effects, claims, events, failures, runs, tasks
 from services.kanban.store.profiles import check_image
 from services.runtime.callers import DISPATCHER
 from services.runtime.errors import PermissionDenied
@@ -196,10 +196,7 @@ class Dispatcher:
                     self._next_due = _earliest_retry(result)
                 return proto
         with self._db.write() as s:
-            snap = snapshot.build(
-                s, now=now, board_id=board_id, sandbox_backend=self._backend_view()
-            )
-            result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
+            result = self._plan_locked(s, now, board_id, spawn_cap)
             proto = result.to_proto(dry_run=False)
             proto.tick_time.CopyFrom(tick_time)
             self._apply(s, result, proto, jobs, effects, now)
@@ -209,6 +206,41 @@ class Dispatcher:
         self._start(jobs)
         self.apply_effects(effects)
         return proto
+
+    def _plan_locked(
+        self, s: Session, now: dt.datetime, board_id: str, spawn_cap: int | None
+    ) -> Plan:
+        """Plan in the write transaction, holding the cap domains the plan spends.
+
+        The snapshot is read without locks (PostgreSQL: other replicas write
+        meanwhile). The profiles the plan spends are then locked, in the one
+        lock order and before any row lock, and their running runs re-counted:
+        while we hold a profile's lock nobody else can add a run to it, so if
+        no count grew since the snapshot the plan's claims stay within every
+        cap. If one grew (another replica claimed in between), plan again
+        under the locks and spawn only in the domains we hold; the rest wait
+        for the next tick (locking more now would break the lock order).
+        """
+        snap = snapshot.build(s, now=now, board_id=board_id, sandbox_backend=self._backend_view())
+        result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
+        if not result.spawned or not self._db.is_postgres:
+            return result  # SQLite: this transaction is the only writer
+        global_cap = self.limits.planner.max_in_progress is not None
+        spend = {ref.assignee for ref in result.spawned}
+        claims.lock_cap_domains(s, spend, global_cap=global_cap)
+        counts = claims.running_counts(s, spend)
+        grew = any(counts.get(p, 0) > snap.running.get(p, 0) for p in spend) or (
+            global_cap and claims.running_total(s) > sum(snap.running.values())
+        )
+        if not grew:
+            return result
+        snap = snapshot.build(s, now=now, board_id=board_id, sandbox_backend=self._backend_view())
+        result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
+        dropped = [ref for ref in result.spawned if ref.assignee not in spend]
+        if dropped:
+            result.spawned = [ref for ref in result.spawned if ref.assignee in spend]
+            self.wake()
+        return result
 
     def _apply(
         self,
@@ -220,8 +252,8 @@ class Dispatcher:
         now: dt.datetime,
     ) -> None:
         for reclaim in (*result.reclaimed, *result.crashed):
-            run = s.get(models.TaskRun, reclaim.run_id)
-            task = s.get(models.Task, reclaim.task_id)
+            run = s.get(models.TaskRun, reclaim.run_id, with_for_update=True)
+            task = s.get(models.Task, reclaim.task_id, with_for_update=True)
             if run is None or task is None or task.current_run_id != run.run_id:
                 continue
             # The plan's time and class: the task's backoff is the one the
@@ -242,7 +274,7 @@ class Dispatcher:
             )
             effects.cancelled_runs.append(run.run_id)  # kill a straggling exec, if any
         for task_id in result.promoted:
-            task = s.get(models.Task, task_id)
+            task = s.get(models.Task, task_id, with_for_update=True)
             if task is not None and task.status == models.TODO:
                 tasks.set_status(
                     s,
@@ -254,7 +286,7 @@ class Dispatcher:
                     kind="promoted",
                 )
         for ref in result.auto_assigned_default:
-            task = s.get(models.Task, ref.task_id)
+            task = s.get(models.Task, ref.task_id, with_for_update=True)
             if task is not None and not task.assignee:
                 task.assignee = ref.assignee
                 task.update_time = now
@@ -268,7 +300,7 @@ class Dispatcher:
                     now=now,
                 )
         for blocked in result.auto_blocked:
-            task = s.get(models.Task, blocked.task_id)
+            task = s.get(models.Task, blocked.task_id, with_for_update=True)
             if task is None or task.status != models.READY:
                 continue  # a reclaim above already blocked it
             task.status = models.BLOCKED

@@ -23,7 +23,7 @@ import grpc
 from longshore.kanban.v1 import worker_service_pb2 as pb
 from longshore.kanban.v1 import worker_service_pb2_grpc as pb_grpc
 from longshore.sandbox.v1 import sandbox_pb2
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.kanban import convert, limits, models
@@ -32,7 +32,7 @@ from services.kanban.events_bus import EventBus
 from services.kanban.executor_types import merge_spec
 from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, events, failures, links, profiles, runs, tasks
+from services.kanban.store import Effects, claims, events, failures, links, profiles, runs
 from services.kanban.tick import Dispatcher
 from services.runtime.callers import DISPATCHER, Caller, caller
 from services.runtime.errors import (
@@ -152,52 +152,16 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def _try_claim(
         self, s: Session, profile: models.Profile, worker_id: str, board_id: str, holder: str
     ) -> tuple[models.Task, models.TaskRun] | None:
-        settings = self._limits.planner
-        cap = profile.max_in_progress or settings.max_in_progress_per_profile
-        counts = profiles.running_counts(s)
-        if cap and counts.get(profile.name, 0) >= cap:
-            return None
-        if settings.max_in_progress and sum(counts.values()) >= settings.max_in_progress:
-            return None
-        # Not a task backing off after a failure (its retry is not due), nor
-        # one past the profile's retry limit (the breaker blocks it).
-        stmt = select(models.Task).where(
-            models.Task.status == models.READY,
-            models.Task.assignee == profile.name,
-            models.Task.failure_count < (profile.retry_max_attempts or settings.failure_limit),
-            or_(
-                models.Task.next_attempt_time.is_(None),
-                models.Task.next_attempt_time <= self._dispatcher.now(),
-            ),
-        )
-        if board_id:
-            stmt = stmt.where(models.Task.board_id == board_id)
-        stmt = stmt.order_by(
-            models.Task.priority.desc(), models.Task.create_time, models.Task.task_id
-        ).limit(1)
-        task = s.scalar(stmt)
-        if task is None:
-            return None
-        try:
-            # Checked again at claim: the profile's images may have changed
-            # since the task was written. A refusal is for good: block it.
-            profiles.check_image(profile, task.image)
-        except PermissionDenied as exc:
-            tasks.set_status(
-                s, task, models.BLOCKED, reason=exc.message, source=POLICY_SOURCE, effects=Effects()
-            )
-            return None
-        run = runs.claim(
+        return claims.claim_next(
             s,
-            task,
-            profile=profile.name,
+            profile,
             worker_id=worker_id,
-            executor_instance="",
-            lease_seconds=self._section.claim_ttl_seconds,
-            source=f"worker:{worker_id}",
+            board_id=board_id,
             holder=holder,
+            settings=self._limits.planner,
+            lease_seconds=self._section.claim_ttl_seconds,
+            now=self._dispatcher.now(),
         )
-        return (task, run) if run is not None else None
 
     def ClaimTask(
         self, request: pb.ClaimTaskRequest, context: grpc.ServicerContext
@@ -266,7 +230,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if not request.run_id:
             raise InvalidArgument("run_id: required")
         token, token_expires = "", None
-        with self._db.unlocked_write() as s:
+        with self._db.write() as s:
             # The holder never changes once claimed, so reading it before the
             # compare-and-set (not under a row lock) is safe.
             run = self._held(s, request.run_id, context)
@@ -295,7 +259,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def AppendOutput(
         self, request: pb.AppendOutputRequest, context: grpc.ServicerContext
     ) -> pb.AppendOutputResponse:
-        with self._db.unlocked_write() as s:
+        with self._db.write() as s:
             self._held(s, request.run_id, context)
             run = runs.append_output(
                 s, request.run_id, request.data, max_bytes=self._section.run_output_max_bytes
