@@ -1,12 +1,14 @@
 """The dispatcher: one real tick (or a dry run), and the loop that ticks.
 
 A tick reads a :mod:`~services.kanban.snapshot`, asks the pure planner for a
-:class:`~services.kanban.planner.Plan`, and applies it in the same
-exclusive write transaction (see :mod:`services.kanban.db`): reclaim,
-promote, assign defaults, trip breakers, then claim each spawned task with a
-compare-and-set that creates its run. Only after the commit are the claimed
-runs handed to the executor. A dry run builds the same snapshot in a read
-transaction and returns the plan: it writes nothing, and predicts exactly.
+:class:`~services.kanban.planner.Plan`, and applies it in the same write
+transaction (see :mod:`services.kanban.db`), holding the cap domains the plan
+spends (:mod:`services.kanban.store.claims`): reclaim, promote, assign
+defaults, trip breakers, then claim the spawned tasks, each bucket one
+compare-and-set statement (:mod:`services.kanban.store.transitions`). Only
+after the commit is the response built and are the claimed runs handed to the
+executor. A dry run builds the same snapshot in a read transaction and
+returns the plan: it writes nothing, and predicts exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from services.kanban.executor import RunJob, RunSink, merge_spec
 from services.kanban.planner import BackendView, Plan, Readiness, ReadinessReason, plan
 from services.kanban.run_sink import DbRunSink
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, claims, events, failures, runs, tasks
+from services.kanban.store import Effects, claims, runs, transitions
 from services.kanban.store.profiles import check_image
 from services.runtime.callers import DISPATCHER
 from services.runtime.errors import PermissionDenied
@@ -178,12 +180,12 @@ class Dispatcher:
         tick_time: timestamp_pb2.Timestamp,
     ) -> dispatch_pb2.DispatchResult:
         effects = Effects()
-        jobs: list[RunJob] = []
         if self._quiet:
             # The last tick wrote nothing: plan on a plain read first, and
-            # take the write lock (which every create and claim waits on)
-            # only when this plan has something to write. Writing ticks
-            # re-plan under the lock, so caps stay exact.
+            # open a write transaction (on SQLite the one writer slot, which
+            # every create and claim waits on) only when this plan has
+            # something to write. Writing ticks re-plan inside it, so caps
+            # stay exact.
             with self._db.read() as s:
                 snap = snapshot.build(
                     s, now=now, board_id=board_id, sandbox_backend=self._backend_view()
@@ -197,9 +199,17 @@ class Dispatcher:
                 return proto
         with self._db.write() as s:
             result = self._plan_locked(s, now, board_id, spawn_cap)
-            proto = result.to_proto(dry_run=False)
-            proto.tick_time.CopyFrom(tick_time)
-            self._apply(s, result, proto, jobs, effects, now)
+            won, profiles = self._apply(s, result, effects, now)
+        # After the commit: the transaction held its locks only for the writes.
+        proto = result.to_proto(dry_run=False)
+        proto.tick_time.CopyFrom(tick_time)
+        jobs: list[RunJob] = []
+        for i, ref in enumerate(result.spawned):
+            claimed = won.get(ref.task_id)
+            if claimed is None:
+                continue
+            proto.spawned[i].run_id = claimed.run.run_id
+            jobs.append(self._job(claimed, profiles[ref.assignee]))
         self._quiet = not _writes(result)
         if not board_id:
             self._next_due = _earliest_retry(result)
@@ -243,95 +253,29 @@ class Dispatcher:
         return result
 
     def _apply(
-        self,
-        s: Session,
-        result: Plan,
-        proto: dispatch_pb2.DispatchResult,
-        jobs: list[RunJob],
-        effects: Effects,
-        now: dt.datetime,
-    ) -> None:
-        for reclaim in (*result.reclaimed, *result.crashed):
-            run = s.get(models.TaskRun, reclaim.run_id, with_for_update=True)
-            task = s.get(models.Task, reclaim.task_id, with_for_update=True)
-            if run is None or task is None or task.current_run_id != run.run_id:
-                continue
-            # The plan's time and class: the task's backoff is the one the
-            # plan (and so the dry run) computed.
-            failures.fail(
-                s,
-                run,
-                task,
-                status=models.RUN_LOST,
-                error=reclaim.reason,
-                retryable=True,
-                settings=self.limits.planner,
-                source=SOURCE,
-                effects=effects,
-                reason=reclaim.reason,
-                failure_class=reclaim.failure_class,
-                now=now,
-            )
-            effects.cancelled_runs.append(run.run_id)  # kill a straggling exec, if any
-        for task_id in result.promoted:
-            task = s.get(models.Task, task_id, with_for_update=True)
-            if task is not None and task.status == models.TODO:
-                tasks.set_status(
-                    s,
-                    task,
-                    models.READY,
-                    reason="parents done",
-                    source=SOURCE,
-                    effects=effects,
-                    kind="promoted",
-                )
-        for ref in result.auto_assigned_default:
-            task = s.get(models.Task, ref.task_id, with_for_update=True)
-            if task is not None and not task.assignee:
-                task.assignee = ref.assignee
-                task.update_time = now
-                events.append(
-                    s,
-                    task_id=task.task_id,
-                    board_id=task.board_id,
-                    kind="assigned",
-                    source=DEFAULT_ASSIGNEE_SOURCE,
-                    payload={"from": "", "to": ref.assignee},
-                    now=now,
-                )
-        for blocked in result.auto_blocked:
-            task = s.get(models.Task, blocked.task_id, with_for_update=True)
-            if task is None or task.status != models.READY:
-                continue  # a reclaim above already blocked it
-            task.status = models.BLOCKED
-            task.breaker_open = True
-            task.blocked_reason = blocked.reason
-            task.update_time = now
-            events.append(
-                s,
-                task_id=task.task_id,
-                board_id=task.board_id,
-                kind="gave_up",
-                source=SOURCE,
-                payload={"reason": blocked.reason},
-                now=now,
-            )
+        self, s: Session, result: Plan, effects: Effects, now: dt.datetime
+    ) -> tuple[dict[str, runs.Claimed], dict[str, models.Profile]]:
+        """Write the plan: one statement (or two, with its events) per bucket."""
+        settings = self.limits.planner
+        transitions.reclaim(
+            s,
+            [*result.reclaimed, *result.crashed],
+            settings=settings,
+            source=SOURCE,
+            effects=effects,
+            now=now,
+        )
+        transitions.promote(s, result.promoted, source=SOURCE, effects=effects, now=now)
+        transitions.assign_default(
+            s, result.auto_assigned_default, source=DEFAULT_ASSIGNEE_SOURCE, now=now
+        )
+        transitions.give_up(s, result.auto_blocked, source=SOURCE, now=now)
         if not result.spawned:
-            return
+            return {}, {}
         profiles = {p.name: p for p in s.scalars(select(models.Profile))}
-        wanted = [ref.task_id for ref in result.spawned]
-        loaded = {
-            t.task_id: t
-            for t in s.scalars(select(models.Task).where(models.Task.task_id.in_(wanted)))
-        }
-        claims = [
-            (loaded[ref.task_id], ref.assignee)
-            for ref in result.spawned
-            if ref.task_id in loaded and ref.assignee in profiles
-        ]
         won = runs.claim_many(
             s,
-            claims,
+            [(ref.task_id, ref.assignee) for ref in result.spawned if ref.assignee in profiles],
             worker_id=f"kanban-executor/{self.instance}",
             executor_instance=self.instance,
             lease_seconds=self._section.claim_ttl_seconds,
@@ -340,14 +284,9 @@ class Dispatcher:
             now=now,
             event_kind="spawned",
         )
-        for i, ref in enumerate(result.spawned):
-            run = won.get(ref.task_id)
-            if run is None:
-                continue
-            proto.spawned[i].run_id = run.run_id
-            jobs.append(self._job(loaded[ref.task_id], profiles[ref.assignee], run.run_id))
+        return won, profiles
 
-    def _job(self, task: models.Task, profile: models.Profile, run_id: str) -> RunJob:
+    def _job(self, task: runs.Claimed, profile: models.Profile) -> RunJob:
         timeout = (
             task.max_runtime_seconds
             or profile.default_max_runtime_seconds
@@ -361,7 +300,7 @@ class Dispatcher:
         except PermissionDenied as exc:
             refusal = exc.message
         return RunJob(
-            run_id=run_id,
+            run_id=task.run.run_id,
             task_id=task.task_id,
             profile=profile.name,
             spec=merge_spec(convert.spec_proto(profile.sandbox_spec or {}), image=task.image),

@@ -38,9 +38,10 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from services.kanban import limits
@@ -153,6 +154,35 @@ def append(
     if flush:
         session.flush()
     return event
+
+
+def append_many(session: Session, rows: Sequence[dict[str, Any]], *, now: dt.datetime) -> None:
+    """Append many events in one INSERT (a tick's bucket); their ids are not read back.
+
+    Args:
+        session: The caller's write session.
+        rows: One mapping per event with ``task_id``, ``board_id``, ``kind``,
+            ``source`` and optionally ``payload`` and ``run_id``.
+        now: Every event's time.
+    """
+    if not rows:
+        return
+    enter_gate(session)
+    session.execute(
+        insert(TaskEvent),
+        [
+            {
+                "task_id": r["task_id"],
+                "board_id": r["board_id"],
+                "kind": r["kind"],
+                "source": r["source"],
+                "payload": bounded(r.get("payload") or {}),
+                "run_id": r.get("run_id", ""),
+                "create_time": now,
+            }
+            for r in rows
+        ],
+    )
 
 
 def list_events(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -97,6 +98,24 @@ def fenced(session: Session, run_id: str, *, lock: bool = False) -> tuple[TaskRu
     return run, task
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A task won by :func:`claim_many`: what spawning it needs, and its new run.
+
+    ``run`` is not in the session (it was inserted in bulk); read it, or load
+    it again to change it.
+    """
+
+    task_id: str
+    board_id: str
+    image: str
+    command: list[Any]
+    env: dict[str, Any]
+    max_runtime_seconds: float | None
+    trace_parent: str
+    run: TaskRun
+
+
 def claim(
     session: Session,
     task: Task,
@@ -112,12 +131,14 @@ def claim(
 ) -> TaskRun | None:
     """Claim a ready task: compare-and-set ready → running and create its run.
 
+    ``task`` (loaded in this session) is updated to what was written.
+
     Returns:
         The new run, or None when the task was no longer ready.
     """
     won = claim_many(
         session,
-        [(task, profile)],
+        [(task.task_id, profile)],
         worker_id=worker_id,
         executor_instance=executor_instance,
         lease_seconds=lease_seconds,
@@ -126,12 +147,24 @@ def claim(
         now=now,
         event_kind=event_kind,
     )
-    return won.get(task.task_id)
+    claimed = won.get(task.task_id)
+    if claimed is None:
+        return None
+    run = claimed.run
+    for key, value in (
+        ("status", RUNNING),
+        ("current_run_id", run.run_id),
+        ("update_time", run.start_time),
+        ("assignee", profile),
+        ("next_attempt_time", None),
+    ):
+        set_committed_value(task, key, value)
+    return run
 
 
 def claim_many(
     session: Session,
-    claims: Sequence[tuple[Task, str]],
+    claims: Sequence[tuple[str, str]],
     *,
     worker_id: str,
     executor_instance: str,
@@ -140,16 +173,20 @@ def claim_many(
     holder: str,
     now: dt.datetime | None = None,
     event_kind: str = "claimed",
-) -> dict[str, TaskRun]:
-    """Claim many ready tasks in one round trip (the dispatcher's batch).
+) -> dict[str, Claimed]:
+    """Claim many ready tasks in three statements, however many there are.
 
-    Each claim is ``UPDATE tasks SET status='running', current_run_id=:run
-    WHERE task_id=:task AND status='ready'``; a task another caller took
-    meanwhile simply is not won.
+    One ``UPDATE tasks ... WHERE task_id IN (...) AND status = 'ready'
+    RETURNING ...`` is the compare-and-set: a task another caller took
+    meanwhile is not returned, so it is not won (on PostgreSQL the UPDATE
+    waits for a row lock held by a concurrent writer and re-checks the status
+    on the committed row). Then one INSERT of the won runs and one of their
+    events. The caller holds the cap domains the claims spend
+    (:mod:`services.kanban.store.claims`).
 
     Args:
         session: The caller's write session.
-        claims: (task, profile) pairs.
+        claims: (task id, profile) pairs.
         worker_id: Holder recorded on the runs.
         executor_instance: Spawning process, for crash detection ("" for workers).
         lease_seconds: Initial lease.
@@ -160,51 +197,44 @@ def claim_many(
         event_kind: ``claimed`` (a worker) or ``spawned`` (the dispatcher).
 
     Returns:
-        The new run per won task id.
+        What was won, per task id.
     """
     if not claims:
         return {}
     now = now or utcnow()
-    run_ids = {task.task_id: new_id("r") for task, _ in claims}
+    profiles = dict(claims)
+    run_ids = {task_id: new_id("r") for task_id in profiles}
     table = cast(Table, Task.__table__)
     stmt = (
         update(table)
-        .where(table.c.task_id == bindparam("b_task"), table.c.status == READY)
+        .where(table.c.task_id.in_(list(run_ids)), table.c.status == READY)
         .values(
             status=RUNNING,
-            current_run_id=bindparam("b_run"),
-            update_time=bindparam("b_now", type_=Task.update_time.type),
-            assignee=bindparam("b_profile"),
+            current_run_id=case(run_ids, value=table.c.task_id),
+            assignee=case(profiles, value=table.c.task_id),
+            update_time=now,
             next_attempt_time=None,
         )
+        .returning(
+            table.c.task_id,
+            table.c.board_id,
+            table.c.image,
+            table.c.command,
+            table.c.env,
+            table.c.max_runtime_seconds,
+            table.c.trace_parent,
+        )
     )
-    session.execute(
-        stmt,
-        [
-            {"b_task": t.task_id, "b_run": run_ids[t.task_id], "b_now": now, "b_profile": p}
-            for t, p in claims
-        ],
-    )
-    check = select(Task.task_id, Task.current_run_id).where(Task.task_id.in_(list(run_ids)))
-    won_ids = {tid for tid, rid in session.execute(check) if rid == run_ids[tid]}
+    rows = sorted(session.execute(stmt), key=lambda r: r.task_id)
+    if not rows:
+        return {}
     lease = now + dt.timedelta(seconds=lease_seconds)
-    won: dict[str, TaskRun] = {}
-    for task, profile in claims:
-        if task.task_id not in won_ids:
-            continue
-        run_id = run_ids[task.task_id]
-        for key, value in (
-            ("status", RUNNING),
-            ("current_run_id", run_id),
-            ("update_time", now),
-            ("assignee", profile),
-            ("next_attempt_time", None),
-        ):
-            set_committed_value(task, key, value)
+    won: dict[str, Claimed] = {}
+    for row in rows:
         run = TaskRun(
-            run_id=run_id,
-            task_id=task.task_id,
-            profile=profile,
+            run_id=run_ids[row.task_id],
+            task_id=row.task_id,
+            profile=profiles[row.task_id],
             status=RUN_RUNNING,
             worker_id=worker_id,
             executor_instance=executor_instance,
@@ -216,21 +246,40 @@ def claim_many(
             output_bytes=0,
             output_truncated=False,
             counted_failure=False,
+            failure_class="",
+            end_time=None,
+            exit_code=None,
         )
-        session.add(run)
-        won[task.task_id] = run
-        events.append(
-            session,
-            task_id=task.task_id,
-            board_id=task.board_id,
-            kind=event_kind,
-            source=source,
-            payload={"profile": profile, "worker_id": worker_id},
-            run_id=run_id,
-            now=now,
-            flush=False,
+        won[row.task_id] = Claimed(
+            task_id=row.task_id,
+            board_id=row.board_id,
+            image=row.image or "",
+            command=list(row.command or ()),
+            env=dict(row.env or {}),
+            max_runtime_seconds=row.max_runtime_seconds,
+            trace_parent=row.trace_parent or "",
+            run=run,
         )
-    session.flush()
+    runs_table = cast(Table, TaskRun.__table__)
+    session.execute(
+        insert(runs_table),
+        [{c.key: getattr(w.run, c.key) for c in runs_table.columns} for w in won.values()],
+    )
+    events.append_many(
+        session,
+        [
+            {
+                "task_id": w.task_id,
+                "board_id": w.board_id,
+                "kind": event_kind,
+                "source": source,
+                "payload": {"profile": w.run.profile, "worker_id": worker_id},
+                "run_id": w.run.run_id,
+            }
+            for w in won.values()
+        ],
+        now=now,
+    )
     return won
 
 
