@@ -26,6 +26,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.kanban.store import EFFECTS, Effects
+
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -136,6 +138,7 @@ class Database:
             engine.execution_options(**{_READONLY: True}), expire_on_commit=False
         )
         self._listeners: list[Callable[[], None]] = []
+        self._appliers: list[Callable[[Effects], None]] = []
         self._lock = threading.Lock()
         # SQLite admits one writer; a second BEGIN IMMEDIATE does not queue but
         # polls in SQLite's busy handler, which sleeps up to 100 ms between
@@ -155,6 +158,11 @@ class Database:
         with self._lock:
             self._listeners.append(listener)
 
+    def on_effects(self, applier: Callable[[Effects], None]) -> None:
+        """Hand every committed transaction's ``store.effects_of`` to ``applier``."""
+        with self._lock:
+            self._appliers.append(applier)
+
     @contextmanager
     def write(self) -> Iterator[Session]:
         """Open a write transaction; commit on success.
@@ -168,12 +176,21 @@ class Database:
         """
         with self._writer(), self._writes.begin() as session:
             yield session
-        self._committed()
+        self._committed(session)
 
-    def _committed(self) -> None:
-        """Tell every listener that a write transaction committed (the one place)."""
+    def _committed(self, session: Session) -> None:
+        """After a commit (the one place): tell the listeners, then apply the effects.
+
+        Reached only when the transaction committed: an exception inside
+        ``write()`` rolls back and skips both, so a rolled-back move never
+        kills an exec or releases a sandbox.
+        """
         for listener in list(self._listeners):
             listener()
+        effects = session.info.get(EFFECTS)
+        if isinstance(effects, Effects):
+            for applier in list(self._appliers):
+                applier(effects)
 
     @contextmanager
     def _writer(self) -> Iterator[None]:

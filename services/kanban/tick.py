@@ -33,7 +33,7 @@ from services.kanban.executor import RunJob, RunSink, merge_spec
 from services.kanban.planner import BackendView, Plan, Readiness, ReadinessReason, plan
 from services.kanban.run_sink import DbRunSink
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, claims, runs, transitions
+from services.kanban.store import Effects, claims, effects_of, runs, transitions
 from services.kanban.store.profiles import check_image
 from services.runtime.callers import DISPATCHER
 from services.runtime.errors import PermissionDenied
@@ -107,6 +107,8 @@ class Dispatcher:
         # interval of waiting, never a missed retry.
         self._next_due: dt.datetime | None = None
         self.backend = backend
+        # The unit of work hands every committed transaction's effects here.
+        db.on_effects(self.apply_effects)
         if backend is not None:
             backend.set_on_available(self.wake)
         self.sink = DbRunSink(
@@ -114,7 +116,6 @@ class Dispatcher:
             lease_seconds=section.claim_ttl_seconds,
             max_output_bytes=section.run_output_max_bytes,
             settings=limits.planner,
-            after_commit=self.apply_effects,
             backend=backend,
             clock=clock,
         )
@@ -179,7 +180,6 @@ class Dispatcher:
         spawn_cap: int | None,
         tick_time: timestamp_pb2.Timestamp,
     ) -> dispatch_pb2.DispatchResult:
-        effects = Effects()
         if self._quiet:
             # The last tick wrote nothing: plan on a plain read first, and
             # open a write transaction (on SQLite the one writer slot, which
@@ -199,7 +199,8 @@ class Dispatcher:
                 return proto
         with self._db.write() as s:
             result = self._plan_locked(s, now, board_id, spawn_cap)
-            won, profiles = self._apply(s, result, effects, now)
+            # Applied by the unit of work once this commits (see __init__).
+            won, profiles = self._apply(s, result, effects_of(s), now)
         # After the commit: the transaction held its locks only for the writes.
         proto = result.to_proto(dry_run=False)
         proto.tick_time.CopyFrom(tick_time)
@@ -214,7 +215,6 @@ class Dispatcher:
         if not board_id:
             self._next_due = _earliest_retry(result)
         self._start(jobs)
-        self.apply_effects(effects)
         return proto
 
     def _plan_locked(
@@ -378,7 +378,8 @@ class Dispatcher:
                 until = (due - self._clock()).total_seconds() + 0.01
                 wait = min(interval, max(0.01, until))
             self._wake.wait(wait)
-            # A tick holds the write lock while it plans; ticking once per
+            # A writing tick holds SQLite's one writer slot (on PostgreSQL
+            # the cap domains it spends) while it plans; ticking once per
             # wake would let a burst of creates (each wakes the loop) queue
             # behind back-to-back ticks. Coalesce: after a tick of d seconds
             # the next waits max(WAKE_COALESCE_SECONDS, TICK_SHARE_FACTOR * d),

@@ -36,7 +36,7 @@ from services.kanban.models import (
     TaskRun,
 )
 from services.kanban.planner import PlannerSettings
-from services.kanban.store import Effects, runs, tasks
+from services.kanban.store import effects_of, lifecycle, runs
 from services.kanban.store.profiles import check_image
 from services.runtime.errors import PermissionDenied
 
@@ -195,8 +195,13 @@ def claim_next(
         # since the task was written. A refusal is for good: block it.
         check_image(profile, task.image)
     except PermissionDenied as exc:
-        tasks.set_status(
-            session, task, BLOCKED, reason=exc.message, source=POLICY_SOURCE, effects=Effects()
+        lifecycle.set_status(
+            session,
+            task,
+            BLOCKED,
+            reason=exc.message,
+            source=POLICY_SOURCE,
+            effects=effects_of(session),
         )
         return None
     run = runs.claim(

@@ -20,7 +20,6 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.kanban.models import (
     DONE,
     READY,
-    RUN_CANCELLED,
     RUN_RUNNING,
     RUN_SUCCEEDED,
     RUNNING,
@@ -29,39 +28,12 @@ from services.kanban.models import (
     TaskRun,
     utcnow,
 )
-from services.kanban.planner import FailureClass
-from services.kanban.store import Effects, events, new_id, tasks
+from services.kanban.store import Effects, events, lifecycle, new_id
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 MAX_CHUNK = 64 * 1024
+end_run = lifecycle.end_run
 DEFAULT_READ_LIMIT = 1024 * 1024
-
-
-def end_run(
-    run: TaskRun,
-    *,
-    status: str,
-    error: str = "",
-    exit_code: int | None = None,
-    counted: bool = False,
-    now: dt.datetime | None = None,
-    failure_class: FailureClass | None = None,
-) -> None:
-    """Mark a run ended (no event, no task change).
-
-    ``failure_class`` is recorded for a failed run; a cancelled run without
-    one was cancelled by an operator (a task moved out of running): the
-    platform's, never counted.
-    """
-    if failure_class is None and status == RUN_CANCELLED:
-        failure_class = FailureClass.PLATFORM
-    run.status = status
-    run.error = error
-    run.exit_code = exit_code
-    run.counted_failure = counted
-    run.failure_class = failure_class.value if failure_class is not None else ""
-    run.end_time = now or utcnow()
-    run.lease_expire_time = None
 
 
 def get_run(session: Session, run_id: str) -> TaskRun:
@@ -361,7 +333,7 @@ def latest_run(session: Session, task_id: str) -> TaskRun:
     Raises:
         NotFound: The task does not exist or has no runs.
     """
-    tasks.get(session, task_id)
+    lifecycle.get(session, task_id)
     stmt = (
         select(TaskRun)
         .where(TaskRun.task_id == task_id)
@@ -378,7 +350,7 @@ def list_runs(
     session: Session, task_id: str, *, after: tuple[dt.datetime, str] | None, limit: int
 ) -> list[TaskRun]:
     """Return a task's runs, newest first."""
-    tasks.get(session, task_id)
+    lifecycle.get(session, task_id)
     stmt = select(TaskRun).where(TaskRun.task_id == task_id)
     if after is not None:
         t, rid = after
@@ -400,7 +372,23 @@ def running_total(session: Session) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def complete(session: Session, run_id: str, *, summary: str, source: str, effects: Effects) -> Task:
+def note_exec_end(run: TaskRun, task: Task, *, truncated: bool, sandbox_id: str) -> None:
+    """Record what an exec reported at its end: output cut, and the sandbox it used."""
+    if truncated:
+        run.output_truncated = True
+    if sandbox_id and not run.sandbox_id:
+        run.sandbox_id = task.sandbox_id = sandbox_id
+
+
+def complete(
+    session: Session,
+    run_id: str,
+    *,
+    summary: str,
+    source: str,
+    effects: Effects,
+    exit_code: int | None = None,
+) -> Task:
     """End a run successfully: the task is done and its failure streak resets.
 
     Raises:
@@ -408,7 +396,8 @@ def complete(session: Session, run_id: str, *, summary: str, source: str, effect
     """
     run, task = fenced(session, run_id, lock=True)
     now = utcnow()
-    end_run(run, status=RUN_SUCCEEDED, exit_code=run.exit_code or 0, now=now)
+    code = exit_code if exit_code is not None else run.exit_code or 0
+    end_run(run, status=RUN_SUCCEEDED, exit_code=code, now=now)
     task.current_run_id = None
     task.failure_count = 0
     task.next_attempt_time = None
@@ -422,7 +411,7 @@ def complete(session: Session, run_id: str, *, summary: str, source: str, effect
         run_id=run_id,
         now=now,
     )
-    tasks.set_status(session, task, DONE, reason="completed", source=source, effects=effects)
+    lifecycle.set_status(session, task, DONE, reason="completed", source=source, effects=effects)
     return task
 
 
