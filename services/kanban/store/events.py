@@ -39,9 +39,9 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from services.kanban import limits
@@ -168,8 +168,10 @@ def append_many(session: Session, rows: Sequence[dict[str, Any]], *, now: dt.dat
     if not rows:
         return
     enter_gate(session)
+    # The Core table, not the ORM entity: no unit-of-work bookkeeping for
+    # rows nobody reads back (a tick appends up to one per spawn).
     session.execute(
-        insert(TaskEvent),
+        insert(cast(Table, TaskEvent.__table__)),
         [
             {
                 "task_id": r["task_id"],
