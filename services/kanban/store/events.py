@@ -69,7 +69,9 @@ def enter_gate(session: Session) -> None:
     """Take the shared event gate, once per transaction, before the first event id.
 
     Every writer of events must pass here before its first insert into
-    ``task_events`` (:func:`append` does); see the module docstring.
+    ``task_events`` (:func:`append` and :func:`append_many` do); see the
+    module docstring. Not inside a savepoint: rolling one back releases the
+    locks taken in it, while the flag below would say the gate is held.
     """
     if session.info.get(ADDED_EVENTS):
         return
