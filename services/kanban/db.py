@@ -1,13 +1,16 @@
 """Engine and transactions for the kanban database (SQLite or PostgreSQL).
 
-One rule keeps both backends safe with several writers: a write transaction
-is exclusive from its first statement. On SQLite every write transaction
-starts with ``BEGIN IMMEDIATE`` (WAL mode, a busy timeout), so there is a
-single writer and no "database is locked" upgrade failure mid-transaction.
-On PostgreSQL every write transaction first takes one transaction-scoped
-advisory lock, so writes from every replica are serialized too: caps counted
-inside a write transaction are exact, and event ids become visible in id
-order, which WatchEvents relies on to lose nothing. Reads never take it.
+SQLite keeps one writer: every write transaction starts with ``BEGIN
+IMMEDIATE`` (WAL mode, a busy timeout), so there is no "database is locked"
+upgrade failure mid-transaction, and a cap counted inside a write transaction
+is exact because nothing else writes until it commits.
+
+PostgreSQL has no global write lock: writes of every replica run side by
+side (READ COMMITTED) and lock only what they protect. A claim locks the cap
+domain it spends (:mod:`services.kanban.store.claims`) and the task rows it
+takes; every other write takes row locks. Event ids are no longer committed in
+id order, so WatchEvents reads up to a watermark below which every id is
+settled (:mod:`services.kanban.store.events`). Reads never lock.
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.kanban import commits, notifications
 from services.kanban.commits import Commit
+from services.kanban.store import EFFECTS, Effects
 
 log = logging.getLogger(__name__)
 
-# Key of the PostgreSQL advisory lock every write transaction holds.
-WRITE_LOCK_KEY = 0x4C6F6E67  # "Long"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _READONLY = "longshore_readonly"
 
@@ -139,6 +141,7 @@ class Database:
             engine.execution_options(**{_READONLY: True}), expire_on_commit=False
         )
         self._listeners: list[Callable[[Commit], None]] = []
+        self._appliers: list[Callable[[Effects], None]] = []
         #: Names this process in its NOTIFY payloads, so it skips its own.
         self.origin = secrets.token_hex(6)
         self._lock = threading.Lock()
@@ -164,21 +167,42 @@ class Database:
         with self._lock:
             self._listeners.append(listener)
 
+    def on_effects(self, applier: Callable[[Effects], None]) -> None:
+        """Hand every committed transaction's ``store.effects_of`` to ``applier``."""
+        with self._lock:
+            self._appliers.append(applier)
+
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """Open an exclusive write transaction; commit on success.
+        """Open a write transaction; commit on success.
+
+        On SQLite it is exclusive from its first statement; on PostgreSQL it
+        takes only the locks its store functions take (rows, cap domains, the
+        shared event gate).
 
         Yields:
             A session inside the transaction; store functions only flush.
         """
         with self._writer(), self._writes.begin() as session:
-            if self.is_postgres:
-                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
             yield session
             # Read the store's marks while the session still holds its objects.
             commit = commits.of(session)
             self._notify(session, commit)
-        self._committed(commit)
+        self._committed(session, commit)
+
+    def _committed(self, session: Session, commit: Commit) -> None:
+        """After a commit (the one place): tell the listeners, then apply the effects.
+
+        Reached only when the transaction committed: an exception inside
+        ``write()`` rolls back and skips both, so a rolled-back move never
+        kills an exec or releases a sandbox.
+        """
+        for listener in list(self._listeners):
+            listener(commit)
+        effects = session.info.get(EFFECTS)
+        if isinstance(effects, Effects):
+            for applier in list(self._appliers):
+                applier(effects)
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
@@ -204,23 +228,6 @@ class Database:
         """
         with self._reads() as session:
             yield session
-
-    @contextmanager
-    def unlocked_write(self) -> Iterator[Session]:
-        """Open a write transaction without the PostgreSQL write lock.
-
-        Only for single-row compare-and-set updates that append no event
-        (lease renewal, output chunks): row locks make them safe, and they
-        must not queue behind the dispatcher. On SQLite it is a plain write.
-
-        Yields:
-            A session inside the transaction.
-        """
-        with self._writer(), self._writes.begin() as session:
-            yield session
-            commit = commits.of(session)
-            self._notify(session, commit)
-        self._committed(commit)
 
     def _notify(self, session: Session, commit: Commit) -> None:
         """Tell the other replicas (PostgreSQL NOTIFY) what this transaction changes.
@@ -248,11 +255,6 @@ class Database:
                     "payload": notifications.payload(self.origin, commit.output_runs),
                 },
             )
-
-    def _committed(self, commit: Commit) -> None:
-        """Tell the listeners what the transaction that just committed changed."""
-        for listener in list(self._listeners):
-            listener(commit)
 
     def listen_url(self) -> str:
         """The database URL in the form psycopg connects with (for LISTEN)."""

@@ -409,40 +409,35 @@ class Plan:
     def to_proto(self, *, dry_run: bool) -> dispatch_pb2.DispatchResult:
         """The ``DispatchResult`` for this plan (run ids, sandboxes, spawn failures
         and ``tick_time`` are the caller's to fill in)."""
-        return dispatch_pb2.DispatchResult(
+        # Filled with ``add()``: a bucket holds up to every ready task, and
+        # upb copies a message built apart and passed in a list (10,000
+        # capped tasks: ~12 ms that way, ~5 ms with add()).
+        out = dispatch_pb2.DispatchResult(
             dry_run=dry_run,
-            reclaimed=[_reclaim_proto(r) for r in self.reclaimed],
-            crashed=[_reclaim_proto(r) for r in self.crashed],
             promoted=self.promoted,
-            spawned=[
-                dispatch_pb2.SpawnedTask(task_id=t.task_id, assignee=t.assignee)
-                for t in self.spawned
-            ],
-            auto_assigned_default=[_ref_proto(t) for t in self.auto_assigned_default],
             skipped_unassigned=self.skipped_unassigned,
-            skipped_nonspawnable=[_ref_proto(t) for t in self.skipped_nonspawnable],
-            skipped_per_profile_capped=[
-                dispatch_pb2.CappedTask(
-                    task_id=c.task_id, assignee=c.assignee, running=c.running, cap=c.cap
-                )
-                for c in self.skipped_per_profile_capped
-            ],
-            auto_blocked=[
-                dispatch_pb2.BlockedTask(task_id=b.task_id, reason=b.reason)
-                for b in self.auto_blocked
-            ],
-            awaiting_worker=[_ref_proto(t) for t in self.awaiting_worker],
             stopped_reason=self.stopped_reason,
             not_considered=self.not_considered,
-            backing_off=[_ref_proto(t) for t in self.backing_off],
-            backend_paused=[_ref_proto(t) for t in self.backend_paused],
             backend_unavailable=self.backend_unavailable,
         )
-
-
-def _ref_proto(ref: TaskRef) -> dispatch_pb2.DispatchTaskRef:
-    return dispatch_pb2.DispatchTaskRef(task_id=ref.task_id, assignee=ref.assignee)
-
-
-def _reclaim_proto(ref: ReclaimRef) -> dispatch_pb2.ReclaimedRun:
-    return dispatch_pb2.ReclaimedRun(task_id=ref.task_id, run_id=ref.run_id, reason=ref.reason)
+        for target, reclaims in ((out.reclaimed, self.reclaimed), (out.crashed, self.crashed)):
+            for r in reclaims:
+                target.add(task_id=r.task_id, run_id=r.run_id, reason=r.reason)
+        for spawned in self.spawned:
+            out.spawned.add(task_id=spawned.task_id, assignee=spawned.assignee)
+        for field_, refs in (
+            (out.auto_assigned_default, self.auto_assigned_default),
+            (out.skipped_nonspawnable, self.skipped_nonspawnable),
+            (out.awaiting_worker, self.awaiting_worker),
+            (out.backing_off, self.backing_off),
+            (out.backend_paused, self.backend_paused),
+        ):
+            add = field_.add
+            for ref in refs:
+                add(task_id=ref.task_id, assignee=ref.assignee)
+        add_capped = out.skipped_per_profile_capped.add
+        for c in self.skipped_per_profile_capped:
+            add_capped(task_id=c.task_id, assignee=c.assignee, running=c.running, cap=c.cap)
+        for b in self.auto_blocked:
+            out.auto_blocked.add(task_id=b.task_id, reason=b.reason)
+        return out

@@ -26,7 +26,7 @@ from services.kanban.backends import BackendBreaker
 from services.kanban.db import Database
 from services.kanban.executor import FailureKind, Outcome, OutcomeKind
 from services.kanban.planner import FailureClass, PlannerSettings
-from services.kanban.store import Effects, failures, runs
+from services.kanban.store import effects_of, failures, runs
 from services.runtime.errors import FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ class DbRunSink:
         lease_seconds: Lease granted by each heartbeat.
         max_output_bytes: Output kept per run.
         settings: The dispatcher's settings (failure limit, default backoff).
-        after_commit: Applies post-commit effects (wake, release).
         backend: The sandbox backend's breaker, told of platform failures
             and successes; None = no breaker.
         clock: "Now" of a run's end (the dispatcher's clock).
@@ -55,7 +54,6 @@ class DbRunSink:
         lease_seconds: float,
         max_output_bytes: int,
         settings: PlannerSettings,
-        after_commit: Callable[[Effects], None],
         backend: BackendBreaker | None = None,
         clock: Callable[[], dt.datetime] = models.utcnow,
     ) -> None:
@@ -63,14 +61,13 @@ class DbRunSink:
         self._lease = lease_seconds
         self._max_output = max_output_bytes
         self._settings = settings
-        self._after = after_commit
         self._backend = backend
         self._clock = clock
 
     def started(self, run_id: str, sandbox_id: str) -> bool:
         """Record the acquired sandbox; False when the run is stale."""
         try:
-            with self._db.unlocked_write() as s:
+            with self._db.write() as s:
                 runs.fenced(s, run_id, lock=True)
                 runs.set_sandbox(s, run_id, sandbox_id)
         except (FailedPrecondition, NotFound):
@@ -80,14 +77,14 @@ class DbRunSink:
     def output(self, run_id: str, data: bytes) -> None:
         """Append output; a stale run's output is dropped."""
         try:
-            with self._db.unlocked_write() as s:
+            with self._db.write() as s:
                 runs.append_output(s, run_id, data, max_bytes=self._max_output)
         except (FailedPrecondition, NotFound):
             log.debug("output of stale run %s dropped", run_id)
 
     def heartbeat(self, run_id: str) -> bool:
         """Renew the lease; False when the run is stale."""
-        with self._db.unlocked_write() as s:
+        with self._db.write() as s:
             return runs.heartbeat(s, run_id, lease_seconds=self._lease) is not None
 
     def finished(self, run_id: str, outcome: Outcome) -> None:
@@ -123,20 +120,22 @@ class DbRunSink:
                 time.sleep(delay)  # a bounded backoff on an executor thread
 
     def _record(self, run_id: str, outcome: Outcome) -> None:
-        effects = Effects()
+        # The unit of work applies these effects after the commit
+        # (``Database.on_effects``: the dispatcher kills, releases, wakes).
         with self._db.write() as s:
+            effects = effects_of(s)
             try:
                 run, task = runs.fenced(s, run_id, lock=True)
             except (FailedPrecondition, NotFound):
                 log.info("run %s already ended; outcome %s ignored", run_id, outcome.kind.value)
                 return
-            if outcome.truncated:
-                run.output_truncated = True
-            if outcome.sandbox_id and not run.sandbox_id:
-                run.sandbox_id = task.sandbox_id = outcome.sandbox_id
+            runs.note_exec_end(
+                run, task, truncated=outcome.truncated, sandbox_id=outcome.sandbox_id
+            )
             if outcome.kind is OutcomeKind.SUCCEEDED:
-                run.exit_code = 0
-                runs.complete(s, run_id, summary="exit 0", source=SOURCE, effects=effects)
+                runs.complete(
+                    s, run_id, summary="exit 0", source=SOURCE, effects=effects, exit_code=0
+                )
             else:
                 failure_class = outcome.failure_class or FailureClass.PLATFORM
                 status = {
@@ -167,4 +166,3 @@ class DbRunSink:
                     failure_class=failure_class,
                     now=self._clock(),
                 )
-        self._after(effects)

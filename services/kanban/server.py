@@ -377,7 +377,9 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         self, request: pb.WatchEventsRequest, cursor: int
     ) -> list[event_pb2.TaskEvent]:
         with self._db.read() as s:
-            rows = events.list_events(
+            # Only settled ids (below the watermark): on PostgreSQL a smaller
+            # id may still commit after a larger one.
+            rows = events.deliverable_events(
                 s,
                 after_event_id=cursor,
                 task_id=request.task_id,

@@ -1,12 +1,14 @@
 """The dispatcher: one real tick (or a dry run), and the loop that ticks.
 
 A tick reads a :mod:`~services.kanban.snapshot`, asks the pure planner for a
-:class:`~services.kanban.planner.Plan`, and applies it in the same
-exclusive write transaction (see :mod:`services.kanban.db`): reclaim,
-promote, assign defaults, trip breakers, then claim each spawned task with a
-compare-and-set that creates its run. Only after the commit are the claimed
-runs handed to the executor. A dry run builds the same snapshot in a read
-transaction and returns the plan: it writes nothing, and predicts exactly.
+:class:`~services.kanban.planner.Plan`, and applies it in the same write
+transaction (see :mod:`services.kanban.db`), holding the cap domains the plan
+spends (:mod:`services.kanban.store.claims`): reclaim, promote, assign
+defaults, trip breakers, then claim the spawned tasks, each bucket one
+compare-and-set statement (:mod:`services.kanban.store.transitions`). Only
+after the commit is the response built and are the claimed runs handed to the
+executor. A dry run builds the same snapshot in a read transaction and
+returns the plan: it writes nothing, and predicts exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from services.kanban.executor import RunJob, RunSink, merge_spec
 from services.kanban.planner import BackendView, Plan, Readiness, ReadinessReason, plan
 from services.kanban.run_sink import DbRunSink
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, events, failures, runs, tasks
+from services.kanban.store import Effects, claims, effects_of, runs, transitions
 from services.kanban.store.profiles import check_image
 from services.runtime.callers import DISPATCHER
 from services.runtime.errors import PermissionDenied
@@ -105,6 +107,8 @@ class Dispatcher:
         # interval of waiting, never a missed retry.
         self._next_due: dt.datetime | None = None
         self.backend = backend
+        # The unit of work hands every committed transaction's effects here.
+        db.on_effects(self.apply_effects)
         if backend is not None:
             backend.set_on_available(self.wake)
         self.sink = DbRunSink(
@@ -112,7 +116,6 @@ class Dispatcher:
             lease_seconds=section.claim_ttl_seconds,
             max_output_bytes=section.run_output_max_bytes,
             settings=limits.planner,
-            after_commit=self.apply_effects,
             backend=backend,
             clock=clock,
         )
@@ -177,13 +180,12 @@ class Dispatcher:
         spawn_cap: int | None,
         tick_time: timestamp_pb2.Timestamp,
     ) -> dispatch_pb2.DispatchResult:
-        effects = Effects()
-        jobs: list[RunJob] = []
         if self._quiet:
             # The last tick wrote nothing: plan on a plain read first, and
-            # take the write lock (which every create and claim waits on)
-            # only when this plan has something to write. Writing ticks
-            # re-plan under the lock, so caps stay exact.
+            # open a write transaction (on SQLite the one writer slot, which
+            # every create and claim waits on) only when this plan has
+            # something to write. Writing ticks re-plan inside it, so caps
+            # stay exact.
             with self._db.read() as s:
                 snap = snapshot.build(
                     s, now=now, board_id=board_id, sandbox_backend=self._backend_view()
@@ -196,110 +198,84 @@ class Dispatcher:
                     self._next_due = _earliest_retry(result)
                 return proto
         with self._db.write() as s:
-            snap = snapshot.build(
-                s, now=now, board_id=board_id, sandbox_backend=self._backend_view()
-            )
-            result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
-            proto = result.to_proto(dry_run=False)
-            proto.tick_time.CopyFrom(tick_time)
-            self._apply(s, result, proto, jobs, effects, now)
+            result = self._plan_locked(s, now, board_id, spawn_cap)
+            # Applied by the unit of work once this commits (see __init__).
+            won, profiles = self._apply(s, result, effects_of(s), now)
+        # After the commit: the transaction held its locks only for the writes.
+        proto = result.to_proto(dry_run=False)
+        proto.tick_time.CopyFrom(tick_time)
+        jobs: list[RunJob] = []
+        for i, ref in enumerate(result.spawned):
+            claimed = won.get(ref.task_id)
+            if claimed is None:
+                continue
+            proto.spawned[i].run_id = claimed.run.run_id
+            jobs.append(self._job(claimed, profiles[ref.assignee]))
         self._quiet = not _writes(result)
         if not board_id:
             self._next_due = _earliest_retry(result)
         self._start(jobs)
-        self.apply_effects(effects)
         return proto
 
+    def _plan_locked(
+        self, s: Session, now: dt.datetime, board_id: str, spawn_cap: int | None
+    ) -> Plan:
+        """Plan in the write transaction, holding the cap domains the plan spends.
+
+        The snapshot is read without locks (PostgreSQL: other replicas write
+        meanwhile). The profiles the plan spends are then locked, in the one
+        lock order and before any row lock, and their running runs re-counted:
+        while we hold a profile's lock nobody else can add a run to it, so if
+        no count grew since the snapshot the plan's claims stay within every
+        cap. If one grew (another replica claimed in between), plan again
+        under the locks and spawn only in the domains we hold; the rest wait
+        for the next tick (locking more now would break the lock order).
+        """
+        snap = snapshot.build(s, now=now, board_id=board_id, sandbox_backend=self._backend_view())
+        result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
+        if not result.spawned or not self._db.is_postgres:
+            return result  # SQLite: this transaction is the only writer
+        global_cap = self.limits.planner.max_in_progress is not None
+        spend = {ref.assignee for ref in result.spawned}
+        claims.lock_cap_domains(s, spend, global_cap=global_cap)
+        counts = claims.running_counts(s, spend)
+        grew = any(counts.get(p, 0) > snap.running.get(p, 0) for p in spend) or (
+            global_cap and claims.running_total(s) > sum(snap.running.values())
+        )
+        if not grew:
+            return result
+        snap = snapshot.build(s, now=now, board_id=board_id, sandbox_backend=self._backend_view())
+        result = plan(snap, settings=self.limits.planner, max_spawn=spawn_cap)
+        dropped = [ref for ref in result.spawned if ref.assignee not in spend]
+        if dropped:
+            result.spawned = [ref for ref in result.spawned if ref.assignee in spend]
+            self.wake()
+        return result
+
     def _apply(
-        self,
-        s: Session,
-        result: Plan,
-        proto: dispatch_pb2.DispatchResult,
-        jobs: list[RunJob],
-        effects: Effects,
-        now: dt.datetime,
-    ) -> None:
-        for reclaim in (*result.reclaimed, *result.crashed):
-            run = s.get(models.TaskRun, reclaim.run_id)
-            task = s.get(models.Task, reclaim.task_id)
-            if run is None or task is None or task.current_run_id != run.run_id:
-                continue
-            # The plan's time and class: the task's backoff is the one the
-            # plan (and so the dry run) computed.
-            failures.fail(
-                s,
-                run,
-                task,
-                status=models.RUN_LOST,
-                error=reclaim.reason,
-                retryable=True,
-                settings=self.limits.planner,
-                source=SOURCE,
-                effects=effects,
-                reason=reclaim.reason,
-                failure_class=reclaim.failure_class,
-                now=now,
-            )
-            effects.cancelled_runs.append(run.run_id)  # kill a straggling exec, if any
-        for task_id in result.promoted:
-            task = s.get(models.Task, task_id)
-            if task is not None and task.status == models.TODO:
-                tasks.set_status(
-                    s,
-                    task,
-                    models.READY,
-                    reason="parents done",
-                    source=SOURCE,
-                    effects=effects,
-                    kind="promoted",
-                )
-        for ref in result.auto_assigned_default:
-            task = s.get(models.Task, ref.task_id)
-            if task is not None and not task.assignee:
-                task.assignee = ref.assignee
-                task.update_time = now
-                events.append(
-                    s,
-                    task_id=task.task_id,
-                    board_id=task.board_id,
-                    kind="assigned",
-                    source=DEFAULT_ASSIGNEE_SOURCE,
-                    payload={"from": "", "to": ref.assignee},
-                    now=now,
-                )
-        for blocked in result.auto_blocked:
-            task = s.get(models.Task, blocked.task_id)
-            if task is None or task.status != models.READY:
-                continue  # a reclaim above already blocked it
-            task.status = models.BLOCKED
-            task.breaker_open = True
-            task.blocked_reason = blocked.reason
-            task.update_time = now
-            events.append(
-                s,
-                task_id=task.task_id,
-                board_id=task.board_id,
-                kind="gave_up",
-                source=SOURCE,
-                payload={"reason": blocked.reason},
-                now=now,
-            )
+        self, s: Session, result: Plan, effects: Effects, now: dt.datetime
+    ) -> tuple[dict[str, runs.Claimed], dict[str, models.Profile]]:
+        """Write the plan: one statement (or two, with its events) per bucket."""
+        settings = self.limits.planner
+        transitions.reclaim(
+            s,
+            [*result.reclaimed, *result.crashed],
+            settings=settings,
+            source=SOURCE,
+            effects=effects,
+            now=now,
+        )
+        transitions.promote(s, result.promoted, source=SOURCE, effects=effects, now=now)
+        transitions.assign_default(
+            s, result.auto_assigned_default, source=DEFAULT_ASSIGNEE_SOURCE, now=now
+        )
+        transitions.give_up(s, result.auto_blocked, source=SOURCE, now=now)
         if not result.spawned:
-            return
+            return {}, {}
         profiles = {p.name: p for p in s.scalars(select(models.Profile))}
-        wanted = [ref.task_id for ref in result.spawned]
-        loaded = {
-            t.task_id: t
-            for t in s.scalars(select(models.Task).where(models.Task.task_id.in_(wanted)))
-        }
-        claims = [
-            (loaded[ref.task_id], ref.assignee)
-            for ref in result.spawned
-            if ref.task_id in loaded and ref.assignee in profiles
-        ]
         won = runs.claim_many(
             s,
-            claims,
+            [(ref.task_id, ref.assignee) for ref in result.spawned if ref.assignee in profiles],
             worker_id=f"kanban-executor/{self.instance}",
             executor_instance=self.instance,
             lease_seconds=self._section.claim_ttl_seconds,
@@ -308,14 +284,9 @@ class Dispatcher:
             now=now,
             event_kind="spawned",
         )
-        for i, ref in enumerate(result.spawned):
-            run = won.get(ref.task_id)
-            if run is None:
-                continue
-            proto.spawned[i].run_id = run.run_id
-            jobs.append(self._job(loaded[ref.task_id], profiles[ref.assignee], run.run_id))
+        return won, profiles
 
-    def _job(self, task: models.Task, profile: models.Profile, run_id: str) -> RunJob:
+    def _job(self, task: runs.Claimed, profile: models.Profile) -> RunJob:
         timeout = (
             task.max_runtime_seconds
             or profile.default_max_runtime_seconds
@@ -329,7 +300,7 @@ class Dispatcher:
         except PermissionDenied as exc:
             refusal = exc.message
         return RunJob(
-            run_id=run_id,
+            run_id=task.run.run_id,
             task_id=task.task_id,
             profile=profile.name,
             spec=merge_spec(convert.spec_proto(profile.sandbox_spec or {}), image=task.image),
@@ -407,7 +378,8 @@ class Dispatcher:
                 until = (due - self._clock()).total_seconds() + 0.01
                 wait = min(interval, max(0.01, until))
             self._wake.wait(wait)
-            # A tick holds the write lock while it plans; ticking once per
+            # A writing tick holds SQLite's one writer slot (on PostgreSQL
+            # the cap domains it spends) while it plans; ticking once per
             # wake would let a burst of creates (each wakes the loop) queue
             # behind back-to-back ticks. Coalesce: after a tick of d seconds
             # the next waits max(WAKE_COALESCE_SECONDS, TICK_SHARE_FACTOR * d),

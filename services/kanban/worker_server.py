@@ -41,7 +41,7 @@ from services.kanban.executor_types import merge_spec
 from services.kanban.handler_pool import HandlerPool
 from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, events, failures, links, profiles, runs, tasks
+from services.kanban.store import Effects, claims, events, failures, links, profiles, runs
 from services.kanban.tick import Dispatcher
 from services.runtime.callers import DISPATCHER, Caller, caller, caller_from_metadata
 from services.runtime.errors import (
@@ -178,52 +178,16 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def _try_claim(
         self, s: Session, profile: models.Profile, worker_id: str, board_id: str, holder: str
     ) -> tuple[models.Task, models.TaskRun] | None:
-        settings = self._limits.planner
-        cap = profile.max_in_progress or settings.max_in_progress_per_profile
-        counts = profiles.running_counts(s)
-        if cap and counts.get(profile.name, 0) >= cap:
-            return None
-        if settings.max_in_progress and sum(counts.values()) >= settings.max_in_progress:
-            return None
-        # Not a task backing off after a failure (its retry is not due), nor
-        # one past the profile's retry limit (the breaker blocks it).
-        stmt = select(models.Task).where(
-            models.Task.status == models.READY,
-            models.Task.assignee == profile.name,
-            models.Task.failure_count < (profile.retry_max_attempts or settings.failure_limit),
-            or_(
-                models.Task.next_attempt_time.is_(None),
-                models.Task.next_attempt_time <= self._dispatcher.now(),
-            ),
-        )
-        if board_id:
-            stmt = stmt.where(models.Task.board_id == board_id)
-        stmt = stmt.order_by(
-            models.Task.priority.desc(), models.Task.create_time, models.Task.task_id
-        ).limit(1)
-        task = s.scalar(stmt)
-        if task is None:
-            return None
-        try:
-            # Checked again at claim: the profile's images may have changed
-            # since the task was written. A refusal is for good: block it.
-            profiles.check_image(profile, task.image)
-        except PermissionDenied as exc:
-            tasks.set_status(
-                s, task, models.BLOCKED, reason=exc.message, source=POLICY_SOURCE, effects=Effects()
-            )
-            return None
-        run = runs.claim(
+        return claims.claim_next(
             s,
-            task,
-            profile=profile.name,
+            profile,
             worker_id=worker_id,
-            executor_instance="",
-            lease_seconds=self._section.claim_ttl_seconds,
-            source=f"worker:{worker_id}",
+            board_id=board_id,
             holder=holder,
+            settings=self._limits.planner,
+            lease_seconds=self._section.claim_ttl_seconds,
+            now=self._dispatcher.now(),
         )
-        return (task, run) if run is not None else None
 
     def _claimable(self, s: Session, profile: models.Profile, board_id: str, most: int) -> int:
         """How many tasks (at most ``most``) a claim of ``profile`` could take now: a read.
@@ -370,7 +334,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if not request.run_id:
             raise InvalidArgument("run_id: required")
         token, token_expires = "", None
-        with self._db.unlocked_write() as s:
+        with self._db.write() as s:
             # The holder never changes once claimed, so reading it before the
             # compare-and-set (not under a row lock) is safe.
             run = self._held(s, request.run_id, context)
@@ -399,7 +363,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def AppendOutput(
         self, request: pb.AppendOutputRequest, context: grpc.ServicerContext
     ) -> pb.AppendOutputResponse:
-        with self._db.unlocked_write() as s:
+        with self._db.write() as s:
             self._held(s, request.run_id, context)
             run = runs.append_output(
                 s, request.run_id, request.data, max_bytes=self._section.run_output_max_bytes

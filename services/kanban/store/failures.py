@@ -40,7 +40,7 @@ from services.kanban.planner import (
     retry_policy,
 )
 from services.kanban.store import Effects, events
-from services.kanban.store.runs import end_run
+from services.kanban.store.lifecycle import end_run
 
 _FAILURE_EVENT = {
     RUN_FAILED: "failed",

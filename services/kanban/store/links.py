@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.kanban.models import DONE, READY, RUNNING, TODO, Task, TaskLink
-from services.kanban.store import Effects, events, tasks
+from services.kanban.store import Effects, events, lifecycle
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
@@ -64,8 +64,8 @@ def link(session: Session, parent_id: str, child_id: str, *, source: str, effect
     """
     if parent_id and parent_id == child_id:
         raise InvalidArgument("child_id: a task cannot wait for itself")
-    parent = tasks.get(session, parent_id)
-    child = tasks.get(session, child_id, for_update=True)
+    parent = lifecycle.get(session, parent_id)
+    child = lifecycle.get(session, child_id, for_update=True)
     if child.status in (RUNNING, DONE):
         raise FailedPrecondition(f"task {child_id!r} is {child.status}; cannot add a parent")
     if session.get(TaskLink, (parent_id, child_id)) is not None:
@@ -83,7 +83,7 @@ def link(session: Session, parent_id: str, child_id: str, *, source: str, effect
         payload={"parent_id": parent_id},
     )
     if child.status == READY and parent.status != DONE:
-        tasks.set_status(
+        lifecycle.set_status(
             session, child, TODO, reason=f"waiting on {parent_id}", source=source, effects=effects
         )
     return child
@@ -97,8 +97,8 @@ def unlink(
     Raises:
         NotFound: Either task, or the link.
     """
-    tasks.get(session, parent_id)
-    child = tasks.get(session, child_id)
+    lifecycle.get(session, parent_id)
+    child = lifecycle.get(session, child_id)
     found = session.get(TaskLink, (parent_id, child_id))
     if found is None:
         raise NotFound(f"link {parent_id!r} -> {child_id!r} not found")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -20,7 +21,6 @@ from services.kanban import commits
 from services.kanban.models import (
     DONE,
     READY,
-    RUN_CANCELLED,
     RUN_RUNNING,
     RUN_SUCCEEDED,
     RUNNING,
@@ -29,39 +29,12 @@ from services.kanban.models import (
     TaskRun,
     utcnow,
 )
-from services.kanban.planner import FailureClass
-from services.kanban.store import Effects, events, new_id, tasks
+from services.kanban.store import Effects, events, lifecycle, new_id
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 MAX_CHUNK = 64 * 1024
+end_run = lifecycle.end_run
 DEFAULT_READ_LIMIT = 1024 * 1024
-
-
-def end_run(
-    run: TaskRun,
-    *,
-    status: str,
-    error: str = "",
-    exit_code: int | None = None,
-    counted: bool = False,
-    now: dt.datetime | None = None,
-    failure_class: FailureClass | None = None,
-) -> None:
-    """Mark a run ended (no event, no task change).
-
-    ``failure_class`` is recorded for a failed run; a cancelled run without
-    one was cancelled by an operator (a task moved out of running): the
-    platform's, never counted.
-    """
-    if failure_class is None and status == RUN_CANCELLED:
-        failure_class = FailureClass.PLATFORM
-    run.status = status
-    run.error = error
-    run.exit_code = exit_code
-    run.counted_failure = counted
-    run.failure_class = failure_class.value if failure_class is not None else ""
-    run.end_time = now or utcnow()
-    run.lease_expire_time = None
 
 
 def get_run(session: Session, run_id: str) -> TaskRun:
@@ -98,6 +71,24 @@ def fenced(session: Session, run_id: str, *, lock: bool = False) -> tuple[TaskRu
     return run, task
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A task won by :func:`claim_many`: what spawning it needs, and its new run.
+
+    ``run`` is not in the session (it was inserted in bulk); read it, or load
+    it again to change it.
+    """
+
+    task_id: str
+    board_id: str
+    image: str
+    command: list[Any]
+    env: dict[str, Any]
+    max_runtime_seconds: float | None
+    trace_parent: str
+    run: TaskRun
+
+
 def claim(
     session: Session,
     task: Task,
@@ -113,12 +104,14 @@ def claim(
 ) -> TaskRun | None:
     """Claim a ready task: compare-and-set ready → running and create its run.
 
+    ``task`` (loaded in this session) is updated to what was written.
+
     Returns:
         The new run, or None when the task was no longer ready.
     """
     won = claim_many(
         session,
-        [(task, profile)],
+        [(task.task_id, profile)],
         worker_id=worker_id,
         executor_instance=executor_instance,
         lease_seconds=lease_seconds,
@@ -127,12 +120,24 @@ def claim(
         now=now,
         event_kind=event_kind,
     )
-    return won.get(task.task_id)
+    claimed = won.get(task.task_id)
+    if claimed is None:
+        return None
+    run = claimed.run
+    for key, value in (
+        ("status", RUNNING),
+        ("current_run_id", run.run_id),
+        ("update_time", run.start_time),
+        ("assignee", profile),
+        ("next_attempt_time", None),
+    ):
+        set_committed_value(task, key, value)
+    return run
 
 
 def claim_many(
     session: Session,
-    claims: Sequence[tuple[Task, str]],
+    claims: Sequence[tuple[str, str]],
     *,
     worker_id: str,
     executor_instance: str,
@@ -141,16 +146,20 @@ def claim_many(
     holder: str,
     now: dt.datetime | None = None,
     event_kind: str = "claimed",
-) -> dict[str, TaskRun]:
-    """Claim many ready tasks in one round trip (the dispatcher's batch).
+) -> dict[str, Claimed]:
+    """Claim many ready tasks in three statements, however many there are.
 
-    Each claim is ``UPDATE tasks SET status='running', current_run_id=:run
-    WHERE task_id=:task AND status='ready'``; a task another caller took
-    meanwhile simply is not won.
+    One ``UPDATE tasks ... WHERE task_id IN (...) AND status = 'ready'
+    RETURNING ...`` is the compare-and-set: a task another caller took
+    meanwhile is not returned, so it is not won (on PostgreSQL the UPDATE
+    waits for a row lock held by a concurrent writer and re-checks the status
+    on the committed row). Then one INSERT of the won runs and one of their
+    events. The caller holds the cap domains the claims spend
+    (:mod:`services.kanban.store.claims`).
 
     Args:
         session: The caller's write session.
-        claims: (task, profile) pairs.
+        claims: (task id, profile) pairs.
         worker_id: Holder recorded on the runs.
         executor_instance: Spawning process, for crash detection ("" for workers).
         lease_seconds: Initial lease.
@@ -161,51 +170,44 @@ def claim_many(
         event_kind: ``claimed`` (a worker) or ``spawned`` (the dispatcher).
 
     Returns:
-        The new run per won task id.
+        What was won, per task id.
     """
     if not claims:
         return {}
     now = now or utcnow()
-    run_ids = {task.task_id: new_id("r") for task, _ in claims}
+    profiles = dict(claims)
+    run_ids = {task_id: new_id("r") for task_id in profiles}
     table = cast(Table, Task.__table__)
     stmt = (
         update(table)
-        .where(table.c.task_id == bindparam("b_task"), table.c.status == READY)
+        .where(table.c.task_id.in_(list(run_ids)), table.c.status == READY)
         .values(
             status=RUNNING,
-            current_run_id=bindparam("b_run"),
-            update_time=bindparam("b_now", type_=Task.update_time.type),
-            assignee=bindparam("b_profile"),
+            current_run_id=case(run_ids, value=table.c.task_id),
+            assignee=case(profiles, value=table.c.task_id),
+            update_time=now,
             next_attempt_time=None,
         )
+        .returning(
+            table.c.task_id,
+            table.c.board_id,
+            table.c.image,
+            table.c.command,
+            table.c.env,
+            table.c.max_runtime_seconds,
+            table.c.trace_parent,
+        )
     )
-    session.execute(
-        stmt,
-        [
-            {"b_task": t.task_id, "b_run": run_ids[t.task_id], "b_now": now, "b_profile": p}
-            for t, p in claims
-        ],
-    )
-    check = select(Task.task_id, Task.current_run_id).where(Task.task_id.in_(list(run_ids)))
-    won_ids = {tid for tid, rid in session.execute(check) if rid == run_ids[tid]}
+    rows = sorted(session.execute(stmt), key=lambda r: r.task_id)
+    if not rows:
+        return {}
     lease = now + dt.timedelta(seconds=lease_seconds)
-    won: dict[str, TaskRun] = {}
-    for task, profile in claims:
-        if task.task_id not in won_ids:
-            continue
-        run_id = run_ids[task.task_id]
-        for key, value in (
-            ("status", RUNNING),
-            ("current_run_id", run_id),
-            ("update_time", now),
-            ("assignee", profile),
-            ("next_attempt_time", None),
-        ):
-            set_committed_value(task, key, value)
+    won: dict[str, Claimed] = {}
+    for row in rows:
         run = TaskRun(
-            run_id=run_id,
-            task_id=task.task_id,
-            profile=profile,
+            run_id=run_ids[row.task_id],
+            task_id=row.task_id,
+            profile=profiles[row.task_id],
             status=RUN_RUNNING,
             worker_id=worker_id,
             executor_instance=executor_instance,
@@ -217,21 +219,40 @@ def claim_many(
             output_bytes=0,
             output_truncated=False,
             counted_failure=False,
+            failure_class="",
+            end_time=None,
+            exit_code=None,
         )
-        session.add(run)
-        won[task.task_id] = run
-        events.append(
-            session,
-            task_id=task.task_id,
-            board_id=task.board_id,
-            kind=event_kind,
-            source=source,
-            payload={"profile": profile, "worker_id": worker_id},
-            run_id=run_id,
-            now=now,
-            flush=False,
+        won[row.task_id] = Claimed(
+            task_id=row.task_id,
+            board_id=row.board_id,
+            image=row.image or "",
+            command=list(row.command or ()),
+            env=dict(row.env or {}),
+            max_runtime_seconds=row.max_runtime_seconds,
+            trace_parent=row.trace_parent or "",
+            run=run,
         )
-    session.flush()
+    runs_table = cast(Table, TaskRun.__table__)
+    session.execute(
+        insert(runs_table),
+        [{c.key: getattr(w.run, c.key) for c in runs_table.columns} for w in won.values()],
+    )
+    events.append_many(
+        session,
+        [
+            {
+                "task_id": w.task_id,
+                "board_id": w.board_id,
+                "kind": event_kind,
+                "source": source,
+                "payload": {"profile": w.run.profile, "worker_id": worker_id},
+                "run_id": w.run.run_id,
+            }
+            for w in won.values()
+        ],
+        now=now,
+    )
     return won
 
 
@@ -314,7 +335,7 @@ def latest_run(session: Session, task_id: str) -> TaskRun:
     Raises:
         NotFound: The task does not exist or has no runs.
     """
-    tasks.get(session, task_id)
+    lifecycle.get(session, task_id)
     stmt = (
         select(TaskRun)
         .where(TaskRun.task_id == task_id)
@@ -331,7 +352,7 @@ def list_runs(
     session: Session, task_id: str, *, after: tuple[dt.datetime, str] | None, limit: int
 ) -> list[TaskRun]:
     """Return a task's runs, newest first."""
-    tasks.get(session, task_id)
+    lifecycle.get(session, task_id)
     stmt = select(TaskRun).where(TaskRun.task_id == task_id)
     if after is not None:
         t, rid = after
@@ -353,7 +374,23 @@ def running_total(session: Session) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def complete(session: Session, run_id: str, *, summary: str, source: str, effects: Effects) -> Task:
+def note_exec_end(run: TaskRun, task: Task, *, truncated: bool, sandbox_id: str) -> None:
+    """Record what an exec reported at its end: output cut, and the sandbox it used."""
+    if truncated:
+        run.output_truncated = True
+    if sandbox_id and not run.sandbox_id:
+        run.sandbox_id = task.sandbox_id = sandbox_id
+
+
+def complete(
+    session: Session,
+    run_id: str,
+    *,
+    summary: str,
+    source: str,
+    effects: Effects,
+    exit_code: int | None = None,
+) -> Task:
     """End a run successfully: the task is done and its failure streak resets.
 
     Raises:
@@ -361,7 +398,8 @@ def complete(session: Session, run_id: str, *, summary: str, source: str, effect
     """
     run, task = fenced(session, run_id, lock=True)
     now = utcnow()
-    end_run(run, status=RUN_SUCCEEDED, exit_code=run.exit_code or 0, now=now)
+    code = exit_code if exit_code is not None else run.exit_code or 0
+    end_run(run, status=RUN_SUCCEEDED, exit_code=code, now=now)
     task.current_run_id = None
     task.failure_count = 0
     task.next_attempt_time = None
@@ -375,7 +413,7 @@ def complete(session: Session, run_id: str, *, summary: str, source: str, effect
         run_id=run_id,
         now=now,
     )
-    tasks.set_status(session, task, DONE, reason="completed", source=source, effects=effects)
+    lifecycle.set_status(session, task, DONE, reason="completed", source=source, effects=effects)
     return task
 
 

@@ -17,7 +17,6 @@ from services.kanban.models import (
     BLOCKED,
     DONE,
     READY,
-    RUN_CANCELLED,
     RUNNING,
     TODO,
     TRIAGE,
@@ -30,7 +29,7 @@ from services.kanban.models import (
     TaskRun,
     utcnow,
 )
-from services.kanban.store import Effects, Release, events, links, new_id, runs
+from services.kanban.store import Effects, Release, events, lifecycle, links, new_id
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -64,20 +63,10 @@ UPDATABLE_FIELDS = frozenset(
 MAX_TITLE = limits.TEXTS["title"].size
 MAX_REQUEST_ID = limits.TEXTS["request_id"].size
 
-
-def get(session: Session, task_id: str, *, for_update: bool = False) -> Task:
-    """Return a task.
-
-    Raises:
-        InvalidArgument: Empty id.
-        NotFound: No such task.
-    """
-    if not task_id:
-        raise InvalidArgument("task_id: required")
-    task = session.get(Task, task_id, with_for_update=for_update)
-    if task is None:
-        raise NotFound(f"task {quote(task_id)} not found")
-    return task
+# The lifecycle's functions, under the names the servicers know them by.
+get = lifecycle.get
+set_status = lifecycle.set_status
+cancel_current_run = lifecycle.cancel_current_run
 
 
 def _validate(values: dict[str, Any]) -> None:
@@ -239,78 +228,6 @@ def update(session: Session, task_id: str, values: dict[str, Any], *, source: st
         payload={"fields": sorted(values)},
     )
     return task
-
-
-def _release_if_finished(session: Session, task: Task, effects: Effects) -> None:
-    if task.status not in (DONE, ARCHIVED) or not task.assignee:
-        return
-    profile = session.get(Profile, task.assignee)
-    if profile is not None and profile.executor == "sandbox" and not profile.keep_sandbox:
-        effects.releases.append(Release(task.task_id, task.assignee, task.sandbox_id))
-
-
-def cancel_current_run(
-    session: Session, task: Task, *, reason: str, source: str, effects: Effects
-) -> None:
-    """End the task's current run ``cancelled`` (the exec is killed after commit)."""
-    if not task.current_run_id:
-        return
-    run = session.get(TaskRun, task.current_run_id)
-    task.current_run_id = None
-    if run is None or run.status != "running":
-        return
-    runs.end_run(run, status=RUN_CANCELLED, error=reason)
-    effects.cancelled_runs.append(run.run_id)
-    events.append(
-        session,
-        task_id=task.task_id,
-        board_id=task.board_id,
-        kind="cancelled",
-        source=source,
-        payload={"reason": reason},
-        run_id=run.run_id,
-    )
-
-
-def set_status(
-    session: Session,
-    task: Task,
-    status: str,
-    *,
-    reason: str,
-    source: str,
-    effects: Effects,
-    kind: str = "moved",
-) -> None:
-    """Move ``task`` to ``status`` with an event, without checking the table."""
-    previous = task.status
-    now = utcnow()
-    if previous == RUNNING and status != RUNNING:
-        cancel_current_run(
-            session, task, reason=reason or f"moved to {status}", source=source, effects=effects
-        )
-    task.status = status
-    task.update_time = now
-    if status == READY:
-        task.ready_time = now
-        effects.wake = True
-    if status == BLOCKED:
-        task.blocked_reason = reason
-    elif previous == BLOCKED:
-        task.blocked_reason = ""
-        task.breaker_open = False
-    if status == DONE:
-        effects.wake = True  # children may be promotable
-    _release_if_finished(session, task, effects)
-    events.append(
-        session,
-        task_id=task.task_id,
-        board_id=task.board_id,
-        kind=kind,
-        source=source,
-        payload={"from": previous, "to": status, "reason": reason},
-        now=now,
-    )
 
 
 def move(

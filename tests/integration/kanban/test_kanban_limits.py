@@ -22,8 +22,9 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from longshore.kanban.v1 import board_pb2, profile_pb2, task_pb2
 from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.kanban.v1 import worker_service_pb2 as wpb
+from sqlalchemy import select
 
-from services.kanban import limits
+from services.kanban import limits, models
 from services.kanban.store.events import bounded
 from tests.integration.kanban.conftest import Kanban
 
@@ -452,14 +453,19 @@ def test_a_create_retried_after_its_deadline_returns_the_task_it_made(
     release = threading.Event()
     holding = threading.Event()
 
-    def hold_the_write_lock() -> None:
+    def hold_the_board() -> None:
         # The first call queues behind this write transaction, so it commits
-        # only after its client has given up.
-        with k.app.db.write():
+        # only after its client has given up: on SQLite every write waits for
+        # it; on PostgreSQL the new task's foreign-key check waits for the
+        # board row it locks.
+        with k.app.db.write() as s:
+            s.execute(
+                select(models.Board).where(models.Board.board_id == "default").with_for_update()
+            )
             holding.set()
             release.wait(60)
 
-    holder = threading.Thread(target=hold_the_write_lock)
+    holder = threading.Thread(target=hold_the_board)
     holder.start()
     assert holding.wait(30)
     with pytest.raises(grpc.RpcError) as info:

@@ -1,0 +1,217 @@
+"""Claims: the cap-domain locks that keep caps exact, and an external worker's claim.
+
+A claim spends a slot of a cap domain: its profile's ``max_in_progress`` and,
+when one is configured, the global ``max_in_progress``. Counting running runs
+and then inserting one is a read-modify-write, so two replicas counting at
+once could both see a free slot. On PostgreSQL every claimer therefore first
+takes a transaction-scoped advisory lock per domain it spends, and only then
+counts: READ COMMITTED gives the count (a later statement) a snapshot taken
+after the previous holder committed, so the count includes its runs. Nothing
+else takes these locks: ending a run only frees a slot, which can make a
+count stale in the safe direction only.
+
+Lock order, everywhere: the global domain first, then the profiles by lock
+key, and all cap locks before any row lock. Claims are the only writers that
+take both kinds, so no two transactions can wait on each other in a circle.
+
+On SQLite every write transaction is exclusive already (``BEGIN
+IMMEDIATE``), so the locks are no-ops and a count inside it is exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.orm import Session
+
+from services.kanban.models import (
+    BLOCKED,
+    EXECUTOR_EXTERNAL,
+    READY,
+    RUN_RUNNING,
+    Profile,
+    Task,
+    TaskRun,
+)
+from services.kanban.planner import PlannerSettings
+from services.kanban.store import effects_of, lifecycle, runs
+from services.kanban.store.profiles import check_image
+from services.runtime.errors import PermissionDenied
+
+#: Advisory lock class (first key) of one profile's cap domain; the second
+#: key is ``hashtext(profile)``. Two names with one hash share a lock: that
+#: only serializes them, never breaks a cap.
+PROFILE_LOCK_CLASS = 0x4C6F6E67  # "Long"
+#: Advisory lock class of the global domain (second key 0).
+GLOBAL_LOCK_CLASS = 0x4C6F6E68
+#: Source of a block decided by policy at claim time.
+POLICY_SOURCE = "kanban.policy"
+
+_LOCK_PROFILES = text(
+    # One round trip for any number of profiles. The keys are sorted in the
+    # subquery and locked in that order (the aggregate consumes the sorted
+    # rows one by one), which is the order every claimer uses.
+    "SELECT count(pg_advisory_xact_lock(:cls, k)) FROM ("
+    " SELECT DISTINCT hashtext(n) AS k FROM unnest(CAST(:names AS text[])) AS n ORDER BY k"
+    ") AS keys"
+)
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def lock_cap_domains(session: Session, profiles: Iterable[str], *, global_cap: bool) -> None:
+    """Lock the cap domains a claim is about to spend, in the one lock order.
+
+    Call it before any row lock of the transaction and before counting
+    running runs. With ``global_cap`` every claim of every replica waits on
+    one lock: a global ``max_in_progress`` is one counter, so its claims are
+    serialized by necessity; without it claims of different profiles never
+    wait on each other.
+
+    Args:
+        session: The claiming write session.
+        profiles: Profiles whose slots the transaction may spend.
+        global_cap: A global ``max_in_progress`` is configured.
+    """
+    if not _postgres(session):
+        return
+    if global_cap:
+        session.execute(text("SELECT pg_advisory_xact_lock(:cls, 0)"), {"cls": GLOBAL_LOCK_CLASS})
+    names = sorted(set(profiles))
+    if names:
+        session.execute(_LOCK_PROFILES, {"cls": PROFILE_LOCK_CLASS, "names": names})
+
+
+def running_counts(session: Session, profiles: Iterable[str] | None = None) -> dict[str, int]:
+    """Running runs per profile (only ``profiles`` when given)."""
+    stmt = select(TaskRun.profile, func.count()).where(TaskRun.status == RUN_RUNNING)
+    if profiles is not None:
+        stmt = stmt.where(TaskRun.profile.in_(sorted(set(profiles))))
+    return {p: int(n) for p, n in session.execute(stmt.group_by(TaskRun.profile))}
+
+
+def running_total(session: Session) -> int:
+    """Running runs of every profile."""
+    stmt = select(func.count()).select_from(TaskRun).where(TaskRun.status == RUN_RUNNING)
+    return int(session.scalar(stmt) or 0)
+
+
+def _has_slot(session: Session, profile: Profile, settings: PlannerSettings) -> bool:
+    cap = profile.max_in_progress or settings.max_in_progress_per_profile
+    if cap and running_counts(session, [profile.name]).get(profile.name, 0) >= cap:
+        return False
+    return not (settings.max_in_progress and running_total(session) >= settings.max_in_progress)
+
+
+def _next_ready(
+    session: Session,
+    profile: Profile,
+    board_id: str,
+    now: dt.datetime,
+    settings: PlannerSettings,
+    *,
+    lock: bool,
+) -> Task | None:
+    # Not a task backing off after a failure (its retry is not due), nor one
+    # past the profile's retry limit (the breaker blocks it).
+    stmt = select(Task).where(
+        Task.status == READY,
+        Task.assignee == profile.name,
+        Task.failure_count < (profile.retry_max_attempts or settings.failure_limit),
+        or_(Task.next_attempt_time.is_(None), Task.next_attempt_time <= now),
+    )
+    if board_id:
+        stmt = stmt.where(Task.board_id == board_id)
+    stmt = stmt.order_by(Task.priority.desc(), Task.create_time, Task.task_id).limit(1)
+    if lock:
+        # SKIP LOCKED: a row another replica is claiming (or editing) is
+        # passed over rather than waited on; its claim re-checks the status
+        # anyway, so two replicas never take one task. Ignored on SQLite.
+        stmt = stmt.with_for_update(skip_locked=True)
+    return session.scalar(stmt)
+
+
+def claimable(
+    session: Session,
+    profile: Profile,
+    board_id: str,
+    now: dt.datetime,
+    *,
+    settings: PlannerSettings,
+) -> bool:
+    """Whether :func:`claim_next` might find work: a pure read, no lock, no write.
+
+    A long-polling worker asks this in a read transaction first, so an idle
+    poll writes nothing and waits on no lock. A True answer is only a hint
+    (another replica may claim first); :func:`claim_next` decides.
+    """
+    if profile.executor != EXECUTOR_EXTERNAL or not _has_slot(session, profile, settings):
+        return False
+    return _next_ready(session, profile, board_id, now, settings, lock=False) is not None
+
+
+def claim_next(
+    session: Session,
+    profile: Profile,
+    *,
+    worker_id: str,
+    board_id: str,
+    holder: str,
+    settings: PlannerSettings,
+    lease_seconds: float,
+    now: dt.datetime,
+) -> tuple[Task, TaskRun] | None:
+    """Claim the next ready task of ``profile`` for an external worker.
+
+    Locks the profile's cap domain (and the global one when configured),
+    counts under it, takes the best ready task row, re-checks the image
+    policy and claims it with a compare-and-set.
+
+    Args:
+        session: The claim's write session (nothing locked yet).
+        profile: The profile claimed from.
+        worker_id: The worker, recorded on the run.
+        board_id: Only this board's tasks ("" = any).
+        holder: The principal that will own the run.
+        settings: The dispatcher's caps and failure limit.
+        lease_seconds: The run's first lease.
+        now: "Now" for backoffs (the dispatcher's clock).
+
+    Returns:
+        The task and its new run, or None when there is nothing to claim.
+    """
+    lock_cap_domains(session, [profile.name], global_cap=bool(settings.max_in_progress))
+    if not _has_slot(session, profile, settings):
+        return None
+    task = _next_ready(session, profile, board_id, now, settings, lock=True)
+    if task is None:
+        return None
+    try:
+        # Checked again at claim: the profile's images may have changed
+        # since the task was written. A refusal is for good: block it.
+        check_image(profile, task.image)
+    except PermissionDenied as exc:
+        lifecycle.set_status(
+            session,
+            task,
+            BLOCKED,
+            reason=exc.message,
+            source=POLICY_SOURCE,
+            effects=effects_of(session),
+        )
+        return None
+    run = runs.claim(
+        session,
+        task,
+        profile=profile.name,
+        worker_id=worker_id,
+        executor_instance="",
+        lease_seconds=lease_seconds,
+        source=f"worker:{worker_id}",
+        holder=holder,
+    )
+    return (task, run) if run is not None else None
