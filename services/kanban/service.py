@@ -16,16 +16,19 @@ from longshore.kanban.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
+from opentelemetry.metrics import Meter
 
 from services.kanban.backends import BackendBreaker
 from services.kanban.db import Database, default_url, make_engine
 from services.kanban.events_bus import EventBus
 from services.kanban.handler_pool import HandlerPool
+from services.kanban.metrics import KanbanMetrics
 from services.kanban.migrations import upgrade
 from services.kanban.models import utcnow
 from services.kanban.server import KanbanServicer
 from services.kanban.settings import DispatchLimits, KanbanSettings
 from services.kanban.spec_checks import SpecChecks
+from services.kanban.store import tasks
 from services.kanban.tick import Dispatcher, RunStarter
 from services.kanban.worker_server import WorkerServicer
 from services.runtime.aio_serving import AioService
@@ -96,6 +99,7 @@ def build_app(
     clock: Callable[[], dt.datetime] = utcnow,
     sandbox_channel: grpc.Channel | None = None,
     backend: BackendBreaker | None = None,
+    meter: Meter | None = None,
 ) -> KanbanApp:
     """Build (and migrate) a kanban process from its settings.
 
@@ -111,6 +115,8 @@ def build_app(
             connects lazily, so kanban starts while the manager is down) and
             closed with the app.
         backend: The sandbox backend's breaker for the dispatcher, or None.
+        meter: Where the dispatcher and the worker service record (tick
+            durations, buckets, claims, queue depth); None = nothing recorded.
 
     Returns:
         The parts, not yet started.
@@ -122,6 +128,12 @@ def build_app(
     # On PostgreSQL the other replicas' commits arrive by LISTEN/NOTIFY.
     bus = EventBus(db, listen=db.is_postgres)
     pool = HandlerPool(settings.kanban.max_workers)
+
+    def queue_depth() -> dict[str, int]:
+        with db.read() as s:
+            return tasks.ready_counts(s)
+
+    metrics = KanbanMetrics(meter, queue_depth=queue_depth) if meter is not None else None
     limits = DispatchLimits.from_section(settings.kanban)
     dispatcher = Dispatcher(
         db,
@@ -131,6 +143,7 @@ def build_app(
         instance=instance or secrets.token_hex(6),
         clock=clock,
         backend=backend,
+        metrics=metrics,
     )
     owned: list[grpc.Channel] = []
     if sandbox_channel is None:
@@ -157,6 +170,7 @@ def build_app(
             tokens=tokens,
             deployment=settings.deployment,
             pool=pool,
+            metrics=metrics,
         ),
         pool=pool,
         owned_channels=owned,

@@ -30,6 +30,7 @@ from services.kanban import convert, models, snapshot
 from services.kanban.backends import BackendBreaker
 from services.kanban.db import Database
 from services.kanban.executor import RunJob, RunSink, merge_spec
+from services.kanban.metrics import KanbanMetrics
 from services.kanban.planner import BackendView, Plan, Readiness, ReadinessReason, plan
 from services.kanban.run_sink import DbRunSink
 from services.kanban.settings import DispatchLimits, KanbanSection
@@ -87,8 +88,10 @@ class Dispatcher:
         instance: str,
         clock: Callable[[], dt.datetime] = models.utcnow,
         backend: BackendBreaker | None = None,
+        metrics: KanbanMetrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics
         self._section = section
         self.limits = limits
         self._executor = executor
@@ -171,7 +174,12 @@ class Dispatcher:
                 proto.tick_time.CopyFrom(tick_time)
                 return proto
             with self._tick_lock:
-                return self._real_tick(now, board_id, spawn_cap, tick_time)
+                # Timed inside the lock: a tick waiting for another is not slow itself.
+                started = time.perf_counter()
+                proto = self._real_tick(now, board_id, spawn_cap, tick_time)
+                if self._metrics is not None:
+                    self._metrics.tick(time.perf_counter() - started, proto)
+                return proto
 
     def _real_tick(
         self,

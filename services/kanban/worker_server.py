@@ -39,6 +39,7 @@ from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.executor_types import merge_spec
 from services.kanban.handler_pool import HandlerPool
+from services.kanban.metrics import KanbanMetrics
 from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, claims, events, failures, links, profiles, runs
@@ -129,7 +130,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         tokens: SandboxTokens | None,
         deployment: str,
         pool: HandlerPool,
+        metrics: KanbanMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._bus = bus
         self._dispatcher = dispatcher
@@ -300,9 +303,13 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             seen = self._lanes.rings
             claimed = await self._pool.run(self._attempt, request, holder)
             if claimed is not None:
+                if self._metrics is not None:
+                    self._metrics.claim(request.profile, claimed=True)
                 return claimed
             remaining = deadline - loop.time()
             if remaining <= 0 or self._bus.closed:
+                if self._metrics is not None:
+                    self._metrics.claim(request.profile, claimed=False)
                 return pb.ClaimTaskResponse()
             # Waiting holds no thread and no transaction; a client that goes
             # away cancels this await, and the poll leaves its lane.

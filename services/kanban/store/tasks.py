@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from services.kanban import limits, secrets
@@ -164,6 +164,12 @@ def create(
     )
     effects.wake = effects.wake or task.status in (READY, TODO)
     return task, False
+
+
+def ready_counts(session: Session) -> dict[str, int]:
+    """Ready tasks per assignee ("" = unassigned): the queue depth a scrape reports."""
+    stmt = select(Task.assignee, func.count()).where(Task.status == READY).group_by(Task.assignee)
+    return {assignee or "": int(n) for assignee, n in session.execute(stmt)}
 
 
 def list_tasks(
