@@ -181,30 +181,71 @@ def _quiet_env(creds: Creds) -> dict[str, str]:
     }
 
 
+def _listening_pid_owns(pid: int, port: int) -> bool:
+    """Whether the socket listening on ``port`` belongs to process ``pid``.
+
+    The port was free when picked, but on a shared machine another process
+    may bind it before the service does; the health check would then answer
+    for a stranger (seen here: a NOT_FOUND from some test's kanban).
+    """
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if str(fd.readlink()).removeprefix("socket:[").removesuffix("]") in inodes:
+                    return True
+    return False
+
+
+def _start(ctx: Context, argv: list[str], env: Callable[[str], dict[str, str]], name: str) -> Proc:
+    """Start ``argv`` on a fresh address (``{addr}`` in ``argv``, ``env(addr)``).
+
+    Retried on another port when a stranger owns the one picked.
+    """
+    for _ in range(3):
+        port = ctx.free_port()
+        addr = f"127.0.0.1:{port}"
+        proc = ctx.service(
+            [a.replace("{addr}", addr) for a in argv],
+            env=env(addr),
+            health_addr=addr,
+            name=name,
+            timeout=90,
+        )
+        if _listening_pid_owns(proc.pid, port):
+            return Proc(addr, proc.pid, proc.stop)
+        log.warning("bench scale: %s lost port %d to another process; retrying", name, port)
+        proc.stop()
+    raise RuntimeError(f"{name}: three ports in a row were taken by other processes")
+
+
 def _gateway(ctx: Context, creds: Creds, backend: str, name: str) -> Proc:
-    addr = f"127.0.0.1:{ctx.free_port()}"
-    proc = ctx.service(
+    return _start(
+        ctx,
         ["python", "-m", "services.gateway"],
-        env={
+        lambda addr: {
             **_quiet_env(creds),
             "LONGSHORE_GATEWAY_LISTEN": addr,
             "LONGSHORE_KANBAN_ADDR": backend,
             "LONGSHORE_GATEWAY_API_KEYS": key_entry("bench", ["admin"], creds.key),
             "LONGSHORE_GATEWAY_RATE_LIMIT_RPS": "0",
         },
-        health_addr=addr,
-        name=name,
-        timeout=60,
+        name,
     )
-    return Proc(addr, proc.pid, proc.stop)
 
 
 def _kanban(ctx: Context, creds: Creds, url: str, home: Path, name: str) -> Proc:
     """A kanban process as deployed (dispatcher on), with no sandbox manager behind it."""
-    addr = f"127.0.0.1:{ctx.free_port()}"
-    proc = ctx.service(
+    return _start(
+        ctx,
         ["python", "-m", "services.kanban"],
-        env={
+        lambda addr: {
             **_quiet_env(creds),
             "LONGSHORE_HOME": str(home),
             "LONGSHORE_DEPLOYMENT": ctx.deployment(),
@@ -213,11 +254,8 @@ def _kanban(ctx: Context, creds: Creds, url: str, home: Path, name: str) -> Proc
             # Nothing listens there: the backend breaker pauses sandbox dispatch.
             "LONGSHORE_SANDBOX_ADDR": f"127.0.0.1:{ctx.free_port()}",
         },
-        health_addr=addr,
-        name=name,
-        timeout=90,
+        name,
     )
-    return Proc(addr, proc.pid, proc.stop)
 
 
 @contextlib.contextmanager
@@ -391,13 +429,13 @@ def _held_calls(
 
 def _no_work_rows(ctx: Context) -> list[Result]:
     creds = Creds(new_key(), new_key())
-    backend = f"127.0.0.1:{ctx.free_port()}"
-    proc = ctx.service(
-        ["python", "-m", "bench.scale", "backend", backend],
-        env={TOKEN_ENV: creds.token, "LONGSHORE_LOG_LEVEL": "WARNING"},
-        health_addr=backend,
-        name="bench-scale-backend",
+    no_work = _start(
+        ctx,
+        ["python", "-m", "bench.scale", "backend", "{addr}"],
+        lambda addr: {TOKEN_ENV: creds.token, "LONGSHORE_LOG_LEVEL": "WARNING"},
+        "bench-scale-backend",
     )
+    backend = no_work.addr
     gateway = _gateway(ctx, creds, backend, "bench-scale-gateway")
     try:
         with grpc.insecure_channel(backend) as kb:
@@ -422,7 +460,7 @@ def _no_work_rows(ctx: Context) -> list[Result]:
             ]
     finally:
         gateway.stop()
-        proc.stop()
+        no_work.stop()
 
 
 # --- rows: the real kanban -----------------------------------------------------------
