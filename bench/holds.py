@@ -7,6 +7,11 @@ the benchmark's own thread stays free to time unary calls meanwhile. A poll
 that ends empty (its ``wait`` ran out) is sent again at once, so the number
 held stays constant; a poll that gets a task counts it and polls again; a
 call that fails is counted by status code and not retried (it was not held).
+
+Calls are opened in batches (:data:`BATCH` every :data:`PACE_S` seconds),
+as workers coming up would, not in one burst: ten thousand calls started in
+one loop turn were seen cancelled by gRPC in the thousands, which measures
+a stampede, not holding.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from longshore.kanban.v1 import worker_service_pb2 as wpb
 from bench import loop
 
 Metadata = tuple[tuple[str, str], ...]
+BATCH = 250
+PACE_S = 0.25
 
 
 class Holds:
@@ -60,6 +67,7 @@ class Holds:
         self._tasks: list[asyncio.Task[None]] = []
         self._issued = threading.Event()
         self._done: Future[None] | None = None
+        self._stopping = False
 
     def start(self) -> Holds:
         """Issue every call (returns once all are sent, not necessarily held yet)."""
@@ -70,6 +78,8 @@ class Holds:
     def stop(self) -> None:
         """Cancel every call and wait until the channel is closed."""
         if self._done is not None:
+            # The cancellations below end calls with CANCELLED: not failures.
+            self._stopping = True
             loop.call_soon(self._cancel)
             self._done.result(60)
 
@@ -83,10 +93,14 @@ class Holds:
         kanban = kanban_service_pb2_grpc.KanbanServiceStub(channel)
         try:
             await channel.channel_ready()
-            self._tasks = [asyncio.create_task(self._poll(worker, n)) for n in range(self.polls)]
-            self._tasks += [
-                asyncio.create_task(self._watch(kanban, n)) for n in range(self.watches)
+            starts: list[tuple[Any, Any, int]] = [
+                (self._poll, worker, n) for n in range(self.polls)
             ]
+            starts += [(self._watch, kanban, n) for n in range(self.watches)]
+            for i, (fn, stub, n) in enumerate(starts):
+                self._tasks.append(asyncio.create_task(fn(stub, n)))
+                if i % BATCH == BATCH - 1:
+                    await asyncio.sleep(PACE_S)
             self._issued.set()
             await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
@@ -106,7 +120,8 @@ class Holds:
                 else:
                     self.reissued += 1
         except grpc.RpcError as exc:
-            self.errors[f"ClaimTask {exc.code().name}"] += 1
+            if not self._stopping:
+                self.errors[f"ClaimTask {exc.code().name}"] += 1
         finally:
             self.active -= 1
 
@@ -119,7 +134,8 @@ class Holds:
             async for _ in call:
                 self.watchers_reached.add(n)
         except grpc.RpcError as exc:
-            self.errors[f"WatchEvents {exc.code().name}"] += 1
+            if not self._stopping:
+                self.errors[f"WatchEvents {exc.code().name}"] += 1
         finally:
             self.active -= 1
             call.cancel()

@@ -390,12 +390,14 @@ def _held_calls(
                 time.sleep(0.5)
             time.sleep(settle_s)  # let the last calls arrive and settle before reading RSS
             rss_held = sum(_rss_kib(pid) for pid in pids)
+            held_before = held
             errors_before = sum(holds.errors.values())
             busy, timeouts = timed_tolerant(
                 lambda: via.GetTask(request, timeout=5, metadata=creds.auth), samples
             )
             live = probe(holds) if probe is not None else {}
             held = min(held, held_count(holds))
+            errors = dict(holds.errors)  # before stop(): what was held, not our cancels
         finally:
             holds.stop()
     per_call_kib = (rss_held - rss_before) / max(1, held)
@@ -409,18 +411,19 @@ def _held_calls(
         met=busy_p99 <= 2 * idle_p99
         and per_call_kib <= 50
         and held >= polls + watches
-        and not holds.errors
+        and not errors
         and not timeouts
         and bool(live.get("ok", True)),
         extra={
             "held": held,
+            "held_before_timing": held_before,
             "idle_p99_ms": round(idle_p99, 3),
             "busy_p99_ms": round(busy_p99, 3),
             "rss_kib_before": rss_before,
             "rss_kib_held": rss_held,
             "kib_per_held_call": round(per_call_kib, 1),
-            "errors": dict(holds.errors),
-            "errors_during_timing": sum(holds.errors.values()) - errors_before,
+            "errors": errors,
+            "errors_during_timing": sum(errors.values()) - errors_before,
             "getTask_failed": timeouts,
             **live,
         },
