@@ -30,6 +30,7 @@ from longshore.kanban.v1 import kanban_service_pb2_grpc, profile_pb2, task_pb2
 from longshore.sandbox.v1 import sandbox_pb2
 
 from bench import Context, Result, Stats, measure
+from bench.latency import interleaved
 from services.gateway.auth import key_entry, new_key
 
 CLIENTS = 16
@@ -103,17 +104,11 @@ def _added_latency(ctx: Context, stack: Stack, task_id: str) -> Result:
     with grpc.insecure_channel(stack.gateway) as gw, grpc.insecure_channel(stack.kanban) as kb:
         via = kanban_service_pb2_grpc.KanbanServiceStub(gw)
         direct = kanban_service_pb2_grpc.KanbanServiceStub(kb)
-        # Interleave the two so machine noise hits both alike.
-        raw_samples: list[float] = []
-        ours_samples: list[float] = []
-        for _ in range(ctx.repeat(10)):
-            raw_samples.append(
-                measure(lambda: direct.GetTask(request, timeout=5, metadata=internal), 50, 5).median
-            )
-            ours_samples.append(
-                measure(lambda: via.GetTask(request, timeout=5, metadata=auth), 50, 5).median
-            )
-    raw, ours = Stats.from_samples(raw_samples), Stats.from_samples(ours_samples)
+        raw, ours = interleaved(
+            lambda: direct.GetTask(request, timeout=5, metadata=internal),
+            lambda: via.GetTask(request, timeout=5, metadata=auth),
+            chunks=ctx.repeat(10),
+        )
     added = ours.median - raw.median
     return Result.from_stats(
         "GetTask via gateway vs direct (added p50)",
