@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.kanban.commits import Commit
 from services.kanban.db import Database, make_engine
 from services.kanban.migrations import upgrade
 from services.kanban.store import events
@@ -55,7 +56,7 @@ def _append(db: Database, n: int) -> list[int]:
 def test_every_event_is_delivered_once_and_in_order(replicas: list[Database]) -> None:
     changed = threading.Condition()
 
-    def ring() -> None:
+    def ring(_commit: Commit) -> None:
         with changed:
             changed.notify_all()
 

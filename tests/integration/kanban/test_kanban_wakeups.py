@@ -27,6 +27,7 @@ from sqlalchemy import event
 from tests.integration.kanban.conftest import Kanban
 
 POLLS = 50
+COMMIT = "<commit>"
 
 
 @contextmanager
@@ -39,12 +40,19 @@ def statements(kanban: Kanban) -> Iterator[list[tuple[str, Any]]]:
         with lock:
             seen.append((sql, params))
 
+    def committed(_conn: Any) -> None:
+        # Reads roll back; only a write transaction commits (both databases).
+        with lock:
+            seen.append((COMMIT, None))
+
     engine = kanban.app.db.engine
     event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "commit", committed)
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "commit", committed)
 
 
 def is_claimability_read(sql: str) -> bool:
@@ -53,7 +61,8 @@ def is_claimability_read(sql: str) -> bool:
 
 
 def is_write(sql: str) -> bool:
-    return "BEGIN IMMEDIATE" in sql or "pg_advisory_xact_lock" in sql
+    """A committed write transaction (PostgreSQL has no lock that marks one any more)."""
+    return sql == COMMIT
 
 
 def mentions(params: Any, value: str) -> bool:
