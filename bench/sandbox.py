@@ -8,7 +8,10 @@ measured through the generated stub, "raw" is the Docker SDK call it wraps):
 - exec of ``true`` vs a raw ``exec_run`` (target: <= 10 ms over raw);
 - reaping 50 and 200 old exited sandboxes vs a raw sequential inspect-and-remove
   loop (target for 200: <= 0.5x raw);
-- listing 1,000 sandboxes (target <= 100 ms; they are created, never started).
+- listing 1,000 sandboxes (target <= 100 ms; they are created, never started);
+- writing and reading a 1 MB and a 100 MB file (WriteFiles / ReadFile through
+  the stub) vs the raw ``put_archive`` of a ready tar / ``get_archive`` drained
+  (target <= 1.2x raw; ``LONGSHORE_BENCH_SANDBOX_FILE_MB``, default ``1,100``).
 
 Paired samples are interleaved (raw, ours, raw, ours, ...) so engine load drifts
 hit both sides alike. Sizes: ``LONGSHORE_BENCH_SANDBOX_REAP`` (default ``50,200``),
@@ -21,7 +24,9 @@ default (``LONGSHORE_BENCH_SANDBOX_REAP_REPS`` for more).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -292,6 +297,84 @@ def _list(ctx: Context, stub: SandboxServiceStub, deployment: str) -> Result:
     )
 
 
+def _write_requests(
+    cid: str, path: str, data: bytes
+) -> Iterator[sandbox_service_pb2.WriteFilesRequest]:
+    yield sandbox_service_pb2.WriteFilesRequest(sandbox_id=cid)
+    yield sandbox_service_pb2.WriteFilesRequest(
+        header=sandbox_service_pb2.WriteFileHeader(path=path, size=len(data))
+    )
+    view = memoryview(data)
+    for start in range(0, len(data), FILE_CHUNK):
+        yield sandbox_service_pb2.WriteFilesRequest(data=bytes(view[start : start + FILE_CHUNK]))
+
+
+FILE_CHUNK = 1024 * 1024
+
+
+def _files(ctx: Context, stub: SandboxServiceStub) -> list[Result]:
+    client = ctx.docker
+    cid = _acquire(stub, "files")
+    stub.MakeDirectory(
+        sandbox_service_pb2.MakeDirectoryRequest(sandbox_id=cid, path="/bench"), timeout=T
+    )
+    results = []
+    seen: dict[str, int] = {}
+    sizes = _sizes("LONGSHORE_BENCH_SANDBOX_FILE_MB", "1,100", False, 1)
+    for mb in sizes:
+        data = os.urandom(mb * 1024 * 1024)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo("raw.bin")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        ready_tar = buffer.getvalue()
+        repeat = ctx.repeat(20 if mb <= 10 else 7)
+
+        def ours_write(data: bytes = data) -> None:
+            stub.WriteFiles(_write_requests(cid, "/bench/ours.bin", data), timeout=T)
+
+        def raw_write(ready_tar: bytes = ready_tar) -> None:
+            client.api.put_archive(cid, "/bench", ready_tar)
+
+        ours, raw = _interleaved(ours_write, raw_write, repeat, warmup=1)
+        results.append(
+            Result.from_stats(
+                f"write a {mb} MB file (WriteFiles stream) vs raw put_archive of a ready tar",
+                ours,
+                raw,
+                target="<= 1.2x raw",
+                max_ratio=1.2,
+                extra={"ours_mb_per_s": round(mb / (ours.median / 1000), 1)},
+            )
+        )
+        read_req = sandbox_service_pb2.ReadFileRequest(sandbox_id=cid, path="/bench/ours.bin")
+
+        def ours_read(read_req: sandbox_service_pb2.ReadFileRequest = read_req) -> None:
+            seen["ours"] = sum(len(m.data) for m in stub.ReadFile(read_req, timeout=T))
+
+        def raw_read() -> None:
+            chunks, _ = client.api.get_archive(cid, "/bench/raw.bin", chunk_size=FILE_CHUNK)
+            seen["raw"] = sum(len(c) for c in chunks)
+
+        ours, raw = _interleaved(ours_read, raw_read, repeat, warmup=1)
+        results.append(
+            Result.from_stats(
+                f"read a {mb} MB file (ReadFile stream) vs raw get_archive drained",
+                ours,
+                raw,
+                target="<= 1.2x raw",
+                max_ratio=1.2,
+                extra={
+                    "ours_bytes": seen.get("ours"),
+                    "raw_tar_bytes": seen.get("raw"),
+                    "ours_mb_per_s": round(mb / (ours.median / 1000), 1),
+                },
+            )
+        )
+    return results
+
+
 def run(ctx: Context) -> list[Result]:
     """All sandbox scenarios (see the module docstring)."""
     results: list[Result] = []
@@ -300,4 +383,5 @@ def run(ctx: Context) -> list[Result]:
         results.append(_cold(ctx, stub))
         results += _reap(ctx, stub, deployment)
         results.append(_list(ctx, stub, deployment))
+        results += _files(ctx, stub)
     return results

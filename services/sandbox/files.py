@@ -33,7 +33,7 @@ import posixpath
 import tarfile
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -373,20 +373,7 @@ class SandboxFiles:
                 response.raise_for_status()
             except requests.exceptions.HTTPError as exc:
                 raise docker.errors.create_api_error_from_http_exception(exc) from exc
-        header = response.headers.get("X-Docker-Container-Path-Stat", "")
-        try:
-            data = json.loads(base64.b64decode(header))
-        except (ValueError, binascii.Error):
-            raise FailedPrecondition(f"engine sent no stat for {quote(path)}") from None
-        kind, perm = _from_go_mode(int(data.get("mode") or 0))
-        return FileStat(
-            path=path,
-            kind=kind,
-            size=int(data.get("size") or 0) if kind is FileKind.FILE else 0,
-            mode=perm,
-            modify_time=parse_docker_time(str(data.get("mtime") or "")),
-            symlink_target=str(data.get("linkTarget") or "") if kind is FileKind.SYMLINK else "",
-        )
+        return _stat_of_response(path, response)
 
     # ---- write ---------------------------------------------------------------------
 
@@ -429,12 +416,18 @@ class SandboxFiles:
         check_mode("header.mode", mode, operator=operator)
         self.check_reachable(target, "header.path", path)
         uid, gid = self.owner(target, header.uid, header.gid, operator=operator)
+        # Never let a file replace a directory: the engine's extraction
+        # would remove the whole tree to put the file there.
         existing = self._stat_or_none(target.cid, path)
         if existing is not None and existing.kind is FileKind.DIRECTORY:
             raise FailedPrecondition(f"header.path: {quote(path)} is a directory")
-        base, missing = self._existing_ancestor(
-            target.cid, posixpath.dirname(path), header.make_parents, "header.path"
-        )
+        if existing is not None:
+            # The file exists, so its parent is a directory: one stat, not two.
+            base, missing = posixpath.dirname(path), list[str]()
+        else:
+            base, missing = self._existing_ancestor(
+                target.cid, posixpath.dirname(path), header.make_parents, "header.path"
+            )
         self.require_access(target, base, 3, "header.path", operator=operator)
         if existing is not None:
             self.require_access(target, path, 2, "header.path", operator=operator)
@@ -525,26 +518,30 @@ class SandboxFiles:
         """
         check_path("path", path)
         self.check_reachable(target, "path", path)
-        entry = self.stat(target, path)
-        if entry.kind is not FileKind.FILE:
-            raise FailedPrecondition(f"path: {quote(path)} is a {entry.kind.value}, not a file")
-        if entry.size > self.max_file_bytes:
-            raise ResourceExhausted(
-                f"path: {quote(path)} has {entry.size} bytes, over sandbox.max_file_bytes "
-                f"({self.max_file_bytes})"
-            )
-        self.require_access(target, path, 4, "path", operator=operator)
-        yield entry
+        # One engine call: the archive's answer carries the stat header, and
+        # its first tar header the owner, so type, size and access are
+        # checked before any byte is relayed (and a directory is never read).
         response = self._archive(target.cid, path)
-        # No span is held across the yields: the consumer resumes this
-        # generator from pool threads with different contexts.
         try:
+            entry = _stat_of_response(path, response)
+            if entry.kind is not FileKind.FILE:
+                raise FailedPrecondition(f"path: {quote(path)} is a {entry.kind.value}, not a file")
+            if entry.size > self.max_file_bytes:
+                raise ResourceExhausted(
+                    f"path: {quote(path)} has {entry.size} bytes, over sandbox.max_file_bytes "
+                    f"({self.max_file_bytes})"
+                )
             chunks = response.raw.stream(CHUNK_BYTES, decode_content=False)
-            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as tar:
+            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK_BYTES) as tar:
                 member = tar.next()
                 reader = tar.extractfile(member) if member is not None else None
-                if reader is None:
+                if member is None or reader is None:
                     raise FailedPrecondition(f"path: {quote(path)} changed while read")
+                owned = _stat_of_member(path, member)
+                self._check_owned(target, owned, 4, "path", operator=operator)
+                # No span is held across the yields: the consumer resumes
+                # this generator from pool threads with different contexts.
+                yield replace(entry, uid=owned.uid, gid=owned.gid)
                 while data := reader.read(CHUNK_BYTES):
                     yield data
         except tarfile.TarError as exc:
@@ -608,12 +605,24 @@ class SandboxFiles:
         Raises:
             PermissionDenied: The sandbox's user lacks the permission.
         """
+        if operator or self.default_owner(target)[0] == 0:
+            return
+        self._check_owned(target, self._owned_stat(target.cid, path), need, field_name)
+
+    def _check_owned(
+        self,
+        target: Target,
+        entry: FileStat,
+        need: int,
+        field_name: str,
+        *,
+        operator: bool = False,
+    ) -> None:
+        """:meth:`require_access` on an entry whose owner is known already."""
         if operator:
             return
         uid, gid = self.default_owner(target)
-        if uid == 0:
-            return
-        entry = self._owned_stat(target.cid, path)
+        path = entry.path
         if not _allows(entry, uid, gid, need):
             what = {4: "read", 2: "write", 6: "read and write", 3: "write into", 5: "list"}
             raise PermissionDenied(
@@ -667,7 +676,7 @@ class SandboxFiles:
         response = self._archive(target.cid, path)
         try:
             chunks = response.raw.stream(CHUNK_BYTES, decode_content=False)
-            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as tar:
+            with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK_BYTES) as tar:
                 for member in tar:
                     # Names start with the directory's own name ("work/a/b").
                     parts = member.name.strip("/").split("/")[1:]
@@ -825,6 +834,24 @@ class SandboxFiles:
                 f"{'MovePath' if argv[0] == 'mv' else 'RemovePath'} execs: {text}"
             )
         raise FailedPrecondition(f"{argv[0]} exited {code}: {text or '(no output)'}")
+
+
+def _stat_of_response(path: str, response: requests.Response) -> FileStat:
+    """A path's entry from the stat header the engine sends with every archive answer."""
+    header = response.headers.get("X-Docker-Container-Path-Stat", "")
+    try:
+        data = json.loads(base64.b64decode(header))
+    except (ValueError, binascii.Error):
+        raise FailedPrecondition(f"engine sent no stat for {quote(path)}") from None
+    kind, perm = _from_go_mode(int(data.get("mode") or 0))
+    return FileStat(
+        path=path,
+        kind=kind,
+        size=int(data.get("size") or 0) if kind is FileKind.FILE else 0,
+        mode=perm,
+        modify_time=parse_docker_time(str(data.get("mtime") or "")),
+        symlink_target=str(data.get("linkTarget") or "") if kind is FileKind.SYMLINK else "",
+    )
 
 
 def _allows(entry: FileStat, uid: int, gid: int, need: int) -> bool:
