@@ -21,7 +21,7 @@ import asyncio
 import contextvars
 import functools
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from concurrent import futures
 from typing import Any, TypeVar
 
@@ -281,7 +281,7 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         finally:
             # A caller that went away must not leave the thread waiting for
             # its next message.
-            stream.gone.set()
+            stream.close()
         return sandbox_service_pb2.WriteFilesResponse(
             files=[_entry(f) for f in written], bytes_written=sum(f.size for f in written)
         )
@@ -292,15 +292,20 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         """See the proto."""
         target, operator = await self._file_target(request.sandbox_id, context)
         parts = self.manager.files.read(target, request.path, operator=operator)
+        ahead = _ReadAhead(parts, asyncio.get_running_loop())
+        # One pool thread reads the engine while the loop writes to the caller:
+        # pulling a chunk per write instead serialised the two (3x slower).
+        job = asyncio.ensure_future(self._blocking(ahead.run))
         try:
-            while (part := await self._blocking(next, parts, None)) is not None:
+            while (part := await ahead.next()) is not None:
                 if isinstance(part, FileStat):
                     yield sandbox_service_pb2.ReadFileResponse(entry=_entry(part))
                 else:
                     yield sandbox_service_pb2.ReadFileResponse(data=part)
         finally:
-            # Closing ends the engine's response; never on the loop (it blocks).
-            await asyncio.shield(self._blocking(parts.close))
+            ahead.stop()
+            # The thread closes the engine's response itself; wait for it.
+            await asyncio.shield(job)
 
     async def ListDirectory(
         self, request: sandbox_service_pb2.ListDirectoryRequest, context: Context
@@ -381,12 +386,71 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         return sandbox_service_pb2.RemovePathResponse(entry=_entry(entry))
 
 
+#: Chunks a ReadFile (or WriteFiles) buffers ahead of the slower side, at most.
+READ_AHEAD = 4
+_END = object()
+
+
+class _ReadAhead:
+    """Runs a file read in a pool thread, at most READ_AHEAD parts ahead of the caller.
+
+    The generator is advanced and closed only by that thread (a generator may
+    not be resumed from two threads), so stopping is a flag it checks.
+    """
+
+    def __init__(
+        self, parts: Generator[FileStat | bytes, None, None], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._parts = parts
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._slots = threading.Semaphore(READ_AHEAD)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        """In a pool thread: reads every part into the queue, or stops when told."""
+
+        def put(item: object) -> None:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+        try:
+            for part in self._parts:
+                while not self._slots.acquire(timeout=PULL_POLL_SECONDS):
+                    if self._stopped.is_set():
+                        return
+                if self._stopped.is_set():
+                    return
+                put(part)
+            put(_END)
+        except Exception as exc:  # typed errors included: the handler raises them
+            put(exc)
+        finally:
+            self._parts.close()
+
+    async def next(self) -> FileStat | bytes | None:
+        """The next part (None at the end); re-raises what the read raised."""
+        item = await self._queue.get()
+        if item is _END:
+            return None
+        if isinstance(item, Exception):
+            raise item
+        self._slots.release()
+        return item  # type: ignore[return-value]
+
+    def stop(self) -> None:
+        """Tells the thread to stop (a no-op after the end)."""
+        self._stopped.set()
+        self._slots.release()
+
+
 class _WriteParts:
     """A WriteFiles request stream as the blocking writer pulls it, from a pool thread.
 
-    Each pull schedules one read of the aio stream on the loop and waits for
-    it; ``gone`` (set when the handler ends, the caller gone included) stops
-    a pull that would otherwise wait forever for a message that never comes.
+    A task on the loop reads up to READ_AHEAD messages ahead into a queue, so
+    receiving from the caller overlaps sending to the engine (a pull per
+    receive serialised them); the bounded queue keeps the backpressure.
+    ``close`` (when the handler ends, the caller gone included) stops the
+    task and a pull that would otherwise wait forever for a message.
     """
 
     def __init__(
@@ -397,6 +461,21 @@ class _WriteParts:
         self._messages = messages
         self._loop = loop
         self.gone = threading.Event()
+        self._queue: asyncio.Queue[files.Part | Exception | None] = asyncio.Queue(READ_AHEAD)
+        self._reader = loop.create_task(self._read_all())
+
+    async def _read_all(self) -> None:
+        try:
+            while (part := await self._next()) is not None:
+                await self._queue.put(part)
+            await self._queue.put(None)
+        except Exception as exc:  # a typed refusal of a message: the writer raises it
+            await self._queue.put(exc)
+
+    def close(self) -> None:
+        """On the loop, when the handler ends: stops reading and any waiting pull."""
+        self.gone.set()
+        self._reader.cancel()
 
     def pull(self) -> files.Part | None:
         """The next header or data (None at the end of the stream).
@@ -405,14 +484,18 @@ class _WriteParts:
             InvalidArgument: A second sandbox_id, or an empty message.
             Cancelled: The call ended while waiting.
         """
-        future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop)
         while True:
             try:
-                return future.result(timeout=PULL_POLL_SECONDS)
+                item = future.result(timeout=PULL_POLL_SECONDS)
             except futures.TimeoutError:
                 if self.gone.is_set():
                     future.cancel()
                     raise Cancelled("WriteFiles: the call ended") from None
+                continue
+            if isinstance(item, Exception):
+                raise item
+            return item
 
     async def _next(self) -> files.Part | None:
         message = await anext(aiter(self._messages), None)
