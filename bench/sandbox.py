@@ -12,6 +12,9 @@ measured through the generated stub, "raw" is the Docker SDK call it wraps):
 - writing and reading a 1 MB and a 100 MB file (WriteFiles / ReadFile through
   the stub) vs the raw ``put_archive`` of a ready tar / ``get_archive`` drained
   (target <= 1.2x raw; ``LONGSHORE_BENCH_SANDBOX_FILE_MB``, default ``1,100``).
+  Here the manager runs as its own process, as deployed: in-process, the
+  client's and the server's copies of every byte share one GIL, which the raw
+  call (one client) does not pay.
 
 Paired samples are interleaved (raw, ours, raw, ours, ...) so engine load drifts
 hit both sides alike. Sizes: ``LONGSHORE_BENCH_SANDBOX_REAP`` (default ``50,200``),
@@ -28,17 +31,20 @@ import io
 import os
 import tarfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import docker
+import grpc
 from google.protobuf import duration_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
 from bench import Context, Result, Stats, stopwatch
+from services.runtime.interceptors import INTERNAL_TOKEN_KEY
 from services.runtime.testing import serve_in_process
 from services.sandbox import labels
 from services.sandbox.docker_client import create_client
@@ -312,11 +318,51 @@ def _write_requests(
 FILE_CHUNK = 1024 * 1024
 
 
-def _files(ctx: Context, stub: SandboxServiceStub) -> list[Result]:
+@contextlib.contextmanager
+def _manager_process(ctx: Context) -> Iterator[tuple[SandboxServiceStub, Any]]:
+    """The sandbox manager as a process; a stub and the internal-credential metadata."""
+    token = uuid.uuid4().hex
+    addr = f"127.0.0.1:{ctx.free_port()}"
+    deployment = ctx.deployment()
+    ctx.service(
+        ["python", "-m", "services.sandbox"],
+        env={
+            "LONGSHORE_HOME": str(ctx.temp_dir("bench-files")),
+            "LONGSHORE_DEPLOYMENT": deployment,
+            "LONGSHORE_INTERNAL_TOKEN": token,
+            "LONGSHORE_LOG_LEVEL": "WARNING",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+            "LONGSHORE_SHUTDOWN_DELAY_SECONDS": "0",
+            "LONGSHORE_SANDBOX_LISTEN": addr,
+            "LONGSHORE_SANDBOX_ADDR": addr,
+            "LONGSHORE_SANDBOX_DEFAULT_IMAGE": ctx.sandbox_image(),
+            "LONGSHORE_SANDBOX_REAPER_ENABLED": "false",
+        },
+        health_addr=addr,
+        name="bench-files-sandbox",
+        timeout=60,
+    )
+    options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+    with grpc.insecure_channel(addr, options=options) as channel:
+        yield SandboxServiceStub(channel), ((INTERNAL_TOKEN_KEY, token),)
+
+
+def _files(ctx: Context) -> list[Result]:
+    with _manager_process(ctx) as (stub, metadata):
+        return _files_on(ctx, stub, metadata)
+
+
+def _files_on(ctx: Context, stub: SandboxServiceStub, metadata: Any) -> list[Result]:
     client = ctx.docker
-    cid = _acquire(stub, "files")
+    cid = stub.AcquireSandbox(
+        sandbox_service_pb2.AcquireSandboxRequest(task_id="files", profile="bench"),
+        timeout=T,
+        metadata=metadata,
+    ).sandbox.sandbox_id
     stub.MakeDirectory(
-        sandbox_service_pb2.MakeDirectoryRequest(sandbox_id=cid, path="/bench"), timeout=T
+        sandbox_service_pb2.MakeDirectoryRequest(sandbox_id=cid, path="/bench"),
+        timeout=T,
+        metadata=metadata,
     )
     results = []
     seen: dict[str, int] = {}
@@ -332,7 +378,9 @@ def _files(ctx: Context, stub: SandboxServiceStub) -> list[Result]:
         repeat = ctx.repeat(20 if mb <= 10 else 7)
 
         def ours_write(data: bytes = data) -> None:
-            stub.WriteFiles(_write_requests(cid, "/bench/ours.bin", data), timeout=T)
+            stub.WriteFiles(
+                _write_requests(cid, "/bench/ours.bin", data), timeout=T, metadata=metadata
+            )
 
         def raw_write(ready_tar: bytes = ready_tar) -> None:
             client.api.put_archive(cid, "/bench", ready_tar)
@@ -351,7 +399,8 @@ def _files(ctx: Context, stub: SandboxServiceStub) -> list[Result]:
         read_req = sandbox_service_pb2.ReadFileRequest(sandbox_id=cid, path="/bench/ours.bin")
 
         def ours_read(read_req: sandbox_service_pb2.ReadFileRequest = read_req) -> None:
-            seen["ours"] = sum(len(m.data) for m in stub.ReadFile(read_req, timeout=T))
+            reply = stub.ReadFile(read_req, timeout=T, metadata=metadata)
+            seen["ours"] = sum(len(m.data) for m in reply)
 
         def raw_read() -> None:
             chunks, _ = client.api.get_archive(cid, "/bench/raw.bin", chunk_size=FILE_CHUNK)
@@ -383,5 +432,5 @@ def run(ctx: Context) -> list[Result]:
         results.append(_cold(ctx, stub))
         results += _reap(ctx, stub, deployment)
         results.append(_list(ctx, stub, deployment))
-        results += _files(ctx, stub)
+    results += _files(ctx)
     return results
