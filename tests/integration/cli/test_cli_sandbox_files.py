@@ -95,3 +95,18 @@ def test_errors_are_reported_not_tracebacks(stack: RealStack, box: str) -> None:
     assert usage.returncode != 0 and b"exactly one side" in usage.stderr
     # Listing sandboxes (no SANDBOX:PATH) still works.
     assert box[:12].encode() in run(stack, "sandbox", "ls").stdout
+
+
+def test_the_docs_python_example_runs(stack: RealStack, box: str, tmp_path: Path) -> None:
+    page = (REPO_ROOT / "docs" / "sandbox-files.md").read_text()
+    example = page.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "hi.py"
+    script.write_text(example)
+    env = service_env(
+        {"LONGSHORE_GATEWAY_ADDR": stack.gateway_addr, "LONGSHORE_API_KEY": stack.keys.admin}
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script), box], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert run(stack, "sandbox", "cat", f"{box}:/work/hi.py").stdout == b"print('hi')\n"

@@ -419,3 +419,9 @@ def test_the_runs_holder_is_held_to_the_sandboxs_user(rig: Rig) -> None:
     assert failure(lambda: read(rig, rig.worker_box, "/home/w/a.txt", mine))[0] == (
         grpc.StatusCode.NOT_FOUND
     )
+
+
+def test_a_message_over_the_gateways_bound_is_resource_exhausted(rig: Rig) -> None:
+    big = b"x" * (5 * MIB)  # gateway.max_message_bytes is 4 MiB
+    code, details = failure(lambda: write(rig, rig.box, [header("/big.bin", big)], chunk=len(big)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
