@@ -12,6 +12,7 @@ sandbox's non-root user may not touch (PERMISSION_DENIED at the manager).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,9 +21,14 @@ import docker
 import grpc
 import pytest
 from longshore.sandbox.v1 import file_pb2, sandbox_pb2, sandbox_service_pb2
+from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
 from services.runtime.sandbox_tokens import SANDBOX_TOKEN_KEY, SandboxGrant, SandboxTokens
 from services.runtime.sandbox_tokens import spec_digest as digest_of
+from services.runtime.testing import serve_in_process
+from services.sandbox.manager import SandboxManager
+from services.sandbox.reaper import Reaper, StartupGuard
+from services.sandbox.server import SandboxServicer, grpc_service
 from tests.integration.gateway.stack import RealStack, Stubs, auth, real_stack
 from tests.integration.sandbox.conftest import remove_deployment
 
@@ -425,3 +431,46 @@ def test_a_message_over_the_gateways_bound_is_resource_exhausted(rig: Rig) -> No
     big = b"x" * (5 * MIB)  # gateway.max_message_bytes is 4 MiB
     code, details = failure(lambda: write(rig, rig.box, [header("/big.bin", big)], chunk=len(big)))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+
+
+def test_a_write_abandoned_mid_file_frees_its_pool_thread(
+    make_manager: Callable[..., SandboxManager],
+) -> None:
+    """One pool thread: if the abandoned write kept it, the next call could never run."""
+    manager = make_manager()
+    servicer = SandboxServicer(manager, Reaper(manager, guard=StartupGuard()), max_workers=1)
+    with serve_in_process([grpc_service(servicer)]) as running:
+        stub = SandboxServiceStub(running.channel())
+        box = stub.AcquireSandbox(
+            pb.AcquireSandboxRequest(task_id="t-abandon", profile="coder"), timeout=T
+        ).sandbox.sandbox_id
+        sent_some = threading.Event()
+        never = threading.Event()
+
+        def stalled() -> Iterator[pb.WriteFilesRequest]:
+            yield pb.WriteFilesRequest(sandbox_id=box)
+            yield pb.WriteFilesRequest(header=pb.WriteFileHeader(path="/half.bin", size=10 * MIB))
+            yield pb.WriteFilesRequest(data=b"x" * MIB)
+            sent_some.set()
+            never.wait()  # the caller stalls, then goes away
+
+        call = stub.WriteFiles.future(stalled(), timeout=T)
+        sent_some.wait(T)
+        call.cancel()
+        never.set()
+        # The same single thread serves a whole new write and its read.
+        stub.WriteFiles(
+            iter(
+                [
+                    pb.WriteFilesRequest(sandbox_id=box),
+                    pb.WriteFilesRequest(header=pb.WriteFileHeader(path="/after.txt", size=2)),
+                    pb.WriteFilesRequest(data=b"ok"),
+                ]
+            ),
+            timeout=T,
+        )
+        data = b"".join(
+            m.data
+            for m in stub.ReadFile(pb.ReadFileRequest(sandbox_id=box, path="/after.txt"), timeout=T)
+        )
+        assert data == b"ok"
