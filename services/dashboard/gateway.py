@@ -4,11 +4,9 @@ Every call carries ``authorization: Bearer <key>`` and an explicit deadline.
 The key is the logged-in session's own (:meth:`GatewayClient.with_key`), the
 single sign-on key, or the dashboard's configured key in loopback mode; the
 channels are shared, only the per-call metadata differs, so a session never
-borrows another's credential. Streams (events, run output) go over a second, plain
-channel so that they return real gRPC call objects a view can ``cancel()``
-when the browser goes away (the instrumented channel wraps server streams in
-generators, which cannot be cancelled from another thread); their trace
-context is injected into the metadata by hand.
+borrows another's credential. Streams (events, run output) go over the same
+traced channel: it returns real gRPC call objects, which a view can
+``cancel()`` when the browser goes away.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from longshore.kanban.v1 import (
     task_pb2,
 )
 from longshore.sandbox.v1 import sandbox_service_pb2_grpc
-from opentelemetry import propagate
 
 from services.runtime.channels import open_channel
 
@@ -54,37 +51,31 @@ class GatewayClient:
         # No channel-wide metadata: the key travels per call, so one channel
         # serves every session without ever mixing credentials.
         self._channel = open_channel(address)
-        self._stream_channel = grpc.insecure_channel(address)
         self.kanban = kanban_service_pb2_grpc.KanbanServiceStub(self._channel)
         self.sandbox = sandbox_service_pb2_grpc.SandboxServiceStub(self._channel)
         self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
-        self._kanban_streams = kanban_service_pb2_grpc.KanbanServiceStub(self._stream_channel)
 
     @staticmethod
     def _auth(api_key: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def with_key(self, api_key: str) -> GatewayClient:
-        """The same client (same channels) whose calls carry ``api_key`` instead."""
+        """The same client (same channel) whose calls carry ``api_key`` instead."""
         bound = copy.copy(self)
         bound._metadata = self._auth(api_key)
         return bound
 
     def close(self) -> None:
-        """Close the channels."""
+        """Close the channel."""
         self._channel.close()
-        self._stream_channel.close()
 
     def call(self, method: Any, request: Any) -> Any:
         """Call a unary stub method with the deadline and this client's key."""
         return method(request, timeout=self.timeout, metadata=self._metadata)
 
     def stream(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        """Start a server-streaming call on the plain channel; it is cancellable."""
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        metadata = tuple(self._metadata) + tuple(carrier.items())
-        return method(request, timeout=timeout, metadata=metadata)
+        """Start a server-streaming call; the returned call is cancellable from any thread."""
+        return method(request, timeout=timeout, metadata=self._metadata)
 
     # Status -----------------------------------------------------------------
 
@@ -143,7 +134,7 @@ class GatewayClient:
         request = kanban_service_pb2.WatchEventsRequest(
             since_event_id=since, board_id=board_id, task_id=task_id
         )
-        return self.stream(self._kanban_streams.WatchEvents, request)  # type: ignore[no-any-return]
+        return self.stream(self.kanban.WatchEvents, request)  # type: ignore[no-any-return]
 
     def stream_output(
         self, *, task_id: str, run_id: str, offset: int
@@ -152,7 +143,7 @@ class GatewayClient:
         request = kanban_service_pb2.StreamRunOutputRequest(
             task_id=task_id, run_id=run_id, offset=offset, follow=True
         )
-        return self.stream(self._kanban_streams.StreamRunOutput, request)  # type: ignore[no-any-return]
+        return self.stream(self.kanban.StreamRunOutput, request)  # type: ignore[no-any-return]
 
 
 #: How long the scopes of a configured key are remembered.

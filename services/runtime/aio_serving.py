@@ -1,18 +1,22 @@
-"""The ``grpc.aio`` server factory: a held stream or long poll costs a coroutine.
+"""The gRPC server factory every service uses: ``grpc.aio``, where a held stream
+or long poll costs a coroutine.
 
-``build_aio_server`` is the asynchronous sibling of
-:func:`services.runtime.serving.build_server` (which kanban and the sandbox
-manager still use): the library health service (its aio servicer), reflection,
-OpenTelemetry server spans, the internal-credential check, the version and
-health-detail trailers and the one error mapping, bound with
-``grpc.so_reuseport`` off and bounded message sizes.
+``build_aio_server`` installs the library health service (its aio
+servicer), reflection, OpenTelemetry server spans, the internal-credential
+check, the version and health-detail trailers and the one error mapping,
+bound with ``grpc.so_reuseport`` off and bounded message sizes (what every
+server shares is in :mod:`services.runtime.server_base`). Handlers are
+coroutines; a service whose work blocks (the Docker SDK) runs it in a
+bounded thread pool of its own. The thread-pool sibling,
+:func:`services.runtime.serving.build_server`, remains only for kanban until
+it serves on ``grpc.aio``.
 
-The server runs on its own event loop in one thread, so callers keep the
-synchronous surface of :class:`~services.runtime.serving.Server`
-(``start``, ``stop``, ``serve_until_signal``, ``set_serving``) whether they
-are a service's ``__main__`` or a test. Every handler, channel and health
-update lives on that loop; other threads reach it only through
-:meth:`AioServer.run` and ``call_soon_threadsafe``.
+The server runs on its own event loop in one thread, so callers keep a
+synchronous surface (``start``, ``stop``, ``serve``,
+``serve_until_signal``, ``set_serving``) whether they are a service's
+``__main__`` or a test. Every handler, channel and health update lives on
+that loop; other threads reach it only through :meth:`AioServer.run` and
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ from services.runtime.aio_interceptors import (
     AioInternalTokenInterceptor,
     AioVersionInterceptor,
 )
-from services.runtime.serving import (
+from services.runtime.server_base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ServerLifecycle,
     bind,
     check_listen,
-    metadata_text,
+    server_options,
     trace_filter,
 )
 from services.runtime.version import __version__
@@ -105,17 +109,13 @@ class AioServer(ServerLifecycle):
         """
         if self._stopping:
             return
-        self._unhealthy_detail = "" if serving else (metadata_text(detail) or "not serving")
+        self._record_serving(serving, detail)
         if self._started:
             # Scheduled, not awaited: a probe on the loop thread must not block it.
             self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._publish()))
 
     async def _publish(self) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.NOT_SERVING
-            if self._unhealthy_detail
-            else health_pb2.HealthCheckResponse.SERVING
-        )
+        status = self._health_status()
         for name in ["", *self._service_names]:
             await self.health.set(name, status)
 
@@ -247,9 +247,7 @@ async def _build(
     grpc_server = aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            *server_options(max_message_bytes),
             # The aio server accepts calls one at a time from the loop; a burst
             # of new calls (thousands of workers reconnecting at once) waits in
             # gRPC core's pending queue, which cancels what is beyond its

@@ -1,84 +1,45 @@
 """Client channels between services: traced, credentialed, with default deadlines.
 
-``open_channel`` wraps an insecure channel (services talk on a private network
-or loopback) with the OpenTelemetry client interceptor, which propagates W3C
-trace context, and with :class:`_CallDefaults`, which adds the internal
-credential and a default deadline to unary calls that set none.
+``open_channel`` (sync) and ``open_aio_channel`` (``grpc.aio``) open an
+insecure channel (services talk on a private network or loopback) through
+:mod:`services.runtime.client_interceptors`: a client span per call with W3C
+trace context in the metadata, the internal credential, and a default
+deadline for unary calls that set none. Stubs on these channels return the
+real call objects, so a server stream can be ``cancel()``-ed from any thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from grpc import aio
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 
+from services.runtime.client_interceptors import AioClientInterceptor, ClientInterceptor
 from services.runtime.interceptors import INTERNAL_TOKEN_KEY
-from services.runtime.serving import DEFAULT_MAX_MESSAGE_BYTES, trace_filter
+from services.runtime.server_base import DEFAULT_MAX_MESSAGE_BYTES
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
 
-class _Details(grpc.ClientCallDetails):
-    """Call details with our metadata and deadline filled in."""
-
-    def __init__(
-        self,
-        method: str,
-        timeout: float | None,
-        metadata: Sequence[tuple[str, str | bytes]] | None,
-        credentials: grpc.CallCredentials | None,
-        wait_for_ready: bool | None,
-        compression: grpc.Compression | None,
-    ) -> None:
-        self.method = method
-        self.timeout = timeout
-        self.metadata = tuple(metadata) if metadata is not None else None
-        self.credentials = credentials
-        self.wait_for_ready = wait_for_ready
-        self.compression = compression
+def _options(max_message_bytes: int, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        *options,
+    ]
 
 
-class _CallDefaults(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds metadata to every call and a deadline to unary calls without one."""
-
-    def __init__(self, metadata: Sequence[tuple[str, str]], default_timeout: float | None) -> None:
-        self._metadata = list(metadata)
-        self._timeout = default_timeout
-
-    def _details(self, details: grpc.ClientCallDetails, unary: bool) -> _Details:
-        metadata: list[tuple[str, str | bytes]] = list(details.metadata or ())
-        present = {key for key, _ in metadata}
-        metadata.extend(item for item in self._metadata if item[0] not in present)
-        timeout = details.timeout
-        if timeout is None and unary:
-            timeout = self._timeout
-        return _Details(
-            details.method,
-            timeout,
-            metadata,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
-
-    def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
-        client_call_details: grpc.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        return continuation(self._details(client_call_details, True), request)
-
-    def intercept_unary_stream(  # type: ignore[override]
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, Any], Iterator[Any]],
-        client_call_details: grpc.ClientCallDetails,
-        request: Any,
-    ) -> Iterator[Any]:
-        return continuation(self._details(client_call_details, False), request)
+def _metadata(
+    internal_token: str | None, metadata: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    extra = list(metadata)
+    if internal_token:
+        extra.append((INTERNAL_TOKEN_KEY, internal_token))
+    return extra
 
 
 def open_channel(
@@ -105,21 +66,34 @@ def open_channel(
             for a retry policy.
 
     Returns:
-        A channel whose stubs propagate trace context.
+        A channel whose stubs propagate trace context and return real calls.
     """
-    base = grpc.insecure_channel(
+    base = grpc.insecure_channel(target, options=_options(max_message_bytes, options))
+    interceptor = ClientInterceptor(
+        _metadata(internal_token, metadata), default_timeout, tracer_provider
+    )
+    return grpc.intercept_channel(base, interceptor)
+
+
+def open_aio_channel(
+    target: str,
+    *,
+    internal_token: str | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+    default_timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+    tracer_provider: trace.TracerProvider | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    options: Sequence[tuple[str, Any]] = (),
+) -> aio.Channel:
+    """:func:`open_channel` for ``grpc.aio`` clients; open it on the loop that uses it.
+
+    Args and returns: as :func:`open_channel`, with an aio channel.
+    """
+    interceptor = AioClientInterceptor(
+        _metadata(internal_token, metadata), default_timeout, tracer_provider
+    )
+    return aio.insecure_channel(
         target,
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1),
-            *options,
-        ],
+        options=_options(max_message_bytes, options),
+        interceptors=interceptor.interceptors,
     )
-    extra = list(metadata)
-    if internal_token:
-        extra.append((INTERNAL_TOKEN_KEY, internal_token))
-    traced = grpcext.intercept_channel(
-        base, client_interceptor(tracer_provider=tracer_provider, filter_=trace_filter())
-    )
-    return grpc.intercept_channel(traced, _CallDefaults(extra, default_timeout))

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -43,7 +43,14 @@ def is_open_method(method: str) -> bool:
     return method.startswith(OPEN_SERVICE_PREFIXES)
 
 
-def metadata_value(context: grpc.ServicerContext, key: str) -> str:
+class CallMetadata(Protocol):
+    """A call's server context as far as its metadata goes (sync or ``grpc.aio``)."""
+
+    def invocation_metadata(self) -> Iterable[tuple[str, str | bytes]] | None:
+        """The call's invocation metadata."""
+
+
+def metadata_value(context: CallMetadata, key: str) -> str:
     """Returns the first value of invocation metadata ``key``, or ``""``."""
     for item_key, value in context.invocation_metadata() or ():
         if item_key == key:

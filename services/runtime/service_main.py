@@ -7,7 +7,7 @@ model and a build callback; the exits are the same for all of them:
 
 * a settings error, or anything the build refuses (a port in use, a malformed
   key): one line ``<service>: <message>`` on stderr, last, after closing what
-  was built, and exit :data:`~services.runtime.serving.EXIT_CANNOT_START`,
+  was built, and exit :data:`~services.runtime.server_base.EXIT_CANNOT_START`,
   which a supervisor does not mistake for a crash;
 * a clean stop after a signal: exit 0;
 * any other exception: it propagates (a traceback is the right report for a
@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from services.runtime.config import BaseSettings, SettingsError, load_settings
 from services.runtime.logs import configure_logging
-from services.runtime.serving import EXIT_CANNOT_START, BindError, stop_on_signal
+from services.runtime.server_base import EXIT_CANNOT_START, BindError, stop_on_signal
 from services.runtime.tracing import configure_tracing
 
 log = logging.getLogger(__name__)

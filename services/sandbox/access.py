@@ -12,13 +12,13 @@ naming what was refused, never echoing the token.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable
 
 from longshore.sandbox.v1 import sandbox_pb2
 
 from services.runtime.callers import Caller, caller_from_metadata
 from services.runtime.errors import PermissionDenied
+from services.runtime.interceptors import CallMetadata, metadata_value
 from services.runtime.sandbox_tokens import (
     SANDBOX_TOKEN_KEY,
     SandboxGrant,
@@ -28,21 +28,6 @@ from services.runtime.sandbox_tokens import (
 from services.sandbox import labels
 from services.sandbox.model import SandboxInfo
 from services.sandbox.policy import quote
-
-
-class CallContext(Protocol):
-    """What access reads of a call: its metadata (a sync or a ``grpc.aio`` context)."""
-
-    def invocation_metadata(self) -> Iterable[tuple[str, str | bytes]] | None:
-        """The call's invocation metadata."""
-
-
-def _first(context: CallContext, key: str) -> str:
-    """The first value of metadata ``key``, or ""."""
-    for item_key, value in context.invocation_metadata() or ():
-        if item_key == key:
-            return value if isinstance(value, str) else value.decode(errors="replace")
-    return ""
 
 
 def short_id(sandbox_id: str) -> str:
@@ -67,7 +52,7 @@ class SandboxAccess:
         self.deployment = deployment
         self._clock = clock
 
-    def require_operator(self, context: CallContext, method: str) -> Caller:
+    def require_operator(self, context: CallMetadata, method: str) -> Caller:
         """Refuses a caller that is neither an ``admin`` key nor a Longshore service.
 
         Raises:
@@ -78,7 +63,7 @@ class SandboxAccess:
             raise PermissionDenied(f"{method}: operators only; {who.describe()} lacks 'admin'")
         return who
 
-    def grant(self, context: CallContext) -> SandboxGrant | None:
+    def grant(self, context: CallMetadata) -> SandboxGrant | None:
         """The caller's verified grant; None for an operator, who needs none.
 
         Raises:
@@ -143,8 +128,8 @@ class SandboxAccess:
                 f"{quote(info.user or '(image default)')}; only an operator may choose the user"
             )
 
-    def _grant(self, context: CallContext, who: Caller) -> SandboxGrant:
-        token = _first(context, SANDBOX_TOKEN_KEY)
+    def _grant(self, context: CallMetadata, who: Caller) -> SandboxGrant:
+        token = metadata_value(context, SANDBOX_TOKEN_KEY)
         if self._tokens is None:
             # Without the internal credential nothing can be verified: refuse
             # rather than trust an unsigned claim.

@@ -72,6 +72,9 @@ class ExecStream:
             self._ended = True  # the generator raised: it is closed
             raise
         if event is None:
+            # Set outside the lock: an abandon that reads it a moment too
+            # early only cancels a finished run and closes a spent generator,
+            # both of which do nothing.
             self._ended = True
         return event
 

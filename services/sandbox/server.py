@@ -11,8 +11,9 @@ bounded pool (``sandbox.max_workers`` threads), which therefore bounds the
 engine calls in flight, Exec streams included (each holds a thread while it
 waits for output). :mod:`.exec_stream` bridges an Exec's output to the stream
 and kills the command of a caller that goes away. The file RPCs (:mod:`.files`)
-run in the same pool; a WriteFiles pool thread pulls the caller's messages
-itself, a ReadFile's chunks are produced one pool call at a time.
+run in the same pool: a WriteFiles pool thread pulls the caller's messages
+(read a few ahead on the loop) into the engine's upload, and a ReadFile pool
+thread reads the engine a few chunks ahead of the caller.
 """
 
 from __future__ import annotations
@@ -90,9 +91,29 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         self._cancels = futures.ThreadPoolExecutor(
             max_workers=CANCEL_WORKERS, thread_name_prefix="sandbox-cancel"
         )
+        # The Execs in flight. Added and removed on the loop, read by close()
+        # on the main thread after the loop stopped: hence the lock.
+        self._streams_lock = threading.Lock()
+        self._streams: set[ExecStream] = set()
+        # File transfers in flight, for the same reason: their pool threads
+        # wait on the caller and must be told to stop if no finally runs.
+        self._transfers: set[_ReadAhead | _WriteParts] = set()
 
     def close(self) -> None:
-        """After the server drained: waits for the kills of abandoned Execs, ends the pools."""
+        """After the server drained: kills the commands of Execs still open, ends the pools.
+
+        The drain cancels the calls still open after its grace, but their
+        handlers' ``finally`` may never run once the loop stops; abandoning
+        them here makes sure no command outlives the manager's shutdown.
+        """
+        with self._streams_lock:
+            open_streams = list(self._streams)
+        for stream in open_streams:
+            stream.abandon()
+        with self._streams_lock:
+            transfers = list(self._transfers)
+        for transfer in transfers:
+            transfer.stop()
         self._cancels.shutdown(wait=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -205,11 +226,15 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         # abandon does nothing.
         # (The stubs type the callback as a class of their own; any callable works.)
         context.add_done_callback(lambda _context: stream.abandon())  # type: ignore[arg-type]
+        with self._streams_lock:
+            self._streams.add(stream)
         try:
             while (event := await stream.next()) is not None:
                 yield convert.exec_event_to_proto(event)
         finally:
             stream.abandon()
+            with self._streams_lock:
+                self._streams.discard(stream)
 
     async def ReleaseSandbox(
         self, request: sandbox_service_pb2.ReleaseSandboxRequest, context: Context
@@ -271,6 +296,8 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
             raise InvalidArgument("sandbox_id: the first message must name the sandbox")
         target, operator = await self._file_target(first.sandbox_id, context)
         stream = _WriteParts(request_iterator, asyncio.get_running_loop())
+        with self._streams_lock:
+            self._transfers.add(stream)
         try:
             # The pool thread pulls the caller's messages itself (through the
             # loop), so each chunk goes straight into the engine's request:
@@ -282,6 +309,8 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
             # A caller that went away must not leave the thread waiting for
             # its next message.
             stream.close()
+            with self._streams_lock:
+                self._transfers.discard(stream)
         return sandbox_service_pb2.WriteFilesResponse(
             files=[_entry(f) for f in written], bytes_written=sum(f.size for f in written)
         )
@@ -296,6 +325,8 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
         # One pool thread reads the engine while the loop writes to the caller:
         # pulling a chunk per write instead serialised the two (3x slower).
         job = asyncio.ensure_future(self._blocking(ahead.run))
+        with self._streams_lock:
+            self._transfers.add(ahead)
         try:
             while (part := await ahead.next()) is not None:
                 if isinstance(part, FileStat):
@@ -304,6 +335,8 @@ class SandboxServicer(sandbox_service_pb2_grpc.SandboxServiceServicer):
                     yield sandbox_service_pb2.ReadFileResponse(data=part)
         finally:
             ahead.stop()
+            with self._streams_lock:
+                self._transfers.discard(ahead)
             # The thread closes the engine's response itself; wait for it.
             await asyncio.shield(job)
 
@@ -476,6 +509,10 @@ class _WriteParts:
         """On the loop, when the handler ends: stops reading and any waiting pull."""
         self.gone.set()
         self._reader.cancel()
+
+    def stop(self) -> None:
+        """From any thread (the servicer's shutdown): ends a pull waiting for a message."""
+        self.gone.set()
 
     def pull(self) -> files.Part | None:
         """The next header or data (None at the end of the stream).

@@ -183,3 +183,25 @@ def test_a_span_per_docker_call_under_the_rpc_span(
     }
     assert all(s.parent_span_id == rpc.span_id for s in docker_spans)
     assert rpc.service_name == "longshore-sandbox"
+
+
+def test_sigterm_kills_the_command_of_an_exec_still_open(
+    managers: list[Manager], env: dict[str, str], engine: docker.DockerClient
+) -> None:
+    m = spawn(managers, env, "sandbox-exec-term")
+    cid = acquire(m.stub, "held").sandbox.sandbox_id
+    call = m.stub.Exec(
+        sandbox_service_pb2.ExecRequest(
+            sandbox_id=cid, argv=["sh", "-c", "echo up; exec sleep 1000"]
+        ),
+        timeout=T,
+    )
+    assert next(call).output.data == b"up\n"
+    # The drain gives the open call its grace, then cancels it; the command
+    # must not outlive the manager.
+    m.proc.terminate()
+    assert m.proc.wait(T) == 0, m.proc.log_tail()
+    top = engine.api.top(cid)
+    column = top["Titles"].index("CMD")
+    running = [str(row[column]) for row in top["Processes"]]
+    assert not [c for c in running if "sleep 1000" in c], running
