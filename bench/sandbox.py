@@ -8,7 +8,13 @@ measured through the generated stub, "raw" is the Docker SDK call it wraps):
 - exec of ``true`` vs a raw ``exec_run`` (target: <= 10 ms over raw);
 - reaping 50 and 200 old exited sandboxes vs a raw sequential inspect-and-remove
   loop (target for 200: <= 0.5x raw);
-- listing 1,000 sandboxes (target <= 100 ms; they are created, never started).
+- listing 1,000 sandboxes (target <= 100 ms; they are created, never started);
+- writing and reading a 1 MB and a 100 MB file (WriteFiles / ReadFile through
+  the stub) vs the raw ``put_archive`` of a ready tar / ``get_archive`` drained
+  (target <= 1.2x raw; ``LONGSHORE_BENCH_SANDBOX_FILE_MB``, default ``1,100``).
+  Here the manager runs as its own process, as deployed: in-process, the
+  client's and the server's copies of every byte share one GIL, which the raw
+  call (one client) does not pay.
 
 Paired samples are interleaved (raw, ours, raw, ours, ...) so engine load drifts
 hit both sides alike. Sizes: ``LONGSHORE_BENCH_SANDBOX_REAP`` (default ``50,200``),
@@ -21,19 +27,24 @@ default (``LONGSHORE_BENCH_SANDBOX_REAP_REPS`` for more).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import tarfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import docker
+import grpc
 from google.protobuf import duration_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
 from bench import Context, Result, Stats, stopwatch
+from services.runtime.interceptors import INTERNAL_TOKEN_KEY
 from services.runtime.testing import serve_in_process
 from services.sandbox import labels
 from services.sandbox.docker_client import create_client
@@ -292,6 +303,127 @@ def _list(ctx: Context, stub: SandboxServiceStub, deployment: str) -> Result:
     )
 
 
+def _write_requests(
+    cid: str, path: str, data: bytes
+) -> Iterator[sandbox_service_pb2.WriteFilesRequest]:
+    yield sandbox_service_pb2.WriteFilesRequest(sandbox_id=cid)
+    yield sandbox_service_pb2.WriteFilesRequest(
+        header=sandbox_service_pb2.WriteFileHeader(path=path, size=len(data))
+    )
+    view = memoryview(data)
+    for start in range(0, len(data), FILE_CHUNK):
+        yield sandbox_service_pb2.WriteFilesRequest(data=bytes(view[start : start + FILE_CHUNK]))
+
+
+FILE_CHUNK = 1024 * 1024
+
+
+@contextlib.contextmanager
+def _manager_process(ctx: Context) -> Iterator[tuple[SandboxServiceStub, Any]]:
+    """The sandbox manager as a process; a stub and the internal-credential metadata."""
+    token = uuid.uuid4().hex
+    addr = f"127.0.0.1:{ctx.free_port()}"
+    deployment = ctx.deployment()
+    ctx.service(
+        ["python", "-m", "services.sandbox"],
+        env={
+            "LONGSHORE_HOME": str(ctx.temp_dir("bench-files")),
+            "LONGSHORE_DEPLOYMENT": deployment,
+            "LONGSHORE_INTERNAL_TOKEN": token,
+            "LONGSHORE_LOG_LEVEL": "WARNING",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+            "LONGSHORE_SHUTDOWN_DELAY_SECONDS": "0",
+            "LONGSHORE_SANDBOX_LISTEN": addr,
+            "LONGSHORE_SANDBOX_ADDR": addr,
+            "LONGSHORE_SANDBOX_DEFAULT_IMAGE": ctx.sandbox_image(),
+            "LONGSHORE_SANDBOX_REAPER_ENABLED": "false",
+        },
+        health_addr=addr,
+        name="bench-files-sandbox",
+        timeout=60,
+    )
+    options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+    with grpc.insecure_channel(addr, options=options) as channel:
+        yield SandboxServiceStub(channel), ((INTERNAL_TOKEN_KEY, token),)
+
+
+def _files(ctx: Context) -> list[Result]:
+    with _manager_process(ctx) as (stub, metadata):
+        return _files_on(ctx, stub, metadata)
+
+
+def _files_on(ctx: Context, stub: SandboxServiceStub, metadata: Any) -> list[Result]:
+    client = ctx.docker
+    cid = stub.AcquireSandbox(
+        sandbox_service_pb2.AcquireSandboxRequest(task_id="files", profile="bench"),
+        timeout=T,
+        metadata=metadata,
+    ).sandbox.sandbox_id
+    stub.MakeDirectory(
+        sandbox_service_pb2.MakeDirectoryRequest(sandbox_id=cid, path="/bench"),
+        timeout=T,
+        metadata=metadata,
+    )
+    results = []
+    seen: dict[str, int] = {}
+    sizes = _sizes("LONGSHORE_BENCH_SANDBOX_FILE_MB", "1,100", False, 1)
+    for mb in sizes:
+        data = os.urandom(mb * 1024 * 1024)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo("raw.bin")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        ready_tar = buffer.getvalue()
+        repeat = ctx.repeat(20 if mb <= 10 else 7)
+
+        def ours_write(data: bytes = data) -> None:
+            stub.WriteFiles(
+                _write_requests(cid, "/bench/ours.bin", data), timeout=T, metadata=metadata
+            )
+
+        def raw_write(ready_tar: bytes = ready_tar) -> None:
+            client.api.put_archive(cid, "/bench", ready_tar)
+
+        ours, raw = _interleaved(ours_write, raw_write, repeat, warmup=1)
+        results.append(
+            Result.from_stats(
+                f"write a {mb} MB file (WriteFiles stream) vs raw put_archive of a ready tar",
+                ours,
+                raw,
+                target="<= 1.2x raw",
+                max_ratio=1.2,
+                extra={"ours_mb_per_s": round(mb / (ours.median / 1000), 1)},
+            )
+        )
+        read_req = sandbox_service_pb2.ReadFileRequest(sandbox_id=cid, path="/bench/ours.bin")
+
+        def ours_read(read_req: sandbox_service_pb2.ReadFileRequest = read_req) -> None:
+            reply = stub.ReadFile(read_req, timeout=T, metadata=metadata)
+            seen["ours"] = sum(len(m.data) for m in reply)
+
+        def raw_read() -> None:
+            chunks, _ = client.api.get_archive(cid, "/bench/raw.bin", chunk_size=FILE_CHUNK)
+            seen["raw"] = sum(len(c) for c in chunks)
+
+        ours, raw = _interleaved(ours_read, raw_read, repeat, warmup=1)
+        results.append(
+            Result.from_stats(
+                f"read a {mb} MB file (ReadFile stream) vs raw get_archive drained",
+                ours,
+                raw,
+                target="<= 1.2x raw",
+                max_ratio=1.2,
+                extra={
+                    "ours_bytes": seen.get("ours"),
+                    "raw_tar_bytes": seen.get("raw"),
+                    "ours_mb_per_s": round(mb / (ours.median / 1000), 1),
+                },
+            )
+        )
+    return results
+
+
 def run(ctx: Context) -> list[Result]:
     """All sandbox scenarios (see the module docstring)."""
     results: list[Result] = []
@@ -300,4 +432,5 @@ def run(ctx: Context) -> list[Result]:
         results.append(_cold(ctx, stub))
         results += _reap(ctx, stub, deployment)
         results.append(_list(ctx, stub, deployment))
+    results += _files(ctx)
     return results

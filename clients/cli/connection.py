@@ -24,7 +24,11 @@ class _Call(grpc.ClientCallDetails):
         self.compression = getattr(base, "compression", None)
 
 
-class _Auth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class _Auth(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+):
     """Adds ``authorization: Bearer`` and, to unary calls without one, a deadline."""
 
     def __init__(self, key: str, timeout: float) -> None:
@@ -42,6 +46,10 @@ class _Auth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor)
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details, False), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        # An upload (WriteFiles) lasts as long as its bytes take: no default deadline.
+        return continuation(self._details(details, False), requests)
 
 
 class Connection:

@@ -72,26 +72,28 @@ class MethodInfo:
     path: str
     backend: str
     server_streaming: bool
+    client_streaming: bool = False
 
 
 def forwarded_methods() -> list[MethodInfo]:
     """Return every method of the forwarded services, from the generated descriptors.
 
     Raises:
-        RuntimeError: A method streams client messages (not supported).
+        RuntimeError: A method streams both ways (not supported).
     """
     methods: list[MethodInfo] = []
     for module, name, backend in FORWARDED_SERVICES:
         service = module.DESCRIPTOR.services_by_name[name]
         for method in service.methods:
-            if method.client_streaming:
-                raise RuntimeError(f"{service.full_name}/{method.name}: client streaming")
+            if method.client_streaming and method.server_streaming:
+                raise RuntimeError(f"{service.full_name}/{method.name}: bidirectional streaming")
             methods.append(
                 MethodInfo(
                     service=service.full_name,
                     path=f"/{service.full_name}/{method.name}",
                     backend=backend,
                     server_streaming=method.server_streaming,
+                    client_streaming=method.client_streaming,
                 )
             )
     return methods
@@ -131,6 +133,7 @@ class Backend:
         # One multicallable per method, made once: building one per call costs.
         self._unary: dict[str, aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._stream: dict[str, aio.UnaryStreamMultiCallable[bytes, bytes]] = {}
+        self._upload: dict[str, aio.StreamUnaryMultiCallable[bytes, bytes]] = {}
 
     @property
     def channel(self) -> aio.Channel:
@@ -153,6 +156,13 @@ class Backend:
             method = self._stream[path] = self.channel.unary_stream(path)
         return method
 
+    def stream_unary(self, path: str) -> aio.StreamUnaryMultiCallable[bytes, bytes]:
+        """The raw-bytes client-streaming method ``path`` on this backend's channel."""
+        method = self._upload.get(path)
+        if method is None:
+            method = self._upload[path] = self.channel.stream_unary(path)
+        return method
+
     async def close(self) -> None:
         """Close the channel (cancels what is still in flight on it)."""
         if self._channel is not None:
@@ -160,6 +170,7 @@ class Backend:
             self._channel = None
             self._unary.clear()
             self._stream.clear()
+            self._upload.clear()
 
 
 def channel_target(address: str) -> str:
@@ -273,6 +284,14 @@ class Forwarder(grpc.GenericRpcHandler):
             "longshore.backend": backend.name,
             "server.address": backend.address,
         }
+        if info.client_streaming:
+
+            async def upload(
+                requests: AsyncIterator[bytes], context: aio.ServicerContext[bytes, bytes]
+            ) -> bytes:
+                return await self._forward_upload(info, backend, attributes, requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(upload)
         if info.server_streaming:
 
             async def stream(
@@ -408,6 +427,55 @@ class Forwarder(grpc.GenericRpcHandler):
                 call.cancel()
         finally:
             span.end()
+
+    async def _forward_upload(
+        self,
+        info: MethodInfo,
+        backend: Backend,
+        attributes: dict[str, str],
+        requests: AsyncIterator[bytes],
+        context: aio.ServicerContext[bytes, bytes],
+    ) -> bytes:
+        """Relay a client stream message by message (WriteFiles), each bounded like a request."""
+        received = context.invocation_metadata() or ()
+        principal = self._gate.admit(received, info.path)
+        timeout = await self._timeout(context, streaming=True)
+        too_big: list[ResourceExhausted] = []
+
+        async def relay() -> AsyncIterator[bytes]:
+            async for message in requests:
+                if len(message) > self._max_bytes:
+                    # Raising here would surface as the upstream's CANCELLED;
+                    # keep the precise error and end the upstream call instead.
+                    too_big.append(
+                        ResourceExhausted(
+                            f"request message of {len(message)} bytes exceeds the gateway "
+                            f"limit of {self._max_bytes} bytes (gateway.max_message_bytes)"
+                        )
+                    )
+                    call.cancel()
+                    return
+                yield message
+
+        span = self._client_span(info, attributes, principal)
+        try:
+            metadata = self._metadata(principal, received, span)
+            call = backend.stream_unary(info.path)(relay(), timeout=timeout, metadata=metadata)
+            try:
+                response: bytes = await call
+            except asyncio.CancelledError:
+                if too_big:
+                    raise too_big[0] from None
+                call.cancel()
+                raise
+            except grpc.RpcError as exc:
+                if too_big:
+                    raise too_big[0] from None
+                raise _upstream_error(exc, backend, span) from None
+        finally:
+            span.end()
+        self._check_response(len(response), info)
+        return response
 
     def _check_response(self, size: int, info: MethodInfo) -> None:
         if size > self._max_bytes:

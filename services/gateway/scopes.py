@@ -32,6 +32,14 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     _SANDBOX + "AcquireSandbox": SANDBOX_USE,
     _SANDBOX + "Exec": SANDBOX_USE,
     _SANDBOX + "ReleaseSandbox": SANDBOX_USE,
+    # Files are Exec's power (a file write is a command's write): Exec's scopes.
+    _SANDBOX + "WriteFiles": SANDBOX_USE,
+    _SANDBOX + "ReadFile": SANDBOX_USE,
+    _SANDBOX + "ListDirectory": SANDBOX_USE,
+    _SANDBOX + "StatPath": SANDBOX_USE,
+    _SANDBOX + "MakeDirectory": SANDBOX_USE,
+    _SANDBOX + "MovePath": SANDBOX_USE,
+    _SANDBOX + "RemovePath": SANDBOX_USE,
     _SANDBOX + "ReapOrphans": ADMIN,
     # Validating a spec is part of writing profiles (kanban calls it directly).
     _SANDBOX + "CheckSandboxSpec": ADMIN,

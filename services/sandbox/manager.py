@@ -1,7 +1,7 @@
 """The sandbox manager: acquire, get, list, exec and release labelled sandboxes.
 
 This is the only module (with its halves :mod:`.acquire_steps`, the
-get-or-create of persistent sandboxes, and :mod:`.execution`) that talks to
+get-or-create of persistent sandboxes, :mod:`.execution` and :mod:`.files`) that talks to
 the Docker engine. Sandboxes are found by their ``io.longshore.*`` labels and
 scoped to one deployment.
 
@@ -37,6 +37,7 @@ from services.sandbox.cleanup import CleanupPool
 from services.sandbox.docker_client import engine_call, explain, info_from_inspect, info_from_list
 from services.sandbox.engine_health import EngineHealth
 from services.sandbox.execution import ExecRun, validate
+from services.sandbox.files import SandboxFiles
 from services.sandbox.hardening import resolve_spec
 from services.sandbox.metrics import SandboxMetrics
 from services.sandbox.model import (
@@ -117,6 +118,8 @@ class SandboxManager(AcquireSteps):
         self._busy: Counter[str] = Counter()
         self._known: dict[str, str] = {}  # any id/name a caller used -> full id
         self.cleanup = CleanupPool(section.cleanup_workers, on_failure=self._cleanup_failed)
+        #: Files in sandboxes (the archive API; see :mod:`.files`).
+        self.files = SandboxFiles(self)
 
     # ---- acquire -------------------------------------------------------------------
 
@@ -189,6 +192,15 @@ class SandboxManager(AcquireSteps):
             InvalidArgument: Empty sandbox_id.
             NotFound: No such sandbox in this deployment.
         """
+        return self.info_of(self.inspect_managed(sandbox_id))
+
+    def inspect_managed(self, sandbox_id: str) -> dict[str, Any]:
+        """The engine's inspect of one sandbox of this deployment.
+
+        Raises:
+            InvalidArgument: Empty sandbox_id.
+            NotFound: No such sandbox in this deployment.
+        """
         check_ref("sandbox_id", sandbox_id)
         self.require_engine()
         data = self._inspect(sandbox_id)
@@ -197,6 +209,10 @@ class SandboxManager(AcquireSteps):
             raise NotFound(f"sandbox {quote(sandbox_id)} not found")
         with self._state_lock:
             self._known[sandbox_id] = data["Id"]
+        return data
+
+    def info_of(self, data: Mapping[str, Any]) -> SandboxInfo:
+        """The domain record of an inspect."""
         return info_from_inspect(data, self.last_used)
 
     def resolve_id(self, sandbox_id: str) -> str:

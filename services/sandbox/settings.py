@@ -115,6 +115,13 @@ class SandboxSection:
     exec_max_output_bytes: int = field(
         default=8 * 1024 * 1024, metadata={"help": "Default output cap of one Exec."}
     )
+    max_file_bytes: int = field(
+        default=1024 * 1024 * 1024,
+        metadata={
+            "help": "Largest file WriteFiles writes or ReadFile reads, in bytes "
+            "(RESOURCE_EXHAUSTED above it)."
+        },
+    )
     stop_timeout_seconds: int = field(
         default=5, metadata={"help": "Grace period of a stop before the engine kills."}
     )
@@ -149,7 +156,7 @@ class SandboxSection:
                 raise ValueError(f"sandbox.allowed_capabilities: invalid capability {cap[:100]!r}")
         if not (math.isfinite(self.max_cpus) and self.max_cpus > 0):
             raise ValueError(f"sandbox.max_cpus: must be a positive number, got {self.max_cpus}")
-        for name in ("max_memory_bytes", "max_pids_limit"):
+        for name in ("max_memory_bytes", "max_pids_limit", "max_file_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")
         for default, limit in (

@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from longshore.sandbox.v1 import file_pb2 as _file_pb2
 from longshore.sandbox.v1 import sandbox_pb2 as _sandbox_pb2
 import builtins as _builtins
 import sys
@@ -626,3 +627,489 @@ class ReapOrphansResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReapOrphansResponse: _TypeAlias = ReapOrphansResponse  # noqa: Y015
+
+@_typing.final
+class WriteFileHeader(_message.Message):
+    """WriteFileHeader starts one file of a WriteFiles stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    GID_FIELD_NUMBER: _builtins.int
+    MAKE_PARENTS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Absolute path of the file (at most 4096 bytes)."""
+    size: _builtins.int
+    """Exact size in bytes: the data chunks that follow add up to it. At most
+    `sandbox.max_file_bytes`.
+    """
+    mode: _builtins.int
+    """Permission bits; 0 = 0o644. At most 0o7777; setuid/setgid for
+    operators only.
+    """
+    uid: _builtins.int
+    """Owner user id; unset = the sandbox's user (when numeric), else 0. A
+    non-admin caller may name only the sandbox's user.
+    """
+    gid: _builtins.int
+    """Owner group id; unset = the sandbox's group (when numeric), else `uid`'s."""
+    make_parents: _builtins.bool
+    """Create missing parent directories (mode 0o755, same owner)."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        size: _builtins.int = ...,
+        mode: _builtins.int = ...,
+        uid: _builtins.int | None = ...,
+        gid: _builtins.int | None = ...,
+        make_parents: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gid", b"_gid", "_uid", b"_uid", "gid", b"gid", "uid", b"uid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gid", b"_gid", "_uid", b"_uid", "gid", b"gid", "make_parents", b"make_parents", "mode", b"mode", "path", b"path", "size", b"size", "uid", b"uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gid: _TypeAlias = _typing.Literal["gid"]  # noqa: Y015
+    _WhichOneofArgType__gid: _TypeAlias = _typing.Literal["_gid", b"_gid"]  # noqa: Y015
+    _WhichOneofReturnType__uid: _TypeAlias = _typing.Literal["uid"]  # noqa: Y015
+    _WhichOneofArgType__uid: _TypeAlias = _typing.Literal["_uid", b"_uid"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gid) -> _WhichOneofReturnType__gid | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__uid) -> _WhichOneofReturnType__uid | None: ...
+
+Global___WriteFileHeader: _TypeAlias = WriteFileHeader  # noqa: Y015
+
+@_typing.final
+class WriteFilesRequest(_message.Message):
+    """WriteFilesRequest is one message of a WriteFiles stream: the sandbox first,
+    then per file a header and its data.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    """The sandbox to write into; the first message, exactly once."""
+    data: _builtins.bytes
+    """The next bytes of the current file (each message at most 1 MiB is
+    advised; the gateway bounds a message at `gateway.max_message_bytes`).
+    """
+    @_builtins.property
+    def header(self) -> Global___WriteFileHeader:
+        """The next file."""
+
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        header: Global___WriteFileHeader | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["sandbox_id", "header", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___WriteFilesRequest: _TypeAlias = WriteFilesRequest  # noqa: Y015
+
+@_typing.final
+class WriteFilesResponse(_message.Message):
+    """WriteFilesResponse reports the files written, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    bytes_written: _builtins.int
+    """Total bytes written."""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[_file_pb2.FileEntry]:
+        """Each file as written (path, size, mode, owner)."""
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[_file_pb2.FileEntry] | None = ...,
+        bytes_written: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "files", b"files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteFilesResponse: _TypeAlias = WriteFilesResponse  # noqa: Y015
+
+@_typing.final
+class ReadFileRequest(_message.Message):
+    """ReadFileRequest names one file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    """Sandbox to read from."""
+    path: _builtins.str
+    """Absolute path of a regular file."""
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadFileRequest: _TypeAlias = ReadFileRequest  # noqa: Y015
+
+@_typing.final
+class ReadFileResponse(_message.Message):
+    """ReadFileResponse is one message of a ReadFile stream: the entry first,
+    then data chunks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The next bytes of the file, in order (at most 1 MiB each)."""
+    @_builtins.property
+    def entry(self) -> _file_pb2.FileEntry:
+        """The file's entry; the first message."""
+
+    def __init__(
+        self,
+        *,
+        entry: _file_pb2.FileEntry | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "entry", b"entry", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "entry", b"entry", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["entry", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ReadFileResponse: _TypeAlias = ReadFileResponse  # noqa: Y015
+
+@_typing.final
+class ListDirectoryRequest(_message.Message):
+    """ListDirectoryRequest names a directory to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    """Sandbox to list in."""
+    path: _builtins.str
+    """Absolute path of a directory."""
+    depth: _builtins.int
+    """Levels below `path` to list; 0 = 1 (direct children only), at most 32."""
+    page_size: _builtins.int
+    """Maximum entries per page; 0 = 100, capped at 1000."""
+    page_token: _builtins.str
+    """Opaque token from a previous response's next_page_token (same path and depth)."""
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+        depth: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "page_size", b"page_size", "page_token", b"page_token", "path", b"path", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDirectoryRequest: _TypeAlias = ListDirectoryRequest  # noqa: Y015
+
+@_typing.final
+class ListDirectoryResponse(_message.Message):
+    """ListDirectoryResponse is one page of a directory's entries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_file_pb2.FileEntry]:
+        """The entries (never `path` itself)."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_file_pb2.FileEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDirectoryResponse: _TypeAlias = ListDirectoryResponse  # noqa: Y015
+
+@_typing.final
+class StatPathRequest(_message.Message):
+    """StatPathRequest names one path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    """Sandbox to look in."""
+    path: _builtins.str
+    """Absolute path."""
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatPathRequest: _TypeAlias = StatPathRequest  # noqa: Y015
+
+@_typing.final
+class StatPathResponse(_message.Message):
+    """StatPathResponse describes one path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> _file_pb2.FileEntry:
+        """The path's entry (without owner: see FileEntry.uid)."""
+
+    def __init__(
+        self,
+        *,
+        entry: _file_pb2.FileEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatPathResponse: _TypeAlias = StatPathResponse  # noqa: Y015
+
+@_typing.final
+class MakeDirectoryRequest(_message.Message):
+    """MakeDirectoryRequest names a directory to create."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    GID_FIELD_NUMBER: _builtins.int
+    MAKE_PARENTS_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    """Sandbox to create in."""
+    path: _builtins.str
+    """Absolute path of the directory."""
+    mode: _builtins.int
+    """Permission bits; 0 = 0o755. At most 0o7777; setuid/setgid for
+    operators only.
+    """
+    uid: _builtins.int
+    """Owner user id; as WriteFileHeader.uid."""
+    gid: _builtins.int
+    """Owner group id; as WriteFileHeader.gid."""
+    make_parents: _builtins.bool
+    """Create missing parents too (same mode and owner)."""
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+        mode: _builtins.int = ...,
+        uid: _builtins.int | None = ...,
+        gid: _builtins.int | None = ...,
+        make_parents: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gid", b"_gid", "_uid", b"_uid", "gid", b"gid", "uid", b"uid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gid", b"_gid", "_uid", b"_uid", "gid", b"gid", "make_parents", b"make_parents", "mode", b"mode", "path", b"path", "sandbox_id", b"sandbox_id", "uid", b"uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gid: _TypeAlias = _typing.Literal["gid"]  # noqa: Y015
+    _WhichOneofArgType__gid: _TypeAlias = _typing.Literal["_gid", b"_gid"]  # noqa: Y015
+    _WhichOneofReturnType__uid: _TypeAlias = _typing.Literal["uid"]  # noqa: Y015
+    _WhichOneofArgType__uid: _TypeAlias = _typing.Literal["_uid", b"_uid"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gid) -> _WhichOneofReturnType__gid | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__uid) -> _WhichOneofReturnType__uid | None: ...
+
+Global___MakeDirectoryRequest: _TypeAlias = MakeDirectoryRequest  # noqa: Y015
+
+@_typing.final
+class MakeDirectoryResponse(_message.Message):
+    """MakeDirectoryResponse says what MakeDirectory did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the directory already existed."""
+    @_builtins.property
+    def entry(self) -> _file_pb2.FileEntry:
+        """The directory."""
+
+    def __init__(
+        self,
+        *,
+        entry: _file_pb2.FileEntry | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MakeDirectoryResponse: _TypeAlias = MakeDirectoryResponse  # noqa: Y015
+
+@_typing.final
+class MovePathRequest(_message.Message):
+    """MovePathRequest renames a path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_PATH_FIELD_NUMBER: _builtins.int
+    DESTINATION_PATH_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    """Sandbox to move in."""
+    source_path: _builtins.str
+    """Absolute path to move."""
+    destination_path: _builtins.str
+    """Absolute path it gets; its parent must exist."""
+    overwrite: _builtins.bool
+    """Replace an existing destination (not a non-empty directory)."""
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        source_path: _builtins.str = ...,
+        destination_path: _builtins.str = ...,
+        overwrite: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_path", b"destination_path", "overwrite", b"overwrite", "sandbox_id", b"sandbox_id", "source_path", b"source_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MovePathRequest: _TypeAlias = MovePathRequest  # noqa: Y015
+
+@_typing.final
+class MovePathResponse(_message.Message):
+    """MovePathResponse describes the moved path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> _file_pb2.FileEntry:
+        """The destination's entry."""
+
+    def __init__(
+        self,
+        *,
+        entry: _file_pb2.FileEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MovePathResponse: _TypeAlias = MovePathResponse  # noqa: Y015
+
+@_typing.final
+class RemovePathRequest(_message.Message):
+    """RemovePathRequest names a path to remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    RECURSIVE_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    """Sandbox to remove in."""
+    path: _builtins.str
+    """Absolute path to remove (never `/`)."""
+    recursive: _builtins.bool
+    """Remove a directory with everything beneath it."""
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+        recursive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "recursive", b"recursive", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemovePathRequest: _TypeAlias = RemovePathRequest  # noqa: Y015
+
+@_typing.final
+class RemovePathResponse(_message.Message):
+    """RemovePathResponse says the path is gone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> _file_pb2.FileEntry:
+        """What was removed."""
+
+    def __init__(
+        self,
+        *,
+        entry: _file_pb2.FileEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemovePathResponse: _TypeAlias = RemovePathResponse  # noqa: Y015

@@ -88,6 +88,41 @@ class SandboxServiceStub:
                 request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecRequest.SerializeToString,
                 response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecResponse.FromString,
                 _registered_method=True)
+        self.WriteFiles = channel.stream_unary(
+                '/longshore.sandbox.v1.SandboxService/WriteFiles',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.WriteFilesRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.WriteFilesResponse.FromString,
+                _registered_method=True)
+        self.ReadFile = channel.unary_stream(
+                '/longshore.sandbox.v1.SandboxService/ReadFile',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReadFileRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReadFileResponse.FromString,
+                _registered_method=True)
+        self.ListDirectory = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/ListDirectory',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ListDirectoryRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ListDirectoryResponse.FromString,
+                _registered_method=True)
+        self.StatPath = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/StatPath',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.StatPathRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.StatPathResponse.FromString,
+                _registered_method=True)
+        self.MakeDirectory = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/MakeDirectory',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MakeDirectoryRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MakeDirectoryResponse.FromString,
+                _registered_method=True)
+        self.MovePath = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/MovePath',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MovePathRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MovePathResponse.FromString,
+                _registered_method=True)
+        self.RemovePath = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/RemovePath',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -213,6 +248,98 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteFiles(self, request_iterator, context):
+        """Files. Every file RPC goes through the engine's archive API, so it works
+        in any image, even one without a shell; MovePath and RemovePath, which
+        the archive API lacks, exec the image's `mv` and `rm`. Access is Exec's:
+        a non-admin caller needs the sandbox token of the sandbox's task. Paths
+        are absolute, normalised (no `.`, `..` or `//` elements), at most 4096
+        bytes, without NUL. A path inside a tmpfs mount (`/tmp`) is
+        FAILED_PRECONDITION: the engine's archive API does not see tmpfs mounts
+        (it would read and write the hidden directory beneath). Common errors of
+        every file RPC: INVALID_ARGUMENT (empty or over-long sandbox_id, a bad
+        path, named by field), PERMISSION_DENIED (no token, a token for another
+        task), NOT_FOUND (no such sandbox, or a missing path, named),
+        FAILED_PRECONDITION (the sandbox is not running; a tmpfs path; the
+        engine refused, e.g. `container rootfs is marked read-only`),
+        UNAVAILABLE (engine unreachable).
+
+        WriteFiles writes one or many files. The first message names the sandbox;
+        then, per file, a header and data chunks summing to exactly its `size`.
+        Each file is streamed into the engine as it arrives, never held whole.
+        A file replaces an existing file at its path. Errors, besides the
+        common ones: INVALID_ARGUMENT (messages out of order, data not adding up
+        to `size`, a `mode` over 0o7777), PERMISSION_DENIED (a non-admin caller
+        naming an owner other than the sandbox's user, or setuid/setgid bits),
+        RESOURCE_EXHAUSTED (`size` over `sandbox.max_file_bytes`), NOT_FOUND (the
+        parent directory is missing and `make_parents` is off).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadFile(self, request, context):
+        """ReadFile streams one regular file: first its entry, then data chunks
+        (each at most 1 MiB). A symlink is not followed. Errors, besides the
+        common ones: FAILED_PRECONDITION (the path is not a regular file),
+        RESOURCE_EXHAUSTED (the file is larger than `sandbox.max_file_bytes`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDirectory(self, request, context):
+        """ListDirectory lists a directory's entries down to `depth` levels, in the
+        archive's (lexical, depth-first) order, paginated. Reading a directory
+        streams its archive, so its cost grows with the bytes beneath it.
+        Errors, besides the common ones: INVALID_ARGUMENT (negative page_size
+        or depth, a bad page_token), OUT_OF_RANGE (`depth` over 32),
+        FAILED_PRECONDITION (the path is not a directory).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatPath(self, request, context):
+        """StatPath describes one path (a symlink itself, not its target).
+        Errors: the common ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MakeDirectory(self, request, context):
+        """MakeDirectory creates a directory (and, with `make_parents`, its missing
+        parents). An existing directory is not an error (`created` is false).
+        Errors, besides the common ones: NOT_FOUND (a parent is missing and
+        `make_parents` is off), ALREADY_EXISTS (the path is not a directory),
+        PERMISSION_DENIED (as WriteFiles, for the owner and mode).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MovePath(self, request, context):
+        """MovePath renames a path (the image's `mv`, run as the sandbox's user).
+        Errors, besides the common ones: NOT_FOUND (the source is missing),
+        ALREADY_EXISTS (the destination exists and `overwrite` is off),
+        FAILED_PRECONDITION (the image has no `mv`, or `mv` failed: its message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePath(self, request, context):
+        """RemovePath removes a file, a symlink, an empty directory or, with
+        `recursive`, a whole tree (the image's `rm`, run as the sandbox's user).
+        Errors, besides the common ones: NOT_FOUND (the path is missing),
+        FAILED_PRECONDITION (a non-empty directory without `recursive`, the
+        root, the image has no `rm`, or `rm` failed: its message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +377,41 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.CheckSandboxSpec,
                     request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecRequest.FromString,
                     response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecResponse.SerializeToString,
+            ),
+            'WriteFiles': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteFiles,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.WriteFilesRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.WriteFilesResponse.SerializeToString,
+            ),
+            'ReadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadFile,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReadFileRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReadFileResponse.SerializeToString,
+            ),
+            'ListDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDirectory,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ListDirectoryRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ListDirectoryResponse.SerializeToString,
+            ),
+            'StatPath': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatPath,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.StatPathRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.StatPathResponse.SerializeToString,
+            ),
+            'MakeDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.MakeDirectory,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MakeDirectoryRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MakeDirectoryResponse.SerializeToString,
+            ),
+            'MovePath': grpc.unary_unary_rpc_method_handler(
+                    servicer.MovePath,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MovePathRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MovePathResponse.SerializeToString,
+            ),
+            'RemovePath': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePath,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -460,6 +622,195 @@ class SandboxService:
             '/longshore.sandbox.v1.SandboxService/CheckSandboxSpec',
             longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecRequest.SerializeToString,
             longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.CheckSandboxSpecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteFiles(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/longshore.sandbox.v1.SandboxService/WriteFiles',
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.WriteFilesRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.WriteFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/ReadFile',
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReadFileRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ReadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/ListDirectory',
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ListDirectoryRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.ListDirectoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatPath(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/StatPath',
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.StatPathRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.StatPathResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MakeDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/MakeDirectory',
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MakeDirectoryRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MakeDirectoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MovePath(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/MovePath',
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MovePathRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.MovePathResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePath(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/RemovePath',
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -125,6 +125,70 @@ class SandboxServiceStub:
     sandbox.allowed_capabilities`, or `spec.image` is not in
     `allowed_images`; the caller is not an operator).
     """
+    WriteFiles: _grpc.StreamUnaryMultiCallable[_sandbox_service_pb2.WriteFilesRequest, _sandbox_service_pb2.WriteFilesResponse]
+    """Files. Every file RPC goes through the engine's archive API, so it works
+    in any image, even one without a shell; MovePath and RemovePath, which
+    the archive API lacks, exec the image's `mv` and `rm`. Access is Exec's:
+    a non-admin caller needs the sandbox token of the sandbox's task. Paths
+    are absolute, normalised (no `.`, `..` or `//` elements), at most 4096
+    bytes, without NUL. A path inside a tmpfs mount (`/tmp`) is
+    FAILED_PRECONDITION: the engine's archive API does not see tmpfs mounts
+    (it would read and write the hidden directory beneath). Common errors of
+    every file RPC: INVALID_ARGUMENT (empty or over-long sandbox_id, a bad
+    path, named by field), PERMISSION_DENIED (no token, a token for another
+    task), NOT_FOUND (no such sandbox, or a missing path, named),
+    FAILED_PRECONDITION (the sandbox is not running; a tmpfs path; the
+    engine refused, e.g. `container rootfs is marked read-only`),
+    UNAVAILABLE (engine unreachable).
+
+    WriteFiles writes one or many files. The first message names the sandbox;
+    then, per file, a header and data chunks summing to exactly its `size`.
+    Each file is streamed into the engine as it arrives, never held whole.
+    A file replaces an existing file at its path. Errors, besides the
+    common ones: INVALID_ARGUMENT (messages out of order, data not adding up
+    to `size`, a `mode` over 0o7777), PERMISSION_DENIED (a non-admin caller
+    naming an owner other than the sandbox's user, or setuid/setgid bits),
+    RESOURCE_EXHAUSTED (`size` over `sandbox.max_file_bytes`), NOT_FOUND (the
+    parent directory is missing and `make_parents` is off).
+    """
+    ReadFile: _grpc.UnaryStreamMultiCallable[_sandbox_service_pb2.ReadFileRequest, _sandbox_service_pb2.ReadFileResponse]
+    """ReadFile streams one regular file: first its entry, then data chunks
+    (each at most 1 MiB). A symlink is not followed. Errors, besides the
+    common ones: FAILED_PRECONDITION (the path is not a regular file),
+    RESOURCE_EXHAUSTED (the file is larger than `sandbox.max_file_bytes`).
+    """
+    ListDirectory: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.ListDirectoryRequest, _sandbox_service_pb2.ListDirectoryResponse]
+    """ListDirectory lists a directory's entries down to `depth` levels, in the
+    archive's (lexical, depth-first) order, paginated. Reading a directory
+    streams its archive, so its cost grows with the bytes beneath it.
+    Errors, besides the common ones: INVALID_ARGUMENT (negative page_size
+    or depth, a bad page_token), OUT_OF_RANGE (`depth` over 32),
+    FAILED_PRECONDITION (the path is not a directory).
+    """
+    StatPath: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.StatPathRequest, _sandbox_service_pb2.StatPathResponse]
+    """StatPath describes one path (a symlink itself, not its target).
+    Errors: the common ones.
+    """
+    MakeDirectory: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.MakeDirectoryRequest, _sandbox_service_pb2.MakeDirectoryResponse]
+    """MakeDirectory creates a directory (and, with `make_parents`, its missing
+    parents). An existing directory is not an error (`created` is false).
+    Errors, besides the common ones: NOT_FOUND (a parent is missing and
+    `make_parents` is off), ALREADY_EXISTS (the path is not a directory),
+    PERMISSION_DENIED (as WriteFiles, for the owner and mode).
+    """
+    MovePath: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.MovePathRequest, _sandbox_service_pb2.MovePathResponse]
+    """MovePath renames a path (the image's `mv`, run as the sandbox's user).
+    Errors, besides the common ones: NOT_FOUND (the source is missing),
+    ALREADY_EXISTS (the destination exists and `overwrite` is off),
+    FAILED_PRECONDITION (the image has no `mv`, or `mv` failed: its message).
+    """
+    RemovePath: _grpc.UnaryUnaryMultiCallable[_sandbox_service_pb2.RemovePathRequest, _sandbox_service_pb2.RemovePathResponse]
+    """RemovePath removes a file, a symlink, an empty directory or, with
+    `recursive`, a whole tree (the image's `rm`, run as the sandbox's user).
+    Errors, besides the common ones: NOT_FOUND (the path is missing),
+    FAILED_PRECONDITION (a non-empty directory without `recursive`, the
+    root, the image has no `rm`, or `rm` failed: its message).
+    """
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
@@ -222,6 +286,70 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
     sandbox.allowed_capabilities`, or `spec.image` is not in
     `allowed_images`; the caller is not an operator).
+    """
+    WriteFiles: _aio.StreamUnaryMultiCallable[_sandbox_service_pb2.WriteFilesRequest, _sandbox_service_pb2.WriteFilesResponse]  # type: ignore[assignment]
+    """Files. Every file RPC goes through the engine's archive API, so it works
+    in any image, even one without a shell; MovePath and RemovePath, which
+    the archive API lacks, exec the image's `mv` and `rm`. Access is Exec's:
+    a non-admin caller needs the sandbox token of the sandbox's task. Paths
+    are absolute, normalised (no `.`, `..` or `//` elements), at most 4096
+    bytes, without NUL. A path inside a tmpfs mount (`/tmp`) is
+    FAILED_PRECONDITION: the engine's archive API does not see tmpfs mounts
+    (it would read and write the hidden directory beneath). Common errors of
+    every file RPC: INVALID_ARGUMENT (empty or over-long sandbox_id, a bad
+    path, named by field), PERMISSION_DENIED (no token, a token for another
+    task), NOT_FOUND (no such sandbox, or a missing path, named),
+    FAILED_PRECONDITION (the sandbox is not running; a tmpfs path; the
+    engine refused, e.g. `container rootfs is marked read-only`),
+    UNAVAILABLE (engine unreachable).
+
+    WriteFiles writes one or many files. The first message names the sandbox;
+    then, per file, a header and data chunks summing to exactly its `size`.
+    Each file is streamed into the engine as it arrives, never held whole.
+    A file replaces an existing file at its path. Errors, besides the
+    common ones: INVALID_ARGUMENT (messages out of order, data not adding up
+    to `size`, a `mode` over 0o7777), PERMISSION_DENIED (a non-admin caller
+    naming an owner other than the sandbox's user, or setuid/setgid bits),
+    RESOURCE_EXHAUSTED (`size` over `sandbox.max_file_bytes`), NOT_FOUND (the
+    parent directory is missing and `make_parents` is off).
+    """
+    ReadFile: _aio.UnaryStreamMultiCallable[_sandbox_service_pb2.ReadFileRequest, _sandbox_service_pb2.ReadFileResponse]  # type: ignore[assignment]
+    """ReadFile streams one regular file: first its entry, then data chunks
+    (each at most 1 MiB). A symlink is not followed. Errors, besides the
+    common ones: FAILED_PRECONDITION (the path is not a regular file),
+    RESOURCE_EXHAUSTED (the file is larger than `sandbox.max_file_bytes`).
+    """
+    ListDirectory: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.ListDirectoryRequest, _sandbox_service_pb2.ListDirectoryResponse]  # type: ignore[assignment]
+    """ListDirectory lists a directory's entries down to `depth` levels, in the
+    archive's (lexical, depth-first) order, paginated. Reading a directory
+    streams its archive, so its cost grows with the bytes beneath it.
+    Errors, besides the common ones: INVALID_ARGUMENT (negative page_size
+    or depth, a bad page_token), OUT_OF_RANGE (`depth` over 32),
+    FAILED_PRECONDITION (the path is not a directory).
+    """
+    StatPath: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.StatPathRequest, _sandbox_service_pb2.StatPathResponse]  # type: ignore[assignment]
+    """StatPath describes one path (a symlink itself, not its target).
+    Errors: the common ones.
+    """
+    MakeDirectory: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.MakeDirectoryRequest, _sandbox_service_pb2.MakeDirectoryResponse]  # type: ignore[assignment]
+    """MakeDirectory creates a directory (and, with `make_parents`, its missing
+    parents). An existing directory is not an error (`created` is false).
+    Errors, besides the common ones: NOT_FOUND (a parent is missing and
+    `make_parents` is off), ALREADY_EXISTS (the path is not a directory),
+    PERMISSION_DENIED (as WriteFiles, for the owner and mode).
+    """
+    MovePath: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.MovePathRequest, _sandbox_service_pb2.MovePathResponse]  # type: ignore[assignment]
+    """MovePath renames a path (the image's `mv`, run as the sandbox's user).
+    Errors, besides the common ones: NOT_FOUND (the source is missing),
+    ALREADY_EXISTS (the destination exists and `overwrite` is off),
+    FAILED_PRECONDITION (the image has no `mv`, or `mv` failed: its message).
+    """
+    RemovePath: _aio.UnaryUnaryMultiCallable[_sandbox_service_pb2.RemovePathRequest, _sandbox_service_pb2.RemovePathResponse]  # type: ignore[assignment]
+    """RemovePath removes a file, a symlink, an empty directory or, with
+    `recursive`, a whole tree (the image's `rm`, run as the sandbox's user).
+    Errors, besides the common ones: NOT_FOUND (the path is missing),
+    FAILED_PRECONDITION (a non-empty directory without `recursive`, the
+    root, the image has no `rm`, or `rm` failed: its message).
     """
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -359,6 +487,112 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         policy allows, e.g. `spec.cap_add[0]: SYS_ADMIN is not in
         sandbox.allowed_capabilities`, or `spec.image` is not in
         `allowed_images`; the caller is not an operator).
+        """
+
+    @_abc_1.abstractmethod
+    def WriteFiles(
+        self,
+        request_iterator: _MaybeAsyncIterator[_sandbox_service_pb2.WriteFilesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_service_pb2.WriteFilesResponse, _abc.Awaitable[_sandbox_service_pb2.WriteFilesResponse]]:
+        """Files. Every file RPC goes through the engine's archive API, so it works
+        in any image, even one without a shell; MovePath and RemovePath, which
+        the archive API lacks, exec the image's `mv` and `rm`. Access is Exec's:
+        a non-admin caller needs the sandbox token of the sandbox's task. Paths
+        are absolute, normalised (no `.`, `..` or `//` elements), at most 4096
+        bytes, without NUL. A path inside a tmpfs mount (`/tmp`) is
+        FAILED_PRECONDITION: the engine's archive API does not see tmpfs mounts
+        (it would read and write the hidden directory beneath). Common errors of
+        every file RPC: INVALID_ARGUMENT (empty or over-long sandbox_id, a bad
+        path, named by field), PERMISSION_DENIED (no token, a token for another
+        task), NOT_FOUND (no such sandbox, or a missing path, named),
+        FAILED_PRECONDITION (the sandbox is not running; a tmpfs path; the
+        engine refused, e.g. `container rootfs is marked read-only`),
+        UNAVAILABLE (engine unreachable).
+
+        WriteFiles writes one or many files. The first message names the sandbox;
+        then, per file, a header and data chunks summing to exactly its `size`.
+        Each file is streamed into the engine as it arrives, never held whole.
+        A file replaces an existing file at its path. Errors, besides the
+        common ones: INVALID_ARGUMENT (messages out of order, data not adding up
+        to `size`, a `mode` over 0o7777), PERMISSION_DENIED (a non-admin caller
+        naming an owner other than the sandbox's user, or setuid/setgid bits),
+        RESOURCE_EXHAUSTED (`size` over `sandbox.max_file_bytes`), NOT_FOUND (the
+        parent directory is missing and `make_parents` is off).
+        """
+
+    @_abc_1.abstractmethod
+    def ReadFile(
+        self,
+        request: _sandbox_service_pb2.ReadFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_service_pb2.ReadFileResponse], _abc.AsyncIterator[_sandbox_service_pb2.ReadFileResponse]]:
+        """ReadFile streams one regular file: first its entry, then data chunks
+        (each at most 1 MiB). A symlink is not followed. Errors, besides the
+        common ones: FAILED_PRECONDITION (the path is not a regular file),
+        RESOURCE_EXHAUSTED (the file is larger than `sandbox.max_file_bytes`).
+        """
+
+    @_abc_1.abstractmethod
+    def ListDirectory(
+        self,
+        request: _sandbox_service_pb2.ListDirectoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_service_pb2.ListDirectoryResponse, _abc.Awaitable[_sandbox_service_pb2.ListDirectoryResponse]]:
+        """ListDirectory lists a directory's entries down to `depth` levels, in the
+        archive's (lexical, depth-first) order, paginated. Reading a directory
+        streams its archive, so its cost grows with the bytes beneath it.
+        Errors, besides the common ones: INVALID_ARGUMENT (negative page_size
+        or depth, a bad page_token), OUT_OF_RANGE (`depth` over 32),
+        FAILED_PRECONDITION (the path is not a directory).
+        """
+
+    @_abc_1.abstractmethod
+    def StatPath(
+        self,
+        request: _sandbox_service_pb2.StatPathRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_service_pb2.StatPathResponse, _abc.Awaitable[_sandbox_service_pb2.StatPathResponse]]:
+        """StatPath describes one path (a symlink itself, not its target).
+        Errors: the common ones.
+        """
+
+    @_abc_1.abstractmethod
+    def MakeDirectory(
+        self,
+        request: _sandbox_service_pb2.MakeDirectoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_service_pb2.MakeDirectoryResponse, _abc.Awaitable[_sandbox_service_pb2.MakeDirectoryResponse]]:
+        """MakeDirectory creates a directory (and, with `make_parents`, its missing
+        parents). An existing directory is not an error (`created` is false).
+        Errors, besides the common ones: NOT_FOUND (a parent is missing and
+        `make_parents` is off), ALREADY_EXISTS (the path is not a directory),
+        PERMISSION_DENIED (as WriteFiles, for the owner and mode).
+        """
+
+    @_abc_1.abstractmethod
+    def MovePath(
+        self,
+        request: _sandbox_service_pb2.MovePathRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_service_pb2.MovePathResponse, _abc.Awaitable[_sandbox_service_pb2.MovePathResponse]]:
+        """MovePath renames a path (the image's `mv`, run as the sandbox's user).
+        Errors, besides the common ones: NOT_FOUND (the source is missing),
+        ALREADY_EXISTS (the destination exists and `overwrite` is off),
+        FAILED_PRECONDITION (the image has no `mv`, or `mv` failed: its message).
+        """
+
+    @_abc_1.abstractmethod
+    def RemovePath(
+        self,
+        request: _sandbox_service_pb2.RemovePathRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_service_pb2.RemovePathResponse, _abc.Awaitable[_sandbox_service_pb2.RemovePathResponse]]:
+        """RemovePath removes a file, a symlink, an empty directory or, with
+        `recursive`, a whole tree (the image's `rm`, run as the sandbox's user).
+        Errors, besides the common ones: NOT_FOUND (the path is missing),
+        FAILED_PRECONDITION (a non-empty directory without `recursive`, the
+        root, the image has no `rm`, or `rm` failed: its message).
         """
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
