@@ -10,8 +10,6 @@ from services.sandbox.files import (
     MAX_PATH_BYTES,
     FileKind,
     FileStat,
-    _allows,
-    _from_go_mode,
     check_mode,
     check_path,
     decode_page_token,
@@ -19,6 +17,8 @@ from services.sandbox.files import (
     encode_page_token,
     page_size,
 )
+from services.sandbox.files.archive import from_go_mode
+from services.sandbox.files.permissions import allows
 
 
 @pytest.mark.parametrize("path", ["/", "/work", "/work/a.txt", "/a b/ü.txt", "/.hidden"])
@@ -85,23 +85,23 @@ def test_page_size_and_depth_bounds() -> None:
 
 
 def test_go_file_modes_of_the_engines_stat_header() -> None:
-    assert _from_go_mode(0o644) == (FileKind.FILE, 0o644)
-    assert _from_go_mode((1 << 31) | 0o755) == (FileKind.DIRECTORY, 0o755)
-    assert _from_go_mode((1 << 27) | 0o777) == (FileKind.SYMLINK, 0o777)
-    assert _from_go_mode((1 << 23) | 0o755) == (FileKind.FILE, 0o4755)
-    assert _from_go_mode((1 << 31) | (1 << 20) | 0o777) == (FileKind.DIRECTORY, 0o1777)
-    assert _from_go_mode((1 << 26) | 0o600)[0] is FileKind.OTHER
+    assert from_go_mode(0o644) == (FileKind.FILE, 0o644)
+    assert from_go_mode((1 << 31) | 0o755) == (FileKind.DIRECTORY, 0o755)
+    assert from_go_mode((1 << 27) | 0o777) == (FileKind.SYMLINK, 0o777)
+    assert from_go_mode((1 << 23) | 0o755) == (FileKind.FILE, 0o4755)
+    assert from_go_mode((1 << 31) | (1 << 20) | 0o777) == (FileKind.DIRECTORY, 0o1777)
+    assert from_go_mode((1 << 26) | 0o600)[0] is FileKind.OTHER
 
 
 def test_permissions_of_the_sandboxs_user() -> None:
     root_dir = FileStat("/etc", FileKind.DIRECTORY, mode=0o755, uid=0, gid=0)
     own_dir = FileStat("/home/w", FileKind.DIRECTORY, mode=0o700, uid=65534, gid=65534)
     group_file = FileStat("/g", FileKind.FILE, mode=0o640, uid=0, gid=65534)
-    assert not _allows(root_dir, 65534, 65534, 3)  # no write into /etc
-    assert _allows(root_dir, 65534, 65534, 5)  # may list it
-    assert _allows(own_dir, 65534, 65534, 7)
-    assert _allows(group_file, 65534, 65534, 4) and not _allows(group_file, 65534, 65534, 2)
-    assert _allows(own_dir, 0, 0, 7)  # root may do anything
+    assert not allows(root_dir, 65534, 65534, 3)  # no write into /etc
+    assert allows(root_dir, 65534, 65534, 5)  # may list it
+    assert allows(own_dir, 65534, 65534, 7)
+    assert allows(group_file, 65534, 65534, 4) and not allows(group_file, 65534, 65534, 2)
+    assert allows(own_dir, 0, 0, 7)  # root may do anything
 
 
 @pytest.mark.parametrize(
