@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from services.kanban import models, snapshot
 from services.kanban.planner import BackendView, Readiness, ReadinessReason, Snapshot, plan
 from services.kanban.tick import Dispatcher
+from services.kanban.vocabulary import RunStatus
 
 #: Most tasks outside the walk (running, done, ...) a plan keeps answers for.
 MAX_EXTRA_TASKS = 2000
@@ -148,7 +149,7 @@ def _valid_until(session: Session, snap: Snapshot, now: dt.datetime) -> dt.datet
     ]
     lease = session.scalar(
         select(func.min(models.TaskRun.lease_expire_time)).where(
-            models.TaskRun.status == models.RUN_RUNNING,
+            models.TaskRun.status == RunStatus.RUNNING,
             models.TaskRun.lease_expire_time >= now,
         )
     )

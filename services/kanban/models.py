@@ -27,40 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Task statuses as stored (the lowercase names of the proto enum).
-TRIAGE = "triage"
-TODO = "todo"
-READY = "ready"
-RUNNING = "running"
-BLOCKED = "blocked"
-DONE = "done"
-ARCHIVED = "archived"
-TASK_STATUSES = (TRIAGE, TODO, READY, RUNNING, BLOCKED, DONE, ARCHIVED)
-
-# Run statuses as stored.
-RUN_RUNNING = "running"
-RUN_SUCCEEDED = "succeeded"
-RUN_FAILED = "failed"
-RUN_TIMED_OUT = "timed_out"
-RUN_CANCELLED = "cancelled"
-RUN_LOST = "lost"
-RUN_SPAWN_FAILED = "spawn_failed"
-RUN_STATUSES = (
-    RUN_RUNNING,
-    RUN_SUCCEEDED,
-    RUN_FAILED,
-    RUN_TIMED_OUT,
-    RUN_CANCELLED,
-    RUN_LOST,
-    RUN_SPAWN_FAILED,
-)
-
-# Profile executors as stored.
-EXECUTOR_SANDBOX = "sandbox"
-EXECUTOR_EXTERNAL = "external"
-EXECUTOR_NONE = "none"
-EXECUTORS = (EXECUTOR_SANDBOX, EXECUTOR_EXTERNAL, EXECUTOR_NONE)
-
+# Statuses and executors are stored as the values of services.kanban.vocabulary's enums.
 DEFAULT_BOARD = "default"
 
 

@@ -55,7 +55,6 @@ from services.kanban.planner_types import (
     BackendView,
     BlockedRef,
     CappedRef,
-    ExecutorKind,
     FailureClass,
     Plan,
     PlannerSettings,
@@ -68,7 +67,6 @@ from services.kanban.planner_types import (
     RetryPolicy,
     Snapshot,
     TaskRef,
-    TaskStatus,
     TaskView,
     clock_text,
 )
@@ -77,6 +75,7 @@ from services.kanban.retry import (
     next_attempt_time,
     retry_policy,
 )
+from services.kanban.vocabulary import ExecutorKind, TaskStatus
 
 __all__ = [
     "BackendView",

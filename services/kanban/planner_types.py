@@ -17,25 +17,7 @@ from typing import NamedTuple
 
 from longshore.kanban.v1 import dispatch_pb2, task_pb2
 
-
-class TaskStatus(enum.StrEnum):
-    """A task's column, as stored (mirrors ``TaskStatus`` in task.proto)."""
-
-    TRIAGE = "triage"
-    TODO = "todo"
-    READY = "ready"
-    RUNNING = "running"
-    BLOCKED = "blocked"
-    DONE = "done"
-    ARCHIVED = "archived"
-
-
-class ExecutorKind(enum.StrEnum):
-    """How a profile's tasks run (mirrors ``Executor`` in profile.proto)."""
-
-    SANDBOX = "sandbox"
-    EXTERNAL = "external"
-    NONE = "none"
+from services.kanban.vocabulary import ExecutorKind, TaskStatus
 
 
 class ReadinessReason(enum.IntEnum):

@@ -27,6 +27,7 @@ from services.kanban.db import Database
 from services.kanban.executor import FailureKind, Outcome, OutcomeKind
 from services.kanban.planner import FailureClass, PlannerSettings
 from services.kanban.store import effects_of, failures, runs
+from services.kanban.vocabulary import RunStatus
 from services.runtime.errors import FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,10 @@ class DbRunSink:
             else:
                 failure_class = outcome.failure_class or FailureClass.PLATFORM
                 status = {
-                    OutcomeKind.TIMED_OUT: models.RUN_TIMED_OUT,
-                    OutcomeKind.SPAWN_FAILED: models.RUN_SPAWN_FAILED,
-                    OutcomeKind.CANCELLED: models.RUN_CANCELLED,
-                }.get(outcome.kind, models.RUN_FAILED)
+                    OutcomeKind.TIMED_OUT: RunStatus.TIMED_OUT,
+                    OutcomeKind.SPAWN_FAILED: RunStatus.SPAWN_FAILED,
+                    OutcomeKind.CANCELLED: RunStatus.CANCELLED,
+                }.get(outcome.kind, RunStatus.FAILED)
                 error = outcome.error or (
                     f"exit code {outcome.exit_code}" if outcome.exit_code is not None else "failed"
                 )

@@ -15,6 +15,7 @@ from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.handler_pool import HandlerPool
 from services.kanban.store import runs
+from services.kanban.vocabulary import RunStatus
 from services.runtime.errors import InvalidArgument, OutOfRange
 
 STREAM_CHUNK = 64 * 1024
@@ -78,7 +79,7 @@ class RunReads:
         with self._db.read() as s:
             run = _run_for(s, request.run_id, request.task_id)
             data, next_offset = runs.read_output(s, run, request.offset, limit)
-            ended = run.status != models.RUN_RUNNING
+            ended = run.status != RunStatus.RUNNING
             return pb.GetRunOutputResponse(
                 run_id=run.run_id,
                 data=data,
@@ -96,7 +97,7 @@ class RunReads:
         with self._db.read() as s:
             run = runs.get_run(s, run_id)
             data, offset = runs.read_output(s, run, offset, STREAM_CHUNK)
-            return data, offset, run.status != models.RUN_RUNNING, offset >= run.output_bytes
+            return data, offset, run.status != RunStatus.RUNNING, offset >= run.output_bytes
 
     async def StreamRunOutput(
         self, request: pb.StreamRunOutputRequest, context: aio.ServicerContext[Any, Any]

@@ -16,19 +16,18 @@ from sqlalchemy import DateTime, String, func, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
 from services.kanban import models
-from services.kanban.models import DONE, READY, RUN_RUNNING, TODO, Task, TaskLink, TaskRun
+from services.kanban.models import Task, TaskLink, TaskRun
 from services.kanban.planner import (
     BackendView,
-    ExecutorKind,
     ProfileView,
     ReclaimKind,
     ReclaimView,
     RetryPolicy,
     Snapshot,
-    TaskStatus,
     TaskView,
 )
 from services.kanban.store import failures
+from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
 
 _STATUS = {status.value: status for status in TaskStatus}
 
@@ -143,7 +142,7 @@ def build(
         select(TaskLink.child_id, TaskLink.parent_id)
         .join(child, child.task_id == TaskLink.child_id)
         .join(parent, parent.task_id == TaskLink.parent_id)
-        .where(child.status == TODO, parent.status != DONE)
+        .where(child.status == TaskStatus.TODO, parent.status != TaskStatus.DONE)
         .order_by(TaskLink.child_id, TaskLink.parent_id)
     )
     if board_id:
@@ -154,7 +153,7 @@ def build(
 
     expired_stmt = select(
         TaskRun.task_id, TaskRun.run_id, TaskRun.profile, TaskRun.executor_instance
-    ).where(TaskRun.status == RUN_RUNNING, TaskRun.lease_expire_time < now)
+    ).where(TaskRun.status == RunStatus.RUNNING, TaskRun.lease_expire_time < now)
     reclaims: list[ReclaimView] = []
     reclaim_tasks: list[str] = []
     for task_id, run_id, profile, instance in session.execute(expired_stmt):
@@ -164,7 +163,7 @@ def build(
 
     conn = session.connection()
     columns = _task_columns(conn.dialect.name)
-    stmt = select(*columns).where(Task.status.in_([READY, TODO]))
+    stmt = select(*columns).where(Task.status.in_([TaskStatus.READY, TaskStatus.TODO]))
     if board_id:
         stmt = stmt.where(Task.board_id == board_id)
     views: dict[str, TaskView] = {}
@@ -206,7 +205,7 @@ def build(
 
     running_stmt = (
         select(TaskRun.profile, func.count())
-        .where(TaskRun.status == RUN_RUNNING)
+        .where(TaskRun.status == RunStatus.RUNNING)
         .group_by(TaskRun.profile)
     )
     running = {p: int(n) for p, n in session.execute(running_stmt)}

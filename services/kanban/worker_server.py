@@ -44,6 +44,7 @@ from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, claims, events, failures, links, profiles, runs
 from services.kanban.tick import Dispatcher
+from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
 from services.runtime.callers import DISPATCHER, Caller, caller, caller_from_metadata
 from services.runtime.errors import (
     FailedPrecondition,
@@ -210,7 +211,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if room <= 0:
             return 0
         stmt = select(models.Task.task_id).where(
-            models.Task.status == models.READY,
+            models.Task.status == TaskStatus.READY,
             models.Task.assignee == profile.name,
             models.Task.failure_count < (profile.retry_max_attempts or settings.failure_limit),
             or_(
@@ -225,7 +226,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def _claim_profile(self, s: Session, request: pb.ClaimTaskRequest) -> models.Profile:
         """The poll's profile, if it may be claimed for (and its board exists)."""
         profile = profiles.get(s, request.profile)
-        if profile.executor != models.EXECUTOR_EXTERNAL:
+        if profile.executor != ExecutorKind.EXTERNAL:
             raise FailedPrecondition(
                 f"profile {request.profile!r} has executor {profile.executor}, not external"
             )
@@ -268,7 +269,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             profile = s.get(models.Profile, profile_name)
             if (
                 profile is None
-                or profile.executor != models.EXECUTOR_EXTERNAL
+                or profile.executor != ExecutorKind.EXTERNAL
                 or (board_id and s.get(models.Board, board_id) is None)
             ):
                 # Deleted or changed under the polls: wake them all, each
@@ -276,7 +277,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 return most, None
             now = self._dispatcher.now()
             stmt = select(func.min(models.Task.next_attempt_time)).where(
-                models.Task.status == models.READY,
+                models.Task.status == TaskStatus.READY,
                 models.Task.assignee == profile.name,
                 models.Task.next_attempt_time > now,
             )
@@ -410,7 +411,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 s,
                 run,
                 task,
-                status=models.RUN_FAILED,
+                status=RunStatus.FAILED,
                 error=request.error,
                 retryable=request.retryable,
                 settings=self._limits.planner,

@@ -26,18 +26,11 @@ from collections.abc import Iterable
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
-from services.kanban.models import (
-    BLOCKED,
-    EXECUTOR_EXTERNAL,
-    READY,
-    RUN_RUNNING,
-    Profile,
-    Task,
-    TaskRun,
-)
+from services.kanban.models import Profile, Task, TaskRun
 from services.kanban.planner import PlannerSettings
 from services.kanban.store import effects_of, lifecycle, runs
 from services.kanban.store.profiles import check_image
+from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
 from services.runtime.errors import PermissionDenied
 
 #: Advisory lock class (first key) of one profile's cap domain; the second
@@ -88,7 +81,7 @@ def lock_cap_domains(session: Session, profiles: Iterable[str], *, global_cap: b
 
 def running_counts(session: Session, profiles: Iterable[str] | None = None) -> dict[str, int]:
     """Running runs per profile (only ``profiles`` when given)."""
-    stmt = select(TaskRun.profile, func.count()).where(TaskRun.status == RUN_RUNNING)
+    stmt = select(TaskRun.profile, func.count()).where(TaskRun.status == RunStatus.RUNNING)
     if profiles is not None:
         stmt = stmt.where(TaskRun.profile.in_(sorted(set(profiles))))
     return {p: int(n) for p, n in session.execute(stmt.group_by(TaskRun.profile))}
@@ -96,7 +89,7 @@ def running_counts(session: Session, profiles: Iterable[str] | None = None) -> d
 
 def running_total(session: Session) -> int:
     """Running runs of every profile."""
-    stmt = select(func.count()).select_from(TaskRun).where(TaskRun.status == RUN_RUNNING)
+    stmt = select(func.count()).select_from(TaskRun).where(TaskRun.status == RunStatus.RUNNING)
     return int(session.scalar(stmt) or 0)
 
 
@@ -119,7 +112,7 @@ def _next_ready(
     # Not a task backing off after a failure (its retry is not due), nor one
     # past the profile's retry limit (the breaker blocks it).
     stmt = select(Task).where(
-        Task.status == READY,
+        Task.status == TaskStatus.READY,
         Task.assignee == profile.name,
         Task.failure_count < (profile.retry_max_attempts or settings.failure_limit),
         or_(Task.next_attempt_time.is_(None), Task.next_attempt_time <= now),
@@ -149,7 +142,7 @@ def claimable(
     poll writes nothing and waits on no lock. A True answer is only a hint
     (another replica may claim first); :func:`claim_next` decides.
     """
-    if profile.executor != EXECUTOR_EXTERNAL or not _has_slot(session, profile, settings):
+    if profile.executor != ExecutorKind.EXTERNAL or not _has_slot(session, profile, settings):
         return False
     return _next_ready(session, profile, board_id, now, settings, lock=False) is not None
 
@@ -198,7 +191,7 @@ def claim_next(
         lifecycle.set_status(
             session,
             task,
-            BLOCKED,
+            TaskStatus.BLOCKED,
             reason=exc.message,
             source=POLICY_SOURCE,
             effects=effects_of(session),

@@ -16,20 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.kanban.models import (
-    BLOCKED,
-    READY,
-    RUN_CANCELLED,
-    RUN_FAILED,
-    RUN_LOST,
-    RUN_RUNNING,
-    RUN_SPAWN_FAILED,
-    RUN_TIMED_OUT,
-    Profile,
-    Task,
-    TaskRun,
-    utcnow,
-)
+from services.kanban.models import Profile, Task, TaskRun, utcnow
 from services.kanban.planner import (
     ExecutorKind,
     FailureClass,
@@ -41,13 +28,14 @@ from services.kanban.planner import (
 )
 from services.kanban.store import Effects, events
 from services.kanban.store.lifecycle import end_run
+from services.kanban.vocabulary import RunStatus, TaskStatus
 
-_FAILURE_EVENT = {
-    RUN_FAILED: "failed",
-    RUN_TIMED_OUT: "timed_out",
-    RUN_SPAWN_FAILED: "spawn_failed",
-    RUN_LOST: "reclaimed",
-    RUN_CANCELLED: "cancelled",
+_FAILURE_EVENT: dict[str, str] = {
+    RunStatus.FAILED: "failed",
+    RunStatus.TIMED_OUT: "timed_out",
+    RunStatus.SPAWN_FAILED: "spawn_failed",
+    RunStatus.LOST: "reclaimed",
+    RunStatus.CANCELLED: "cancelled",
 }
 # Runs looked at, newest first, to count a task's platform failures in a row:
 # past this many the backoff is at its maximum anyway.
@@ -95,7 +83,7 @@ def platform_streaks(session: Session, task_ids: Sequence[str]) -> dict[str, int
     for task_id in dict.fromkeys(task_ids):
         stmt = (
             select(TaskRun.failure_class)
-            .where(TaskRun.task_id == task_id, TaskRun.status != RUN_RUNNING)
+            .where(TaskRun.task_id == task_id, TaskRun.status != RunStatus.RUNNING)
             .order_by(TaskRun.start_time.desc(), TaskRun.run_id.desc())
             .limit(_STREAK_LOOKBACK)
         )
@@ -219,7 +207,7 @@ def fail(
             if tripped
             else f"non-retryable failure: {error}"
         )
-        task.status = BLOCKED
+        task.status = TaskStatus.BLOCKED
         task.blocked_reason = why
         task.breaker_open = tripped
         task.next_attempt_time = None
@@ -235,7 +223,7 @@ def fail(
             now=now,
         )
         return FailureOutcome(task, True, why)
-    task.status = READY
+    task.status = TaskStatus.READY
     task.ready_time = now
     task.update_time = now
     task.next_attempt_time = retry_at

@@ -11,20 +11,10 @@ import datetime as dt
 
 from sqlalchemy.orm import Session
 
-from services.kanban.models import (
-    ARCHIVED,
-    BLOCKED,
-    DONE,
-    READY,
-    RUN_CANCELLED,
-    RUNNING,
-    Profile,
-    Task,
-    TaskRun,
-    utcnow,
-)
+from services.kanban.models import Profile, Task, TaskRun, utcnow
 from services.kanban.planner import FailureClass
 from services.kanban.store import Effects, Release, events
+from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
 from services.runtime.errors import InvalidArgument, NotFound, quote
 
 
@@ -59,7 +49,7 @@ def end_run(
     one was cancelled by an operator (a task moved out of running): the
     platform's, never counted.
     """
-    if failure_class is None and status == RUN_CANCELLED:
+    if failure_class is None and status == RunStatus.CANCELLED:
         failure_class = FailureClass.PLATFORM
     run.status = status
     run.error = error
@@ -71,10 +61,11 @@ def end_run(
 
 
 def _release_if_finished(session: Session, task: Task, effects: Effects) -> None:
-    if task.status not in (DONE, ARCHIVED) or not task.assignee:
+    if task.status not in (TaskStatus.DONE, TaskStatus.ARCHIVED) or not task.assignee:
         return
     profile = session.get(Profile, task.assignee)
-    if profile is not None and profile.executor == "sandbox" and not profile.keep_sandbox:
+    sandboxed = profile is not None and profile.executor == ExecutorKind.SANDBOX
+    if sandboxed and profile is not None and not profile.keep_sandbox:
         effects.releases.append(Release(task.task_id, task.assignee, task.sandbox_id))
 
 
@@ -86,9 +77,9 @@ def cancel_current_run(
         return
     run = session.get(TaskRun, task.current_run_id)
     task.current_run_id = None
-    if run is None or run.status != "running":
+    if run is None or run.status != RunStatus.RUNNING:
         return
-    end_run(run, status=RUN_CANCELLED, error=reason)
+    end_run(run, status=RunStatus.CANCELLED, error=reason)
     effects.cancelled_runs.append(run.run_id)
     events.append(
         session,
@@ -114,21 +105,21 @@ def set_status(
     """Move ``task`` to ``status`` with an event, without checking the table."""
     previous = task.status
     now = utcnow()
-    if previous == RUNNING and status != RUNNING:
+    if previous == TaskStatus.RUNNING and status != TaskStatus.RUNNING:
         cancel_current_run(
             session, task, reason=reason or f"moved to {status}", source=source, effects=effects
         )
     task.status = status
     task.update_time = now
-    if status == READY:
+    if status == TaskStatus.READY:
         task.ready_time = now
         effects.wake = True
-    if status == BLOCKED:
+    if status == TaskStatus.BLOCKED:
         task.blocked_reason = reason
-    elif previous == BLOCKED:
+    elif previous == TaskStatus.BLOCKED:
         task.blocked_reason = ""
         task.breaker_open = False
-    if status == DONE:
+    if status == TaskStatus.DONE:
         effects.wake = True  # children may be promotable
     _release_if_finished(session, task, effects)
     events.append(

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.kanban.models import DONE, READY, RUNNING, TODO, Task, TaskLink
+from services.kanban.models import Task, TaskLink
 from services.kanban.store import Effects, events, lifecycle
+from services.kanban.vocabulary import TaskStatus
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
@@ -21,7 +22,7 @@ def waiting_on(session: Session, task_ids: Iterable[str]) -> dict[str, list[str]
         stmt = (
             select(TaskLink.child_id, TaskLink.parent_id)
             .join(Task, Task.task_id == TaskLink.parent_id)
-            .where(TaskLink.child_id.in_(chunk), Task.status != DONE)
+            .where(TaskLink.child_id.in_(chunk), Task.status != TaskStatus.DONE)
             .order_by(TaskLink.child_id, TaskLink.parent_id)
         )
         for child, parent in session.execute(stmt):
@@ -66,7 +67,7 @@ def link(session: Session, parent_id: str, child_id: str, *, source: str, effect
         raise InvalidArgument("child_id: a task cannot wait for itself")
     parent = lifecycle.get(session, parent_id)
     child = lifecycle.get(session, child_id, for_update=True)
-    if child.status in (RUNNING, DONE):
+    if child.status in (TaskStatus.RUNNING, TaskStatus.DONE):
         raise FailedPrecondition(f"task {child_id!r} is {child.status}; cannot add a parent")
     if session.get(TaskLink, (parent_id, child_id)) is not None:
         return child
@@ -82,9 +83,14 @@ def link(session: Session, parent_id: str, child_id: str, *, source: str, effect
         source=source,
         payload={"parent_id": parent_id},
     )
-    if child.status == READY and parent.status != DONE:
+    if child.status == TaskStatus.READY and parent.status != TaskStatus.DONE:
         lifecycle.set_status(
-            session, child, TODO, reason=f"waiting on {parent_id}", source=source, effects=effects
+            session,
+            child,
+            TaskStatus.TODO,
+            reason=f"waiting on {parent_id}",
+            source=source,
+            effects=effects,
         )
     return child
 
@@ -112,5 +118,5 @@ def unlink(
         source=source,
         payload={"parent_id": parent_id},
     )
-    effects.wake = effects.wake or child.status == TODO
+    effects.wake = effects.wake or child.status == TaskStatus.TODO
     return child

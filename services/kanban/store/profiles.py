@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.kanban import secrets
-from services.kanban.models import EXECUTORS, RUN_RUNNING, Profile, TaskRun, utcnow
+from services.kanban.models import Profile, TaskRun, utcnow
+from services.kanban.vocabulary import ExecutorKind, RunStatus
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -47,7 +48,7 @@ def validate(values: Mapping[str, Any]) -> None:
     Raises:
         InvalidArgument: A value is out of range; the message names the field.
     """
-    if "executor" in values and values["executor"] not in EXECUTORS:
+    if "executor" in values and values["executor"] not in tuple(ExecutorKind):
         raise InvalidArgument("profile.executor: must be specified (sandbox, external or none)")
     if values.get("max_in_progress", 0) < 0:
         raise InvalidArgument("profile.max_in_progress: must not be negative")
@@ -241,7 +242,7 @@ def running_counts(session: Session) -> dict[str, int]:
     """Return the number of running runs per profile."""
     stmt = (
         select(TaskRun.profile, func.count())
-        .where(TaskRun.status == RUN_RUNNING)
+        .where(TaskRun.status == RunStatus.RUNNING)
         .group_by(TaskRun.profile)
     )
     return {profile: int(n) for profile, n in session.execute(stmt)}

@@ -18,18 +18,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.kanban import commits
-from services.kanban.models import (
-    DONE,
-    READY,
-    RUN_RUNNING,
-    RUN_SUCCEEDED,
-    RUNNING,
-    RunOutput,
-    Task,
-    TaskRun,
-    utcnow,
-)
+from services.kanban.models import RunOutput, Task, TaskRun, utcnow
 from services.kanban.store import Effects, events, lifecycle, new_id
+from services.kanban.vocabulary import RunStatus, TaskStatus
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 MAX_CHUNK = 64 * 1024
@@ -66,7 +57,7 @@ def fenced(session: Session, run_id: str, *, lock: bool = False) -> tuple[TaskRu
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
     task = session.get(Task, run.task_id, with_for_update=lock)
-    if run.status != RUN_RUNNING or task is None or task.current_run_id != run_id:
+    if run.status != RunStatus.RUNNING or task is None or task.current_run_id != run_id:
         raise FailedPrecondition(f"run {run_id!r} is stale: {run.status}")
     return run, task
 
@@ -125,7 +116,7 @@ def claim(
         return None
     run = claimed.run
     for key, value in (
-        ("status", RUNNING),
+        ("status", TaskStatus.RUNNING),
         ("current_run_id", run.run_id),
         ("update_time", run.start_time),
         ("assignee", profile),
@@ -180,9 +171,9 @@ def claim_many(
     table = cast(Table, Task.__table__)
     stmt = (
         update(table)
-        .where(table.c.task_id.in_(list(run_ids)), table.c.status == READY)
+        .where(table.c.task_id.in_(list(run_ids)), table.c.status == TaskStatus.READY)
         .values(
-            status=RUNNING,
+            status=TaskStatus.RUNNING,
             current_run_id=case(run_ids, value=table.c.task_id),
             assignee=case(profiles, value=table.c.task_id),
             update_time=now,
@@ -208,7 +199,7 @@ def claim_many(
             run_id=run_ids[row.task_id],
             task_id=row.task_id,
             profile=profiles[row.task_id],
-            status=RUN_RUNNING,
+            status=RunStatus.RUNNING,
             worker_id=worker_id,
             executor_instance=executor_instance,
             holder=holder,
@@ -265,7 +256,7 @@ def heartbeat(session: Session, run_id: str, *, lease_seconds: float) -> dt.date
     expire = utcnow() + dt.timedelta(seconds=lease_seconds)
     result = session.execute(
         update(TaskRun)
-        .where(TaskRun.run_id == run_id, TaskRun.status == RUN_RUNNING)
+        .where(TaskRun.run_id == run_id, TaskRun.status == RunStatus.RUNNING)
         .values(lease_expire_time=expire)
         .execution_options(synchronize_session=False)
     )
@@ -365,12 +356,12 @@ def list_runs(
 
 def running_runs(session: Session) -> list[TaskRun]:
     """Return every running run."""
-    return list(session.scalars(select(TaskRun).where(TaskRun.status == RUN_RUNNING)))
+    return list(session.scalars(select(TaskRun).where(TaskRun.status == RunStatus.RUNNING)))
 
 
 def running_total(session: Session) -> int:
     """Return how many runs are running."""
-    stmt = select(func.count()).select_from(TaskRun).where(TaskRun.status == RUN_RUNNING)
+    stmt = select(func.count()).select_from(TaskRun).where(TaskRun.status == RunStatus.RUNNING)
     return int(session.scalar(stmt) or 0)
 
 
@@ -399,7 +390,7 @@ def complete(
     run, task = fenced(session, run_id, lock=True)
     now = utcnow()
     code = exit_code if exit_code is not None else run.exit_code or 0
-    end_run(run, status=RUN_SUCCEEDED, exit_code=code, now=now)
+    end_run(run, status=RunStatus.SUCCEEDED, exit_code=code, now=now)
     task.current_run_id = None
     task.failure_count = 0
     task.next_attempt_time = None
@@ -413,11 +404,15 @@ def complete(
         run_id=run_id,
         now=now,
     )
-    lifecycle.set_status(session, task, DONE, reason="completed", source=source, effects=effects)
+    lifecycle.set_status(
+        session, task, TaskStatus.DONE, reason="completed", source=source, effects=effects
+    )
     return task
 
 
 def expired_runs(session: Session, now: dt.datetime) -> list[TaskRun]:
     """Return running runs whose lease ended before ``now``."""
-    stmt = select(TaskRun).where(TaskRun.status == RUN_RUNNING, TaskRun.lease_expire_time < now)
+    stmt = select(TaskRun).where(
+        TaskRun.status == RunStatus.RUNNING, TaskRun.lease_expire_time < now
+    )
     return list(session.scalars(stmt.order_by(TaskRun.start_time, TaskRun.run_id)))

@@ -13,13 +13,6 @@ from sqlalchemy.orm import Session
 
 from services.kanban import limits, secrets
 from services.kanban.models import (
-    ARCHIVED,
-    BLOCKED,
-    DONE,
-    READY,
-    RUNNING,
-    TODO,
-    TRIAGE,
     Board,
     Comment,
     Profile,
@@ -30,6 +23,7 @@ from services.kanban.models import (
     utcnow,
 )
 from services.kanban.store import Effects, Release, events, lifecycle, links, new_id
+from services.kanban.vocabulary import TaskStatus
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -39,15 +33,21 @@ from services.runtime.errors import (
 )
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    TRIAGE: frozenset({TODO, READY, ARCHIVED}),
-    TODO: frozenset({READY, BLOCKED, ARCHIVED, TRIAGE}),
-    READY: frozenset({TODO, RUNNING, BLOCKED, ARCHIVED}),
-    RUNNING: frozenset({READY, DONE, BLOCKED, ARCHIVED}),
-    BLOCKED: frozenset({READY, TODO, ARCHIVED}),
-    DONE: frozenset({ARCHIVED, READY}),
-    ARCHIVED: frozenset(),
+    TaskStatus.TRIAGE: frozenset({TaskStatus.TODO, TaskStatus.READY, TaskStatus.ARCHIVED}),
+    TaskStatus.TODO: frozenset(
+        {TaskStatus.READY, TaskStatus.BLOCKED, TaskStatus.ARCHIVED, TaskStatus.TRIAGE}
+    ),
+    TaskStatus.READY: frozenset(
+        {TaskStatus.TODO, TaskStatus.RUNNING, TaskStatus.BLOCKED, TaskStatus.ARCHIVED}
+    ),
+    TaskStatus.RUNNING: frozenset(
+        {TaskStatus.READY, TaskStatus.DONE, TaskStatus.BLOCKED, TaskStatus.ARCHIVED}
+    ),
+    TaskStatus.BLOCKED: frozenset({TaskStatus.READY, TaskStatus.TODO, TaskStatus.ARCHIVED}),
+    TaskStatus.DONE: frozenset({TaskStatus.ARCHIVED, TaskStatus.READY}),
+    TaskStatus.ARCHIVED: frozenset(),
 }
-CREATE_STATUSES = frozenset({TRIAGE, TODO, READY})
+CREATE_STATUSES = frozenset({TaskStatus.TRIAGE, TaskStatus.TODO, TaskStatus.READY})
 UPDATABLE_FIELDS = frozenset(
     {
         "title",
@@ -120,9 +120,11 @@ def create(
                 raise AlreadyExists(f"request_id {quote(request_id)} was used for another board")
             return existing, True
     _validate({"title": values.get("title", ""), **values})
-    status = values.get("status") or READY
+    status = values.get("status") or TaskStatus.READY
     if status not in CREATE_STATUSES:
-        raise InvalidArgument("task.status: must be TRIAGE, TODO or READY on create")
+        raise InvalidArgument(
+            "task.status: must be TaskStatus.TRIAGE, TaskStatus.TODO or TaskStatus.READY on create"
+        )
     if session.get(Board, board_id) is None:
         raise NotFound(f"board {quote(board_id)} not found")
     unique_parents = list(dict.fromkeys(parents))
@@ -139,11 +141,11 @@ def create(
     open_parents = [
         p
         for p in unique_parents
-        if session.get(Task, p).status != DONE  # type: ignore[union-attr]
+        if session.get(Task, p).status != TaskStatus.DONE  # type: ignore[union-attr]
     ]
-    if status == READY and open_parents:
-        task.status = TODO
-    task.ready_time = now if task.status == READY else None
+    if status == TaskStatus.READY and open_parents:
+        task.status = TaskStatus.TODO
+    task.ready_time = now if task.status == TaskStatus.READY else None
     session.add(task)
     for parent in unique_parents:
         session.add(TaskLink(parent_id=parent, child_id=task.task_id))
@@ -162,13 +164,17 @@ def create(
         },
         now=now,
     )
-    effects.wake = effects.wake or task.status in (READY, TODO)
+    effects.wake = effects.wake or task.status in (TaskStatus.READY, TaskStatus.TODO)
     return task, False
 
 
 def ready_counts(session: Session) -> dict[str, int]:
     """Ready tasks per assignee ("" = unassigned): the queue depth a scrape reports."""
-    stmt = select(Task.assignee, func.count()).where(Task.status == READY).group_by(Task.assignee)
+    stmt = (
+        select(Task.assignee, func.count())
+        .where(Task.status == TaskStatus.READY)
+        .group_by(Task.assignee)
+    )
     return {assignee or "": int(n) for assignee, n in session.execute(stmt)}
 
 
@@ -249,19 +255,19 @@ def move(
     task = get(session, task_id, for_update=True)
     if status == task.status:
         return task
-    if status == RUNNING:
+    if status == TaskStatus.RUNNING:
         raise FailedPrecondition("task status: only a dispatcher or worker claim moves to running")
     if status not in TRANSITIONS[task.status]:
         raise FailedPrecondition(
             f"task {quote(task_id)}: cannot move from {task.status} to {status}"
         )
-    if status == READY:
+    if status == TaskStatus.READY:
         pending = links.waiting_on(session, [task_id]).get(task_id, [])
         if pending:
             raise FailedPrecondition(
                 f"task {quote(task_id)}: parents not done: {', '.join(pending)}"
             )
-    if status == BLOCKED and not reason.strip():
+    if status == TaskStatus.BLOCKED and not reason.strip():
         reason = "blocked by hand"
     set_status(session, task, status, reason=reason, source=source, effects=effects)
     return task
@@ -275,14 +281,14 @@ def assign(session: Session, task_id: str, assignee: str, *, source: str, effect
         FailedPrecondition: The task is running, done or archived.
     """
     task = get(session, task_id, for_update=True)
-    if task.status in (RUNNING, DONE, ARCHIVED):
+    if task.status in (TaskStatus.RUNNING, TaskStatus.DONE, TaskStatus.ARCHIVED):
         raise FailedPrecondition(f"task {quote(task_id)} is {task.status}; cannot reassign")
     if assignee and session.get(Profile, assignee) is None:
         raise NotFound(f"profile {quote(assignee)} not found")
     previous = task.assignee or ""
     task.assignee = assignee or None
     task.update_time = utcnow()
-    effects.wake = effects.wake or task.status == READY
+    effects.wake = effects.wake or task.status == TaskStatus.READY
     events.append(
         session,
         task_id=task_id,
@@ -305,13 +311,19 @@ def block(session: Session, task_id: str, reason: str, *, source: str, effects: 
     if not reason.strip():
         raise InvalidArgument("reason: required")
     task = get(session, task_id, for_update=True)
-    if task.status in (DONE, ARCHIVED):
+    if task.status in (TaskStatus.DONE, TaskStatus.ARCHIVED):
         raise FailedPrecondition(f"task {quote(task_id)} is {task.status}; cannot block")
-    if task.status == BLOCKED:
+    if task.status == TaskStatus.BLOCKED:
         task.blocked_reason = reason
         return task
     set_status(
-        session, task, BLOCKED, reason=reason, source=source, effects=effects, kind="blocked"
+        session,
+        task,
+        TaskStatus.BLOCKED,
+        reason=reason,
+        source=source,
+        effects=effects,
+        kind="blocked",
     )
     return task
 
@@ -324,9 +336,11 @@ def unblock(session: Session, task_id: str, reason: str, *, source: str, effects
         FailedPrecondition: The task is not blocked.
     """
     task = get(session, task_id, for_update=True)
-    if task.status != BLOCKED:
+    if task.status != TaskStatus.BLOCKED:
         raise FailedPrecondition(f"task {quote(task_id)} is {task.status}, not blocked")
-    target = TODO if links.waiting_on(session, [task_id]).get(task_id) else READY
+    target = (
+        TaskStatus.TODO if links.waiting_on(session, [task_id]).get(task_id) else TaskStatus.READY
+    )
     task.failure_count = 0
     set_status(
         session, task, target, reason=reason, source=source, effects=effects, kind="unblocked"
@@ -341,7 +355,7 @@ def delete_task(session: Session, task_id: str, *, source: str, effects: Effects
         NotFound: No such task.
     """
     task = get(session, task_id, for_update=True)
-    if task.status == RUNNING:
+    if task.status == TaskStatus.RUNNING:
         cancel_current_run(session, task, reason="task deleted", source=source, effects=effects)
     if task.assignee and task.sandbox_id:
         profile = session.get(Profile, task.assignee)

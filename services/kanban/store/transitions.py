@@ -20,9 +20,10 @@ from typing import cast
 from sqlalchemy import Table, case, or_, update
 from sqlalchemy.orm import Session
 
-from services.kanban.models import BLOCKED, READY, RUN_LOST, TODO, Task, TaskRun
+from services.kanban.models import Task, TaskRun
 from services.kanban.planner import BlockedRef, PlannerSettings, ReclaimRef, TaskRef
 from services.kanban.store import Effects, events, failures
+from services.kanban.vocabulary import RunStatus, TaskStatus
 
 _TASKS = cast(Table, Task.__table__)
 
@@ -54,7 +55,7 @@ def reclaim(
             session,
             run,
             task,
-            status=RUN_LOST,
+            status=RunStatus.LOST,
             error=ref.reason,
             retryable=True,
             settings=settings,
@@ -79,8 +80,8 @@ def promote(
         return []
     stmt = (
         update(_TASKS)
-        .where(_TASKS.c.task_id.in_(list(task_ids)), _TASKS.c.status == TODO)
-        .values(status=READY, update_time=now, ready_time=now)
+        .where(_TASKS.c.task_id.in_(list(task_ids)), _TASKS.c.status == TaskStatus.TODO)
+        .values(status=TaskStatus.READY, update_time=now, ready_time=now)
         .returning(_TASKS.c.task_id, _TASKS.c.board_id)
     )
     rows = sorted(session.execute(stmt))
@@ -92,7 +93,11 @@ def promote(
                 "board_id": board_id,
                 "kind": "promoted",
                 "source": source,
-                "payload": {"from": TODO, "to": READY, "reason": "parents done"},
+                "payload": {
+                    "from": TaskStatus.TODO,
+                    "to": TaskStatus.READY,
+                    "reason": "parents done",
+                },
             }
             for task_id, board_id in rows
         ],
@@ -155,9 +160,9 @@ def give_up(
         return []
     stmt = (
         update(_TASKS)
-        .where(_TASKS.c.task_id.in_(list(reasons)), _TASKS.c.status == READY)
+        .where(_TASKS.c.task_id.in_(list(reasons)), _TASKS.c.status == TaskStatus.READY)
         .values(
-            status=BLOCKED,
+            status=TaskStatus.BLOCKED,
             breaker_open=True,
             blocked_reason=case(reasons, value=_TASKS.c.task_id),
             update_time=now,
