@@ -172,25 +172,24 @@ def _rps(ctx: Context, stack: Stack, task_id: str) -> Result:
 class _EchoKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
     """GetTask answers a constant task: a backend that costs (almost) nothing."""
 
-    def GetTask(
-        self, request: pb.GetTaskRequest, context: grpc.ServicerContext
+    async def GetTask(  # type: ignore[override]
+        self, request: pb.GetTaskRequest, context: object
     ) -> pb.GetTaskResponse:
         return pb.GetTaskResponse(task=task_pb2.Task(task_id=request.task_id, title="echo"))
 
 
 def _serve_echo(listen: str, token: str) -> None:
-    from services.runtime.serving import GrpcService, build_server
+    from services.runtime.aio_serving import AioService, build_aio_server
 
     servicer = _EchoKanban()
-    server = build_server(
+    server = build_aio_server(
         [
-            GrpcService(
+            AioService(
                 "longshore.kanban.v1.KanbanService",
                 lambda s: kanban_service_pb2_grpc.add_KanbanServiceServicer_to_server(servicer, s),
             )
         ],
         listen=listen,
-        max_workers=32,
         internal_token=token,
     )
     server.serve_until_signal(grace=0)

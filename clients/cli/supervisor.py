@@ -317,7 +317,7 @@ class Supervisor:
                 message names the child and why.
         """
         # Imported here: the other CLI commands need none of the server plumbing.
-        from services.runtime.serving import BindError, check_listen
+        from services.runtime.server_base import BindError, check_listen
 
         for child in self.children:
             if child.spec.listen:

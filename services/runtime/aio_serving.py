@@ -7,9 +7,10 @@ check, the version and health-detail trailers and the one error mapping,
 bound with ``grpc.so_reuseport`` off and bounded message sizes (what every
 server shares is in :mod:`services.runtime.server_base`). Handlers are
 coroutines; a service whose work blocks (the Docker SDK) runs it in a
-bounded thread pool of its own. The thread-pool sibling,
-:func:`services.runtime.serving.build_server`, remains only for kanban until
-it serves on ``grpc.aio``.
+bounded thread pool of its own. It is the only server factory: the gateway,
+kanban and the sandbox manager all serve through it (via
+:func:`services.runtime.service_main.run_service`), and so do the tests
+(:func:`services.runtime.testing.serve_in_process`).
 
 The server runs on its own event loop in one thread, so callers keep a
 synchronous surface (``start``, ``stop``, ``serve``,

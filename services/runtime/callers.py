@@ -1,7 +1,7 @@
 """Who made a call: the principal and scopes the gateway vouches for, or a peer service.
 
 Backends accept calls only with the internal credential (see
-:class:`services.runtime.interceptors.InternalTokenInterceptor`), which only
+:class:`services.runtime.aio_interceptors.AioServingInterceptor`), which only
 Longshore's own services hold. The gateway adds the caller's API key name
 (``longshore-principal``) and scopes (``longshore-scopes``) and strips any a
 client sent; a call without a principal therefore comes from another Longshore

@@ -28,7 +28,7 @@ from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Histogram, MeterP
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
-from services.runtime.serving import BindError, check_listen
+from services.runtime.server_base import BindError, check_listen
 from services.runtime.tracing import service_resource
 
 log = logging.getLogger(__name__)

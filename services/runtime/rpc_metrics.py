@@ -1,4 +1,4 @@
-"""RPC metrics: server interceptors (``grpc.aio`` and sync) and a one-minute window.
+"""RPC metrics: the server interceptor and a one-minute window.
 
 Every call a server finishes is recorded, by method and status code, in the
 ``rpc.server.duration`` histogram (milliseconds; its count is the number of
@@ -23,7 +23,7 @@ import bisect
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +31,7 @@ import grpc
 from grpc import aio
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from services.runtime.interceptors import (
-    Behavior,
-    Wrap,
-    _WrappingInterceptor,
-    is_open_method,
-)
+from services.runtime.interceptors import is_open_method
 
 #: ``rpc.grpc.status_code`` values, by code (the conventions want the number).
 _CODE_NUMBER = {code: code.value[0] for code in grpc.StatusCode}
@@ -95,9 +90,10 @@ class _Second:
 class CallWindow:
     """The last ``seconds`` of finished calls in one-second slots, plus calls in flight.
 
-    Recording is a bisect and a few increments under a lock (the sync
-    server records from its pool threads; on the aio loop the lock is never
-    contended). Figures sum the slots on demand.
+    Recording is a bisect and a few increments under a lock: calls are
+    recorded on the server's loop, but :meth:`figures` may be read from any
+    other thread (on the loop the lock is never contended). Figures sum the
+    slots on demand.
 
     Args:
         seconds: Length of the window.
@@ -207,8 +203,8 @@ class RpcMetrics:
         # up-down counter would cost two SDK measurements per call (each
         # cleans and hashes its attributes), tripling the cost of recording.
         self._active: dict[str, int] | None = None
-        # The sync server counts from its pool threads and the collector reads
-        # from its own: an increment is a read and a write, not atomic.
+        # The loop counts and the collector reads from its own thread: an
+        # increment is a read and a write, and a collection must not see half.
         self._active_lock = threading.Lock()
         if meter is not None:
             self._active = {}
@@ -406,45 +402,3 @@ class AioMetricsInterceptor(aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             _aio_timed(handler.stream_stream, m, method, True), parse, serialize
         )
-
-
-# -- sync grpc.server (kanban, until it moves to aio) --------------------------
-
-
-class MetricsInterceptor(_WrappingInterceptor):
-    """Records every call's duration and code, and the calls in flight (sync server)."""
-
-    def __init__(self, metrics: RpcMetrics) -> None:
-        self._metrics = metrics
-
-    def wrapper(self, details: grpc.HandlerCallDetails) -> Wrap:
-        method = details.method
-        metrics = self._metrics
-
-        def wrap(behavior: Behavior, streaming: bool) -> Behavior:
-            if streaming:
-
-                def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                    call = metrics.call(method, True)
-                    try:
-                        yield from behavior(request, context)
-                    except BaseException as exc:
-                        call.end(_code_after(context, exc))
-                        raise
-                    call.end(_code_after(context, None))
-
-                return stream
-
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                call = metrics.call(method, False)
-                try:
-                    result = behavior(request, context)
-                except BaseException as exc:
-                    call.end(_code_after(context, exc))
-                    raise
-                call.end(_code_after(context, None))
-                return result
-
-            return unary
-
-        return wrap

@@ -1,11 +1,9 @@
-"""What every Longshore gRPC server shares, sync or ``grpc.aio``.
+"""The parts of the gRPC server factory that need no event loop.
 
-:func:`services.runtime.aio_serving.build_aio_server` is the server factory
-services use; :func:`services.runtime.serving.build_server` (the thread-pool
-server) remains only until kanban serves on ``grpc.aio``. Both take from
-here: the bind check and the one-line :class:`BindError`, the channel
-options (``grpc.so_reuseport`` off, so two servers never share a port
-silently; bounded message sizes), the trace filter, the health detail as
+:func:`services.runtime.aio_serving.build_aio_server` is the one gRPC server
+factory; it takes from here: the bind check and the one-line
+:class:`BindError`, the channel options (``grpc.so_reuseport`` off, so two
+servers never share a port silently; bounded message sizes), the trace filter, the health detail as
 metadata text, and :class:`ServerLifecycle` (the stop request, the health
 detail, the shutdown hooks, serving until SIGTERM/SIGINT).
 """
@@ -23,7 +21,6 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2
 from opentelemetry.instrumentation.grpc import filters
@@ -118,8 +115,8 @@ def trace_filter() -> Any:
     )
 
 
-def bind(grpc_server: grpc.Server | aio.Server, listen: str) -> tuple[int, str]:
-    """Binds ``listen`` on a (sync or aio) server; returns the port and the host peers dial.
+def bind(grpc_server: aio.Server, listen: str) -> tuple[int, str]:
+    """Binds ``listen`` on a gRPC server; returns the port and the host peers dial.
 
     Raises:
         BindError: gRPC could not bind the address.
@@ -139,7 +136,7 @@ def bind(grpc_server: grpc.Server | aio.Server, listen: str) -> tuple[int, str]:
 
 
 class ServerLifecycle:
-    """What every Longshore server shares, sync or ``grpc.aio``: the stop request,
+    """What a Longshore gRPC server keeps apart from its loop: the stop request,
     the health detail, and serving until SIGTERM/SIGINT.
 
     Subclasses set ``_stop_requested`` and ``_unhealthy_detail`` in their

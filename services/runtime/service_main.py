@@ -36,8 +36,8 @@ S = TypeVar("S", bound=BaseSettings)
 
 
 class Servable(Protocol):
-    """What :func:`run_service` serves: a gRPC server (sync or ``grpc.aio``) or
-    the dashboard's HTTP server."""
+    """What :func:`run_service` serves: a gRPC server
+    (:class:`~services.runtime.aio_serving.AioServer`) or the dashboard's HTTP server."""
 
     def serve(self) -> None:
         """Starts (unless started), serves until :meth:`request_stop`, drains, returns."""

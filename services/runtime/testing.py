@@ -11,14 +11,13 @@ from opentelemetry import trace
 
 from services.runtime.aio_serving import AioServer, AioService, build_aio_server
 from services.runtime.channels import open_channel
-from services.runtime.serving import GrpcService, Server, build_server
 
 
 @dataclass
 class RunningServer:
     """A started server and how to reach it."""
 
-    server: Server | AioServer
+    server: AioServer
     address: str
     internal_token: str | None
 
@@ -31,59 +30,25 @@ class RunningServer:
 
 @contextmanager
 def serve_in_process(
-    services: Sequence[GrpcService] | Sequence[AioService],
+    services: Sequence[AioService],
     *,
     internal_token: str | None = None,
     tracer_provider: trace.TracerProvider | None = None,
     max_workers: int = 16,
 ) -> Iterator[RunningServer]:
-    """Serves ``services`` on ``127.0.0.1:<free port>`` for the duration of a ``with``.
+    """Serves ``services`` on ``grpc.aio`` at ``127.0.0.1:<free port>`` for a ``with``.
 
-    :class:`AioService` entries are served on ``grpc.aio`` (as their service
-    serves them; ``max_workers`` then does not apply), :class:`GrpcService`
-    entries on the thread-pool server of ``max_workers`` threads.
-
-    Yields:
-        The running server; it is stopped (grace 0) on exit.
-
-    Raises:
-        TypeError: The list mixes both kinds.
-    """
-    aio_services = [s for s in services if isinstance(s, AioService)]
-    if aio_services:
-        if len(aio_services) != len(services):
-            raise TypeError("serve_in_process: AioService and GrpcService cannot share a server")
-        with serve_aio_in_process(
-            aio_services, internal_token=internal_token, tracer_provider=tracer_provider
-        ) as running:
-            yield running
-        return
-    server = build_server(
-        [s for s in services if isinstance(s, GrpcService)],
-        listen="127.0.0.1:0",
-        max_workers=max_workers,
-        internal_token=internal_token,
-        tracer_provider=tracer_provider,
-    )
-    server.start()
-    try:
-        yield RunningServer(server, server.address, internal_token)
-    finally:
-        server.stop(grace=0)
-
-
-@contextmanager
-def serve_aio_in_process(
-    services: Sequence[AioService],
-    *,
-    internal_token: str | None = None,
-    tracer_provider: trace.TracerProvider | None = None,
-) -> Iterator[RunningServer]:
-    """Serves async ``services`` on ``grpc.aio`` at ``127.0.0.1:<free port>`` for a ``with``.
+    The same factory the services serve through
+    (:func:`services.runtime.aio_serving.build_aio_server`), so a test sees
+    the interceptors, health and reflection a client of a service sees.
+    ``max_workers`` sized the thread pool of the removed sync server; it is
+    accepted and has no effect (a service that blocks, like the sandbox
+    manager, sizes its own pool), so existing callers need not change.
 
     Yields:
         The running server (its own loop thread); it is stopped (grace 0) on exit.
     """
+    del max_workers
     server = build_aio_server(
         services,
         listen="127.0.0.1:0",
@@ -95,3 +60,7 @@ def serve_aio_in_process(
         yield RunningServer(server, server.address, internal_token)
     finally:
         server.stop(grace=0)
+
+
+#: The former name, from when a sync server factory existed beside it.
+serve_aio_in_process = serve_in_process

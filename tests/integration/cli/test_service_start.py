@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.serving import EXIT_CANNOT_START, BindError, check_listen
+from services.runtime.server_base import EXIT_CANNOT_START, BindError, check_listen
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess, service_env
 

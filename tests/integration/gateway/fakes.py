@@ -1,16 +1,19 @@
 """Stand-in backends over the real v1 contracts, for deterministic gateway tests.
 
 They record what reached them (metadata, deadlines, cancellations) so a test
-can assert what the gateway forwarded.
+can assert what the gateway forwarded. They are ``grpc.aio`` servicers, as the
+real backends are: a call the caller cancels, or whose deadline passes, is
+cancelled in the handler (a CancelledError at its ``await``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import grpc
+from grpc import aio
 from longshore.kanban.v1 import (
     event_pb2,
     kanban_service_pb2,
@@ -22,7 +25,7 @@ from longshore.kanban.v1 import (
 from longshore.sandbox.v1 import sandbox_service_pb2, sandbox_service_pb2_grpc
 
 from services.runtime import errors
-from services.runtime.serving import GrpcService
+from services.runtime.aio_serving import AioService
 
 
 @dataclass
@@ -31,11 +34,15 @@ class Seen:
 
     metadata: dict[str, str] = field(default_factory=dict)
     time_remaining: float | None = None
+    # threading.Events: set on the server's loop, waited on by the test's thread.
     stream_cancelled: threading.Event = field(default_factory=threading.Event)
     claim_ended: threading.Event = field(default_factory=threading.Event)
 
 
-def _record(seen: Seen, context: grpc.ServicerContext) -> None:
+Context = aio.ServicerContext[object, object]
+
+
+def _record(seen: Seen, context: Context) -> None:
     seen.metadata = {k: str(v) for k, v in context.invocation_metadata() or ()}
     seen.time_remaining = context.time_remaining()
 
@@ -44,53 +51,55 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
     def __init__(self, seen: Seen) -> None:
         self.seen = seen
 
-    def GetTask(
-        self, request: kanban_service_pb2.GetTaskRequest, context: grpc.ServicerContext
+    async def GetTask(  # type: ignore[override]
+        self, request: kanban_service_pb2.GetTaskRequest, context: Context
     ) -> kanban_service_pb2.GetTaskResponse:
         _record(self.seen, context)
         if request.task_id != "t1":
             raise errors.NotFound(f"task {request.task_id!r} not found")
         return kanban_service_pb2.GetTaskResponse(task=task_pb2.Task(task_id="t1", title="one"))
 
-    def CreateTask(
-        self, request: kanban_service_pb2.CreateTaskRequest, context: grpc.ServicerContext
+    async def CreateTask(  # type: ignore[override]
+        self, request: kanban_service_pb2.CreateTaskRequest, context: Context
     ) -> kanban_service_pb2.CreateTaskResponse:
         _record(self.seen, context)
         if not request.task.title:
             raise errors.InvalidArgument("task.title: required")
         return kanban_service_pb2.CreateTaskResponse(task=request.task)
 
-    def GetRunOutput(
-        self, request: kanban_service_pb2.GetRunOutputRequest, context: grpc.ServicerContext
+    async def GetRunOutput(  # type: ignore[override]
+        self, request: kanban_service_pb2.GetRunOutputRequest, context: Context
     ) -> kanban_service_pb2.GetRunOutputResponse:
         return kanban_service_pb2.GetRunOutputResponse(run_id="r", data=b"x" * request.limit)
 
-    def WatchEvents(
-        self, request: kanban_service_pb2.WatchEventsRequest, context: grpc.ServicerContext
-    ) -> Iterator[kanban_service_pb2.WatchEventsResponse]:
+    async def WatchEvents(  # type: ignore[override]
+        self, request: kanban_service_pb2.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[kanban_service_pb2.WatchEventsResponse]:
         _record(self.seen, context)
-        if not context.add_callback(self.seen.stream_cancelled.set):
-            self.seen.stream_cancelled.set()
         yield kanban_service_pb2.WatchEventsResponse(
             event=event_pb2.TaskEvent(event_id=1, kind="created")
         )
-        # Live tail: nothing more happens until the caller goes away.
-        self.seen.stream_cancelled.wait(30)
+        try:
+            # Live tail: nothing more happens until the caller goes away.
+            await asyncio.sleep(30)
+        finally:
+            # Cancelled (a cancel or the deadline) or the 30 s ran out: the call ended.
+            self.seen.stream_cancelled.set()
 
 
 class FakeWorker(worker_service_pb2_grpc.WorkerServiceServicer):
     def __init__(self, seen: Seen) -> None:
         self.seen = seen
 
-    def ClaimTask(
-        self, request: worker_service_pb2.ClaimTaskRequest, context: grpc.ServicerContext
+    async def ClaimTask(  # type: ignore[override]
+        self, request: worker_service_pb2.ClaimTaskRequest, context: Context
     ) -> worker_service_pb2.ClaimTaskResponse:
         _record(self.seen, context)
-        ended = threading.Event()
-        if not context.add_callback(ended.set):
-            ended.set()  # cancelled already
-        ended.wait(request.wait.seconds)  # long poll: nothing ever becomes ready
-        self.seen.claim_ended.set()
+        try:
+            # Long poll: nothing ever becomes ready; a cancel or the deadline ends it.
+            await asyncio.sleep(request.wait.seconds)
+        finally:
+            self.seen.claim_ended.set()
         return worker_service_pb2.ClaimTaskResponse()
 
 
@@ -98,31 +107,31 @@ class FakeSandbox(sandbox_service_pb2_grpc.SandboxServiceServicer):
     def __init__(self, seen: Seen) -> None:
         self.seen = seen
 
-    def ListSandboxes(
-        self, request: sandbox_service_pb2.ListSandboxesRequest, context: grpc.ServicerContext
+    async def ListSandboxes(  # type: ignore[override]
+        self, request: sandbox_service_pb2.ListSandboxesRequest, context: Context
     ) -> sandbox_service_pb2.ListSandboxesResponse:
         _record(self.seen, context)
         return sandbox_service_pb2.ListSandboxesResponse()
 
 
-def kanban_services(seen: Seen) -> list[GrpcService]:
+def kanban_services(seen: Seen) -> list[AioService]:
     kanban, worker = FakeKanban(seen), FakeWorker(seen)
     return [
-        GrpcService(
+        AioService(
             "longshore.kanban.v1.KanbanService",
             lambda s: kanban_service_pb2_grpc.add_KanbanServiceServicer_to_server(kanban, s),
         ),
-        GrpcService(
+        AioService(
             "longshore.kanban.v1.WorkerService",
             lambda s: worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(worker, s),
         ),
     ]
 
 
-def sandbox_services(seen: Seen) -> list[GrpcService]:
+def sandbox_services(seen: Seen) -> list[AioService]:
     sandbox = FakeSandbox(seen)
     return [
-        GrpcService(
+        AioService(
             "longshore.sandbox.v1.SandboxService",
             lambda s: sandbox_service_pb2_grpc.add_SandboxServiceServicer_to_server(sandbox, s),
         )

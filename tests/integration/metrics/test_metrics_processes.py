@@ -26,7 +26,7 @@ from longshore.sandbox.v1 import sandbox_service_pb2, sandbox_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.auth import key_entry, new_key
-from services.runtime.serving import EXIT_CANNOT_START
+from services.runtime.server_base import EXIT_CANNOT_START
 from tests.support.net import free_port
 from tests.support.processes import REPO_ROOT, ServiceProcess, service_env
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import sys
 
+from services.runtime.aio_serving import build_aio_server
 from services.runtime.logs import configure_logging
-from services.runtime.serving import build_server
 from tests.integration.runtime.demo_services import FailingGateway, gateway_service
 
 
 def main() -> None:
     configure_logging("demo")
-    server = build_server(
+    server = build_aio_server(
         [gateway_service(FailingGateway("ok"))], listen=sys.argv[1], shutdown_delay=1.5
     )
     server.add_shutdown_hook(lambda: print("hook ran", flush=True))

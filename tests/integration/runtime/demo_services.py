@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import grpc
+from grpc import aio
 from longshore.gateway.v1 import gateway_service_pb2 as gw_pb
 from longshore.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
-from longshore.kanban.v1 import event_pb2, kanban_service_pb2, kanban_service_pb2_grpc
+from longshore.kanban.v1 import kanban_service_pb2_grpc
 
 from services.runtime import errors
-from services.runtime.channels import open_channel
-from services.runtime.serving import GrpcService
+from services.runtime.aio_serving import AioService
+from services.runtime.channels import open_aio_channel
+
+Context = aio.ServicerContext[gw_pb.GetStatusRequest, gw_pb.GetStatusResponse]
 
 
 class FailingGateway(gw_grpc.GatewayServiceServicer):
@@ -21,8 +21,8 @@ class FailingGateway(gw_grpc.GatewayServiceServicer):
         self.mode = mode
         self.downstream = downstream
 
-    def GetStatus(
-        self, request: gw_pb.GetStatusRequest, context: grpc.ServicerContext
+    async def GetStatus(  # type: ignore[override]
+        self, request: gw_pb.GetStatusRequest, context: Context
     ) -> gw_pb.GetStatusResponse:
         if self.mode == "not_found":
             raise errors.NotFound("backend 'kanban' not found")
@@ -32,33 +32,21 @@ class FailingGateway(gw_grpc.GatewayServiceServicer):
             raise KeyError("surprise")
         if self.mode == "forward":
             # Calls a downstream server: its status must reach our caller unchanged.
-            with open_channel(self.downstream) as channel:
-                reply = gw_grpc.GatewayServiceStub(channel).GetStatus(request, timeout=5)
+            async with open_aio_channel(self.downstream) as channel:
+                reply = await gw_grpc.GatewayServiceStub(channel).GetStatus(request, timeout=5)
             return gw_pb.GetStatusResponse(version="front+" + reply.version)
         return gw_pb.GetStatusResponse(version="ok", deployment=self.mode)
 
 
-class StreamingKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
-    """WatchEvents yields one event, then fails with a typed error."""
-
-    def WatchEvents(
-        self, request: kanban_service_pb2.WatchEventsRequest, context: grpc.ServicerContext
-    ) -> Iterator[kanban_service_pb2.WatchEventsResponse]:
-        yield kanban_service_pb2.WatchEventsResponse(
-            event=event_pb2.TaskEvent(event_id=1, kind="created")
-        )
-        raise errors.NotFound(f"board {request.board_id!r} not found")
-
-
-def gateway_service(servicer: gw_grpc.GatewayServiceServicer) -> GrpcService:
-    return GrpcService(
+def gateway_service(servicer: gw_grpc.GatewayServiceServicer) -> AioService:
+    return AioService(
         "longshore.gateway.v1.GatewayService",
         lambda s: gw_grpc.add_GatewayServiceServicer_to_server(servicer, s),
     )
 
 
-def kanban_service(servicer: kanban_service_pb2_grpc.KanbanServiceServicer) -> GrpcService:
-    return GrpcService(
+def kanban_service(servicer: kanban_service_pb2_grpc.KanbanServiceServicer) -> AioService:
+    return AioService(
         "longshore.kanban.v1.KanbanService",
         lambda s: kanban_service_pb2_grpc.add_KanbanServiceServicer_to_server(servicer, s),
     )

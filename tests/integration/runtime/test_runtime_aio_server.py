@@ -1,8 +1,7 @@
 """The ``grpc.aio`` server factory through real in-process servers and generated stubs.
 
-The same behaviours as the sync factory (``test_runtime_server.py``): typed
-errors keep their code, a downstream status passes through, anything else is
-INTERNAL, malformed request bytes are INVALID_ARGUMENT, status messages are
+Typed errors keep their code, a downstream status passes through, anything
+else is INTERNAL, malformed request bytes are INVALID_ARGUMENT, status messages are
 capped, every response carries ``longshore-version``, health says why it is
 not serving, the internal credential is required except for health and
 reflection, and stopping drains in-flight calls before the shutdown hooks.
@@ -32,7 +31,7 @@ from longshore.kanban.v1 import (
 from services.runtime import errors
 from services.runtime.aio_serving import AioService, build_aio_server
 from services.runtime.interceptors import HEALTH_DETAIL_KEY, VERSION_KEY
-from services.runtime.serving import BindError
+from services.runtime.server_base import BindError
 from services.runtime.testing import serve_aio_in_process
 from services.runtime.version import __version__
 

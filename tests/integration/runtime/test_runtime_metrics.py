@@ -1,9 +1,9 @@
 """RPC metrics through real in-process servers, scraped from their real /metrics endpoint.
 
-The aio and the sync server factories are built with a meter from
-``configure_metrics``; calls ending OK, with a typed error, with a crash, a
-refused credential and a stream are made through generated stubs, and the
-Prometheus text the endpoint serves must count each by method and code.
+The server factory is built with a meter from ``configure_metrics``; calls
+ending OK, with a typed error, with a crash, a refused credential and a
+stream are made through generated stubs, and the Prometheus text the
+endpoint serves must count each by method and code.
 """
 
 from __future__ import annotations
@@ -22,13 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.runtime.aio_serving import build_aio_server
 from services.runtime.metrics import ServiceMeterProvider, configure_metrics
 from services.runtime.rpc_metrics import CallWindow
-from services.runtime.serving import BindError, build_server
-from tests.integration.runtime.demo_services import (
-    FailingGateway,
-    StreamingKanban,
-    gateway_service,
-    kanban_service,
-)
+from services.runtime.server_base import BindError
 from tests.integration.runtime.test_runtime_aio_server import (
     AsyncGateway,
     AsyncKanban,
@@ -181,46 +175,6 @@ def test_a_held_call_is_in_flight_until_it_ends(provider: ServiceMeterProvider) 
     assert active(samples, GATEWAY, "GetStatus") == 0
     assert calls(samples, GATEWAY, "GetStatus", OK) == 1
     assert window.figures().in_flight == 0
-
-
-def test_sync_server_counts_calls_by_method_and_code(provider: ServiceMeterProvider) -> None:
-    meter = provider.get_meter("test")
-    servers = [
-        build_server(
-            [gateway_service(FailingGateway(mode)), kanban_service(StreamingKanban())],
-            listen="127.0.0.1:0",
-            internal_token="s3cret",
-            meter=meter,
-        )
-        for mode in ("ok", "not_found", "crash")
-    ]
-    for server in servers:
-        server.start()
-    try:
-        ok, not_found, crash = (s.address for s in servers)
-        assert [get_status(ok) for _ in range(2)] == [grpc.StatusCode.OK] * 2
-        assert get_status(not_found) == grpc.StatusCode.NOT_FOUND
-        assert get_status(crash) == grpc.StatusCode.INTERNAL
-        assert get_status(ok, token="wrong") == grpc.StatusCode.UNAUTHENTICATED
-        with grpc.insecure_channel(ok) as channel:
-            stream = kanban_service_pb2_grpc.KanbanServiceStub(channel).WatchEvents(
-                kanban_service_pb2.WatchEventsRequest(board_id="b1"),
-                timeout=5,
-                metadata=(("longshore-internal-token", "s3cret"),),
-            )
-            assert next(stream).event.event_id == 1
-            with pytest.raises(grpc.RpcError):
-                next(stream)
-        samples = scrape(provider)
-    finally:
-        for server in servers:
-            server.stop(0)
-    assert calls(samples, GATEWAY, "GetStatus", OK) == 2
-    assert calls(samples, GATEWAY, "GetStatus", NOT_FOUND) == 1
-    assert calls(samples, GATEWAY, "GetStatus", INTERNAL) == 1
-    assert calls(samples, GATEWAY, "GetStatus", UNAUTHENTICATED) == 1
-    assert calls(samples, "longshore.kanban.v1.KanbanService", "WatchEvents", NOT_FOUND) == 1
-    assert active(samples, "longshore.kanban.v1.KanbanService", "WatchEvents") == 0
 
 
 def test_a_metrics_port_in_use_is_one_line(provider: ServiceMeterProvider) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.serving import EXIT_CANNOT_START
+from services.runtime.server_base import EXIT_CANNOT_START
 from tests.support.processes import service_env
 
 

@@ -7,7 +7,7 @@ from longshore.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from services.runtime.channels import open_channel
+from services.runtime.channels import open_aio_channel, open_channel
 from services.runtime.testing import serve_in_process
 from services.runtime.tracing import configure_tracing
 from tests.integration.runtime.demo_services import FailingGateway, gateway_service
@@ -22,9 +22,9 @@ class ForwardingGateway(FailingGateway):
         super().__init__("forward", downstream)
         self.provider = provider
 
-    def GetStatus(self, request, context):
-        with open_channel(self.downstream, tracer_provider=self.provider) as channel:
-            reply = gw_grpc.GatewayServiceStub(channel).GetStatus(request, timeout=5)
+    async def GetStatus(self, request, context):
+        async with open_aio_channel(self.downstream, tracer_provider=self.provider) as channel:
+            reply = await gw_grpc.GatewayServiceStub(channel).GetStatus(request, timeout=5)
         return gw_pb.GetStatusResponse(version="front+" + reply.version)
 
 

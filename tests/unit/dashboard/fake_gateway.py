@@ -3,18 +3,23 @@
 Serves GatewayService, KanbanService and SandboxService (the calls the
 dashboard makes) from memory, checks ``authorization: Bearer <key>`` like the
 real gateway and streams events live. The browser and integration tests run
-against the real services instead.
+against the real services instead. The servicers are ``grpc.aio`` ones, like
+the real gateway's: they refuse a call by raising the typed error the real
+gateway's interceptor maps, and a stream waits on the server's loop (woken
+by :class:`FakeState` when a test adds an event or output).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from google.protobuf import struct_pb2
+from grpc import aio
 from longshore.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from longshore.kanban.v1 import (
     board_pb2,
@@ -28,7 +33,10 @@ from longshore.kanban.v1 import (
 )
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2, sandbox_service_pb2_grpc
 
-from services.runtime.serving import GrpcService
+from services.runtime import errors
+from services.runtime.aio_serving import AioService
+
+Context = aio.ServicerContext[Any, Any]
 
 DASHBOARD_KEY = "dash-key"
 USER_KEY = "user-key"
@@ -61,24 +69,23 @@ ALLOWED = {
 }
 
 
-def _check_key(context: grpc.ServicerContext, state: FakeState) -> frozenset[str]:
+def _check_key(context: Context, state: FakeState) -> frozenset[str]:
     """Admit a call like the real gateway: a known key holding the method's scope."""
     metadata = context.invocation_metadata()
     auths = [str(value) for key, value in metadata if key == "authorization"]
     if len(auths) != 1:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, f"expected one key, got {len(auths)}")
+        raise errors.Unauthenticated(f"expected one key, got {len(auths)}")
     key = auths[0].removeprefix("Bearer ")
     state.calls.append(key)
     entry = state.keys.get(key)
     if entry is None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
-    name, scopes = entry  # type: ignore[misc]
+        raise errors.Unauthenticated("unknown API key")
+    name, scopes = entry
     method = sys._getframe(1).f_code.co_name  # the servicer method that asks
     needed = NEEDS.get(method, "read")
     if needed not in scopes and "admin" not in scopes:
-        context.abort(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"{method} needs scope {needed}; key {name!r} has {'+'.join(sorted(scopes))}",
+        raise errors.PermissionDenied(
+            f"{method} needs scope {needed}; key {name!r} has {'+'.join(sorted(scopes))}"
         )
     return scopes
 
@@ -87,7 +94,11 @@ class FakeState:
     """Boards, profiles, tasks, events and output in memory."""
 
     def __init__(self) -> None:
-        self.lock = threading.Condition()
+        # Tests change the state from their thread, handlers read it on the
+        # server's loop: one lock for both, held only for a read or a write.
+        self.lock = threading.Lock()
+        #: Streams waiting for a change: (their loop, the event to set), under ``lock``.
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         #: key -> (name, scopes); tests remove a key to "rotate" it.
         self.keys: dict[str, tuple[str, frozenset[str]]] = {
             DASHBOARD_KEY: ("dashboard", frozenset({"admin"})),
@@ -126,6 +137,25 @@ class FakeState:
             )
         ]
 
+    def changed(self) -> asyncio.Event:
+        """An event set at the next change; call on the loop, holding ``lock``.
+
+        Registered under the lock that guards the read before it, so a change
+        between the read and the wait still wakes the stream.
+        """
+        event = asyncio.Event()
+        self._waiters.append((asyncio.get_running_loop(), event))
+        return event
+
+    def _wake(self) -> None:
+        """Wakes every waiting stream (holding ``lock``); an asyncio.Event is
+        not thread-safe, so it is set on its own loop."""
+        for loop, event in self._waiters:
+            # RuntimeError: that server stopped and closed its loop.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+        self._waiters.clear()
+
     def event(self, task: task_pb2.Task, kind: str, **payload: Any) -> None:
         with self.lock:
             struct = struct_pb2.Struct()
@@ -140,21 +170,21 @@ class FakeState:
             )
             event.create_time.GetCurrentTime()
             self.events.append(event)
-            self.lock.notify_all()
+            self._wake()
 
     def append_output(self, run_id: str, data: bytes, *, done: bool = False) -> None:
         with self.lock:
             self.output[run_id] = self.output.get(run_id, b"") + data
             if done:
                 self.run_done.add(run_id)
-            self.lock.notify_all()
+            self._wake()
 
 
 class FakeGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
     def __init__(self, state: FakeState) -> None:
         self.state = state
 
-    def GetStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def GetStatus(self, request: Any, context: Context) -> Any:
         scopes = _check_key(context, self.state)
         response = gateway_service_pb2.GetStatusResponse(
             version="9.9.9", deployment="test", scopes=sorted(scopes)
@@ -173,23 +203,23 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
     def __init__(self, state: FakeState) -> None:
         self.state = state
 
-    def _task(self, task_id: str, context: grpc.ServicerContext) -> task_pb2.Task:
+    def _task(self, task_id: str, context: Context) -> task_pb2.Task:
         task = self.state.tasks.get(task_id)
         if task is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id!r} not found")
-        return task  # type: ignore[return-value]
+            raise errors.NotFound(f"task {task_id!r} not found")
+        return task
 
-    def ListBoards(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ListBoards(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         return kanban_service_pb2.ListBoardsResponse(
             boards=[board_pb2.Board(board_id="default", display_name="Default")]
         )
 
-    def ListProfiles(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ListProfiles(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         return kanban_service_pb2.ListProfilesResponse(profiles=self.state.profiles)
 
-    def ListTasks(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ListTasks(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         tasks = [
             t
@@ -203,7 +233,7 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
                 task.readiness.message = "no assignee and no default assignee"
         return kanban_service_pb2.ListTasksResponse(tasks=tasks)
 
-    def CreateTask(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def CreateTask(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         task = task_pb2.Task()
         task.CopyFrom(request.task)
@@ -215,27 +245,27 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         self.state.event(task, "created", title=task.title)
         return kanban_service_pb2.CreateTaskResponse(task=task)
 
-    def GetTask(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def GetTask(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         return kanban_service_pb2.GetTaskResponse(task=self._task(request.task_id, context))
 
-    def MoveTask(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def MoveTask(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         task = self._task(request.task_id, context)
         if request.status not in ALLOWED[task.status]:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "transition not allowed")
+            raise errors.FailedPrecondition("transition not allowed")
         task.status = request.status
         self.state.event(task, "moved", to=task_pb2.TaskStatus.Name(request.status))
         return kanban_service_pb2.MoveTaskResponse(task=task)
 
-    def AssignTask(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def AssignTask(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         task = self._task(request.task_id, context)
         task.assignee = request.assignee
         self.state.event(task, "assigned", assignee=request.assignee)
         return kanban_service_pb2.AssignTaskResponse(task=task)
 
-    def BlockTask(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def BlockTask(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         task = self._task(request.task_id, context)
         task.status = task_pb2.TASK_STATUS_BLOCKED
@@ -243,17 +273,17 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         self.state.event(task, "blocked", reason=request.reason)
         return kanban_service_pb2.BlockTaskResponse(task=task)
 
-    def UnblockTask(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def UnblockTask(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         task = self._task(request.task_id, context)
         if task.status != task_pb2.TASK_STATUS_BLOCKED:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not blocked")
+            raise errors.FailedPrecondition("not blocked")
         task.status = task_pb2.TASK_STATUS_READY
         task.blocked_reason = ""
         self.state.event(task, "unblocked")
         return kanban_service_pb2.UnblockTaskResponse(task=task)
 
-    def ListTaskEvents(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ListTaskEvents(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         events = [
             e
@@ -264,15 +294,17 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
         ]
         return kanban_service_pb2.ListTaskEventsResponse(events=events)
 
-    def WatchEvents(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    async def WatchEvents(self, request: Any, context: Context) -> AsyncIterator[Any]:
         _check_key(context, self.state)
         sent = request.since_event_id
-        while context.is_active():
+        # Ends when the caller goes away: the wait below is cancelled.
+        while True:
             with self.state.lock:
                 fresh = [e for e in self.state.events if e.event_id > sent]
-                if not fresh:
-                    self.state.lock.wait(0.2)
-                    continue
+                changed = None if fresh else self.state.changed()
+            if changed is not None:
+                await changed.wait()
+                continue
             for event in fresh:
                 sent = event.event_id
                 if request.board_id and event.board_id != request.board_id:
@@ -281,27 +313,28 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
                     continue
                 yield kanban_service_pb2.WatchEventsResponse(event=event)
 
-    def ListTaskRuns(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ListTaskRuns(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         self._task(request.task_id, context)
         return kanban_service_pb2.ListTaskRunsResponse(
             runs=self.state.runs.get(request.task_id, [])
         )
 
-    def StreamRunOutput(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    async def StreamRunOutput(self, request: Any, context: Context) -> AsyncIterator[Any]:
         _check_key(context, self.state)
         runs = self.state.runs.get(request.task_id, [])
         run_id = request.run_id or (runs[0].run_id if runs else "")
         if not run_id:
-            context.abort(grpc.StatusCode.NOT_FOUND, "task has no runs")
+            raise errors.NotFound("task has no runs")
         offset = request.offset
-        while context.is_active():
+        while True:
             with self.state.lock:
                 data = self.state.output.get(run_id, b"")
                 done = run_id in self.state.run_done
-                if len(data) <= offset and not done:
-                    self.state.lock.wait(0.2)
-                    continue
+                changed = self.state.changed() if len(data) <= offset and not done else None
+            if changed is not None:
+                await changed.wait()
+                continue
             chunk = data[offset:]
             offset = len(data)
             yield kanban_service_pb2.StreamRunOutputResponse(
@@ -310,7 +343,7 @@ class FakeKanban(kanban_service_pb2_grpc.KanbanServiceServicer):
             if done:
                 return
 
-    def Dispatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def Dispatch(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         result = dispatch_pb2.DispatchResult(dry_run=request.dry_run)
         for task in self.state.tasks.values():
@@ -323,32 +356,32 @@ class FakeSandbox(sandbox_service_pb2_grpc.SandboxServiceServicer):
     def __init__(self, state: FakeState) -> None:
         self.state = state
 
-    def ListSandboxes(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ListSandboxes(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         return sandbox_service_pb2.ListSandboxesResponse(sandboxes=self.state.sandboxes)
 
-    def ReapOrphans(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ReapOrphans(self, request: Any, context: Context) -> Any:
         _check_key(context, self.state)
         response = sandbox_service_pb2.ReapOrphansResponse(dry_run=request.dry_run)
         response.spared.add(sandbox_id="a" * 64, name="x", reason="running")
         return response
 
 
-def fake_services(state: FakeState) -> list[GrpcService]:
+def fake_services(state: FakeState) -> list[AioService]:
     """The three services, ready for ``serve_in_process``."""
     gateway = FakeGateway(state)
     kanban = FakeKanban(state)
     sandbox = FakeSandbox(state)
     return [
-        GrpcService(
+        AioService(
             "longshore.gateway.v1.GatewayService",
             lambda s: gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(gateway, s),
         ),
-        GrpcService(
+        AioService(
             "longshore.kanban.v1.KanbanService",
             lambda s: kanban_service_pb2_grpc.add_KanbanServiceServicer_to_server(kanban, s),
         ),
-        GrpcService(
+        AioService(
             "longshore.sandbox.v1.SandboxService",
             lambda s: sandbox_service_pb2_grpc.add_SandboxServiceServicer_to_server(sandbox, s),
         ),

@@ -8,11 +8,11 @@ what the client's channel really retries.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-import grpc
 import pytest
+from grpc import aio
 from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2, sandbox_service_pb2_grpc
 
 from services.kanban.sandbox_client import (
@@ -21,9 +21,9 @@ from services.kanban.sandbox_client import (
     SandboxClient,
     SandboxUnavailable,
 )
+from services.runtime.aio_serving import AioService
 from services.runtime.channels import open_channel
 from services.runtime.errors import InvalidArgument, Unavailable
-from services.runtime.serving import GrpcService
 from services.runtime.testing import RunningServer, serve_in_process
 
 
@@ -43,8 +43,8 @@ class Scripted(sandbox_service_pb2_grpc.SandboxServiceServicer):
                 self.failures[method] = left - 1
                 raise Unavailable("docker engine unreachable: connection refused")
 
-    def AcquireSandbox(
-        self, request: sandbox_service_pb2.AcquireSandboxRequest, context: grpc.ServicerContext
+    async def AcquireSandbox(  # type: ignore[override]
+        self, request: sandbox_service_pb2.AcquireSandboxRequest, context: aio.ServicerContext
     ) -> sandbox_service_pb2.AcquireSandboxResponse:
         self._count("AcquireSandbox")
         if request.task_id == "bad":
@@ -53,23 +53,23 @@ class Scripted(sandbox_service_pb2_grpc.SandboxServiceServicer):
             sandbox=sandbox_pb2.Sandbox(sandbox_id="sb-1")
         )
 
-    def ReleaseSandbox(
-        self, request: sandbox_service_pb2.ReleaseSandboxRequest, context: grpc.ServicerContext
+    async def ReleaseSandbox(  # type: ignore[override]
+        self, request: sandbox_service_pb2.ReleaseSandboxRequest, context: aio.ServicerContext
     ) -> sandbox_service_pb2.ReleaseSandboxResponse:
         self._count("ReleaseSandbox")
         return sandbox_service_pb2.ReleaseSandboxResponse(removal_scheduled=True)
 
-    def ListSandboxes(
-        self, request: sandbox_service_pb2.ListSandboxesRequest, context: grpc.ServicerContext
+    async def ListSandboxes(  # type: ignore[override]
+        self, request: sandbox_service_pb2.ListSandboxesRequest, context: aio.ServicerContext
     ) -> sandbox_service_pb2.ListSandboxesResponse:
         self._count("ListSandboxes")
         return sandbox_service_pb2.ListSandboxesResponse(
             sandboxes=[sandbox_pb2.Sandbox(sandbox_id="sb-1")]
         )
 
-    def Exec(
-        self, request: sandbox_service_pb2.ExecRequest, context: grpc.ServicerContext
-    ) -> Iterator[sandbox_service_pb2.ExecResponse]:
+    async def Exec(  # type: ignore[override]
+        self, request: sandbox_service_pb2.ExecRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[sandbox_service_pb2.ExecResponse]:
         self._count("Exec")
         yield sandbox_service_pb2.ExecResponse(exit=sandbox_pb2.ExecExit(exit_code=0))
 
@@ -77,7 +77,7 @@ class Scripted(sandbox_service_pb2_grpc.SandboxServiceServicer):
 @pytest.fixture
 def scripted() -> Iterator[tuple[Scripted, RunningServer]]:
     servicer = Scripted()
-    service = GrpcService(
+    service = AioService(
         "longshore.sandbox.v1.SandboxService",
         lambda s: sandbox_service_pb2_grpc.add_SandboxServiceServicer_to_server(servicer, s),
     )

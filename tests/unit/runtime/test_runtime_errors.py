@@ -7,8 +7,10 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc import aio
 from grpc_health.v1 import health_pb2
 
+from services.runtime.aio_serving import AioService
 from services.runtime.errors import (
     MAX_STATUS_MESSAGE_CHARS,
     InvalidArgument,
@@ -16,7 +18,6 @@ from services.runtime.errors import (
     clip_message,
     quote,
 )
-from services.runtime.serving import GrpcService
 from services.runtime.testing import RunningServer, serve_in_process
 
 ECHO = "/longshore.test.Echo/Fail"
@@ -37,17 +38,17 @@ def test_clip_message_caps_at_the_limit() -> None:
     assert len(clip_message("m" * 50_000)) == MAX_STATUS_MESSAGE_CHARS
 
 
-def _fail(request: bytes, context: grpc.ServicerContext) -> bytes:
+async def _fail(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
     # A careless handler echoing a 1 MB value: the interceptor must still cap it.
     raise NotFound("thing " + request.decode(errors="replace") + " not found")
 
 
-def _echo_service() -> GrpcService:
+def _echo_service() -> AioService:
     handler = grpc.method_handlers_generic_handler(
         "longshore.test.Echo",
         {"Fail": grpc.unary_unary_rpc_method_handler(_fail)},
     )
-    return GrpcService("longshore.test.Echo", lambda s: s.add_generic_rpc_handlers((handler,)))
+    return AioService("longshore.test.Echo", lambda s: s.add_generic_rpc_handlers((handler,)))
 
 
 @pytest.fixture
