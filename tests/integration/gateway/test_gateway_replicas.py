@@ -2,9 +2,10 @@
 
 Real processes: two kanban replicas sharing a throwaway PostgreSQL and a
 gateway given both addresses (``LONGSHORE_KANBAN_ADDR=ip:a,ip:b``). Idle
-``ClaimTask`` long polls make the balancing visible: kanban serves each held
-poll on one of its threads, so both replicas' thread counts must grow. With
-gRPC's default pick-first every poll would land on one replica.
+``ClaimTask`` long polls make the balancing visible: each replica's own
+``/metrics`` counts the calls it holds (``rpc_server_active_calls``), so both
+must hold some of them. With gRPC's default pick-first every poll would land
+on one replica.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from longshore.kanban.v1 import kanban_service_pb2, profile_pb2, task_pb2, worker_service_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.auth import key_entry, new_key
 from services.gateway.forwarding import channel_target
@@ -28,11 +31,16 @@ from tests.support.processes import ServiceProcess
 POLLS = 40
 
 
-def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no thread count for pid {pid}")
+def held_claims(metrics: str) -> float:
+    """ClaimTask calls a replica holds now, from its Prometheus text."""
+    text = httpx.get(f"http://{metrics}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "rpc_server_active_calls"
+        and sample.labels.get("rpc_method") == "ClaimTask"
+    )
 
 
 def wait_until(check: Callable[[], bool], limit: float, what: Callable[[], str]) -> None:
@@ -55,6 +63,7 @@ def test_calls_through_one_gateway_reach_both_kanban_replicas(
     token = secrets.token_urlsafe(16)
     key = new_key()
     kanban_addrs = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    metrics_addrs = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     gateway_addr = f"127.0.0.1:{free_port()}"
     common = {
         "LONGSHORE_HOME": str(tmp_path),
@@ -69,6 +78,7 @@ def test_calls_through_one_gateway_reach_both_kanban_replicas(
                 **common,
                 "LONGSHORE_DATABASE_URL": fresh_postgres_db,
                 "LONGSHORE_KANBAN_LISTEN": addr,
+                "LONGSHORE_METRICS_LISTEN": metrics_addrs[i],
             },
             health_addr=addr,
             name=f"kanban-{i}",
@@ -118,7 +128,6 @@ def test_calls_through_one_gateway_reach_both_kanban_replicas(
                     metadata=metadata,
                 )
                 assert got.task.title == "shared"
-            baseline = [threads(r.pid) for r in replicas]
             claim = worker_service_pb2.ClaimTaskRequest(
                 profile="ext", worker_id="w", wait=Duration(seconds=60)
             )
@@ -127,16 +136,13 @@ def test_calls_through_one_gateway_reach_both_kanban_replicas(
                 for _ in range(POLLS)
             ]
             try:
-                # Round robin: each replica holds about half of the polls, one thread each.
+                # Round robin: each replica holds about half of the polls.
                 wait_until(
-                    lambda: all(
-                        threads(r.pid) >= base + POLLS // 4
-                        for r, base in zip(replicas, baseline, strict=True)
-                    ),
+                    lambda: all(held_claims(m) >= POLLS // 4 for m in metrics_addrs),
                     120,
                     lambda: (
-                        f"polls on both replicas: threads {baseline} -> "
-                        f"{[threads(r.pid) for r in replicas]}\n{gateway.log_tail(20)}"
+                        f"polls on both replicas: held {[held_claims(m) for m in metrics_addrs]}"
+                        f"\n{gateway.log_tail(20)}"
                     ),
                 )
             finally:
