@@ -16,30 +16,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from longshore.kanban.v1 import kanban_service_pb2, profile_pb2, task_pb2, worker_service_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.auth import key_entry, new_key
 from services.gateway.forwarding import channel_target
 from tests.integration.gateway.stack import Stubs, auth
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
+from tests.support.prometheus import scrape
 
 POLLS = 40
 
 
 def held_claims(metrics: str) -> float:
     """ClaimTask calls a replica holds now, from its Prometheus text."""
-    text = httpx.get(f"http://{metrics}/metrics", timeout=10).text
     return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "rpc_server_active_calls"
-        and sample.labels.get("rpc_method") == "ClaimTask"
+        value
+        for (name, labels), value in scrape(metrics).items()
+        if name == "rpc_server_active_calls" and ("rpc_method", "ClaimTask") in labels
     )
 
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 from google.protobuf import duration_pb2
 from longshore.kanban.v1 import (
@@ -28,24 +27,10 @@ from longshore.kanban.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(address: str) -> Samples:
-    text = httpx.get(f"http://{address}/metrics", timeout=10).text
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = frozenset(
-                (k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope")
-            )
-            samples[(sample.name, labels)] = sample.value
-    return samples
+from tests.support.prometheus import Samples, scrape
 
 
 def named(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:

@@ -19,16 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 from longshore.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from longshore.sandbox.v1 import sandbox_service_pb2, sandbox_service_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.auth import key_entry, new_key
 from services.runtime.server_base import EXIT_CANNOT_START
 from tests.support.net import free_port
 from tests.support.processes import REPO_ROOT, ServiceProcess, service_env
+from tests.support.prometheus import Samples
+from tests.support.prometheus import scrape as scrape_address
 
 SANDBOX = "longshore.sandbox.v1.SandboxService"
 OK, NOT_FOUND, UNAUTHENTICATED = "0", "5", "16"
@@ -98,23 +98,6 @@ def stack(
     finally:
         for name in ("gateway", "sandbox"):
             processes[name].stop()
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(address: str) -> Samples:
-    text = httpx.get(f"http://{address}/metrics", timeout=10).text
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = frozenset(
-                (k, v)
-                for k, v in sample.labels.items()
-                if not k.startswith("otel_scope") and k not in ("rpc_system",)
-            )
-            samples[(sample.name, labels)] = sample.value
-    return samples
 
 
 def calls(samples: Samples, method: str, code: str, service: str = SANDBOX) -> float:
@@ -216,3 +199,7 @@ def test_a_metrics_port_in_use_is_one_line(stack: Stack, tmp_path: Path) -> None
     assert done.returncode == EXIT_CANNOT_START
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"gateway: cannot listen on {stack.gateway_metrics}: address already in use"
+
+
+def scrape(address: str) -> Samples:
+    return scrape_address(address, drop=("rpc_system",))

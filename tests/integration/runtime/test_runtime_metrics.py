@@ -17,7 +17,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from longshore.gateway.v1 import gateway_service_pb2 as gw_pb
 from longshore.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from longshore.kanban.v1 import kanban_service_pb2, kanban_service_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.runtime.aio_serving import build_aio_server
 from services.runtime.metrics import ServiceMeterProvider, configure_metrics
@@ -29,22 +28,16 @@ from tests.integration.runtime.test_runtime_aio_server import (
     gateway,
     kanban,
 )
+from tests.support.prometheus import Samples
+from tests.support.prometheus import scrape as scrape_address
 
 GATEWAY = "longshore.gateway.v1.GatewayService"
 OK, NOT_FOUND, INTERNAL, UNAUTHENTICATED = 0, 5, 13, 16
 
 
-def scrape(provider: ServiceMeterProvider) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(provider: ServiceMeterProvider) -> Samples:
     """Every sample the provider's /metrics serves, by (name, labels)."""
-    text = httpx.get(f"http://{provider.metrics_address}/metrics", timeout=10).text
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = frozenset(
-                (k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope")
-            )
-            samples[(sample.name, labels)] = sample.value
-    return samples
+    return scrape_address(provider.metrics_address)
 
 
 def calls(samples: dict, service: str, method: str, code: int) -> float:
