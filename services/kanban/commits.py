@@ -79,7 +79,7 @@ def of(session: Session) -> Commit:
     """The :class:`Commit` a write session is about to make (call before it commits).
 
     Assignees are read from the tasks already loaded in the session, never
-    with a query: the write lock is still held here. A task not loaded (or
+    with a query: the transaction still holds its locks here. A task not loaded (or
     whose assignee is not) makes the profiles a wildcard, which costs waiting
     polls one cheap read each lane, never a missed wake-up.
     """

@@ -122,7 +122,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         profiles.validate(values)
         spec = request.profile.sandbox_spec
         secrets.merge({}, spec.env, "sandbox_spec.env")  # `<redacted>` is no value on create
-        # Outside the write transaction: an RPC must not hold the write lock.
+        # Before the write transaction: no call to the sandbox manager inside one.
         self._check_spec(spec, values["allowed_images"])
         with self._db.write() as s:
             row = profiles.create(s, name=request.profile.name, **values)
@@ -226,14 +226,14 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
                 effects=effects,
             )
             # A new task's parents are the request's (one query fewer while
-            # the write lock is held); a deduplicated one's are as stored.
+            # the transaction holds its locks); a deduplicated one's are as stored.
             parents = (
                 links.parent_ids(s, [row.task_id])[row.task_id]
                 if dedup
                 else sorted(set(request.parent_ids))
             )
         # Converted after the commit: the row stays loaded (expire_on_commit
-        # is off), and the write lock is not held for work that needs no lock.
+        # is off), and no lock is held for work that needs none.
         msg = convert.task(row, parents)
         self._after(effects)
         return pb.CreateTaskResponse(task=msg, deduplicated=dedup)
