@@ -37,11 +37,12 @@ class OutcomeKind(enum.StrEnum):
 # Failures of the sandbox call itself that say nothing about the work: the
 # manager or its engine unreachable or too slow to answer, the sandbox gone
 # under the run (an engine restart), a stream cancelled by us, the manager
-# failing in itself or refusing our internal credential.
+# failing in itself or refusing our internal credential, or out of capacity.
 PLATFORM_KINDS = frozenset(
     {
         FailureKind.UNAVAILABLE,
         FailureKind.SERVICE_ERROR,
+        FailureKind.BUSY,
         FailureKind.DEADLINE_EXCEEDED,
         FailureKind.NOT_FOUND,
         FailureKind.NOT_RUNNING,
@@ -123,6 +124,8 @@ class Outcome:
             FailureKind.UNAVAILABLE,
             FailureKind.DEADLINE_EXCEEDED,
             FailureKind.SERVICE_ERROR,
+            # Overloaded: pausing dispatch until the next probe is the backoff.
+            FailureKind.BUSY,
         ) and (self.kind is not OutcomeKind.TIMED_OUT)
 
     @property

@@ -73,6 +73,7 @@ class FailureKind(enum.StrEnum):
     DEADLINE_EXCEEDED = "deadline-exceeded"
     CANCELLED = "cancelled"
     SERVICE_ERROR = "service-error"
+    BUSY = "busy"
     OTHER = "other"
 
 
@@ -151,6 +152,13 @@ class SandboxServiceError(SandboxError):
     kind = FailureKind.SERVICE_ERROR
 
 
+class SandboxBusy(SandboxError):
+    """The sandbox service refused for want of capacity (RESOURCE_EXHAUSTED: its
+    calls in flight are at their bound): the platform's refusal, never the work's."""
+
+    kind = FailureKind.BUSY
+
+
 class SandboxCallFailed(SandboxError):
     """Any other failure."""
 
@@ -186,6 +194,8 @@ def translate(err: grpc.RpcError, *, operation: str) -> SandboxError:
         return SandboxDeadline(message, code=code)
     if code is grpc.StatusCode.CANCELLED:
         return ExecCancelled(message, code=code)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return SandboxBusy(message, code=code)
     if code in (
         grpc.StatusCode.INTERNAL,
         grpc.StatusCode.UNKNOWN,

@@ -17,6 +17,7 @@ from services.kanban.sandbox_client import (
     FailureKind,
     ImageMissing,
     InvalidSpec,
+    SandboxBusy,
     SandboxCallFailed,
     SandboxDeadline,
     SandboxNotRunning,
@@ -120,6 +121,11 @@ def test_timeout_reported_by_the_service(executor: Executor, sandboxes: FakeSand
         (
             SandboxServiceError("acquire: internal error in AcquireSandbox"),
             FailureKind.SERVICE_ERROR,
+            FailureClass.PLATFORM,
+        ),
+        (
+            SandboxBusy("acquire: 2048 calls in flight"),
+            FailureKind.BUSY,
             FailureClass.PLATFORM,
         ),
         (SandboxCallFailed("acquire: boom"), FailureKind.OTHER, FailureClass.WORK),

@@ -10,6 +10,7 @@ from services.kanban.sandbox_client import (
     FailureKind,
     ImageMissing,
     InvalidSpec,
+    SandboxBusy,
     SandboxCallFailed,
     SandboxDeadline,
     SandboxError,
@@ -70,7 +71,8 @@ class FakeRpcError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
             SandboxServiceError,
             FailureKind.SERVICE_ERROR,
         ),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, "acquire", SandboxCallFailed, FailureKind.OTHER),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "acquire", SandboxBusy, FailureKind.BUSY),
+        (grpc.StatusCode.ABORTED, "acquire", SandboxCallFailed, FailureKind.OTHER),
     ],
 )
 def test_translate(
