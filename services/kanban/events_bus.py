@@ -78,6 +78,9 @@ class EventBus:
         self._events: Signal | None = None
         self._runs: dict[str, Signal] = {}
         self._subscribers: list[Callable[[Commit], None]] = []
+        #: Rings that may change what a plan sees (events or profiles), local or
+        #: another replica's; readable from any thread (see :attr:`generation`).
+        self._generation = 0
         self._listener = (
             Listener(db.listen_url(), origin=db.origin, deliver=self.ring)
             if listen and db.is_postgres
@@ -108,8 +111,21 @@ class EventBus:
         """Call ``subscriber(commit)`` on the loop for every ring (before :meth:`start`)."""
         self._subscribers.append(subscriber)
 
+    @property
+    def generation(self) -> int:
+        """How many commits that added events or changed profiles were rung so far.
+
+        A kept plan compares it (with the newest event id): on PostgreSQL a
+        smaller event id can commit after a larger one, which the newest id
+        alone would not show.
+        """
+        return self._generation
+
     def ring(self, commit: Commit) -> None:
         """Schedule the wake-ups ``commit`` calls for; safe from any thread."""
+        if commit.added_events or commit.profiles:
+            # Under the GIL; two rings racing may count once, still a change.
+            self._generation += 1
         loop = self._loop
         if loop is None or self._closed or commit == Commit():
             return

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -55,10 +55,14 @@ class LatestPlan:
 
     Args:
         dispatcher: Gives the clock, the limits and the backend's state.
+        generation: The event bus's ring count (:attr:`EventBus.generation`),
+            part of the stamp: it moves when an event commits below the newest
+            id, which the stamp query alone cannot see.
     """
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, generation: Callable[[], int] = lambda: 0) -> None:
         self._dispatcher = dispatcher
+        self._generation = generation
         self._kept: _Kept | None = None
         # Guards building: concurrent reads that find the plan stale wait for
         # one build instead of each building the same plan.
@@ -73,7 +77,7 @@ class LatestPlan:
         # The stamp is read before the plan's own reads: a plan built after
         # it is at least as new as it, so a kept plan is never older than
         # its stamp says.
-        stamp = _stamp(session)
+        stamp = (self._generation(), *_stamp(session))
         wanted = {r.task_id for r in rows}
         # Read without the lock: replacing the kept plan is one reference
         # assignment, and a plan found stale is checked again under it.

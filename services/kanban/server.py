@@ -74,7 +74,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         self._pool = pool
         # Readiness answers come from the latest plan, built at most once
         # per state of what it plans from (not once per read).
-        self._plans = LatestPlan(dispatcher)
+        self._plans = LatestPlan(dispatcher, lambda: bus.generation)
         self._bus = bus
         self._dispatcher = dispatcher
         self._spec_checks = spec_checks

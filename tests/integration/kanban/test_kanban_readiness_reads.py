@@ -15,6 +15,7 @@ from longshore.kanban.v1 import profile_pb2
 from longshore.kanban.v1 import task_pb2 as S
 from longshore.kanban.v1 import worker_service_pb2 as wpb
 
+from services.kanban.commits import Commit
 from services.kanban.store import tasks
 from tests.integration.kanban.conftest import Kanban
 
@@ -85,3 +86,18 @@ def test_a_kept_plan_expires_when_a_backoff_ends(kanban: Kanban) -> None:
     kanban.clock.advance(31)
     assert explain(kanban, task.task_id).reason == S.READINESS_REASON_AWAITING_WORKER
     assert explain(kanban, task.task_id) == fresh(kanban, task.task_id)
+
+
+def test_a_ring_below_the_newest_event_id_invalidates_the_kept_plan(kanban: Kanban) -> None:
+    """On PostgreSQL a smaller event id can commit after a larger one: the newest id
+    stays, but the commit still rings the bus, and that alone makes the next read plan."""
+    plans = kanban.app.kanban._plans
+    kanban.profile("ext", cap=1)
+    task = kanban.task("waits", assignee="ext")
+    explain(kanban, task.task_id)
+    built = plans.builds
+    explain(kanban, task.task_id)
+    assert plans.builds == built
+    kanban.app.bus.ring(Commit(added_events=True, profiles=frozenset({"ext"})))
+    explain(kanban, task.task_id)
+    assert plans.builds == built + 1
