@@ -40,6 +40,27 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     _SANDBOX + "MakeDirectory": SANDBOX_USE,
     _SANDBOX + "MovePath": SANDBOX_USE,
     _SANDBOX + "RemovePath": SANDBOX_USE,
+    # Sessions and processes run commands: Exec's scopes.
+    _SANDBOX + "OpenSession": SANDBOX_USE,
+    _SANDBOX + "RunSessionCommand": SANDBOX_USE,
+    _SANDBOX + "CloseSession": SANDBOX_USE,
+    _SANDBOX + "ListSessions": SANDBOX_USE,
+    _SANDBOX + "StartProcess": SANDBOX_USE,
+    _SANDBOX + "ConnectProcess": SANDBOX_USE,
+    _SANDBOX + "ListProcesses": SANDBOX_USE,
+    _SANDBOX + "SendProcessInput": SANDBOX_USE,
+    _SANDBOX + "SignalProcess": SANDBOX_USE,
+    _SANDBOX + "ResizeProcess": SANDBOX_USE,
+    # A warm pool spends the deployment's capacity: operators set it.
+    _SANDBOX + "SetWarmPool": ADMIN,
+    _SANDBOX + "ListWarmPools": READ,
+    # Pausing, snapshotting and leasing one's own sandbox is using it.
+    _SANDBOX + "PauseSandbox": SANDBOX_USE,
+    _SANDBOX + "ResumeSandbox": SANDBOX_USE,
+    _SANDBOX + "SnapshotSandbox": SANDBOX_USE,
+    _SANDBOX + "ListSnapshots": READ,
+    _SANDBOX + "DeleteSnapshot": ADMIN,
+    _SANDBOX + "SetSandboxLease": SANDBOX_USE,
     _SANDBOX + "ReapOrphans": ADMIN,
     # Validating a spec is part of writing profiles (kanban calls it directly).
     _SANDBOX + "CheckSandboxSpec": ADMIN,

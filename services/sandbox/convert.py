@@ -246,12 +246,12 @@ def exec_event_to_proto(event: OutputChunk | ExecExit) -> sandbox_service_pb2.Ex
     """One ``ExecResponse`` of the stream."""
     if isinstance(event, OutputChunk):
         stream = (
-            sandbox_service_pb2.OUTPUT_STREAM_STDERR
+            sandbox_pb2.OUTPUT_STREAM_STDERR
             if event.stream is StreamKind.STDERR
-            else sandbox_service_pb2.OUTPUT_STREAM_STDOUT
+            else sandbox_pb2.OUTPUT_STREAM_STDOUT
         )
         return sandbox_service_pb2.ExecResponse(
-            output=sandbox_service_pb2.OutputChunk(stream=stream, data=event.data)
+            output=sandbox_pb2.OutputChunk(stream=stream, data=event.data)
         )
     return sandbox_service_pb2.ExecResponse(
         exit=sandbox_pb2.ExecExit(

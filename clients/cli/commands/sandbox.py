@@ -121,7 +121,7 @@ def _exec(args: argparse.Namespace, ctx: Context) -> int:
                 exit_status = message.exit
             elif ctx.out.json_mode:
                 chunks.append(to_dict(message.output))
-            elif message.output.stream == sandbox_service_pb2.OUTPUT_STREAM_STDERR:
+            elif message.output.stream == sandbox_pb2.OUTPUT_STREAM_STDERR:
                 sys.stderr.buffer.write(message.output.data)
                 sys.stderr.buffer.flush()
             else:

@@ -32,7 +32,7 @@ def run(
         count += 1
         if msg.HasField("exit"):
             exits.append(msg.exit)
-        elif msg.output.stream == sandbox_service_pb2.OUTPUT_STREAM_STDERR:
+        elif msg.output.stream == sandbox_pb2.OUTPUT_STREAM_STDERR:
             err += msg.output.data
         else:
             out += msg.output.data

@@ -73,7 +73,7 @@ def exec_all(
     out, err, exit_ = b"", b"", None
     for msg in stub.Exec(req, timeout=T):
         if msg.HasField("output"):
-            if msg.output.stream == sandbox_service_pb2.OUTPUT_STREAM_STDERR:
+            if msg.output.stream == sandbox_pb2.OUTPUT_STREAM_STDERR:
                 err += msg.output.data
             else:
                 out += msg.output.data

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"longshore/sandbox/v1/sandbox.proto\x12\x14longshore.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"K\n\x0bVolumeMount\x12\x11\n\thost_path\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_path\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"\xeb\x02\n\x0bSandboxSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x12\n\npids_limit\x18\x04 \x01(\x03\x12\x37\n\x03\x65nv\x18\x05 \x03(\x0b\x32*.longshore.sandbox.v1.SandboxSpec.EnvEntry\x12\x32\n\x07volumes\x18\x06 \x03(\x0b\x32!.longshore.sandbox.v1.VolumeMount\x12\x0f\n\x07workdir\x18\x07 \x01(\t\x12\x32\n\x07network\x18\x08 \x01(\x0e\x32!.longshore.sandbox.v1.NetworkMode\x12\x18\n\x10read_only_rootfs\x18\t \x01(\x08\x12\x0c\n\x04user\x18\n \x01(\t\x12\x0f\n\x07\x63\x61p_add\x18\x0b \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x04\n\x07Sandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\x12\n\ndeployment\x18\x05 \x01(\t\x12\x0f\n\x07persist\x18\x06 \x01(\x08\x12\x31\n\x05state\x18\x07 \x01(\x0e\x32\".longshore.sandbox.v1.SandboxState\x12\r\n\x05image\x18\x08 \x01(\t\x12\x13\n\x0b\x63onfig_hash\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\x12\x39\n\x06labels\x18\x0b \x03(\x0b\x32).longshore.sandbox.v1.Sandbox.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\x08\x45xecExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x11\n\ttimed_out\x18\x03 \x01(\x08\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0coutput_bytes\x18\x06 \x01(\x03*\xe9\x01\n\x0cSandboxState\x12\x1d\n\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SANDBOX_STATE_CREATED\x10\x01\x12\x19\n\x15SANDBOX_STATE_RUNNING\x10\x02\x12\x18\n\x14SANDBOX_STATE_PAUSED\x10\x03\x12\x1c\n\x18SANDBOX_STATE_RESTARTING\x10\x04\x12\x18\n\x14SANDBOX_STATE_EXITED\x10\x05\x12\x1a\n\x16SANDBOX_STATE_REMOVING\x10\x06\x12\x16\n\x12SANDBOX_STATE_DEAD\x10\x07*[\n\x0bNetworkMode\x12\x1c\n\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13NETWORK_MODE_BRIDGE\x10\x01\x12\x15\n\x11NETWORK_MODE_NONE\x10\x02*\xdb\x01\n\x0cReuseOutcome\x12\x1d\n\x19REUSE_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cREUSE_OUTCOME_REUSED_RUNNING\x10\x01\x12\x1b\n\x17REUSE_OUTCOME_RESTARTED\x10\x02\x12\x19\n\x15REUSE_OUTCOME_CREATED\x10\x03\x12)\n%REUSE_OUTCOME_REPLACED_CONFIG_CHANGED\x10\x04\x12\'\n#REUSE_OUTCOME_REPLACED_START_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"longshore/sandbox/v1/sandbox.proto\x12\x14longshore.sandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"K\n\x0bVolumeMount\x12\x11\n\thost_path\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_path\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"\xeb\x02\n\x0bSandboxSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x12\n\npids_limit\x18\x04 \x01(\x03\x12\x37\n\x03\x65nv\x18\x05 \x03(\x0b\x32*.longshore.sandbox.v1.SandboxSpec.EnvEntry\x12\x32\n\x07volumes\x18\x06 \x03(\x0b\x32!.longshore.sandbox.v1.VolumeMount\x12\x0f\n\x07workdir\x18\x07 \x01(\t\x12\x32\n\x07network\x18\x08 \x01(\x0e\x32!.longshore.sandbox.v1.NetworkMode\x12\x18\n\x10read_only_rootfs\x18\t \x01(\x08\x12\x0c\n\x04user\x18\n \x01(\t\x12\x0f\n\x07\x63\x61p_add\x18\x0b \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8b\x05\n\x07Sandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\x12\n\ndeployment\x18\x05 \x01(\t\x12\x0f\n\x07persist\x18\x06 \x01(\x08\x12\x31\n\x05state\x18\x07 \x01(\x0e\x32\".longshore.sandbox.v1.SandboxState\x12\r\n\x05image\x18\x08 \x01(\t\x12\x13\n\x0b\x63onfig_hash\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\x12\x39\n\x06labels\x18\x0b \x03(\x0b\x32).longshore.sandbox.v1.Sandbox.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11lease_expire_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x0clease_expiry\x18\x11 \x01(\x0e\x32!.longshore.sandbox.v1.LeaseExpiry\x12\x11\n\twarm_pool\x18\x12 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\x08\x45xecExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x11\n\ttimed_out\x18\x03 \x01(\x08\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0coutput_bytes\x18\x06 \x01(\x03\"O\n\x0bOutputChunk\x12\x32\n\x06stream\x18\x01 \x01(\x0e\x32\".longshore.sandbox.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*\xe9\x01\n\x0cSandboxState\x12\x1d\n\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SANDBOX_STATE_CREATED\x10\x01\x12\x19\n\x15SANDBOX_STATE_RUNNING\x10\x02\x12\x18\n\x14SANDBOX_STATE_PAUSED\x10\x03\x12\x1c\n\x18SANDBOX_STATE_RESTARTING\x10\x04\x12\x18\n\x14SANDBOX_STATE_EXITED\x10\x05\x12\x1a\n\x16SANDBOX_STATE_REMOVING\x10\x06\x12\x16\n\x12SANDBOX_STATE_DEAD\x10\x07*[\n\x0bNetworkMode\x12\x1c\n\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13NETWORK_MODE_BRIDGE\x10\x01\x12\x15\n\x11NETWORK_MODE_NONE\x10\x02*\\\n\x0bLeaseExpiry\x12\x1c\n\x18LEASE_EXPIRY_UNSPECIFIED\x10\x00\x12\x16\n\x12LEASE_EXPIRY_PAUSE\x10\x01\x12\x17\n\x13LEASE_EXPIRY_REMOVE\x10\x02*\xfe\x01\n\x0cReuseOutcome\x12\x1d\n\x19REUSE_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cREUSE_OUTCOME_REUSED_RUNNING\x10\x01\x12\x1b\n\x17REUSE_OUTCOME_RESTARTED\x10\x02\x12\x19\n\x15REUSE_OUTCOME_CREATED\x10\x03\x12)\n%REUSE_OUTCOME_REPLACED_CONFIG_CHANGED\x10\x04\x12\'\n#REUSE_OUTCOME_REPLACED_START_FAILED\x10\x05\x12!\n\x1dREUSE_OUTCOME_TAKEN_FROM_POOL\x10\x06*x\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x12\x15\n\x11OUTPUT_STREAM_PTY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,12 +37,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SANDBOXSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_SANDBOX_LABELSENTRY']._loaded_options = None
   _globals['_SANDBOX_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_SANDBOXSTATE']._serialized_start=1245
-  _globals['_SANDBOXSTATE']._serialized_end=1478
-  _globals['_NETWORKMODE']._serialized_start=1480
-  _globals['_NETWORKMODE']._serialized_end=1571
-  _globals['_REUSEOUTCOME']._serialized_start=1574
-  _globals['_REUSEOUTCOME']._serialized_end=1793
+  _globals['_SANDBOXSTATE']._serialized_start=1457
+  _globals['_SANDBOXSTATE']._serialized_end=1690
+  _globals['_NETWORKMODE']._serialized_start=1692
+  _globals['_NETWORKMODE']._serialized_end=1783
+  _globals['_LEASEEXPIRY']._serialized_start=1785
+  _globals['_LEASEEXPIRY']._serialized_end=1877
+  _globals['_REUSEOUTCOME']._serialized_start=1880
+  _globals['_REUSEOUTCOME']._serialized_end=2134
+  _globals['_OUTPUTSTREAM']._serialized_start=2136
+  _globals['_OUTPUTSTREAM']._serialized_end=2256
   _globals['_VOLUMEMOUNT']._serialized_start=125
   _globals['_VOLUMEMOUNT']._serialized_end=200
   _globals['_SANDBOXSPEC']._serialized_start=203
@@ -50,9 +54,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SANDBOXSPEC_ENVENTRY']._serialized_start=524
   _globals['_SANDBOXSPEC_ENVENTRY']._serialized_end=566
   _globals['_SANDBOX']._serialized_start=569
-  _globals['_SANDBOX']._serialized_end=1089
-  _globals['_SANDBOX_LABELSENTRY']._serialized_start=1044
-  _globals['_SANDBOX_LABELSENTRY']._serialized_end=1089
-  _globals['_EXECEXIT']._serialized_start=1092
-  _globals['_EXECEXIT']._serialized_end=1242
+  _globals['_SANDBOX']._serialized_end=1220
+  _globals['_SANDBOX_LABELSENTRY']._serialized_start=1175
+  _globals['_SANDBOX_LABELSENTRY']._serialized_end=1220
+  _globals['_EXECEXIT']._serialized_start=1223
+  _globals['_EXECEXIT']._serialized_end=1373
+  _globals['_OUTPUTCHUNK']._serialized_start=1375
+  _globals['_OUTPUTCHUNK']._serialized_end=1454
 # @@protoc_insertion_point(module_scope)

@@ -95,6 +95,30 @@ NETWORK_MODE_NONE: NetworkMode.ValueType  # 2
 """No network at all (loopback only)."""
 Global___NetworkMode: _TypeAlias = NetworkMode  # noqa: Y015
 
+class _LeaseExpiry:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LeaseExpiryEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseExpiry.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEASE_EXPIRY_UNSPECIFIED: _LeaseExpiry.ValueType  # 0
+    """Not set: the manager's `sandbox.lease_expiry_action`."""
+    LEASE_EXPIRY_PAUSE: _LeaseExpiry.ValueType  # 1
+    """Pause it (it resumes on the next call)."""
+    LEASE_EXPIRY_REMOVE: _LeaseExpiry.ValueType  # 2
+    """Stop and remove it."""
+
+class LeaseExpiry(_LeaseExpiry, metaclass=_LeaseExpiryEnumTypeWrapper):
+    """LeaseExpiry says what happens to a sandbox when its lease ends."""
+
+LEASE_EXPIRY_UNSPECIFIED: LeaseExpiry.ValueType  # 0
+"""Not set: the manager's `sandbox.lease_expiry_action`."""
+LEASE_EXPIRY_PAUSE: LeaseExpiry.ValueType  # 1
+"""Pause it (it resumes on the next call)."""
+LEASE_EXPIRY_REMOVE: LeaseExpiry.ValueType  # 2
+"""Stop and remove it."""
+Global___LeaseExpiry: _TypeAlias = LeaseExpiry  # noqa: Y015
+
 class _ReuseOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -119,6 +143,10 @@ class _ReuseOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReuseOut
     """A stopped sandbox existed but failed to start: it was removed and a new
     one created.
     """
+    REUSE_OUTCOME_TAKEN_FROM_POOL: _ReuseOutcome.ValueType  # 6
+    """No sandbox existed for the key: a started member of the profile's warm
+    pool was handed to it.
+    """
 
 class ReuseOutcome(_ReuseOutcome, metaclass=_ReuseOutcomeEnumTypeWrapper):
     """ReuseOutcome says how an acquire obtained its sandbox."""
@@ -141,7 +169,43 @@ REUSE_OUTCOME_REPLACED_START_FAILED: ReuseOutcome.ValueType  # 5
 """A stopped sandbox existed but failed to start: it was removed and a new
 one created.
 """
+REUSE_OUTCOME_TAKEN_FROM_POOL: ReuseOutcome.ValueType  # 6
+"""No sandbox existed for the key: a started member of the profile's warm
+pool was handed to it.
+"""
 Global___ReuseOutcome: _TypeAlias = ReuseOutcome  # noqa: Y015
+
+class _OutputStream:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutputStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputStream.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTPUT_STREAM_UNSPECIFIED: _OutputStream.ValueType  # 0
+    """Never sent."""
+    OUTPUT_STREAM_STDOUT: _OutputStream.ValueType  # 1
+    """Standard output."""
+    OUTPUT_STREAM_STDERR: _OutputStream.ValueType  # 2
+    """Standard error."""
+    OUTPUT_STREAM_PTY: _OutputStream.ValueType  # 3
+    """The terminal of a process started with a PTY (stdout and stderr merged,
+    as the terminal shows them).
+    """
+
+class OutputStream(_OutputStream, metaclass=_OutputStreamEnumTypeWrapper):
+    """OutputStream says which stream a chunk came from."""
+
+OUTPUT_STREAM_UNSPECIFIED: OutputStream.ValueType  # 0
+"""Never sent."""
+OUTPUT_STREAM_STDOUT: OutputStream.ValueType  # 1
+"""Standard output."""
+OUTPUT_STREAM_STDERR: OutputStream.ValueType  # 2
+"""Standard error."""
+OUTPUT_STREAM_PTY: OutputStream.ValueType  # 3
+"""The terminal of a process started with a PTY (stdout and stderr merged,
+as the terminal shows them).
+"""
+Global___OutputStream: _TypeAlias = OutputStream  # noqa: Y015
 
 @_typing.final
 class VolumeMount(_message.Message):
@@ -348,6 +412,9 @@ class Sandbox(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     FINISH_TIME_FIELD_NUMBER: _builtins.int
     LAST_USED_TIME_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRY_FIELD_NUMBER: _builtins.int
+    WARM_POOL_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     """Docker container id (full 64 hex characters). The sandbox's identifier."""
     name: _builtins.str
@@ -370,6 +437,12 @@ class Sandbox(_message.Message):
     """The `io.longshore.config-hash` label: fingerprint of the spec."""
     owner: _builtins.str
     """The `io.longshore.owner` label: the manager instance that created it."""
+    lease_expiry: Global___LeaseExpiry.ValueType
+    """What happens when the lease ends."""
+    warm_pool: _builtins.str
+    """The profile whose warm pool holds it while it waits to be handed out;
+    empty once a task has it (and for sandboxes never in a pool).
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """All labels on the container."""
@@ -392,6 +465,10 @@ class Sandbox(_message.Message):
         this manager instance has not seen it used.
         """
 
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the sandbox's lease ends (SetSandboxLease); unset without a lease."""
+
     def __init__(
         self,
         *,
@@ -410,10 +487,13 @@ class Sandbox(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         finish_time: _timestamp_pb2.Timestamp | None = ...,
         last_used_time: _timestamp_pb2.Timestamp | None = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        lease_expiry: Global___LeaseExpiry.ValueType = ...,
+        warm_pool: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "finish_time", b"finish_time", "last_used_time", b"last_used_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "finish_time", b"finish_time", "last_used_time", b"last_used_time", "lease_expire_time", b"lease_expire_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_hash", b"config_hash", "create_time", b"create_time", "deployment", b"deployment", "finish_time", b"finish_time", "image", b"image", "labels", b"labels", "last_used_time", b"last_used_time", "name", b"name", "owner", b"owner", "persist", b"persist", "profile", b"profile", "sandbox_id", b"sandbox_id", "start_time", b"start_time", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_hash", b"config_hash", "create_time", b"create_time", "deployment", b"deployment", "finish_time", b"finish_time", "image", b"image", "labels", b"labels", "last_used_time", b"last_used_time", "lease_expire_time", b"lease_expire_time", "lease_expiry", b"lease_expiry", "name", b"name", "owner", b"owner", "persist", b"persist", "profile", b"profile", "sandbox_id", b"sandbox_id", "start_time", b"start_time", "state", b"state", "task_id", b"task_id", "warm_pool", b"warm_pool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -462,3 +542,29 @@ class ExecExit(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecExit: _TypeAlias = ExecExit  # noqa: Y015
+
+@_typing.final
+class OutputChunk(_message.Message):
+    """OutputChunk is a piece of a command's output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    stream: Global___OutputStream.ValueType
+    """Stream the bytes were written to."""
+    data: _builtins.bytes
+    """The bytes, in the order written."""
+    def __init__(
+        self,
+        *,
+        stream: Global___OutputStream.ValueType = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015

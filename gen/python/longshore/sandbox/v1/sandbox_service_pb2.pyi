@@ -8,7 +8,6 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from longshore.sandbox.v1 import file_pb2 as _file_pb2
 from longshore.sandbox.v1 import sandbox_pb2 as _sandbox_pb2
 import builtins as _builtins
@@ -21,30 +20,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _OutputStream:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _OutputStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputStream.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    OUTPUT_STREAM_UNSPECIFIED: _OutputStream.ValueType  # 0
-    """Never sent."""
-    OUTPUT_STREAM_STDOUT: _OutputStream.ValueType  # 1
-    """Standard output."""
-    OUTPUT_STREAM_STDERR: _OutputStream.ValueType  # 2
-    """Standard error."""
-
-class OutputStream(_OutputStream, metaclass=_OutputStreamEnumTypeWrapper):
-    """OutputStream says which stream a chunk came from."""
-
-OUTPUT_STREAM_UNSPECIFIED: OutputStream.ValueType  # 0
-"""Never sent."""
-OUTPUT_STREAM_STDOUT: OutputStream.ValueType  # 1
-"""Standard output."""
-OUTPUT_STREAM_STDERR: OutputStream.ValueType  # 2
-"""Standard error."""
-Global___OutputStream: _TypeAlias = OutputStream  # noqa: Y015
 
 @_typing.final
 class CheckSandboxSpecRequest(_message.Message):
@@ -401,32 +376,6 @@ class ExecRequest(_message.Message):
 Global___ExecRequest: _TypeAlias = ExecRequest  # noqa: Y015
 
 @_typing.final
-class OutputChunk(_message.Message):
-    """OutputChunk is a piece of a command's output."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STREAM_FIELD_NUMBER: _builtins.int
-    DATA_FIELD_NUMBER: _builtins.int
-    stream: Global___OutputStream.ValueType
-    """Stream the bytes were written to."""
-    data: _builtins.bytes
-    """The bytes, in the order written."""
-    def __init__(
-        self,
-        *,
-        stream: Global___OutputStream.ValueType = ...,
-        data: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "stream", b"stream"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015
-
-@_typing.final
 class ExecResponse(_message.Message):
     """ExecResponse is one message of an Exec stream: output chunks, then exactly
     one exit as the last message.
@@ -437,7 +386,7 @@ class ExecResponse(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def output(self) -> Global___OutputChunk:
+    def output(self) -> _sandbox_pb2.OutputChunk:
         """A piece of output."""
 
     @_builtins.property
@@ -447,7 +396,7 @@ class ExecResponse(_message.Message):
     def __init__(
         self,
         *,
-        output: Global___OutputChunk | None = ...,
+        output: _sandbox_pb2.OutputChunk | None = ...,
         exit: _sandbox_pb2.ExecExit | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exit", b"exit", "output", b"output"]  # noqa: Y015

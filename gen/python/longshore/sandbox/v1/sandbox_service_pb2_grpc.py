@@ -3,7 +3,11 @@
 import grpc
 import warnings
 
+from longshore.sandbox.v1 import lifecycle_pb2 as longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2
+from longshore.sandbox.v1 import pool_pb2 as longshore_dot_sandbox_dot_v1_dot_pool__pb2
+from longshore.sandbox.v1 import process_pb2 as longshore_dot_sandbox_dot_v1_dot_process__pb2
 from longshore.sandbox.v1 import sandbox_service_pb2 as longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2
+from longshore.sandbox.v1 import session_pb2 as longshore_dot_sandbox_dot_v1_dot_session__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -122,6 +126,96 @@ class SandboxServiceStub:
                 '/longshore.sandbox.v1.SandboxService/RemovePath',
                 request_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathRequest.SerializeToString,
                 response_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathResponse.FromString,
+                _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/OpenSession',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
+        self.RunSessionCommand = channel.unary_stream(
+                '/longshore.sandbox.v1.SandboxService/RunSessionCommand',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.RunSessionCommandRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.RunSessionCommandResponse.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/CloseSession',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.CloseSessionRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.CloseSessionResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/ListSessions',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.StartProcess = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/StartProcess',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.StartProcessRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.StartProcessResponse.FromString,
+                _registered_method=True)
+        self.ConnectProcess = channel.unary_stream(
+                '/longshore.sandbox.v1.SandboxService/ConnectProcess',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ConnectProcessRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ConnectProcessResponse.FromString,
+                _registered_method=True)
+        self.ListProcesses = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/ListProcesses',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ListProcessesRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ListProcessesResponse.FromString,
+                _registered_method=True)
+        self.SendProcessInput = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/SendProcessInput',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.SendProcessInputRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.SendProcessInputResponse.FromString,
+                _registered_method=True)
+        self.SignalProcess = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/SignalProcess',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.SignalProcessRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.SignalProcessResponse.FromString,
+                _registered_method=True)
+        self.ResizeProcess = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/ResizeProcess',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ResizeProcessRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ResizeProcessResponse.FromString,
+                _registered_method=True)
+        self.SetWarmPool = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/SetWarmPool',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_pool__pb2.SetWarmPoolRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_pool__pb2.SetWarmPoolResponse.FromString,
+                _registered_method=True)
+        self.ListWarmPools = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/ListWarmPools',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_pool__pb2.ListWarmPoolsRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_pool__pb2.ListWarmPoolsResponse.FromString,
+                _registered_method=True)
+        self.PauseSandbox = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/PauseSandbox',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.PauseSandboxRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.PauseSandboxResponse.FromString,
+                _registered_method=True)
+        self.ResumeSandbox = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/ResumeSandbox',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ResumeSandboxRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ResumeSandboxResponse.FromString,
+                _registered_method=True)
+        self.SnapshotSandbox = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/SnapshotSandbox',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SnapshotSandboxRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SnapshotSandboxResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/ListSnapshots',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/DeleteSnapshot',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
+        self.SetSandboxLease = channel.unary_unary(
+                '/longshore.sandbox.v1.SandboxService/SetSandboxLease',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SetSandboxLeaseRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SetSandboxLeaseResponse.FromString,
                 _registered_method=True)
 
 
@@ -340,6 +434,174 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenSession(self, request, context):
+        """Sessions: persistent shells. Access is Exec's (a non-admin caller needs
+        the sandbox token of the sandbox's task, and a session belongs to its
+        sandbox: another sandbox's session id is NOT_FOUND). Common errors:
+        INVALID_ARGUMENT (empty or over-long ids, named), PERMISSION_DENIED,
+        NOT_FOUND (no such sandbox or session), FAILED_PRECONDITION (the sandbox
+        is not running; the session is DEAD or CLOSED), UNAVAILABLE.
+
+        OpenSession starts a shell in the sandbox. Errors, besides the common
+        ones: RESOURCE_EXHAUSTED (`sandbox.max_sessions_per_sandbox` sessions
+        are open), FAILED_PRECONDITION (the image has no such shell).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunSessionCommand(self, request, context):
+        """RunSessionCommand runs one command in the session's shell and streams
+        its output, then one exit. Errors, besides the common ones:
+        FAILED_PRECONDITION (a command is already running in the session),
+        OUT_OF_RANGE (`timeout` over 7 days, `max_output_bytes` over 1 GiB).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """CloseSession ends the session's shell. Closing a closed or dead session
+        returns it as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """ListSessions lists the sandbox's sessions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartProcess(self, request, context):
+        """Processes. Access is Exec's; a process belongs to its sandbox. Common
+        errors as for sessions, and NOT_FOUND for an unknown process.
+
+        StartProcess starts a process in the background and returns at once; it
+        runs until it exits, is signalled, times out or its sandbox stops.
+        Errors, besides the common ones: ALREADY_EXISTS (the tag names a running
+        process), RESOURCE_EXHAUSTED (`sandbox.max_processes_per_sandbox`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConnectProcess(self, request, context):
+        """ConnectProcess streams a process's output from `from_offset`, then live,
+        then its exit. Many callers may be connected to one process.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProcesses(self, request, context):
+        """ListProcesses lists the sandbox's processes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendProcessInput(self, request, context):
+        """SendProcessInput writes to a process's stdin. Errors, besides the
+        common ones: FAILED_PRECONDITION (stdin is closed or the process exited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignalProcess(self, request, context):
+        """SignalProcess sends a signal to a process's whole group. Errors, besides
+        the common ones: INVALID_ARGUMENT (a signal outside 1 to 64),
+        FAILED_PRECONDITION (the process exited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResizeProcess(self, request, context):
+        """ResizeProcess resizes a process's PTY. Errors, besides the common ones:
+        FAILED_PRECONDITION (no PTY, or the process exited), INVALID_ARGUMENT
+        (rows or columns outside 1 to 1000).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetWarmPool(self, request, context):
+        """Warm pools. SetWarmPool is for operators only (an `admin` key or
+        another Longshore service: kanban calls it when a profile asks for a
+        pool); ListWarmPools is a read. Errors: INVALID_ARGUMENT (a bad profile
+        or spec field, named), PERMISSION_DENIED (not an operator; a spec field
+        beyond the policy), OUT_OF_RANGE (`size` over `sandbox.max_warm_per_pool`),
+        UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWarmPools(self, request, context):
+        """ListWarmPools lists the manager's pools.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSandbox(self, request, context):
+        """Pause, resume, snapshots and leases. Access is Exec's for a sandbox
+        (token of its task, or an operator); ListSnapshots is a read and
+        DeleteSnapshot is for operators. Common errors as for sessions.
+
+        PauseSandbox freezes a running sandbox. Pausing a paused one is not an
+        error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSandbox(self, request, context):
+        """ResumeSandbox thaws a paused sandbox. Resuming a running one is not an
+        error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SnapshotSandbox(self, request, context):
+        """SnapshotSandbox commits the sandbox's filesystem (not its tmpfs or
+        volumes) to a new image. Errors, besides the common ones:
+        RESOURCE_EXHAUSTED (`sandbox.max_snapshots` snapshots exist).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """ListSnapshots lists this deployment's snapshots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """DeleteSnapshot removes a snapshot image of this deployment. Errors:
+        NOT_FOUND (no such snapshot of this deployment), FAILED_PRECONDITION (a
+        sandbox still runs from it), PERMISSION_DENIED (not an operator).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSandboxLease(self, request, context):
+        """SetSandboxLease sets or extends the sandbox's lease. Errors, besides the
+        common ones: INVALID_ARGUMENT (`ttl` unset or under 1 s), OUT_OF_RANGE
+        (`ttl` over `sandbox.max_lease`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -412,6 +674,96 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.RemovePath,
                     request_deserializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathRequest.FromString,
                     response_serializer=longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathResponse.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.OpenSessionRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'RunSessionCommand': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunSessionCommand,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.RunSessionCommandRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.RunSessionCommandResponse.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.CloseSessionRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'StartProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartProcess,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.StartProcessRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.StartProcessResponse.SerializeToString,
+            ),
+            'ConnectProcess': grpc.unary_stream_rpc_method_handler(
+                    servicer.ConnectProcess,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ConnectProcessRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ConnectProcessResponse.SerializeToString,
+            ),
+            'ListProcesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProcesses,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ListProcessesRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ListProcessesResponse.SerializeToString,
+            ),
+            'SendProcessInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendProcessInput,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.SendProcessInputRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.SendProcessInputResponse.SerializeToString,
+            ),
+            'SignalProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalProcess,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.SignalProcessRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.SignalProcessResponse.SerializeToString,
+            ),
+            'ResizeProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResizeProcess,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ResizeProcessRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.ResizeProcessResponse.SerializeToString,
+            ),
+            'SetWarmPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWarmPool,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_pool__pb2.SetWarmPoolRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_pool__pb2.SetWarmPoolResponse.SerializeToString,
+            ),
+            'ListWarmPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWarmPools,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_pool__pb2.ListWarmPoolsRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_pool__pb2.ListWarmPoolsResponse.SerializeToString,
+            ),
+            'PauseSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSandbox,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.PauseSandboxRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.PauseSandboxResponse.SerializeToString,
+            ),
+            'ResumeSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSandbox,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ResumeSandboxRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ResumeSandboxResponse.SerializeToString,
+            ),
+            'SnapshotSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotSandbox,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SnapshotSandboxRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SnapshotSandboxResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.DeleteSnapshotResponse.SerializeToString,
+            ),
+            'SetSandboxLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSandboxLease,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SetSandboxLeaseRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SetSandboxLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -811,6 +1163,492 @@ class SandboxService:
             '/longshore.sandbox.v1.SandboxService/RemovePath',
             longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathRequest.SerializeToString,
             longshore_dot_sandbox_dot_v1_dot_sandbox__service__pb2.RemovePathResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/OpenSession',
+            longshore_dot_sandbox_dot_v1_dot_session__pb2.OpenSessionRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_session__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSessionCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/RunSessionCommand',
+            longshore_dot_sandbox_dot_v1_dot_session__pb2.RunSessionCommandRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_session__pb2.RunSessionCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/CloseSession',
+            longshore_dot_sandbox_dot_v1_dot_session__pb2.CloseSessionRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_session__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/ListSessions',
+            longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/StartProcess',
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.StartProcessRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.StartProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConnectProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/ConnectProcess',
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.ConnectProcessRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.ConnectProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProcesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/ListProcesses',
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.ListProcessesRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.ListProcessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendProcessInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/SendProcessInput',
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.SendProcessInputRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.SendProcessInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/SignalProcess',
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.SignalProcessRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.SignalProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResizeProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/ResizeProcess',
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.ResizeProcessRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.ResizeProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWarmPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/SetWarmPool',
+            longshore_dot_sandbox_dot_v1_dot_pool__pb2.SetWarmPoolRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_pool__pb2.SetWarmPoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWarmPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/ListWarmPools',
+            longshore_dot_sandbox_dot_v1_dot_pool__pb2.ListWarmPoolsRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_pool__pb2.ListWarmPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/PauseSandbox',
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.PauseSandboxRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.PauseSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/ResumeSandbox',
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ResumeSandboxRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ResumeSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/SnapshotSandbox',
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SnapshotSandboxRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SnapshotSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/ListSnapshots',
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ListSnapshotsRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/DeleteSnapshot',
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.DeleteSnapshotRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.DeleteSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSandboxLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/longshore.sandbox.v1.SandboxService/SetSandboxLease',
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SetSandboxLeaseRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_lifecycle__pb2.SetSandboxLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

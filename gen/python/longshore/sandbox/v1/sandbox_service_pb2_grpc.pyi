@@ -5,7 +5,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from longshore.sandbox.v1 import lifecycle_pb2 as _lifecycle_pb2
+from longshore.sandbox.v1 import pool_pb2 as _pool_pb2
+from longshore.sandbox.v1 import process_pb2 as _process_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2 as _sandbox_service_pb2
+from longshore.sandbox.v1 import session_pb2 as _session_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -189,6 +193,98 @@ class SandboxServiceStub:
     FAILED_PRECONDITION (a non-empty directory without `recursive`, the
     root, the image has no `rm`, or `rm` failed: its message).
     """
+    OpenSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.OpenSessionRequest, _session_pb2.OpenSessionResponse]
+    """Sessions: persistent shells. Access is Exec's (a non-admin caller needs
+    the sandbox token of the sandbox's task, and a session belongs to its
+    sandbox: another sandbox's session id is NOT_FOUND). Common errors:
+    INVALID_ARGUMENT (empty or over-long ids, named), PERMISSION_DENIED,
+    NOT_FOUND (no such sandbox or session), FAILED_PRECONDITION (the sandbox
+    is not running; the session is DEAD or CLOSED), UNAVAILABLE.
+
+    OpenSession starts a shell in the sandbox. Errors, besides the common
+    ones: RESOURCE_EXHAUSTED (`sandbox.max_sessions_per_sandbox` sessions
+    are open), FAILED_PRECONDITION (the image has no such shell).
+    """
+    RunSessionCommand: _grpc.UnaryStreamMultiCallable[_session_pb2.RunSessionCommandRequest, _session_pb2.RunSessionCommandResponse]
+    """RunSessionCommand runs one command in the session's shell and streams
+    its output, then one exit. Errors, besides the common ones:
+    FAILED_PRECONDITION (a command is already running in the session),
+    OUT_OF_RANGE (`timeout` over 7 days, `max_output_bytes` over 1 GiB).
+    """
+    CloseSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.CloseSessionRequest, _session_pb2.CloseSessionResponse]
+    """CloseSession ends the session's shell. Closing a closed or dead session
+    returns it as it is.
+    """
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListSessionsRequest, _session_pb2.ListSessionsResponse]
+    """ListSessions lists the sandbox's sessions."""
+    StartProcess: _grpc.UnaryUnaryMultiCallable[_process_pb2.StartProcessRequest, _process_pb2.StartProcessResponse]
+    """Processes. Access is Exec's; a process belongs to its sandbox. Common
+    errors as for sessions, and NOT_FOUND for an unknown process.
+
+    StartProcess starts a process in the background and returns at once; it
+    runs until it exits, is signalled, times out or its sandbox stops.
+    Errors, besides the common ones: ALREADY_EXISTS (the tag names a running
+    process), RESOURCE_EXHAUSTED (`sandbox.max_processes_per_sandbox`).
+    """
+    ConnectProcess: _grpc.UnaryStreamMultiCallable[_process_pb2.ConnectProcessRequest, _process_pb2.ConnectProcessResponse]
+    """ConnectProcess streams a process's output from `from_offset`, then live,
+    then its exit. Many callers may be connected to one process.
+    """
+    ListProcesses: _grpc.UnaryUnaryMultiCallable[_process_pb2.ListProcessesRequest, _process_pb2.ListProcessesResponse]
+    """ListProcesses lists the sandbox's processes."""
+    SendProcessInput: _grpc.UnaryUnaryMultiCallable[_process_pb2.SendProcessInputRequest, _process_pb2.SendProcessInputResponse]
+    """SendProcessInput writes to a process's stdin. Errors, besides the
+    common ones: FAILED_PRECONDITION (stdin is closed or the process exited).
+    """
+    SignalProcess: _grpc.UnaryUnaryMultiCallable[_process_pb2.SignalProcessRequest, _process_pb2.SignalProcessResponse]
+    """SignalProcess sends a signal to a process's whole group. Errors, besides
+    the common ones: INVALID_ARGUMENT (a signal outside 1 to 64),
+    FAILED_PRECONDITION (the process exited).
+    """
+    ResizeProcess: _grpc.UnaryUnaryMultiCallable[_process_pb2.ResizeProcessRequest, _process_pb2.ResizeProcessResponse]
+    """ResizeProcess resizes a process's PTY. Errors, besides the common ones:
+    FAILED_PRECONDITION (no PTY, or the process exited), INVALID_ARGUMENT
+    (rows or columns outside 1 to 1000).
+    """
+    SetWarmPool: _grpc.UnaryUnaryMultiCallable[_pool_pb2.SetWarmPoolRequest, _pool_pb2.SetWarmPoolResponse]
+    """Warm pools. SetWarmPool is for operators only (an `admin` key or
+    another Longshore service: kanban calls it when a profile asks for a
+    pool); ListWarmPools is a read. Errors: INVALID_ARGUMENT (a bad profile
+    or spec field, named), PERMISSION_DENIED (not an operator; a spec field
+    beyond the policy), OUT_OF_RANGE (`size` over `sandbox.max_warm_per_pool`),
+    UNAVAILABLE.
+    """
+    ListWarmPools: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListWarmPoolsRequest, _pool_pb2.ListWarmPoolsResponse]
+    """ListWarmPools lists the manager's pools."""
+    PauseSandbox: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.PauseSandboxRequest, _lifecycle_pb2.PauseSandboxResponse]
+    """Pause, resume, snapshots and leases. Access is Exec's for a sandbox
+    (token of its task, or an operator); ListSnapshots is a read and
+    DeleteSnapshot is for operators. Common errors as for sessions.
+
+    PauseSandbox freezes a running sandbox. Pausing a paused one is not an
+    error.
+    """
+    ResumeSandbox: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.ResumeSandboxRequest, _lifecycle_pb2.ResumeSandboxResponse]
+    """ResumeSandbox thaws a paused sandbox. Resuming a running one is not an
+    error.
+    """
+    SnapshotSandbox: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.SnapshotSandboxRequest, _lifecycle_pb2.SnapshotSandboxResponse]
+    """SnapshotSandbox commits the sandbox's filesystem (not its tmpfs or
+    volumes) to a new image. Errors, besides the common ones:
+    RESOURCE_EXHAUSTED (`sandbox.max_snapshots` snapshots exist).
+    """
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.ListSnapshotsRequest, _lifecycle_pb2.ListSnapshotsResponse]
+    """ListSnapshots lists this deployment's snapshots."""
+    DeleteSnapshot: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.DeleteSnapshotRequest, _lifecycle_pb2.DeleteSnapshotResponse]
+    """DeleteSnapshot removes a snapshot image of this deployment. Errors:
+    NOT_FOUND (no such snapshot of this deployment), FAILED_PRECONDITION (a
+    sandbox still runs from it), PERMISSION_DENIED (not an operator).
+    """
+    SetSandboxLease: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.SetSandboxLeaseRequest, _lifecycle_pb2.SetSandboxLeaseResponse]
+    """SetSandboxLease sets or extends the sandbox's lease. Errors, besides the
+    common ones: INVALID_ARGUMENT (`ttl` unset or under 1 s), OUT_OF_RANGE
+    (`ttl` over `sandbox.max_lease`).
+    """
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
@@ -350,6 +446,98 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     Errors, besides the common ones: NOT_FOUND (the path is missing),
     FAILED_PRECONDITION (a non-empty directory without `recursive`, the
     root, the image has no `rm`, or `rm` failed: its message).
+    """
+    OpenSession: _aio.UnaryUnaryMultiCallable[_session_pb2.OpenSessionRequest, _session_pb2.OpenSessionResponse]  # type: ignore[assignment]
+    """Sessions: persistent shells. Access is Exec's (a non-admin caller needs
+    the sandbox token of the sandbox's task, and a session belongs to its
+    sandbox: another sandbox's session id is NOT_FOUND). Common errors:
+    INVALID_ARGUMENT (empty or over-long ids, named), PERMISSION_DENIED,
+    NOT_FOUND (no such sandbox or session), FAILED_PRECONDITION (the sandbox
+    is not running; the session is DEAD or CLOSED), UNAVAILABLE.
+
+    OpenSession starts a shell in the sandbox. Errors, besides the common
+    ones: RESOURCE_EXHAUSTED (`sandbox.max_sessions_per_sandbox` sessions
+    are open), FAILED_PRECONDITION (the image has no such shell).
+    """
+    RunSessionCommand: _aio.UnaryStreamMultiCallable[_session_pb2.RunSessionCommandRequest, _session_pb2.RunSessionCommandResponse]  # type: ignore[assignment]
+    """RunSessionCommand runs one command in the session's shell and streams
+    its output, then one exit. Errors, besides the common ones:
+    FAILED_PRECONDITION (a command is already running in the session),
+    OUT_OF_RANGE (`timeout` over 7 days, `max_output_bytes` over 1 GiB).
+    """
+    CloseSession: _aio.UnaryUnaryMultiCallable[_session_pb2.CloseSessionRequest, _session_pb2.CloseSessionResponse]  # type: ignore[assignment]
+    """CloseSession ends the session's shell. Closing a closed or dead session
+    returns it as it is.
+    """
+    ListSessions: _aio.UnaryUnaryMultiCallable[_session_pb2.ListSessionsRequest, _session_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """ListSessions lists the sandbox's sessions."""
+    StartProcess: _aio.UnaryUnaryMultiCallable[_process_pb2.StartProcessRequest, _process_pb2.StartProcessResponse]  # type: ignore[assignment]
+    """Processes. Access is Exec's; a process belongs to its sandbox. Common
+    errors as for sessions, and NOT_FOUND for an unknown process.
+
+    StartProcess starts a process in the background and returns at once; it
+    runs until it exits, is signalled, times out or its sandbox stops.
+    Errors, besides the common ones: ALREADY_EXISTS (the tag names a running
+    process), RESOURCE_EXHAUSTED (`sandbox.max_processes_per_sandbox`).
+    """
+    ConnectProcess: _aio.UnaryStreamMultiCallable[_process_pb2.ConnectProcessRequest, _process_pb2.ConnectProcessResponse]  # type: ignore[assignment]
+    """ConnectProcess streams a process's output from `from_offset`, then live,
+    then its exit. Many callers may be connected to one process.
+    """
+    ListProcesses: _aio.UnaryUnaryMultiCallable[_process_pb2.ListProcessesRequest, _process_pb2.ListProcessesResponse]  # type: ignore[assignment]
+    """ListProcesses lists the sandbox's processes."""
+    SendProcessInput: _aio.UnaryUnaryMultiCallable[_process_pb2.SendProcessInputRequest, _process_pb2.SendProcessInputResponse]  # type: ignore[assignment]
+    """SendProcessInput writes to a process's stdin. Errors, besides the
+    common ones: FAILED_PRECONDITION (stdin is closed or the process exited).
+    """
+    SignalProcess: _aio.UnaryUnaryMultiCallable[_process_pb2.SignalProcessRequest, _process_pb2.SignalProcessResponse]  # type: ignore[assignment]
+    """SignalProcess sends a signal to a process's whole group. Errors, besides
+    the common ones: INVALID_ARGUMENT (a signal outside 1 to 64),
+    FAILED_PRECONDITION (the process exited).
+    """
+    ResizeProcess: _aio.UnaryUnaryMultiCallable[_process_pb2.ResizeProcessRequest, _process_pb2.ResizeProcessResponse]  # type: ignore[assignment]
+    """ResizeProcess resizes a process's PTY. Errors, besides the common ones:
+    FAILED_PRECONDITION (no PTY, or the process exited), INVALID_ARGUMENT
+    (rows or columns outside 1 to 1000).
+    """
+    SetWarmPool: _aio.UnaryUnaryMultiCallable[_pool_pb2.SetWarmPoolRequest, _pool_pb2.SetWarmPoolResponse]  # type: ignore[assignment]
+    """Warm pools. SetWarmPool is for operators only (an `admin` key or
+    another Longshore service: kanban calls it when a profile asks for a
+    pool); ListWarmPools is a read. Errors: INVALID_ARGUMENT (a bad profile
+    or spec field, named), PERMISSION_DENIED (not an operator; a spec field
+    beyond the policy), OUT_OF_RANGE (`size` over `sandbox.max_warm_per_pool`),
+    UNAVAILABLE.
+    """
+    ListWarmPools: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListWarmPoolsRequest, _pool_pb2.ListWarmPoolsResponse]  # type: ignore[assignment]
+    """ListWarmPools lists the manager's pools."""
+    PauseSandbox: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.PauseSandboxRequest, _lifecycle_pb2.PauseSandboxResponse]  # type: ignore[assignment]
+    """Pause, resume, snapshots and leases. Access is Exec's for a sandbox
+    (token of its task, or an operator); ListSnapshots is a read and
+    DeleteSnapshot is for operators. Common errors as for sessions.
+
+    PauseSandbox freezes a running sandbox. Pausing a paused one is not an
+    error.
+    """
+    ResumeSandbox: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.ResumeSandboxRequest, _lifecycle_pb2.ResumeSandboxResponse]  # type: ignore[assignment]
+    """ResumeSandbox thaws a paused sandbox. Resuming a running one is not an
+    error.
+    """
+    SnapshotSandbox: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.SnapshotSandboxRequest, _lifecycle_pb2.SnapshotSandboxResponse]  # type: ignore[assignment]
+    """SnapshotSandbox commits the sandbox's filesystem (not its tmpfs or
+    volumes) to a new image. Errors, besides the common ones:
+    RESOURCE_EXHAUSTED (`sandbox.max_snapshots` snapshots exist).
+    """
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.ListSnapshotsRequest, _lifecycle_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    """ListSnapshots lists this deployment's snapshots."""
+    DeleteSnapshot: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.DeleteSnapshotRequest, _lifecycle_pb2.DeleteSnapshotResponse]  # type: ignore[assignment]
+    """DeleteSnapshot removes a snapshot image of this deployment. Errors:
+    NOT_FOUND (no such snapshot of this deployment), FAILED_PRECONDITION (a
+    sandbox still runs from it), PERMISSION_DENIED (not an operator).
+    """
+    SetSandboxLease: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.SetSandboxLeaseRequest, _lifecycle_pb2.SetSandboxLeaseResponse]  # type: ignore[assignment]
+    """SetSandboxLease sets or extends the sandbox's lease. Errors, besides the
+    common ones: INVALID_ARGUMENT (`ttl` unset or under 1 s), OUT_OF_RANGE
+    (`ttl` over `sandbox.max_lease`).
     """
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -593,6 +781,206 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors, besides the common ones: NOT_FOUND (the path is missing),
         FAILED_PRECONDITION (a non-empty directory without `recursive`, the
         root, the image has no `rm`, or `rm` failed: its message).
+        """
+
+    @_abc_1.abstractmethod
+    def OpenSession(
+        self,
+        request: _session_pb2.OpenSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.OpenSessionResponse, _abc.Awaitable[_session_pb2.OpenSessionResponse]]:
+        """Sessions: persistent shells. Access is Exec's (a non-admin caller needs
+        the sandbox token of the sandbox's task, and a session belongs to its
+        sandbox: another sandbox's session id is NOT_FOUND). Common errors:
+        INVALID_ARGUMENT (empty or over-long ids, named), PERMISSION_DENIED,
+        NOT_FOUND (no such sandbox or session), FAILED_PRECONDITION (the sandbox
+        is not running; the session is DEAD or CLOSED), UNAVAILABLE.
+
+        OpenSession starts a shell in the sandbox. Errors, besides the common
+        ones: RESOURCE_EXHAUSTED (`sandbox.max_sessions_per_sandbox` sessions
+        are open), FAILED_PRECONDITION (the image has no such shell).
+        """
+
+    @_abc_1.abstractmethod
+    def RunSessionCommand(
+        self,
+        request: _session_pb2.RunSessionCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_pb2.RunSessionCommandResponse], _abc.AsyncIterator[_session_pb2.RunSessionCommandResponse]]:
+        """RunSessionCommand runs one command in the session's shell and streams
+        its output, then one exit. Errors, besides the common ones:
+        FAILED_PRECONDITION (a command is already running in the session),
+        OUT_OF_RANGE (`timeout` over 7 days, `max_output_bytes` over 1 GiB).
+        """
+
+    @_abc_1.abstractmethod
+    def CloseSession(
+        self,
+        request: _session_pb2.CloseSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.CloseSessionResponse, _abc.Awaitable[_session_pb2.CloseSessionResponse]]:
+        """CloseSession ends the session's shell. Closing a closed or dead session
+        returns it as it is.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _session_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListSessionsResponse, _abc.Awaitable[_session_pb2.ListSessionsResponse]]:
+        """ListSessions lists the sandbox's sessions."""
+
+    @_abc_1.abstractmethod
+    def StartProcess(
+        self,
+        request: _process_pb2.StartProcessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.StartProcessResponse, _abc.Awaitable[_process_pb2.StartProcessResponse]]:
+        """Processes. Access is Exec's; a process belongs to its sandbox. Common
+        errors as for sessions, and NOT_FOUND for an unknown process.
+
+        StartProcess starts a process in the background and returns at once; it
+        runs until it exits, is signalled, times out or its sandbox stops.
+        Errors, besides the common ones: ALREADY_EXISTS (the tag names a running
+        process), RESOURCE_EXHAUSTED (`sandbox.max_processes_per_sandbox`).
+        """
+
+    @_abc_1.abstractmethod
+    def ConnectProcess(
+        self,
+        request: _process_pb2.ConnectProcessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_process_pb2.ConnectProcessResponse], _abc.AsyncIterator[_process_pb2.ConnectProcessResponse]]:
+        """ConnectProcess streams a process's output from `from_offset`, then live,
+        then its exit. Many callers may be connected to one process.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProcesses(
+        self,
+        request: _process_pb2.ListProcessesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.ListProcessesResponse, _abc.Awaitable[_process_pb2.ListProcessesResponse]]:
+        """ListProcesses lists the sandbox's processes."""
+
+    @_abc_1.abstractmethod
+    def SendProcessInput(
+        self,
+        request: _process_pb2.SendProcessInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.SendProcessInputResponse, _abc.Awaitable[_process_pb2.SendProcessInputResponse]]:
+        """SendProcessInput writes to a process's stdin. Errors, besides the
+        common ones: FAILED_PRECONDITION (stdin is closed or the process exited).
+        """
+
+    @_abc_1.abstractmethod
+    def SignalProcess(
+        self,
+        request: _process_pb2.SignalProcessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.SignalProcessResponse, _abc.Awaitable[_process_pb2.SignalProcessResponse]]:
+        """SignalProcess sends a signal to a process's whole group. Errors, besides
+        the common ones: INVALID_ARGUMENT (a signal outside 1 to 64),
+        FAILED_PRECONDITION (the process exited).
+        """
+
+    @_abc_1.abstractmethod
+    def ResizeProcess(
+        self,
+        request: _process_pb2.ResizeProcessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_process_pb2.ResizeProcessResponse, _abc.Awaitable[_process_pb2.ResizeProcessResponse]]:
+        """ResizeProcess resizes a process's PTY. Errors, besides the common ones:
+        FAILED_PRECONDITION (no PTY, or the process exited), INVALID_ARGUMENT
+        (rows or columns outside 1 to 1000).
+        """
+
+    @_abc_1.abstractmethod
+    def SetWarmPool(
+        self,
+        request: _pool_pb2.SetWarmPoolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.SetWarmPoolResponse, _abc.Awaitable[_pool_pb2.SetWarmPoolResponse]]:
+        """Warm pools. SetWarmPool is for operators only (an `admin` key or
+        another Longshore service: kanban calls it when a profile asks for a
+        pool); ListWarmPools is a read. Errors: INVALID_ARGUMENT (a bad profile
+        or spec field, named), PERMISSION_DENIED (not an operator; a spec field
+        beyond the policy), OUT_OF_RANGE (`size` over `sandbox.max_warm_per_pool`),
+        UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWarmPools(
+        self,
+        request: _pool_pb2.ListWarmPoolsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.ListWarmPoolsResponse, _abc.Awaitable[_pool_pb2.ListWarmPoolsResponse]]:
+        """ListWarmPools lists the manager's pools."""
+
+    @_abc_1.abstractmethod
+    def PauseSandbox(
+        self,
+        request: _lifecycle_pb2.PauseSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lifecycle_pb2.PauseSandboxResponse, _abc.Awaitable[_lifecycle_pb2.PauseSandboxResponse]]:
+        """Pause, resume, snapshots and leases. Access is Exec's for a sandbox
+        (token of its task, or an operator); ListSnapshots is a read and
+        DeleteSnapshot is for operators. Common errors as for sessions.
+
+        PauseSandbox freezes a running sandbox. Pausing a paused one is not an
+        error.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeSandbox(
+        self,
+        request: _lifecycle_pb2.ResumeSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lifecycle_pb2.ResumeSandboxResponse, _abc.Awaitable[_lifecycle_pb2.ResumeSandboxResponse]]:
+        """ResumeSandbox thaws a paused sandbox. Resuming a running one is not an
+        error.
+        """
+
+    @_abc_1.abstractmethod
+    def SnapshotSandbox(
+        self,
+        request: _lifecycle_pb2.SnapshotSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lifecycle_pb2.SnapshotSandboxResponse, _abc.Awaitable[_lifecycle_pb2.SnapshotSandboxResponse]]:
+        """SnapshotSandbox commits the sandbox's filesystem (not its tmpfs or
+        volumes) to a new image. Errors, besides the common ones:
+        RESOURCE_EXHAUSTED (`sandbox.max_snapshots` snapshots exist).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _lifecycle_pb2.ListSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lifecycle_pb2.ListSnapshotsResponse, _abc.Awaitable[_lifecycle_pb2.ListSnapshotsResponse]]:
+        """ListSnapshots lists this deployment's snapshots."""
+
+    @_abc_1.abstractmethod
+    def DeleteSnapshot(
+        self,
+        request: _lifecycle_pb2.DeleteSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lifecycle_pb2.DeleteSnapshotResponse, _abc.Awaitable[_lifecycle_pb2.DeleteSnapshotResponse]]:
+        """DeleteSnapshot removes a snapshot image of this deployment. Errors:
+        NOT_FOUND (no such snapshot of this deployment), FAILED_PRECONDITION (a
+        sandbox still runs from it), PERMISSION_DENIED (not an operator).
+        """
+
+    @_abc_1.abstractmethod
+    def SetSandboxLease(
+        self,
+        request: _lifecycle_pb2.SetSandboxLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lifecycle_pb2.SetSandboxLeaseResponse, _abc.Awaitable[_lifecycle_pb2.SetSandboxLeaseResponse]]:
+        """SetSandboxLease sets or extends the sandbox's lease. Errors, besides the
+        common ones: INVALID_ARGUMENT (`ttl` unset or under 1 s), OUT_OF_RANGE
+        (`ttl` over `sandbox.max_lease`).
         """
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
