@@ -119,6 +119,11 @@ def status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
             code = grpc.StatusCode.INTERNAL
         details = exc.details() if callable(getattr(exc, "details", None)) else ""
         return code, clip_message(details or code.name)
+    if isinstance(exc, NotImplementedError):
+        # The generated servicer base raises it for an RPC of the contract
+        # this server does not serve (yet): the caller asked for a method,
+        # not for a crash.
+        return grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server"
     log.error(
         "unhandled exception in %s",
         method,

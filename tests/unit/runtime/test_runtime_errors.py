@@ -92,3 +92,11 @@ def test_well_formed_requests_still_parse(server: RunningServer) -> None:
 
 def test_service_errors_keep_their_code() -> None:
     assert InvalidArgument("x").code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_unserved_rpc_of_the_contract_is_unimplemented_not_internal() -> None:
+    from services.runtime.interceptors import status_of
+
+    code, message = status_of(NotImplementedError("Method not implemented!"), "/x.v1.S/M")
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert "/x.v1.S/M" in message
