@@ -3,6 +3,19 @@
 
 (() => {
   const { api, el, banner, age } = Longshore;
+  const COLUMNS = 10;
+
+  // "4m (pause)": what is left of a lease and what its end does; "expired"
+  // once past (the manager acts on its next sweep).
+  function lease(s) {
+    if (!s.lease_expire_time) return "—";
+    const left = (Date.parse(s.lease_expire_time) - Date.now()) / 1000;
+    const action = s.lease_expiry && s.lease_expiry !== "unspecified" ? ` (${s.lease_expiry})` : "";
+    if (left <= 0) return `expired${action}`;
+    const text = left < 60 ? `${Math.floor(left)}s` : left < 3600 ? `${Math.floor(left / 60)}m`
+      : left < 86400 ? `${Math.floor(left / 3600)}h` : `${Math.floor(left / 86400)}d`;
+    return `${text}${action}`;
+  }
   const REFRESH_MS = 15000;
 
   function fail(error) {
@@ -17,12 +30,14 @@
       el("td", {}, s.task_id ? el("a", { href: `/tasks/${encodeURIComponent(s.task_id)}`, text: s.task_id }) : "—"),
       el("td", { text: s.profile }),
       el("td", {}, el("span", { class: `pill ${s.state}`, text: s.state })),
+      el("td", { class: "lease", text: lease(s), title: s.lease_expire_time || "" }),
+      el("td", { class: "pool", text: s.warm_pool ? `warm: ${s.warm_pool}` : "—" }),
       el("td", { text: age(s.create_time), title: s.create_time || "" }),
       el("td", { text: s.persist ? "yes" : "no" }),
       el("td", { text: s.restarted ? "yes" : "no" }),
       el("td", { text: s.image })));
     document.querySelector("#sandboxes tbody").replaceChildren(
-      ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "8", class: "empty", text: "no sandboxes" }))]));
+      ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: String(COLUMNS), class: "empty", text: "no sandboxes" }))]));
   }
 
   function decisions(title, items) {
