@@ -8,11 +8,13 @@ import json
 from datetime import datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from longshore.sandbox.v1 import sandbox_pb2, sandbox_service_pb2
+from longshore.sandbox.v1 import lifecycle_pb2, sandbox_pb2, sandbox_service_pb2
 
 from services.runtime.errors import InvalidArgument, OutOfRange
 from services.sandbox import labels
 from services.sandbox.execution import MAX_TIMEOUT_SECONDS
+from services.sandbox.lifecycle.leases import PAUSE, REMOVE, Lease
+from services.sandbox.lifecycle.snapshots import Snapshot
 from services.sandbox.model import (
     AcquireResult,
     ExecCommand,
@@ -93,8 +95,8 @@ def _duration(value: timedelta | float) -> duration_pb2.Duration:
     return out
 
 
-def sandbox_to_proto(info: SandboxInfo) -> sandbox_pb2.Sandbox:
-    """A ``Sandbox`` message from a domain record."""
+def sandbox_to_proto(info: SandboxInfo, lease: Lease | None = None) -> sandbox_pb2.Sandbox:
+    """A ``Sandbox`` message from a domain record (and its lease, if it has one)."""
     lbl = info.labels
     msg = sandbox_pb2.Sandbox(
         sandbox_id=info.sandbox_id,
@@ -118,6 +120,9 @@ def sandbox_to_proto(info: SandboxInfo) -> sandbox_pb2.Sandbox:
         stamp = _timestamp(value)
         if stamp is not None:
             getattr(msg, field_name).CopyFrom(stamp)
+    if lease is not None:
+        msg.lease_expire_time.FromDatetime(lease.expire_time)
+        msg.lease_expiry = _LEASE_EXPIRY[lease.on_expiry]
     return msg
 
 
@@ -287,3 +292,56 @@ def reap_to_proto(report: ReapReport) -> sandbox_service_pb2.ReapOrphansResponse
         dry_run=report.dry_run,
         max_age=_duration(report.max_age),
     )
+
+
+# ---- pause, snapshots, leases --------------------------------------------------------
+
+_LEASE_EXPIRY = {PAUSE: sandbox_pb2.LEASE_EXPIRY_PAUSE, REMOVE: sandbox_pb2.LEASE_EXPIRY_REMOVE}
+_EXPIRY_OF = {value: name for name, value in _LEASE_EXPIRY.items()}
+#: Shortest lease a caller may set.
+MIN_LEASE_SECONDS = 1
+
+
+def lease_from_proto(
+    request: lifecycle_pb2.SetSandboxLeaseRequest, *, max_seconds: int, default_action: str
+) -> tuple[timedelta, str]:
+    """The ttl and expiry action of a SetSandboxLease request.
+
+    Raises:
+        InvalidArgument: ``ttl`` unset, under 1 s or malformed; an unknown ``on_expiry``.
+        OutOfRange: ``ttl`` over ``max_seconds`` (``sandbox.max_lease_seconds``).
+    """
+    if not request.HasField("ttl"):
+        raise InvalidArgument("ttl: required")
+    ttl = request.ttl
+    if abs(ttl.nanos) >= 10**9 or (ttl.seconds > 0 and ttl.nanos < 0):
+        raise InvalidArgument("ttl: malformed Duration (nanos out of range or of the wrong sign)")
+    seconds = ttl.seconds + ttl.nanos / 1e9
+    if seconds < MIN_LEASE_SECONDS:
+        raise InvalidArgument(f"ttl: at least {MIN_LEASE_SECONDS} s, got {seconds:g} s")
+    if seconds > max_seconds:
+        raise OutOfRange(
+            f"ttl: at most {max_seconds} s (sandbox.max_lease_seconds), got {seconds:g} s"
+        )
+    if request.on_expiry == sandbox_pb2.LEASE_EXPIRY_UNSPECIFIED:
+        return timedelta(seconds=seconds), default_action
+    action = _EXPIRY_OF.get(request.on_expiry)
+    if action is None:
+        raise InvalidArgument(f"on_expiry: unknown value {request.on_expiry}")
+    return timedelta(seconds=seconds), action
+
+
+def snapshot_to_proto(snapshot: Snapshot) -> lifecycle_pb2.Snapshot:
+    """A ``Snapshot`` message from a domain record."""
+    msg = lifecycle_pb2.Snapshot(
+        image=snapshot.image,
+        image_id=snapshot.image_id,
+        sandbox_id=snapshot.sandbox_id,
+        task_id=snapshot.task_id,
+        profile=snapshot.profile,
+        size_bytes=snapshot.size_bytes,
+    )
+    stamp = _timestamp(snapshot.create_time)
+    if stamp is not None:
+        msg.create_time.CopyFrom(stamp)
+    return msg

@@ -192,6 +192,7 @@ class ExecRun:
         owner: This manager's owner id, the first part of the marker.
         restart: Stops and restarts the sandbox (given the reason) when the
             killer cannot run in it.
+        resume: Resumes the sandbox if it is paused, before a killer runs.
     """
 
     def __init__(
@@ -205,8 +206,10 @@ class ExecRun:
         metrics: SandboxMetrics,
         owner: str = "",
         restart: Callable[[str], None] | None = None,
+        resume: Callable[[], object] | None = None,
     ) -> None:
         self._api = api
+        self._resume = resume
         self._cid = container_id
         self._cmd = command
         self._timeout = timeout
@@ -338,6 +341,11 @@ class ExecRun:
             if self._finished.is_set() or self._stopped:
                 return
             self._stopped = True
+            if self._resume is not None:
+                try:
+                    self._resume()
+                except ServiceError as exc:  # the killer's failure decides what follows
+                    log.warning("resume before kill failed", extra={"error": exc.message})
             out = run_killer(self._api, self._cid, ["kill", self.marker], self._cmd.user)
             if out is not None or self._restart is None:
                 return

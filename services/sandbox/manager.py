@@ -39,6 +39,9 @@ from services.sandbox.engine_health import EngineHealth
 from services.sandbox.execution import ExecRun, validate
 from services.sandbox.files import SandboxFiles
 from services.sandbox.hardening import resolve_spec
+from services.sandbox.lifecycle.leases import Leases
+from services.sandbox.lifecycle.pauses import Pauses
+from services.sandbox.lifecycle.snapshots import Snapshots
 from services.sandbox.metrics import SandboxMetrics
 from services.sandbox.model import (
     AcquireResult,
@@ -89,6 +92,8 @@ class SandboxManager(AcquireSteps):
             markers; this process's id (see :mod:`.owners`) when omitted.
         clock: Wall clock, injectable for tests.
         meter: Where the manager's instruments are created (see :mod:`.metrics`).
+        lease_timer: Whether a thread expires leases by itself (tests with a
+            fake clock drive ``leases.expire_due`` instead).
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class SandboxManager(AcquireSteps):
         owner: str | None = None,
         clock: Clock = utcnow,
         meter: Meter | None = None,
+        lease_timer: bool = True,
     ) -> None:
         self.api: docker.APIClient = client.api
         self.section = section
@@ -120,6 +126,10 @@ class SandboxManager(AcquireSteps):
         self.cleanup = CleanupPool(section.cleanup_workers, on_failure=self._cleanup_failed)
         #: Files in sandboxes (the archive API; see :mod:`.files`).
         self.files = SandboxFiles(self)
+        #: Pause and resume, snapshots and leases (see :mod:`.lifecycle`).
+        self.pauses = Pauses(self)
+        self.snapshots = Snapshots(self)
+        self.leases = Leases(self, clock, timer=lease_timer)
 
     # ---- acquire -------------------------------------------------------------------
 
@@ -139,6 +149,7 @@ class SandboxManager(AcquireSteps):
             raise InvalidArgument("profile: required")
         resolved = resolve_spec(spec, self.section)
         self.require_engine()
+        self.snapshots.admit_image(resolved.image)
         if persist:
             with self._key_lock(task_id, profile):
                 result = self._acquire_persistent(task_id, profile, resolved)
@@ -148,6 +159,8 @@ class SandboxManager(AcquireSteps):
             info = self._create_started(task_id, profile, resolved, persist=False, name=name)
             result = AcquireResult(info, Outcome.CREATED, "persistence off: fresh sandbox")
         self.touch(result.sandbox.sandbox_id)
+        # An acquire starts (or unpauses) what it returns.
+        self.pauses.observe(result.sandbox.sandbox_id, result.sandbox.state)
         self.metrics.acquire(result.outcome.value)
         log.info(
             "sandbox acquired",
@@ -209,6 +222,7 @@ class SandboxManager(AcquireSteps):
             raise NotFound(f"sandbox {quote(sandbox_id)} not found")
         with self._state_lock:
             self._known[sandbox_id] = data["Id"]
+        self.pauses.observe(data["Id"], str((data.get("State") or {}).get("Status", "")))
         return data
 
     def info_of(self, data: Mapping[str, Any]) -> SandboxInfo:
@@ -216,16 +230,23 @@ class SandboxManager(AcquireSteps):
         return info_from_inspect(data, self.last_used)
 
     def resolve_id(self, sandbox_id: str) -> str:
-        """Full id of a sandbox of this deployment (cached: labels never change).
+        """Full id of a sandbox of this deployment about to be used (cached: labels never change).
+
+        This is the lookup every use of a running sandbox passes (Exec,
+        sessions, processes): a sandbox believed paused is resumed here, so
+        a pause is transparent to callers; a running one costs no engine call.
 
         Raises:
             InvalidArgument: Empty sandbox_id.
             NotFound: No such sandbox in this deployment.
+            FailedPrecondition: A paused sandbox could not be resumed.
         """
         check_ref("sandbox_id", sandbox_id)
         with self._state_lock:
             known = self._known.get(sandbox_id)
-        return known or self.get(sandbox_id).sandbox_id
+        cid = known or self.get(sandbox_id).sandbox_id
+        self.pauses.ensure_running(cid)
+        return cid
 
     def list_sandboxes(
         self,
@@ -283,6 +304,9 @@ class SandboxManager(AcquireSteps):
             metrics=self.metrics,
             owner=self.owner,
             restart=lambda reason: self.restart(cid, reason=reason),
+            # A command frozen with its sandbox is stopped by resuming first:
+            # the killer is itself an exec, which a paused sandbox refuses.
+            resume=lambda: self.pauses.ensure_running(cid),
         )
         if on_cancel is not None:
             on_cancel(run.cancel)
@@ -290,6 +314,10 @@ class SandboxManager(AcquireSteps):
         with self._state_lock:
             self._busy[cid] += 1
         try:
+            # Busy first, then resume: an idle pause checks "not busy" under
+            # the pauses lock, so it either saw this exec or paused before the
+            # check below, which then resumes (see Pauses.pause_if_idle).
+            self.pauses.ensure_running(cid)
             yield from run.events()
         finally:
             with self._state_lock:
@@ -347,6 +375,7 @@ class SandboxManager(AcquireSteps):
     def close(self, drain_seconds: float | None = None) -> bool:
         """Drains outstanding cleanups (bounded); returns whether all finished."""
         timeout = self.section.cleanup_drain_seconds if drain_seconds is None else drain_seconds
+        self.leases.close()
         done = self.cleanup.close(timeout)
         log.info("cleanup drained", extra={"complete": done})
         return done
@@ -374,6 +403,8 @@ class SandboxManager(AcquireSteps):
             self._last_used.pop(cid, None)
             for ref in [r for r, full in self._known.items() if full == cid]:
                 del self._known[ref]
+        self.pauses.forget(cid)
+        self.leases.drop(cid)
 
     # ---- what the reaper needs -----------------------------------------------------
 

@@ -146,6 +146,25 @@ def check_image_allowed(image: str, allowed_images: Sequence[str], section: Sand
         raise PermissionDenied(f"spec.image: {quote(image)} is not one of the profile's images")
 
 
+def check_snapshot_image(image: str, repository: str, section: SandboxSection) -> None:
+    """Refuses an image in the snapshot namespace outside this deployment's repository.
+
+    The pure half of the snapshot rule (no engine call, so CheckSandboxSpec
+    applies it too); the acquire also inspects the image's labels (see
+    :meth:`services.sandbox.lifecycle.snapshots.Snapshots.admit_image`).
+
+    Raises:
+        PermissionDenied: ``image`` is a snapshot of another deployment.
+    """
+    if image.startswith(section.snapshot_repository + "/") and not image.startswith(
+        repository + ":"
+    ):
+        raise PermissionDenied(
+            f"spec.image: {quote(image)} is a snapshot of another deployment; this "
+            f"deployment's snapshots are {quote(repository)}"
+        )
+
+
 def _check_image(image: str) -> str:
     if not image:
         raise InvalidArgument("spec.image: required (the manager has no default image)")

@@ -10,7 +10,12 @@ are inspected and removed concurrently.
 
 The same periodic tick handles idle sandboxes: non-persistent ones idle longer
 than ``lifetime_seconds`` are removed, persistent running ones idle longer than
-``idle_stop_seconds`` (when set) are stopped and later aged out by the reaper.
+``idle_stop_seconds`` (when set) are stopped and later aged out by the reaper;
+persistent running ones idle longer than ``pause_idle_after_seconds`` (when
+set, and not yet due a stop) are paused, and the next call resumes them. A
+paused sandbox is never a candidate: the engine lists it as ``paused``, which
+is neither the ``exited`` state the reaper removes nor the ``running`` state
+the idle rules act on.
 
 What dead managers leave behind is handled by :mod:`.leftovers`: before it
 serves, the manager ends their leftover execs and removes their
@@ -20,6 +25,7 @@ sandboxes of owners that died since (the liveness rule is in :mod:`.owners`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -178,8 +184,9 @@ def idle_action(
     lifetime_seconds: int,
     idle_stop_seconds: int,
     foreign_grace_seconds: float,
+    pause_idle_seconds: int = 0,
 ) -> tuple[str, str]:
-    """Decides what to do with a running sandbox: ``remove``, ``stop`` or ``keep``.
+    """Decides what to do with a running sandbox: ``remove``, ``stop``, ``pause`` or ``keep``.
 
     Args:
         persist: The sandbox's persist label.
@@ -191,6 +198,8 @@ def idle_action(
         idle_stop_seconds: Idle limit of persistent sandboxes (0 = off).
         foreign_grace_seconds: Added when the reference is only the start time
             (another manager may be using it without our knowledge).
+        pause_idle_seconds: Idle time after which a persistent sandbox is
+            paused (0 = off); stopping, when due too, wins.
 
     Returns:
         (action, reason).
@@ -199,15 +208,22 @@ def idle_action(
         return "keep", "exec in progress"
     if reference is None:
         return "keep", "no usable timestamp"
-    limit = float(lifetime_seconds if not persist else idle_stop_seconds)
-    if persist and idle_stop_seconds <= 0:
-        return "keep", "idle stop disabled"
-    if not seen_here:
-        limit += foreign_grace_seconds
+    grace = 0.0 if seen_here else foreign_grace_seconds
     idle = now - reference
+    if persist and idle_stop_seconds <= 0:
+        if pause_idle_seconds > 0:
+            return _idle_verdict("pause", idle, pause_idle_seconds + grace)
+        return "keep", "idle stop disabled"
+    limit = float(lifetime_seconds if not persist else idle_stop_seconds) + grace
+    action, reason = _idle_verdict("stop" if persist else "remove", idle, limit)
+    if action == "keep" and persist and pause_idle_seconds > 0:
+        return _idle_verdict("pause", idle, pause_idle_seconds + grace)
+    return action, reason
+
+
+def _idle_verdict(action: str, idle: timedelta, limit: float) -> tuple[str, str]:
     if idle.total_seconds() <= limit:
         return "keep", f"idle {format_age(idle)}"
-    action = "stop" if persist else "remove"
     return action, f"idle {format_age(idle)} > {format_age(timedelta(seconds=limit))}"
 
 
@@ -362,12 +378,19 @@ class Reaper:
                 lifetime_seconds=self.section.lifetime_seconds,
                 idle_stop_seconds=self.section.idle_stop_seconds,
                 foreign_grace_seconds=self.section.exec_timeout_seconds,
+                pause_idle_seconds=self.section.pause_idle_after_seconds,
             )
             if action == "keep":
                 continue
             try:
                 if action == "remove":
                     self.manager.schedule_removal(cid, reason=f"idle: {reason}")
+                elif action == "pause":
+                    # Checked again under the pauses lock: a call may have
+                    # begun since the decision (see Pauses.pause_if_idle).
+                    still_idle = functools.partial(self._still_idle, cid, seen)
+                    if not self.manager.pauses.pause_if_idle(cid, still_idle):
+                        continue
                 else:
                     self.manager.stop(cid)
                     self.manager.forget(cid)
@@ -380,6 +403,10 @@ class Reaper:
             self.manager.metrics.reaper_action(action)
             acted.append((cid, action, reason))
         return acted
+
+    def _still_idle(self, cid: str, seen: datetime | None) -> bool:
+        """No exec runs in the sandbox and no use was seen since the idle decision."""
+        return not self.manager.is_busy(cid) and self.manager.last_used(cid) == seen
 
     def tick(self, now: datetime) -> None:
         """One periodic round: reap, idle handling, then dead owners' non-persistent sandboxes."""

@@ -42,9 +42,10 @@ from services.sandbox.exec_stream import ExecStream
 from services.sandbox.hardening import resolve_spec
 from services.sandbox.manager import SandboxManager
 from services.sandbox.model import Spec
-from services.sandbox.policy import check_image_allowed, quote
+from services.sandbox.policy import check_image_allowed, check_snapshot_image, quote
 from services.sandbox.reaper import Reaper
 from services.sandbox.server_files import Context, FileRpcs, Transfer
+from services.sandbox.server_lifecycle import LifecycleRpcs
 
 SERVICE_NAME = "longshore.sandbox.v1.SandboxService"
 #: Threads that kill the commands of abandoned Execs (apart from the engine pool).
@@ -53,7 +54,7 @@ CANCEL_WORKERS = 4
 T = TypeVar("T")
 
 
-class SandboxServicer(FileRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer):
+class SandboxServicer(FileRpcs, LifecycleRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer):
     """Implements the SandboxService contract over a :class:`SandboxManager`.
 
     Args:
@@ -172,7 +173,9 @@ class SandboxServicer(FileRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer)
     ) -> sandbox_service_pb2.GetSandboxResponse:
         """See the proto."""
         info = await self._blocking(self.manager.get, request.sandbox_id)
-        return sandbox_service_pb2.GetSandboxResponse(sandbox=convert.sandbox_to_proto(info))
+        return sandbox_service_pb2.GetSandboxResponse(
+            sandbox=convert.sandbox_to_proto(info, self.manager.leases.get(info.sandbox_id))
+        )
 
     async def ListSandboxes(
         self, request: sandbox_service_pb2.ListSandboxesRequest, context: Context
@@ -194,7 +197,10 @@ class SandboxServicer(FileRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer)
         page = infos[:size]
         token = convert.encode_page_token(page[-1]) if len(infos) > size else ""
         return sandbox_service_pb2.ListSandboxesResponse(
-            sandboxes=[convert.sandbox_to_proto(i) for i in page], next_page_token=token
+            sandboxes=[
+                convert.sandbox_to_proto(i, self.manager.leases.get(i.sandbox_id)) for i in page
+            ],
+            next_page_token=token,
         )
 
     async def Exec(
@@ -266,6 +272,9 @@ class SandboxServicer(FileRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer)
         self.access.require_operator(context, "CheckSandboxSpec")
         # The very code an acquire runs, minus the engine (so no pool thread).
         resolved = resolve_spec(_spec(request.spec), self.manager.section)
+        check_snapshot_image(
+            resolved.image, self.manager.snapshots.repository, self.manager.section
+        )
         check_image_allowed(request.spec.image, list(request.allowed_images), self.manager.section)
         return sandbox_service_pb2.CheckSandboxSpecResponse(config_hash=resolved.config_hash)
 

@@ -141,6 +141,37 @@ class SandboxSection:
     engine_probe_timeout_seconds: float = field(
         default=2.0, metadata={"help": "Timeout of one engine ping, in seconds."}
     )
+    pause_idle_after_seconds: int = field(
+        default=0,
+        metadata={
+            "help": "Pause (cgroup freezer) persistent running sandboxes idle this long; "
+            "the next call resumes them (0 = never). A longer idle_stop_seconds still stops."
+        },
+    )
+    max_snapshots: int = field(
+        default=100,
+        metadata={"help": "Most snapshot images this deployment keeps (RESOURCE_EXHAUSTED above)."},
+    )
+    snapshot_repository: str = field(
+        default="longshore-snapshot",
+        metadata={
+            "help": "Image repository namespace of snapshots; each deployment commits to "
+            "<namespace>/<deployment>."
+        },
+    )
+    max_lease_seconds: int = field(
+        default=7 * 24 * 3600,
+        metadata={
+            "help": "Longest lease SetSandboxLease may set, in seconds (OUT_OF_RANGE above)."
+        },
+    )
+    lease_expiry_action: str = field(
+        default="pause",
+        metadata={
+            "help": "What happens to a sandbox whose lease ends when the lease names "
+            "nothing: 'pause' or 'remove'."
+        },
+    )
 
     def __post_init__(self) -> None:
         # The policy settings are checked once here, so a manager never starts
@@ -159,6 +190,19 @@ class SandboxSection:
         for name in ("max_memory_bytes", "max_pids_limit", "max_file_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")
+        if self.lease_expiry_action not in ("pause", "remove"):
+            raise ValueError(
+                "sandbox.lease_expiry_action: expected 'pause' or 'remove', got "
+                f"{self.lease_expiry_action[:100]!r}"
+            )
+        for name in ("max_snapshots", "max_lease_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")
+        if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*", self.snapshot_repository):
+            raise ValueError(
+                "sandbox.snapshot_repository: expected a lower-case image repository name, "
+                f"got {self.snapshot_repository[:100]!r}"
+            )
         for default, limit in (
             ("default_cpus", "max_cpus"),
             ("default_memory_bytes", "max_memory_bytes"),

@@ -6,6 +6,7 @@ half (writes, reads, listing, tools) builds on these checks.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import posixpath
 import tarfile
@@ -47,6 +48,11 @@ class FileAccess:
         """
         data = self.manager.inspect_managed(sandbox_id)
         info = self.manager.info_of(data)
+        # A paused sandbox is resumed for the file op (transparent resume, as
+        # for Exec); the engine reports a paused container as Running.
+        if self.manager.pauses.ensure_running(info.sandbox_id):
+            info = dataclasses.replace(info, state="running")
+        self.manager.touch(info.sandbox_id)
         host = data.get("HostConfig") or {}
         mounts = [str(p) for p in (host.get("Tmpfs") or {})]
         mounts += [
