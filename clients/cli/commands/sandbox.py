@@ -13,6 +13,7 @@ import os
 import stat
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -90,11 +91,28 @@ def _ls(args: argparse.Namespace, ctx: Context) -> int:
             "yes" if b.persist else "no",
             b.image,
             fmt_time(b.create_time),
+            _lease(b),
         )
         for b in boxes
     ]
-    ctx.out.table(("SANDBOX", "STATE", "PROFILE", "TASK", "PERSIST", "IMAGE", "CREATED"), rows)
+    ctx.out.table(
+        ("SANDBOX", "STATE", "PROFILE", "TASK", "PERSIST", "IMAGE", "CREATED", "LEASE"), rows
+    )
     return 0
+
+
+def _lease(box: sandbox_pb2.Sandbox) -> str:
+    """When the sandbox's lease ends and what happens then; ``-`` without one."""
+    if not box.HasField("lease_expire_time"):
+        return "-"
+    action = enum_label(sandbox_pb2.LeaseExpiry.Name(box.lease_expiry), "LEASE_EXPIRY_")
+    left = int((box.lease_expire_time.ToDatetime(tzinfo=UTC) - datetime.now(UTC)).total_seconds())
+    if left <= 0:
+        return f"due ({action})"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if left >= size:
+            return f"{action} in {left // size}{unit}"
+    return f"{action} in {left}s"
 
 
 def _exec(args: argparse.Namespace, ctx: Context) -> int:
