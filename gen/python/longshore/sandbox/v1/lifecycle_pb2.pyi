@@ -269,7 +269,9 @@ class DeleteSnapshotRequest(_message.Message):
 
     IMAGE_FIELD_NUMBER: _builtins.int
     image: _builtins.str
-    """The snapshot's image reference or id. Required."""
+    """The snapshot's image reference, or its id (at least 12 hex digits,
+    `sha256:` optional). Required; at most 255 characters.
+    """
     def __init__(
         self,
         *,
@@ -313,13 +315,14 @@ class SetSandboxLeaseRequest(_message.Message):
     """The sandbox. Required."""
     on_expiry: _sandbox_pb2.LeaseExpiry.ValueType
     """What happens at expiry; unspecified = the manager's
-    `sandbox.lease_expiry_action`.
+    `sandbox.lease_expiry_action`. An expired lease is consumed: the paused
+    sandbox has none until it is set again.
     """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """The lease ends this long from now (a later call replaces it, so callers
         extend by calling again). Required: at least 1 s, at most
-        `sandbox.max_lease`.
+        `sandbox.max_lease_seconds`. Using the sandbox does not extend it.
         """
 
     def __init__(

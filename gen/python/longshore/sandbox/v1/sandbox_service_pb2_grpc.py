@@ -554,7 +554,8 @@ class SandboxServiceServicer:
         DeleteSnapshot is for operators. Common errors as for sessions.
 
         PauseSandbox freezes a running sandbox. Pausing a paused one is not an
-        error.
+        error. Errors, besides the common ones: FAILED_PRECONDITION (the
+        sandbox is stopped, not running).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -562,7 +563,8 @@ class SandboxServiceServicer:
 
     def ResumeSandbox(self, request, context):
         """ResumeSandbox thaws a paused sandbox. Resuming a running one is not an
-        error.
+        error. Errors, besides the common ones: FAILED_PRECONDITION (the
+        sandbox is stopped: AcquireSandbox starts it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -570,15 +572,17 @@ class SandboxServiceServicer:
 
     def SnapshotSandbox(self, request, context):
         """SnapshotSandbox commits the sandbox's filesystem (not its tmpfs or
-        volumes) to a new image. Errors, besides the common ones:
-        RESOURCE_EXHAUSTED (`sandbox.max_snapshots` snapshots exist).
+        volumes; its env variables keep their names with empty values) to a new
+        image. Errors, besides the common ones: RESOURCE_EXHAUSTED
+        (`sandbox.max_snapshots` snapshots exist).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSnapshots(self, request, context):
-        """ListSnapshots lists this deployment's snapshots.
+        """ListSnapshots lists this deployment's snapshots. Errors:
+        INVALID_ARGUMENT (a profile over 128 characters), UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -586,8 +590,10 @@ class SandboxServiceServicer:
 
     def DeleteSnapshot(self, request, context):
         """DeleteSnapshot removes a snapshot image of this deployment. Errors:
+        INVALID_ARGUMENT (an empty image, or one over 255 characters),
         NOT_FOUND (no such snapshot of this deployment), FAILED_PRECONDITION (a
-        sandbox still runs from it), PERMISSION_DENIED (not an operator).
+        sandbox of any state was created from it), PERMISSION_DENIED (not an
+        operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -595,8 +601,10 @@ class SandboxServiceServicer:
 
     def SetSandboxLease(self, request, context):
         """SetSandboxLease sets or extends the sandbox's lease. Errors, besides the
-        common ones: INVALID_ARGUMENT (`ttl` unset or under 1 s), OUT_OF_RANGE
-        (`ttl` over `sandbox.max_lease`).
+        common ones: INVALID_ARGUMENT (`ttl` unset, malformed or under 1 s; an
+        unknown `on_expiry`), OUT_OF_RANGE (`ttl` over
+        `sandbox.max_lease_seconds`), FAILED_PRECONDITION (the sandbox is being
+        removed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -262,28 +262,37 @@ class SandboxServiceStub:
     DeleteSnapshot is for operators. Common errors as for sessions.
 
     PauseSandbox freezes a running sandbox. Pausing a paused one is not an
-    error.
+    error. Errors, besides the common ones: FAILED_PRECONDITION (the
+    sandbox is stopped, not running).
     """
     ResumeSandbox: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.ResumeSandboxRequest, _lifecycle_pb2.ResumeSandboxResponse]
     """ResumeSandbox thaws a paused sandbox. Resuming a running one is not an
-    error.
+    error. Errors, besides the common ones: FAILED_PRECONDITION (the
+    sandbox is stopped: AcquireSandbox starts it).
     """
     SnapshotSandbox: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.SnapshotSandboxRequest, _lifecycle_pb2.SnapshotSandboxResponse]
     """SnapshotSandbox commits the sandbox's filesystem (not its tmpfs or
-    volumes) to a new image. Errors, besides the common ones:
-    RESOURCE_EXHAUSTED (`sandbox.max_snapshots` snapshots exist).
+    volumes; its env variables keep their names with empty values) to a new
+    image. Errors, besides the common ones: RESOURCE_EXHAUSTED
+    (`sandbox.max_snapshots` snapshots exist).
     """
     ListSnapshots: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.ListSnapshotsRequest, _lifecycle_pb2.ListSnapshotsResponse]
-    """ListSnapshots lists this deployment's snapshots."""
+    """ListSnapshots lists this deployment's snapshots. Errors:
+    INVALID_ARGUMENT (a profile over 128 characters), UNAVAILABLE.
+    """
     DeleteSnapshot: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.DeleteSnapshotRequest, _lifecycle_pb2.DeleteSnapshotResponse]
     """DeleteSnapshot removes a snapshot image of this deployment. Errors:
+    INVALID_ARGUMENT (an empty image, or one over 255 characters),
     NOT_FOUND (no such snapshot of this deployment), FAILED_PRECONDITION (a
-    sandbox still runs from it), PERMISSION_DENIED (not an operator).
+    sandbox of any state was created from it), PERMISSION_DENIED (not an
+    operator).
     """
     SetSandboxLease: _grpc.UnaryUnaryMultiCallable[_lifecycle_pb2.SetSandboxLeaseRequest, _lifecycle_pb2.SetSandboxLeaseResponse]
     """SetSandboxLease sets or extends the sandbox's lease. Errors, besides the
-    common ones: INVALID_ARGUMENT (`ttl` unset or under 1 s), OUT_OF_RANGE
-    (`ttl` over `sandbox.max_lease`).
+    common ones: INVALID_ARGUMENT (`ttl` unset, malformed or under 1 s; an
+    unknown `on_expiry`), OUT_OF_RANGE (`ttl` over
+    `sandbox.max_lease_seconds`), FAILED_PRECONDITION (the sandbox is being
+    removed).
     """
 
 @_typing.type_check_only
@@ -516,28 +525,37 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     DeleteSnapshot is for operators. Common errors as for sessions.
 
     PauseSandbox freezes a running sandbox. Pausing a paused one is not an
-    error.
+    error. Errors, besides the common ones: FAILED_PRECONDITION (the
+    sandbox is stopped, not running).
     """
     ResumeSandbox: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.ResumeSandboxRequest, _lifecycle_pb2.ResumeSandboxResponse]  # type: ignore[assignment]
     """ResumeSandbox thaws a paused sandbox. Resuming a running one is not an
-    error.
+    error. Errors, besides the common ones: FAILED_PRECONDITION (the
+    sandbox is stopped: AcquireSandbox starts it).
     """
     SnapshotSandbox: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.SnapshotSandboxRequest, _lifecycle_pb2.SnapshotSandboxResponse]  # type: ignore[assignment]
     """SnapshotSandbox commits the sandbox's filesystem (not its tmpfs or
-    volumes) to a new image. Errors, besides the common ones:
-    RESOURCE_EXHAUSTED (`sandbox.max_snapshots` snapshots exist).
+    volumes; its env variables keep their names with empty values) to a new
+    image. Errors, besides the common ones: RESOURCE_EXHAUSTED
+    (`sandbox.max_snapshots` snapshots exist).
     """
     ListSnapshots: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.ListSnapshotsRequest, _lifecycle_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
-    """ListSnapshots lists this deployment's snapshots."""
+    """ListSnapshots lists this deployment's snapshots. Errors:
+    INVALID_ARGUMENT (a profile over 128 characters), UNAVAILABLE.
+    """
     DeleteSnapshot: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.DeleteSnapshotRequest, _lifecycle_pb2.DeleteSnapshotResponse]  # type: ignore[assignment]
     """DeleteSnapshot removes a snapshot image of this deployment. Errors:
+    INVALID_ARGUMENT (an empty image, or one over 255 characters),
     NOT_FOUND (no such snapshot of this deployment), FAILED_PRECONDITION (a
-    sandbox still runs from it), PERMISSION_DENIED (not an operator).
+    sandbox of any state was created from it), PERMISSION_DENIED (not an
+    operator).
     """
     SetSandboxLease: _aio.UnaryUnaryMultiCallable[_lifecycle_pb2.SetSandboxLeaseRequest, _lifecycle_pb2.SetSandboxLeaseResponse]  # type: ignore[assignment]
     """SetSandboxLease sets or extends the sandbox's lease. Errors, besides the
-    common ones: INVALID_ARGUMENT (`ttl` unset or under 1 s), OUT_OF_RANGE
-    (`ttl` over `sandbox.max_lease`).
+    common ones: INVALID_ARGUMENT (`ttl` unset, malformed or under 1 s; an
+    unknown `on_expiry`), OUT_OF_RANGE (`ttl` over
+    `sandbox.max_lease_seconds`), FAILED_PRECONDITION (the sandbox is being
+    removed).
     """
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -929,7 +947,8 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         DeleteSnapshot is for operators. Common errors as for sessions.
 
         PauseSandbox freezes a running sandbox. Pausing a paused one is not an
-        error.
+        error. Errors, besides the common ones: FAILED_PRECONDITION (the
+        sandbox is stopped, not running).
         """
 
     @_abc_1.abstractmethod
@@ -939,7 +958,8 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lifecycle_pb2.ResumeSandboxResponse, _abc.Awaitable[_lifecycle_pb2.ResumeSandboxResponse]]:
         """ResumeSandbox thaws a paused sandbox. Resuming a running one is not an
-        error.
+        error. Errors, besides the common ones: FAILED_PRECONDITION (the
+        sandbox is stopped: AcquireSandbox starts it).
         """
 
     @_abc_1.abstractmethod
@@ -949,8 +969,9 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lifecycle_pb2.SnapshotSandboxResponse, _abc.Awaitable[_lifecycle_pb2.SnapshotSandboxResponse]]:
         """SnapshotSandbox commits the sandbox's filesystem (not its tmpfs or
-        volumes) to a new image. Errors, besides the common ones:
-        RESOURCE_EXHAUSTED (`sandbox.max_snapshots` snapshots exist).
+        volumes; its env variables keep their names with empty values) to a new
+        image. Errors, besides the common ones: RESOURCE_EXHAUSTED
+        (`sandbox.max_snapshots` snapshots exist).
         """
 
     @_abc_1.abstractmethod
@@ -959,7 +980,9 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lifecycle_pb2.ListSnapshotsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_lifecycle_pb2.ListSnapshotsResponse, _abc.Awaitable[_lifecycle_pb2.ListSnapshotsResponse]]:
-        """ListSnapshots lists this deployment's snapshots."""
+        """ListSnapshots lists this deployment's snapshots. Errors:
+        INVALID_ARGUMENT (a profile over 128 characters), UNAVAILABLE.
+        """
 
     @_abc_1.abstractmethod
     def DeleteSnapshot(
@@ -968,8 +991,10 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lifecycle_pb2.DeleteSnapshotResponse, _abc.Awaitable[_lifecycle_pb2.DeleteSnapshotResponse]]:
         """DeleteSnapshot removes a snapshot image of this deployment. Errors:
+        INVALID_ARGUMENT (an empty image, or one over 255 characters),
         NOT_FOUND (no such snapshot of this deployment), FAILED_PRECONDITION (a
-        sandbox still runs from it), PERMISSION_DENIED (not an operator).
+        sandbox of any state was created from it), PERMISSION_DENIED (not an
+        operator).
         """
 
     @_abc_1.abstractmethod
@@ -979,8 +1004,10 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lifecycle_pb2.SetSandboxLeaseResponse, _abc.Awaitable[_lifecycle_pb2.SetSandboxLeaseResponse]]:
         """SetSandboxLease sets or extends the sandbox's lease. Errors, besides the
-        common ones: INVALID_ARGUMENT (`ttl` unset or under 1 s), OUT_OF_RANGE
-        (`ttl` over `sandbox.max_lease`).
+        common ones: INVALID_ARGUMENT (`ttl` unset, malformed or under 1 s; an
+        unknown `on_expiry`), OUT_OF_RANGE (`ttl` over
+        `sandbox.max_lease_seconds`), FAILED_PRECONDITION (the sandbox is being
+        removed).
         """
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
