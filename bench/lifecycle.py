@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 
 import docker
@@ -91,13 +92,43 @@ def _remove_snapshots(client: docker.DockerClient, deployment: str) -> None:
             client.api.remove_image(row["Id"], force=True)
 
 
+class _Conflicts:
+    """Raw pause/unpause that tolerate the engine's "already (not) paused" 409, counted.
+
+    On this loaded machine the engine now and then reports a sandbox still
+    (or already) paused right after the opposite call returned; the state
+    each sample needs is what matters, so such a 409 is counted (and
+    reported beside the figures) rather than fatal.
+    """
+
+    def __init__(self, api: docker.APIClient) -> None:
+        self._api = api
+        self.count = 0
+
+    def pause(self, cid: str) -> None:
+        self._call(self._api.pause, cid)
+
+    def unpause(self, cid: str) -> None:
+        self._call(self._api.unpause, cid)
+
+    def _call(self, fn: Callable[[str], object], cid: str) -> None:
+        try:
+            fn(cid)
+        except docker.errors.APIError as exc:
+            # 409 "already paused", 409/500 "not paused" (the engine's own
+            # state lagging behind its runtime's).
+            if "paused" not in str(exc.explanation or ""):
+                raise
+            self.count += 1
+
+
 def _acquire(stub: SandboxServiceStub, task: str) -> str:
     req = sandbox_service_pb2.AcquireSandboxRequest(task_id=task, profile="bench")
     return stub.AcquireSandbox(req, timeout=T).sandbox.sandbox_id
 
 
 def _pause_resume(ctx: Context, stub: SandboxServiceStub) -> list[Result]:
-    api = ctx.docker.api
+    api = _Conflicts(ctx.docker.api)
     cid = _acquire(stub, "pause")
     container = ctx.docker.containers.get(cid)
     pause = lifecycle_pb2.PauseSandboxRequest(sandbox_id=cid)
@@ -120,8 +151,19 @@ def _pause_resume(ctx: Context, stub: SandboxServiceStub) -> list[Result]:
     exec_req = sandbox_service_pb2.ExecRequest(sandbox_id=cid, argv=["true"])
 
     def raw_exec() -> None:
+        # What the manager does too when the engine's late "paused" event
+        # flips its state back: unpause again and retry once.
         api.unpause(cid)
-        container.exec_run(["true"])
+        for attempt in range(5):
+            try:
+                container.exec_run(["true"])
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409 or attempt == 4:
+                    raise
+                api.count += 1
+                api.unpause(cid)
+                time.sleep(0.02 * 2**attempt)
 
     def pause_for_ours() -> None:
         # Paused through the manager, so its belief says paused (the cheap path).
@@ -140,7 +182,10 @@ def _pause_resume(ctx: Context, stub: SandboxServiceStub) -> list[Result]:
             raw_unpause,
             target="p50 <= 50 ms",
             max_ms=50.0,
-            extra={"overhead_ms": round(ours_resume.median - raw_unpause.median, 3)},
+            extra={
+                "overhead_ms": round(ours_resume.median - raw_unpause.median, 3),
+                "engine_409s_all_pause_scenarios": api.count,
+            },
         ),
         Result.from_stats(
             "PauseSandbox (gRPC) vs raw pause",

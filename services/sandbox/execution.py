@@ -46,7 +46,13 @@ import docker.errors
 import requests
 from docker.utils.socket import frames_iter
 
-from services.runtime.errors import InvalidArgument, OutOfRange, ServiceError, Unavailable
+from services.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    OutOfRange,
+    ServiceError,
+    Unavailable,
+)
 from services.sandbox.docker_client import engine_call
 from services.sandbox.metrics import SandboxMetrics
 from services.sandbox.model import ExecCommand, ExecExit, OutputChunk, StreamKind
@@ -61,6 +67,8 @@ KILL_GRACE_SECONDS = 5.0
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 #: Largest output cap an Exec may ask for.
 MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
+#: Times an exec is created again after the engine said its sandbox is paused.
+PAUSED_RETRIES = 5
 _DONE = "longshore-kill-done"
 _SIGNAL_BASE = 128
 _MAX_SIGNAL = 64
@@ -193,6 +201,9 @@ class ExecRun:
         restart: Stops and restarts the sandbox (given the reason) when the
             killer cannot run in it.
         resume: Resumes the sandbox if it is paused, before a killer runs.
+        on_paused: Resumes the sandbox whatever the manager believed, when the
+            engine refuses the command because the sandbox is paused; the
+            command is then created once more.
     """
 
     def __init__(
@@ -207,9 +218,11 @@ class ExecRun:
         owner: str = "",
         restart: Callable[[str], None] | None = None,
         resume: Callable[[], object] | None = None,
+        on_paused: Callable[[], object] | None = None,
     ) -> None:
         self._api = api
         self._resume = resume
+        self._on_paused = on_paused
         self._cid = container_id
         self._cmd = command
         self._timeout = timeout
@@ -237,17 +250,7 @@ class ExecRun:
         """
         env: dict[str, str] = dict(self._cmd.env)
         env[MARKER_VAR] = self.marker
-        with engine_call("exec.create", resource=f"sandbox {self._cid!r}", sandbox_id=self._cid):
-            exec_id = self._api.exec_create(
-                self._cid,
-                list(self._cmd.argv),
-                stdout=True,
-                stderr=True,
-                stdin=bool(self._cmd.stdin),
-                environment=env,
-                workdir=self._cmd.workdir or None,
-                user=self._cmd.user,
-            )["Id"]
+        exec_id = self._create_resuming(env)
         started = time.monotonic()
         with engine_call("exec.start", resource=f"sandbox {self._cid!r}", sandbox_id=self._cid):
             self._sock = self._api.exec_start(exec_id, socket=True)
@@ -300,6 +303,40 @@ class ExecRun:
             exit_code = -1
         self._metrics.exec(timed_out=timed_out, duration_seconds=duration)
         yield ExecExit(exit_code, signal, timed_out, truncated, duration, produced)
+
+    def _create_resuming(self, env: Mapping[str, str]) -> str:
+        for attempt in range(PAUSED_RETRIES):
+            try:
+                return self._create(env)
+            except FailedPrecondition as exc:
+                # The engine says paused although the manager believes
+                # otherwise: paused by another process, or the engine's late
+                # "paused" event (it applies its runtime's events
+                # asynchronously) arriving after a quick pause and resume,
+                # which holds until the matching "resumed" event lands.
+                # Resume for real and retry, backing off, a few times.
+                if self._on_paused is None or "is paused" not in exc.message:
+                    raise
+                if attempt == PAUSED_RETRIES - 1:
+                    raise
+                self._on_paused()
+                time.sleep(0.02 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _create(self, env: Mapping[str, str]) -> str:
+        with engine_call("exec.create", resource=f"sandbox {self._cid!r}", sandbox_id=self._cid):
+            return str(
+                self._api.exec_create(
+                    self._cid,
+                    list(self._cmd.argv),
+                    stdout=True,
+                    stderr=True,
+                    stdin=bool(self._cmd.stdin),
+                    environment=dict(env),
+                    workdir=self._cmd.workdir or None,
+                    user=self._cmd.user,
+                )["Id"]
+            )
 
     def _frames(self) -> Iterator[tuple[int, bytes]]:
         """The output frames; ends quietly when we closed the socket ourselves."""

@@ -307,6 +307,7 @@ class SandboxManager(AcquireSteps):
             # A command frozen with its sandbox is stopped by resuming first:
             # the killer is itself an exec, which a paused sandbox refuses.
             resume=lambda: self.pauses.ensure_running(cid),
+            on_paused=lambda: self.pauses.resume(cid),
         )
         if on_cancel is not None:
             on_cancel(run.cancel)

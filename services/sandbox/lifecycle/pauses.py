@@ -34,12 +34,13 @@ class Pauses:
 
     def __init__(self, manager: SandboxManager) -> None:
         self._manager = manager
-        # One lock for the belief and the engine's pause/unpause calls: an
-        # idle pause checks "not busy" and pauses under it, and a use marks
-        # itself busy before ensure_running takes it, so a use never finds
-        # the sandbox paused behind its back (see pause_if_idle).
+        # Guards the belief only, never held over an engine call, so a resume
+        # of one sandbox never waits for the engine's answer about another.
         self._lock = threading.Lock()
         self._paused: set[str] = set()
+        # One lock per sandbox orders its pause and unpause calls, so a use
+        # that finds it (being) paused waits for the pause, then resumes it.
+        self._sandbox_locks: dict[str, threading.Lock] = {}
 
     def is_paused(self, cid: str) -> bool:
         """Whether the manager believes the sandbox paused."""
@@ -47,7 +48,7 @@ class Pauses:
             return cid in self._paused
 
     def observe(self, cid: str, state: str) -> None:
-        """Records the state an inspect or list reported."""
+        """Records the state an inspect reported."""
         with self._lock:
             if state == "paused":
                 self._paused.add(cid)
@@ -58,6 +59,7 @@ class Pauses:
         """Drops the belief about a sandbox that is going away."""
         with self._lock:
             self._paused.discard(cid)
+            self._sandbox_locks.pop(cid, None)
 
     def pause(self, cid: str) -> None:
         """Freezes a running sandbox; pausing a paused one is not an error.
@@ -66,8 +68,8 @@ class Pauses:
             FailedPrecondition: The sandbox is not running.
             NotFound: The sandbox is gone.
         """
-        with self._lock:
-            self._pause_locked(cid)
+        with self._sandbox_lock(cid):
+            self._claim_and_pause(cid)
 
     def resume(self, cid: str) -> bool:
         """Thaws a paused sandbox; returns whether it was paused.
@@ -76,8 +78,8 @@ class Pauses:
             FailedPrecondition: The engine refused (e.g. the sandbox stopped).
             NotFound: The sandbox is gone.
         """
-        with self._lock:
-            return self._resume_locked(cid)
+        with self._sandbox_lock(cid):
+            return self._engine_resume(cid)
 
     def ensure_running(self, cid: str) -> bool:
         """Resumes the sandbox when it is believed paused; returns whether it resumed.
@@ -91,32 +93,54 @@ class Pauses:
         with self._lock:
             if cid not in self._paused:
                 return False
+        with self._sandbox_lock(cid):
+            with self._lock:
+                if cid not in self._paused:
+                    return False  # resumed by another call while we waited
             log.info("resuming a paused sandbox for a call", extra={"sandbox_id": cid})
-            return self._resume_locked(cid)
+            return self._engine_resume(cid)
 
     def pause_if_idle(self, cid: str, still_idle: Callable[[], bool]) -> bool:
-        """Pauses the sandbox if ``still_idle()`` holds under the lock; returns whether it did.
+        """Pauses the sandbox if ``still_idle()`` holds; returns whether it did.
 
         The idle sweep decided on a snapshot of the sandbox's use; a call may
-        have started since. Checking again under the lock every use takes
-        (after marking itself busy) closes that window.
+        have begun since. A use marks itself busy, then asks ensure_running;
+        here the check and the claim (the belief says paused before the
+        engine call) happen under one lock, so either the check sees the use,
+        or the use sees the claim, waits for the pause and resumes.
         """
-        with self._lock:
-            if cid in self._paused or not still_idle():
-                return False
-            self._pause_locked(cid)
-            return True
+        with self._sandbox_lock(cid):
+            return self._claim_and_pause(cid, still_idle)
 
-    def _pause_locked(self, cid: str) -> None:
+    def _sandbox_lock(self, cid: str) -> threading.Lock:
+        with self._lock:
+            return self._sandbox_locks.setdefault(cid, threading.Lock())
+
+    def _claim_and_pause(self, cid: str, still_idle: Callable[[], bool] | None = None) -> bool:
+        # The claim comes before the engine call, in the same hold of the
+        # lock as the idle check: a use arriving after sees "paused", waits
+        # on the sandbox's lock and resumes after.
+        with self._lock:
+            if still_idle is not None and (cid in self._paused or not still_idle()):
+                return False
+            self._paused.add(cid)
+        try:
+            self._engine_pause(cid)
+        except BaseException:
+            with self._lock:
+                self._paused.discard(cid)
+            raise
+        return True
+
+    def _engine_pause(self, cid: str) -> None:
         try:
             with engine_call("containers.pause", resource=f"sandbox {cid!r}", sandbox_id=cid):
                 self._manager.api.pause(cid)
         except FailedPrecondition as exc:
             if "already paused" not in explain(exc).lower():
                 raise
-        self._paused.add(cid)
 
-    def _resume_locked(self, cid: str) -> bool:
+    def _engine_resume(self, cid: str) -> bool:
         try:
             with engine_call("containers.unpause", resource=f"sandbox {cid!r}", sandbox_id=cid):
                 self._manager.api.unpause(cid)
@@ -124,7 +148,9 @@ class Pauses:
             # Resumed meanwhile by someone else: what the caller wanted.
             if "not paused" not in explain(exc).lower():
                 raise
+            resumed = False
+        else:
+            resumed = True
+        with self._lock:
             self._paused.discard(cid)
-            return False
-        self._paused.discard(cid)
-        return True
+        return resumed
