@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from longshore.sandbox.v1 import lifecycle_pb2
+from longshore.sandbox.v1 import lifecycle_pb2, sandbox_pb2
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.sandbox import convert
@@ -45,7 +45,7 @@ class LifecycleRpcs:
         self.access.check_sandbox(grant, info)
         return info
 
-    def _row(self, info: SandboxInfo) -> Any:
+    def _row(self, info: SandboxInfo) -> sandbox_pb2.Sandbox:
         return convert.sandbox_to_proto(info, self.manager.leases.get(info.sandbox_id))
 
     async def PauseSandbox(

@@ -117,3 +117,15 @@ def test_settings_refuse_a_bad_expiry_action_and_repository() -> None:
         SandboxSection(snapshot_repository="Bad Repo")
     with pytest.raises(ValueError, match="max_snapshots"):
         SandboxSection(max_snapshots=0)
+
+
+def test_the_cli_lease_column() -> None:
+    from clients.cli.commands.sandbox import _lease
+
+    box = sandbox_pb2.Sandbox()
+    assert _lease(box) == "-"
+    box.lease_expire_time.FromDatetime(datetime.now(UTC) + timedelta(minutes=5, seconds=30))
+    box.lease_expiry = sandbox_pb2.LEASE_EXPIRY_REMOVE
+    assert _lease(box) == "remove in 5m"
+    box.lease_expire_time.FromDatetime(datetime.now(UTC) - timedelta(seconds=1))
+    assert _lease(box) == "due (remove)"
