@@ -22,6 +22,7 @@ import docker
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from longshore.kanban.v1 import kanban_service_pb2, profile_pb2, task_pb2, worker_service_pb2
 from longshore.sandbox.v1 import lifecycle_pb2, sandbox_pb2, sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
@@ -555,3 +556,58 @@ def test_refusals_at_the_gateway_and_at_the_manager(rig: Rig) -> None:
             )
         )
         assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_kanban_task_whose_profile_allows_the_snapshot_starts_from_it(rig: Rig) -> None:
+    box = rig.acquire("t-seed")
+    rig.exec(box, ["sh", "-c", "echo seeded > /seed.txt"], rig.worker("t-seed"))
+    snap = rig.stubs.sandbox.SnapshotSandbox(
+        lc.SnapshotSandboxRequest(sandbox_id=box), timeout=T, metadata=rig.admin
+    ).snapshot
+    # The operator names the snapshot in the profile's allowed images...
+    rig.stubs.kanban.CreateProfile(
+        kanban_service_pb2.CreateProfileRequest(
+            profile=profile_pb2.Profile(
+                name="snapper", executor=profile_pb2.EXECUTOR_EXTERNAL, allowed_images=[snap.image]
+            )
+        ),
+        timeout=T,
+        metadata=rig.admin,
+    )
+    # ...so a task of that profile may name it, and its run's sandbox starts from it.
+    rig.stubs.kanban.CreateTask(
+        kanban_service_pb2.CreateTaskRequest(
+            task=task_pb2.Task(title="from a snapshot", assignee="snapper", image=snap.image)
+        ),
+        timeout=T,
+        metadata=rig.admin,
+    )
+    worker = auth(rig.stack.keys.worker)
+    claim = rig.stubs.worker.ClaimTask(
+        worker_service_pb2.ClaimTaskRequest(profile="snapper", worker_id="host-1"),
+        timeout=T,
+        metadata=worker,
+    )
+    assert claim.run_id and claim.sandbox_spec.image == snap.image
+    token = (*worker, (SANDBOX_TOKEN_KEY, claim.sandbox_token))
+    run_box = rig.stubs.sandbox.AcquireSandbox(
+        pb.AcquireSandboxRequest(
+            task_id=claim.task.task_id, profile="snapper", spec=claim.sandbox_spec
+        ),
+        timeout=T,
+        metadata=token,
+    ).sandbox.sandbox_id
+    assert rig.exec(run_box, ["cat", "/seed.txt"], token) == b"seeded\n"
+    # A task naming a snapshot its profile does not allow is refused by kanban.
+    code, _ = failure(
+        lambda: rig.stubs.kanban.CreateTask(
+            kanban_service_pb2.CreateTaskRequest(
+                task=task_pb2.Task(
+                    title="not allowed", assignee="snapper", image=snap.image + "-other"
+                )
+            ),
+            timeout=T,
+            metadata=rig.admin,
+        )
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
