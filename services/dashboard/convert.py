@@ -26,6 +26,7 @@ ENUM_PREFIXES = (
     "EXECUTOR_",
     "REUSE_OUTCOME_",
     "NETWORK_MODE_",
+    "LEASE_EXPIRY_",
 )
 
 #: Board columns in order; ``archived`` is hidden from the board.
@@ -53,7 +54,9 @@ def _short(value: str) -> str:
 
 #: Keys whose values are enums in the protos the dashboard reads; only these
 #: are shortened (a title that happens to start with a prefix stays intact).
-ENUM_KEYS = frozenset({"status", "reason", "state", "health", "executor", "outcome", "network"})
+ENUM_KEYS = frozenset(
+    {"status", "reason", "state", "health", "executor", "outcome", "network", "lease_expiry"}
+)
 
 
 def _shorten(data: Any) -> Any:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from longshore.sandbox.v1 import lifecycle_pb2, sandbox_pb2, sandbox_service_pb2
+from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
@@ -25,7 +27,7 @@ from tests.integration.dashboard.dashboard_process import (
     cli,
     dashboard_process,
 )
-from tests.integration.gateway.stack import RealStack, real_stack
+from tests.integration.gateway.stack import RealStack, auth, real_stack
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -176,10 +178,27 @@ def test_a_running_tasks_output_appears_live(
     expect(page.locator("#task-events")).to_contain_text("spawned")
     shoot(page, "task")
 
+    # The row shows what issue 13 asks of it: paused state and the lease.
+    with stack.channel() as channel:
+        sandboxes = SandboxServiceStub(channel)
+        admin = auth(stack.keys.admin)
+        (kept,) = sandboxes.ListSandboxes(
+            sandbox_service_pb2.ListSandboxesRequest(task_id=task_id), metadata=admin
+        ).sandboxes
+        lease = lifecycle_pb2.SetSandboxLeaseRequest(
+            sandbox_id=kept.sandbox_id, on_expiry=sandbox_pb2.LEASE_EXPIRY_REMOVE
+        )
+        lease.ttl.FromSeconds(3600)
+        sandboxes.SetSandboxLease(lease, metadata=admin)
+        pause = lifecycle_pb2.PauseSandboxRequest(sandbox_id=kept.sandbox_id)
+        sandboxes.PauseSandbox(pause, metadata=admin)
     page.goto(f"{dash.url}/sandboxes")
     row = page.locator("#sandboxes tbody tr", has_text=task_id)
     expect(row).to_be_visible()
     expect(row).to_contain_text("e2e-builder")
+    expect(row.locator(".pill")).to_have_text("paused")
+    expect(row.locator("td.lease")).to_have_text(re.compile(r"^(59m|1h) \(remove\)$"))
+    expect(row.locator("td.pool")).to_have_text("—")
     page.click("#reap-preview")
     expect(page.locator("#reap-result")).to_contain_text("Dry run")
     shoot(page, "sandboxes")
