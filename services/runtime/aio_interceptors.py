@@ -5,8 +5,9 @@ caller's metadata; health checks and reflection untraced), typed errors map
 through :func:`~services.runtime.interceptors.status_of` (downstream codes pass
 through, anything else is INTERNAL), malformed request bytes are
 INVALID_ARGUMENT, every response carries ``longshore-version`` (and health
-checks ``longshore-health-detail``), and the internal credential is checked
-when asked.
+checks ``longshore-health-detail``), the internal credential is checked
+when asked, and, given :class:`~services.runtime.rpc_metrics.RpcMetrics`, every
+call is recorded by method and the code the client sees.
 
 Why one layer and not one interceptor per behaviour (and not OpenTelemetry's
 aio server interceptor): every ``grpc.aio`` interceptor costs each call an
@@ -15,7 +16,11 @@ await around the behaviour, and OpenTelemetry's adds a filter chain (typing
 ``Protocol`` checks per call) and a proxy around the servicer context. The
 gateway pays all of that on every forwarded call; profiled with py-spy it was
 a quarter of the gateway's time. Here a method's wrapped handler is built once
-and each call runs one coroutine frame around the behaviour.
+and each call runs one coroutine frame around the behaviour. Metrics were a
+second interceptor until they too showed in the gateway's profile (a handler
+and a closure built per call, a context proxy resolving every attribute by
+``__getattr__``): recorded here, a forwarded call costs the gateway ~12% less
+CPU (975 -> 860 us per sequential call, both gateways side by side).
 
 A wrapped behaviour keeps its shape: a coroutine stays a coroutine, an async
 generator stays an async generator (the health service's ``Watch`` writes
@@ -47,6 +52,7 @@ from services.runtime.interceptors import (
     status_of,
     tolerant_deserializer,
 )
+from services.runtime.rpc_metrics import RpcMetrics, TimedCall, finished_code
 
 AsyncBehavior = Callable[..., Any]
 # Quoted: the gRPC handler type is generic only in its stubs.
@@ -99,6 +105,7 @@ class AioServingInterceptor(aio.ServerInterceptor):
         health_detail: Callable[[], str] | None = None,
         internal_token: str | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        metrics: RpcMetrics | None = None,
     ) -> None:
         """Create the interceptor.
 
@@ -109,6 +116,8 @@ class AioServingInterceptor(aio.ServerInterceptor):
             internal_token: When set, every call except health and reflection
                 must carry it as ``longshore-internal-token`` metadata.
             tracer_provider: Provider for the server spans; the global one by default.
+            metrics: Records every call's duration and final code, and the
+                calls in flight; None = not recorded.
 
         Raises:
             ValueError: ``internal_token`` is the empty string.
@@ -119,6 +128,7 @@ class AioServingInterceptor(aio.ServerInterceptor):
         self.health_detail = health_detail
         self._trailers = ((VERSION_KEY, version),)
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+        self._metrics = metrics
         # method -> (the handler gRPC found, our wrapper of it). Built once per
         # method; only the loop thread touches it, so no lock.
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], Any]] = {}
@@ -150,72 +160,106 @@ class AioServingInterceptor(aio.ServerInterceptor):
         """
         parse = tolerant_deserializer(handler.request_deserializer)
         serialize = handler.response_serializer
+        # "Streaming" for the metrics is a response stream: what a caller holds open.
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._behavior(method, handler.unary_unary), parse, serialize
+                self._behavior(method, handler.unary_unary, streaming=False), parse, serialize
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._behavior(method, handler.unary_stream), parse, serialize
+                self._behavior(method, handler.unary_stream, streaming=True), parse, serialize
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._behavior(method, handler.stream_unary), parse, serialize
+                self._behavior(method, handler.stream_unary, streaming=False), parse, serialize
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            self._behavior(method, handler.stream_stream), parse, serialize
+            self._behavior(method, handler.stream_stream, streaming=True), parse, serialize
         )
 
-    def _behavior(self, method: _Method, behavior: AsyncBehavior) -> AsyncBehavior:
+    def _behavior(
+        self, method: _Method, behavior: AsyncBehavior, *, streaming: bool
+    ) -> AsyncBehavior:
+        metrics = self._metrics
+        # Every status this layer sends is recorded just before it is sent:
+        # gRPC sends an abort's status at once, and a client reading the
+        # metrics after its failed call must find it there. A behaviour that
+        # aborts by itself is recorded as it unwinds (none in this repository
+        # does: they raise typed errors).
         if inspect.isasyncgenfunction(behavior):
 
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                call = metrics.call(method.name, streaming) if metrics is not None else None
                 span, token = self._start_span(method, context)
                 try:
-                    await self._before(method, request, context)
+                    refusal = self._before(method, request, context)
+                    if refusal is not None:
+                        await _refuse(refusal, context, call)
                     try:
                         async for item in behavior(request, context):
                             yield item
                     except aio.AbortError:
                         raise  # the behaviour chose its status already
                     except Exception as exc:
-                        await self._abort(method, exc, context, span)
+                        await self._abort(method, exc, context, span, call)
+                except BaseException as exc:
+                    if call is not None:
+                        call.end(finished_code(context, exc))
+                    raise
                 finally:
                     _end_span(span, token, context)
+                if call is not None:
+                    call.end(finished_code(context, None))
 
             return stream
 
         async def single(request: Any, context: Context) -> Any:
+            call = metrics.call(method.name, streaming) if metrics is not None else None
             span, token = self._start_span(method, context)
             try:
-                await self._before(method, request, context)
+                refusal = self._before(method, request, context)
+                if refusal is not None:
+                    await _refuse(refusal, context, call)
                 try:
-                    return await behavior(request, context)
+                    result = await behavior(request, context)
                 except aio.AbortError:
                     raise
                 except Exception as exc:
-                    await self._abort(method, exc, context, span)
+                    await self._abort(method, exc, context, span, call)
+            except BaseException as exc:
+                if call is not None:
+                    call.end(finished_code(context, exc))
+                raise
             finally:
                 _end_span(span, token, context)
+            if call is not None:
+                call.end(finished_code(context, None))
+            return result
 
         return single
 
-    async def _before(self, method: _Method, request: Any, context: Context) -> None:
-        """Tags the response, then refuses a call without the credential or with bad bytes."""
+    def _before(
+        self, method: _Method, request: Any, context: Context
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """Tags the response; returns why a call is refused (no credential, bad bytes), if it is.
+
+        Not a coroutine: nearly every call passes, and an await costs each one.
+        """
         detail = method.health_detail() if method.health_detail is not None else ""
         if detail:
             context.set_trailing_metadata((*self._trailers, (HEALTH_DETAIL_KEY, detail[:500])))
         else:
             context.set_trailing_metadata(self._trailers)
         if method.checks_token and not self._presents_token(context):
-            await context.abort(
+            return (
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"{method.name}: missing or wrong internal credential "
                 f"({INTERNAL_TOKEN_KEY}); call the gateway instead",
             )
         if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return grpc.StatusCode.INVALID_ARGUMENT, request.message
+        return None
 
     def _presents_token(self, context: Context) -> bool:
         assert self.token is not None
@@ -226,12 +270,19 @@ class AioServingInterceptor(aio.ServerInterceptor):
         return False
 
     async def _abort(
-        self, method: _Method, exc: Exception, context: Context, span: trace.Span | None
+        self,
+        method: _Method,
+        exc: Exception,
+        context: Context,
+        span: trace.Span | None,
+        call: TimedCall | None,
     ) -> NoReturn:
         """Aborts with the status ``exc`` stands for."""
         code, message = status_of(exc, method.name)
         if span is not None:
             span.record_exception(exc)
+        if call is not None:
+            call.end(code)
         await context.abort(code, message)
 
     def _start_span(
@@ -261,6 +312,15 @@ class AioServingInterceptor(aio.ServerInterceptor):
             set_status_on_exception=False,
         )
         return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+
+async def _refuse(
+    refusal: tuple[grpc.StatusCode, str], context: Context, call: TimedCall | None
+) -> NoReturn:
+    """Aborts with ``refusal``, recorded first (the client has its status once it is sent)."""
+    if call is not None:
+        call.end(refusal[0])
+    await context.abort(*refusal)
 
 
 def _end_span(span: trace.Span | None, token: Token | None, context: Context) -> None:

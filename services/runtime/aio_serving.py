@@ -36,7 +36,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
 from services.runtime.aio_interceptors import AioServingInterceptor
-from services.runtime.rpc_metrics import AioMetricsInterceptor, CallWindow, RpcMetrics
+from services.runtime.rpc_metrics import CallWindow, RpcMetrics
 from services.runtime.server_base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ServerLifecycle,
@@ -242,18 +242,16 @@ async def _build(
     rpc_metrics: RpcMetrics | None = None,
 ) -> None:
     """Creates, registers and binds the server on the loop (gRPC objects belong to it)."""
-    # Spans, trailers, the credential and error mapping in one layer (each aio
-    # interceptor costs every call); the extras run inside it, after the credential.
-    # Metrics, when recorded, sit outside it: they record the code the client sees.
-    interceptors: list[aio.ServerInterceptor] = []
-    if rpc_metrics is not None:
-        interceptors.append(AioMetricsInterceptor(rpc_metrics))
-    interceptors += [
+    # Spans, trailers, the credential, error mapping and metrics in one layer
+    # (each aio interceptor costs every call); the extras run inside it, after
+    # the credential.
+    interceptors: list[aio.ServerInterceptor] = [
         AioServingInterceptor(
             __version__,
             health_detail=lambda: server.health_detail,
             internal_token=internal_token,
             tracer_provider=tracer_provider,
+            metrics=rpc_metrics,
         ),
         *extra_interceptors,
     ]

@@ -1,4 +1,4 @@
-"""RPC metrics: the server interceptor and a one-minute window.
+"""RPC metrics: the instruments the serving interceptor records into, and a one-minute window.
 
 Every call a server finishes is recorded, by method and status code, in the
 ``rpc.server.duration`` histogram (milliseconds; its count is the number of
@@ -7,9 +7,10 @@ calls), and the calls in flight are an observed up-down counter
 until it ends). Attributes follow the OpenTelemetry RPC conventions:
 ``rpc.system``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``.
 
-The interceptor sits outside every other Longshore interceptor but tracing,
-so the code it records is the one the client sees (a refused credential, a
-mapped typed error, malformed bytes). A :class:`CallWindow`, when given, keeps
+The serving interceptor (:mod:`services.runtime.aio_interceptors`) records
+each call as it sends the status, so the code recorded is the one the client
+sees (a refused credential, a mapped typed error, malformed bytes). A
+:class:`CallWindow`, when given, keeps
 the last minute of calls in memory for the gateway's headline figures
 (``GetStatus``): calls per second, p50/p99, errors by code, held streams.
 Health checks and reflection are left out of the window (probes are not
@@ -20,15 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc import aio
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from services.runtime.interceptors import is_open_method
@@ -228,8 +227,8 @@ class RpcMetrics:
             self._method_attrs[method] = attrs
         return attrs
 
-    def call(self, method: str, streaming: bool) -> _Call:
-        """Starts timing one call of ``method``; finish it with :meth:`_Call.end`."""
+    def call(self, method: str, streaming: bool) -> TimedCall:
+        """Starts timing one call of ``method``; finish it with :meth:`TimedCall.end`."""
         attrs = self._attrs(method)
         window = None if is_open_method(method) else self.window
         if self._active is not None:
@@ -237,9 +236,9 @@ class RpcMetrics:
                 self._active[method] = self._active.get(method, 0) + 1
         if window is not None:
             window.begin(streaming)
-        return _Call(self, method, attrs, streaming, window, time.perf_counter())
+        return TimedCall(self, method, attrs, streaming, window, time.perf_counter())
 
-    def _finish(self, call: _Call, code: grpc.StatusCode) -> None:
+    def _finish(self, call: TimedCall, code: grpc.StatusCode) -> None:
         duration_ms = (time.perf_counter() - call.started) * 1000
         if self._active is not None:
             with self._active_lock:
@@ -262,7 +261,7 @@ class RpcMetrics:
 
 
 @dataclass(slots=True)
-class _Call:
+class TimedCall:
     """One call being timed."""
 
     metrics: RpcMetrics
@@ -280,11 +279,11 @@ class _Call:
             self.metrics._finish(self, code)
 
 
-def _code_after(context: Any, exc: BaseException | None) -> grpc.StatusCode:
+def finished_code(context: Any, exc: BaseException | None) -> grpc.StatusCode:
     """The status a finished behaviour leaves: what it set or aborted with, else OK.
 
-    Inner interceptors map every exception to an abort, so an exception
-    without a code is one that escaped them (gRPC answers UNKNOWN) or a
+    The serving interceptor maps every exception to an abort, so an exception
+    without a code is one that escaped it (gRPC answers UNKNOWN) or a
     cancellation (the client went away, or the server is stopping).
     """
     code = context.code()
@@ -297,108 +296,3 @@ def _code_after(context: Any, exc: BaseException | None) -> grpc.StatusCode:
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
-
-
-# -- grpc.aio ------------------------------------------------------------------
-
-AsyncBehavior = Callable[..., Any]
-# Quoted: the gRPC handler type is generic only in its stubs.
-Continuation = Callable[
-    [grpc.HandlerCallDetails], "Awaitable[grpc.RpcMethodHandler[Any, Any] | None]"
-]
-
-
-class _RecordingContext:
-    """The call's context, recording the code when a behaviour aborts.
-
-    ``grpc.aio`` sends an abort's status to the client at once, before the
-    behaviour unwinds: recorded afterwards, a client could read the metrics
-    before its own failed call is in them. Everything but ``abort`` is the
-    real context's.
-    """
-
-    __slots__ = ("_call", "_context")
-
-    def __init__(self, context: aio.ServicerContext[Any, Any], call: _Call) -> None:
-        self._context = context
-        self._call = call
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
-
-    async def abort(
-        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
-    ) -> None:
-        self._call.end(code)
-        await self._context.abort(code, details, trailing_metadata)
-
-
-def _aio_timed(
-    behavior: AsyncBehavior, metrics: RpcMetrics, method: str, streaming: bool
-) -> AsyncBehavior:
-    """``behavior`` recorded from its start to its end, keeping its shape.
-
-    An async generator stays one; a coroutine stays one (a coroutine may
-    still stream, writing with ``context.write``, as the health ``Watch`` does).
-    """
-    if inspect.isasyncgenfunction(behavior):
-
-        async def stream(
-            request: Any, context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            call = metrics.call(method, streaming)
-            try:
-                async for item in behavior(request, _RecordingContext(context, call)):
-                    yield item
-            except BaseException as exc:
-                call.end(_code_after(context, exc))
-                raise
-            call.end(_code_after(context, None))
-
-        return stream
-
-    async def single(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        call = metrics.call(method, streaming)
-        try:
-            result = await behavior(request, _RecordingContext(context, call))
-        except BaseException as exc:
-            call.end(_code_after(context, exc))
-            raise
-        call.end(_code_after(context, None))
-        return result
-
-    return single
-
-
-class AioMetricsInterceptor(aio.ServerInterceptor):
-    """Records every call's duration and code, and the calls in flight (``grpc.aio``)."""
-
-    def __init__(self, metrics: RpcMetrics) -> None:
-        self._metrics = metrics
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        m = self._metrics
-        parse, serialize = handler.request_deserializer, handler.response_serializer
-        # "Streaming" below is a response stream: what a caller holds open.
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _aio_timed(handler.unary_unary, m, method, False), parse, serialize
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _aio_timed(handler.unary_stream, m, method, True), parse, serialize
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _aio_timed(handler.stream_unary, m, method, False), parse, serialize
-            )
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            _aio_timed(handler.stream_stream, m, method, True), parse, serialize
-        )

@@ -177,15 +177,15 @@ def test_forwards_and_names_the_principal_to_the_backend(gw: Stack) -> None:
     assert gw.seen.metadata["longshore-internal-token"] == TOKEN
     assert gw.seen.metadata["x-request-id"] == "abc"
     assert "authorization" not in gw.seen.metadata
-    # The backend's parent is the gateway's client span, child of its server span.
+    # The backend's parent is the gateway's server span (the gateway opens no client span).
     _, trace_id, parent_id, _ = gw.seen.metadata["traceparent"].split("-")
+    ENDED.wait_for(lambda: _spans_named("/longshore.kanban.v1.KanbanService/GetTask", trace_id))
     spans = {format(s.context.span_id, "016x"): s for s in SPANS.get_finished_spans()}
-    client = spans[parent_id]
-    assert format(client.context.trace_id, "032x") == trace_id
-    assert client.attributes is not None and client.attributes["longshore.principal"] == "viewer"
-    assert client.parent is not None
-    server = spans[format(client.parent.span_id, "016x")]
+    server = spans[parent_id]
+    assert format(server.context.trace_id, "032x") == trace_id
+    assert server.kind == SpanKind.SERVER
     assert server.name == "/longshore.kanban.v1.KanbanService/GetTask"
+    assert server.attributes is not None and server.attributes["longshore.principal"] == "viewer"
 
 
 def test_upstream_client_errors_pass_through_unchanged(gw: Stack) -> None:
@@ -225,11 +225,14 @@ def test_server_span_joins_the_callers_trace_and_records_the_status(gw: Stack) -
         )
     )
     assert code == grpc.StatusCode.NOT_FOUND
-    ENDED.wait_for(lambda: len(_spans_named(get, trace_id)) == 2)
-    [server] = [s for s in _spans_named(get, trace_id) if s.kind == SpanKind.SERVER]
-    [client] = [s for s in _spans_named(get, trace_id) if s.kind == SpanKind.CLIENT]
+    ENDED.wait_for(lambda: _spans_named(get, trace_id))
+    # The gateway's one span of the call (no client span of its own): its
+    # context is what the backend received.
+    [server] = _spans_named(get, trace_id)
+    assert server.kind == SpanKind.SERVER
     assert server.parent is not None and format(server.parent.span_id, "016x") == caller_span
-    assert client.parent is not None and client.parent.span_id == server.context.span_id
+    _, upstream_trace, upstream_parent, _ = gw.seen.metadata["traceparent"].split("-")
+    assert (upstream_trace, upstream_parent) == (trace_id, format(server.context.span_id, "016x"))
     assert server.attributes is not None
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     assert server.attributes["longshore.principal"] == "ops"
@@ -357,13 +360,13 @@ def test_backend_down_is_unavailable_naming_it() -> None:
         assert code == grpc.StatusCode.UNAVAILABLE
         assert details.startswith("sandbox backend (127.0.0.1:")
 
-        # The platform's failure: an error on the gateway's server and client spans.
+        # The platform's failure: an error on the gateway's span.
         def listed() -> list[ReadableSpan]:
             name = "/longshore.sandbox.v1.SandboxService/ListSandboxes"
             return [span for span in SPANS.get_finished_spans() if span.name == name]
 
         ENDED.wait_for(lambda: {span.kind for span in listed()} >= {SpanKind.SERVER})
-        assert {span.kind for span in listed()} == {SpanKind.SERVER, SpanKind.CLIENT}
+        assert {span.kind for span in listed()} == {SpanKind.SERVER}
         assert all(span.status.status_code == StatusCode.ERROR for span in listed())
         reply = s.gateway.GetStatus(
             gateway_service_pb2.GetStatusRequest(), timeout=5, metadata=auth(ADMIN)

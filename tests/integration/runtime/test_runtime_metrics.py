@@ -32,7 +32,7 @@ from tests.support.prometheus import Samples
 from tests.support.prometheus import scrape as scrape_address
 
 GATEWAY = "longshore.gateway.v1.GatewayService"
-OK, NOT_FOUND, INTERNAL, UNAUTHENTICATED = 0, 5, 13, 16
+OK, INVALID_ARGUMENT, NOT_FOUND, INTERNAL, UNAUTHENTICATED = 0, 3, 5, 13, 16
 
 
 def scrape(provider: ServiceMeterProvider) -> Samples:
@@ -196,3 +196,31 @@ def test_a_provider_nobody_reads_injects_no_meter(provider: ServiceMeterProvider
     assert unread.recording_meter("test") is None
     unread.shutdown()
     assert provider.recording_meter("test") is not None
+
+
+def test_a_refused_call_is_counted_before_its_caller_sees_the_status(
+    provider: ServiceMeterProvider,
+) -> None:
+    # Malformed request bytes and a missing credential are answered by the
+    # serving layer itself; the scrape right after each failed call must
+    # already count it (gRPC sends an abort's status at once).
+    server = build_aio_server(
+        [gateway(AsyncGateway("ok"))],
+        listen="127.0.0.1:0",
+        internal_token="s3cret",
+        meter=provider.get_meter("test"),
+    )
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            raw = channel.unary_unary(f"/{GATEWAY}/GetStatus")
+            with pytest.raises(grpc.RpcError) as info:
+                raw(b"\xff\xff\xff", timeout=5, metadata=(("longshore-internal-token", "s3cret"),))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert calls(scrape(provider), GATEWAY, "GetStatus", INVALID_ARGUMENT) == 1
+            assert get_status(server.address, token=None) == grpc.StatusCode.UNAUTHENTICATED
+            samples = scrape(provider)
+            assert calls(samples, GATEWAY, "GetStatus", UNAUTHENTICATED) == 1
+            assert active(samples, GATEWAY, "GetStatus") == 0
+    finally:
+        server.stop(0)
