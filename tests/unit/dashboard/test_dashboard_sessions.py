@@ -238,6 +238,9 @@ def test_logging_in_again_replaces_the_browsers_session() -> None:
         # (another key) starts a new session and ends the old one.
         assert browser.get("/login?next=/", follow_redirects=False).status_code == 303
         token_page = dash.client().get("/login?next=/")
+        # One login cookie in the jar: the first login's may still be there
+        # under the server's domain, and a second of the same name is ambiguous.
+        browser.cookies.delete("longshore_login")
         browser.cookies.set("longshore_login", token_page.cookies["longshore_login"], path="/login")
         token = token_page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
         again = browser.post(
