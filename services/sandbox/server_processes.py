@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from concurrent import futures
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from grpc import aio
 from longshore.sandbox.v1 import process_pb2, sandbox_service_pb2
 
-from services.runtime.errors import FailedPrecondition, OutOfRange
+from services.runtime.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from services.runtime.interceptors import Malformed
 from services.sandbox.access import SandboxAccess
 from services.sandbox.manager import SandboxManager
 from services.sandbox.processes import ManagedProcess, checks
@@ -39,6 +41,8 @@ class ProcessRpcs:
 
     manager: SandboxManager
     access: SandboxAccess
+    # The servicer's pool for kills that must not queue behind readers.
+    _cancels: futures.ThreadPoolExecutor
 
     if TYPE_CHECKING:
         # The servicer's pool runner (defined there, shared with the other RPCs).
@@ -60,6 +64,93 @@ class ProcessRpcs:
         chosen = checks.selector(selector)
         cid = await self._process_sandbox(sandbox_id, context)
         return self.manager.processes.find(cid, chosen)
+
+    async def RunProcess(
+        self,
+        request_iterator: AsyncIterator[process_pb2.RunProcessRequest],
+        context: Context,
+    ) -> AsyncIterator[process_pb2.RunProcessResponse]:
+        """See the proto."""
+        first = await anext(aiter(request_iterator), None)
+        if isinstance(first, Malformed):
+            raise InvalidArgument(first.message)
+        if first is None or first.WhichOneof("message") != "start":
+            raise InvalidArgument("start: the first message must start the process")
+        config = checks.config_from_proto(first.start.config, "start.config")
+        cid = await self._process_sandbox(first.start.sandbox_id, context, user=config.user)
+        process = await self._blocking(
+            self.manager.processes.start,
+            cid,
+            config,
+            default_timeout=self.manager.section.exec_timeout_seconds,
+        )
+
+        def abandon() -> None:
+            # Fire and forget on the kill pool: a no-op once the process ended.
+            self._cancels.submit(process.kill, "the caller of RunProcess went away")
+
+        # A call can end while the server writes a message, where only the
+        # done callback sees it (as for Exec).
+        context.add_done_callback(lambda _context: abandon())  # type: ignore[arg-type]
+        inputs: asyncio.Task[None] | None = asyncio.ensure_future(
+            self._run_inputs(process, request_iterator)
+        )
+        events = aiter(process_events(process, 0))
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(events, None))
+                if inputs is not None:
+                    await asyncio.wait({step, inputs}, return_when=asyncio.FIRST_COMPLETED)
+                    if inputs.done():
+                        failed = inputs.exception()
+                        if failed is not None:
+                            step.cancel()
+                            raise failed
+                        inputs = None  # the caller half-closed: output goes on
+                event = await step
+                if event is None:
+                    return
+                yield process_pb2.RunProcessResponse(event=event)
+        finally:
+            if inputs is not None:
+                inputs.cancel()
+            abandon()
+
+    async def _run_inputs(
+        self,
+        process: ManagedProcess,
+        messages: AsyncIterator[process_pb2.RunProcessRequest],
+    ) -> None:
+        """Applies a RunProcess caller's messages in order, until it half-closes."""
+        async for message in messages:
+            if isinstance(message, Malformed):
+                raise InvalidArgument(message.message)
+            try:
+                await self._apply_input(process, message)
+            except FailedPrecondition:
+                if process.running:
+                    raise
+                return  # input racing the exit changes nothing
+
+    async def _apply_input(
+        self, process: ManagedProcess, message: process_pb2.RunProcessRequest
+    ) -> None:
+        """One RunProcess message after the start: stdin, close-stdin, a signal or a resize."""
+        kind = message.WhichOneof("message")
+        if kind == "stdin":
+            data = checks.input_data(message.stdin, "stdin")
+            await asyncio.wrap_future(process.write(data))
+        elif kind == "close_stdin":
+            await asyncio.wrap_future(process.close_stdin())
+        elif kind == "signal":
+            signum = checks.signal_number(message.signal)
+            await self._blocking(process.signal, signum, by="RunProcess")
+        elif kind == "resize":
+            await self._blocking(process.resize, checks.pty_size(message.resize, "resize"))
+        elif kind == "start":
+            raise InvalidArgument("start: only in the first message")
+        else:
+            raise InvalidArgument("message: must carry stdin, close_stdin, signal or resize")
 
     async def StartProcess(
         self, request: process_pb2.StartProcessRequest, context: Context

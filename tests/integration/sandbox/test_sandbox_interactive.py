@@ -14,6 +14,7 @@ manager).
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from longshore.sandbox.v1 import process_pb2, sandbox_pb2, sandbox_service_pb2
 
 from services.runtime.sandbox_tokens import SANDBOX_TOKEN_KEY, SandboxGrant, SandboxTokens
 from services.runtime.sandbox_tokens import spec_digest as digest_of
+from services.sandbox.manager import SandboxManager
+from services.sandbox.model import Spec
+from services.sandbox.processes import ProcessConfig
 from tests.integration.gateway.stack import RealStack, Stubs, auth, real_stack
 from tests.integration.sandbox.conftest import remove_deployment
 
@@ -495,3 +499,138 @@ def test_the_scope_and_the_sandbox_token_are_both_enforced(rig: Rig) -> None:
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED and "user" in details
     signal(rig, rig.box, other, 9)
+
+
+class Interactive:
+    """One RunProcess call driven message by message from the test's thread."""
+
+    def __init__(
+        self,
+        rig: Rig,
+        box: str,
+        config: process_pb2.ProcessConfig,
+        metadata: Metadata | None = None,
+    ) -> None:
+        self._out: queue.Queue[process_pb2.RunProcessRequest | None] = queue.Queue()
+        self._out.put(
+            process_pb2.RunProcessRequest(
+                start=process_pb2.RunProcessStart(sandbox_id=box, config=config)
+            )
+        )
+        self.call = rig.stubs.sandbox.RunProcess(
+            iter(self._out.get, None), timeout=T, metadata=metadata or rig.admin
+        )
+        self.output = b""
+        self.exit: process_pb2.ProcessExit | None = None
+        self.started = process_pb2.Process()
+
+    def send(self, **message: object) -> None:
+        self._out.put(process_pb2.RunProcessRequest(**message))  # type: ignore[arg-type]
+
+    def half_close(self) -> None:
+        self._out.put(None)
+
+    def read_until(self, needle: bytes | None = None) -> bytes:
+        """Reads events until ``needle`` is in the output (None: until the exit)."""
+        for reply in self.call:
+            event = reply.event
+            kind = event.WhichOneof("event")
+            if kind == "started":
+                self.started = event.started
+            elif kind == "output":
+                self.output += event.output.chunk.data
+            elif kind == "exit":
+                self.exit = event.exit
+            if needle is not None and needle in self.output:
+                return self.output
+        return self.output
+
+
+def test_run_process_carries_stdin_and_close_stdin(rig: Rig) -> None:
+    run = Interactive(rig, rig.box, process_pb2.ProcessConfig(argv=["cat"], stdin=True))
+    run.send(stdin=b"hello\n")
+    assert run.read_until(b"hello\n") == b"hello\n"
+    assert run.started.pid > 1 and run.started.state == process_pb2.PROCESS_STATE_RUNNING
+    run.send(stdin=b"again")
+    run.send(close_stdin=process_pb2.CloseStdin())
+    run.half_close()
+    assert run.read_until() == b"hello\nagain"
+    assert run.exit is not None and run.exit.exit_code == 0
+
+
+def test_run_process_signals_and_resizes_a_pty(rig: Rig) -> None:
+    config = process_pb2.ProcessConfig(
+        argv=["sh"], stdin=True, pty=process_pb2.PtySize(rows=10, columns=40)
+    )
+    run = Interactive(rig, rig.box, config)
+    run.send(resize=process_pb2.PtySize(rows=50, columns=120))
+    run.send(stdin=b"stty size; echo at-$((2+2))\n")
+    assert b"50 120\r\n" in run.read_until(b"at-4\r\n")
+    run.send(signal=9)
+    run.read_until()
+    assert (
+        run.exit is not None and run.exit.signal == 9 and run.exit.reason == "killed by RunProcess"
+    )
+
+
+def test_a_run_process_caller_that_goes_away_kills_the_process(rig: Rig) -> None:
+    config = process_pb2.ProcessConfig(argv=["sleep", "300"], tag="abandoned")
+    run = Interactive(rig, rig.box, config)
+    assert next(run.call).event.HasField("started")
+    run.call.cancel()
+    run.half_close()
+
+    def ended() -> bool:
+        listed = rig.stubs.sandbox.ListProcesses(
+            process_pb2.ListProcessesRequest(sandbox_id=rig.box, include_exited=True),
+            timeout=T,
+            metadata=rig.admin,
+        ).processes
+        mine = [p for p in listed if p.tag == "abandoned"]
+        return bool(mine) and mine[0].state == process_pb2.PROCESS_STATE_EXITED
+
+    wait_for(ended, "the abandoned process ended")
+    seen = connect(rig, rig.box, process_pb2.ProcessSelector(tag="abandoned"))
+    assert seen.exit is not None and "went away" in seen.exit.reason
+
+
+def test_run_process_refuses_a_bad_first_message_and_both_refusals(rig: Rig) -> None:
+    def first_only(message: process_pb2.RunProcessRequest, metadata: Metadata) -> None:
+        list(rig.stubs.sandbox.RunProcess(iter([message]), timeout=T, metadata=metadata))
+
+    code, details = failure(
+        lambda: first_only(process_pb2.RunProcessRequest(stdin=b"x"), rig.admin)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "first message" in details
+    start = process_pb2.RunProcessRequest(
+        start=process_pb2.RunProcessStart(
+            sandbox_id=rig.box, config=process_pb2.ProcessConfig(argv=[])
+        )
+    )
+    code, details = failure(lambda: first_only(start, rig.admin))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "start.config.argv" in details
+    start.start.config.argv.append("true")
+    code, details = failure(lambda: first_only(start, auth(rig.stack.keys.reader)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "scope" in details
+    code, details = failure(lambda: first_only(start, rig.worker()))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "belongs to task" in details
+    # A bad message later ends the stream with its own code.
+    run = Interactive(rig, rig.box, process_pb2.ProcessConfig(argv=["sleep", "300"]))
+    run.send(signal=99)
+    code, details = failure(run.read_until)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "signal" in details
+
+
+def test_a_running_process_keeps_its_sandbox_busy(
+    make_manager: Callable[..., SandboxManager],
+) -> None:
+    # The reaper's idle pause and the leftover sweep ask is_busy: a sandbox
+    # whose only activity is a background process must count as busy.
+    manager = make_manager()
+    box = manager.acquire("t-busy", "coder", Spec()).sandbox.sandbox_id
+    assert not manager.is_busy(box)
+    process = manager.processes.start(box, ProcessConfig(argv=("sleep", "300")))
+    assert manager.is_busy(box)
+    process.signal(9, by="the test")
+    wait_for(lambda: not process.running, "the process ended")
+    assert not manager.is_busy(box)

@@ -212,7 +212,7 @@ Global___ProcessExit: _TypeAlias = ProcessExit  # noqa: Y015
 class Process(_message.Message):
     """Process is one process started with RunProcess or StartProcess. The
     manager keeps it (and the tail of its output) in memory while it runs and
-    for `sandbox.process_retention` after it exits; a restart of the manager
+    for `sandbox.process_retention_seconds` after it exits; a restart of the manager
     ends it.
     """
 
