@@ -59,10 +59,11 @@ class ProcessRpcs:
         """In the pool: the sandbox's full id, if the grant covers it (and the user)."""
         if grant is None:
             return self.manager.resolve_id(sandbox_id)
-        # Checked on the inspected container, then used by its full id.
+        # Checked on the inspected container, then used by its full id (which
+        # also resumes a paused sandbox, as for an operator).
         info = self.manager.get(sandbox_id)
         self.access.check_sandbox(grant, info, exec_user=user)
-        return info.sandbox_id
+        return self.manager.resolve_id(info.sandbox_id)
 
     async def _start(
         self, sandbox_id: str, config: ProcessConfig, context: Context, *, default_timeout: float
@@ -237,14 +238,17 @@ async def process_events(
 ) -> AsyncIterator[process_pb2.ProcessEvent]:
     """A process's stream: the process, output from ``from_offset`` on, then its exit.
 
+    A running process's stream may start past its output so far: it waits
+    until the output gets there.
+
     Raises:
-        OutOfRange: ``from_offset`` is past the output produced so far.
+        OutOfRange: The process exited and ``from_offset`` is past its output.
     """
     produced = process.buffer.end
-    if from_offset > produced:
+    if from_offset > produced and not process.running:
         raise OutOfRange(
             f"from_offset: {from_offset} is past the {produced} bytes process "
-            f"{process.process_id} has written"
+            f"{process.process_id} wrote before it exited"
         )
     yield process_pb2.ProcessEvent(started=record_to_proto(process.snapshot()))
     async for part in process.buffer.follow(from_offset):

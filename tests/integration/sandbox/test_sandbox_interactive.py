@@ -245,6 +245,23 @@ def test_a_tagged_background_process_is_listed_fed_and_replayed(rig: Rig) -> Non
     assert mine[0].exit.exit_code == 0
 
 
+def test_a_connect_past_the_output_so_far_waits_for_it(rig: Rig) -> None:
+    proc = start(rig, rig.box, ["sh", "-c", "read x; echo abcdef"], stdin=True)
+    call = rig.stubs.sandbox.ConnectProcess(
+        process_pb2.ConnectProcessRequest(sandbox_id=rig.box, process=by_id(proc), from_offset=3),
+        timeout=T,
+        metadata=rig.admin,
+    )
+    first = next(call).event
+    assert first.started.output_bytes == 0  # the stream is open before any output exists
+    send(rig, rig.box, proc, b"go\n")
+    rest = [reply.event for reply in call]
+    assert [(e.output.offset, e.output.chunk.data) for e in rest if e.HasField("output")] == [
+        (3, b"def\n")
+    ]
+    assert rest[-1].HasField("exit")
+
+
 def test_close_stdin_ends_cat_and_input_after_it_is_refused(rig: Rig) -> None:
     proc = start(rig, rig.box, ["cat"], stdin=True)
     send(rig, rig.box, proc, b"one ")
@@ -386,6 +403,8 @@ def test_bad_input_gets_precise_codes(rig: Rig) -> None:
         got, details = failure(call)
         assert (got, needle in details) == (code, True), (needle, got, details)
     proc = start(rig, rig.box, ["sleep", "300"])
+    done = start(rig, rig.box, ["echo", "hi"])
+    assert connect(rig, rig.box, by_id(done)).output == b"hi\n"
     unknown = process_pb2.ProcessSelector(process_id="proc-0000000000000000")
     more: list[tuple[Callable[[], object], grpc.StatusCode, str]] = [
         (lambda: connect(rig, rig.box, unknown), grpc.StatusCode.NOT_FOUND, "proc-0000"),
@@ -397,7 +416,7 @@ def test_bad_input_gets_precise_codes(rig: Rig) -> None:
         (lambda: connect(rig, rig.box, process_pb2.ProcessSelector()), invalid, "process"),
         (lambda: connect(rig, rig.box, by_id(proc), from_offset=-1), invalid, "from_offset"),
         (
-            lambda: connect(rig, rig.box, by_id(proc), from_offset=10),
+            lambda: connect(rig, rig.box, by_id(done), from_offset=10),
             grpc.StatusCode.OUT_OF_RANGE,
             "from_offset",
         ),

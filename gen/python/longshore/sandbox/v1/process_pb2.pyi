@@ -570,7 +570,9 @@ class ConnectProcessRequest(_message.Message):
     """The sandbox. Required."""
     from_offset: _builtins.int
     """Replay output from this offset (0 = from the start, as far as the buffer
-    reaches); then follow live output until the process exits.
+    reaches); then follow live output until the process exits. Past the
+    output so far, a running process's stream waits for it; an exited one's
+    is OUT_OF_RANGE.
     """
     @_builtins.property
     def process(self) -> Global___ProcessSelector:
