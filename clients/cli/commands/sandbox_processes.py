@@ -111,8 +111,10 @@ class _Requests:
     def __iter__(self) -> Iterator[process_pb2.RunProcessRequest]:
         return iter(self._queue.get, None)
 
-    def put(self, request: process_pb2.RunProcessRequest) -> None:
-        self._queue.put(request)
+    def resize(self) -> None:
+        """From the SIGWINCH handler: never blocks (a full queue drops this resize)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(process_pb2.RunProcessRequest(resize=_terminal_size()))
 
     def pump_stdin(self) -> None:
         """In a thread: stdin to the process until EOF, then close its stdin."""
@@ -148,10 +150,7 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     start = process_pb2.RunProcessStart(sandbox_id=args.sandbox_id, config=config)
     requests = _Requests(process_pb2.RunProcessRequest(start=start))
     if args.tty and hasattr(signal, "SIGWINCH"):
-        signal.signal(
-            signal.SIGWINCH,
-            lambda *_: requests.put(process_pb2.RunProcessRequest(resize=_terminal_size())),
-        )
+        signal.signal(signal.SIGWINCH, lambda *_: requests.resize())
     # A daemon thread: a process that exits before its input ends ends the CLI.
     threading.Thread(target=requests.pump_stdin, daemon=True).start()
     call = ctx.conn.sandbox.RunProcess(iter(requests))
