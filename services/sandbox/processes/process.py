@@ -78,6 +78,8 @@ class ManagedProcess:
         owner: This manager's owner id (the exec marker's first part).
         now: The wall clock.
         on_exit: Called once, from the reader thread, after the process ended.
+        resume: Resumes the sandbox if it is paused, before a signal or a kill
+            (both are execs, which a paused sandbox refuses).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class ManagedProcess:
         owner: str,
         now: Callable[[], datetime],
         on_exit: Callable[[ManagedProcess], None],
+        resume: Callable[[], object] = lambda: None,
     ) -> None:
         self._api = api
         self.sandbox_id = sandbox_id
@@ -101,6 +104,7 @@ class ManagedProcess:
         self.marker = new_marker(owner)
         self.start_time = now()
         self._on_exit = on_exit
+        self._resume = resume
         # Guards the fields below: the reader thread ends the process while
         # handlers (pool threads and the loop) read and signal it.
         self._lock = threading.Lock()
@@ -405,6 +409,7 @@ class ManagedProcess:
             self._signalled = (signum, f"signal {signum} sent by {by}")
         if pid <= 0:
             raise FailedPrecondition(f"process {self.process_id}: its pid is unknown")
+        self._resume()
         argv = ["sh", "-c", 'kill -"$1" -"$2"', "kill", str(signum), str(pid)]
         with engine_call("exec.signal", sandbox_id=self.sandbox_id):
             exec_id = self._api.exec_create(
@@ -424,6 +429,10 @@ class ManagedProcess:
             if self._end is not None:
                 return
             self._reason = self._reason or reason
+        try:
+            self._resume()
+        except ServiceError as exc:  # the killer's own failure says what follows
+            log.warning("resume before kill failed", extra={"error": exc.message})
         if run_killer(self._api, self.sandbox_id, ["kill", self.marker], self.config.user) is None:
             log.warning("process tree could not be killed", extra={"process_id": self.process_id})
 
