@@ -60,7 +60,7 @@ MAX_PENDING_INPUT_BYTES = 8 * 1024 * 1024
 EXIT_POLLS = 100
 EXIT_POLL_STEP_SECONDS = 0.0005
 #: Looks at a sandbox that may be stopping under a killed process, and the pause between.
-STOP_POLLS = 20
+STOP_POLLS = 40
 STOP_POLL_SECONDS = 0.05
 SIGKILL = 9
 SANDBOX_STOPPED = "the sandbox stopped"
@@ -276,7 +276,7 @@ class ManagedProcess:
 
         A stopping sandbox kills its processes before the engine marks it
         stopped, so a sandbox that still looks running is asked again a few
-        times (about a second in all) before the signal is taken as the
+        times (about two seconds in all) before the signal is taken as the
         process's own business.
         """
         for _ in range(STOP_POLLS):

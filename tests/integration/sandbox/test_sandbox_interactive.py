@@ -38,7 +38,7 @@ pb = sandbox_service_pb2
 Metadata = Sequence[tuple[str, str]]
 #: The ring is small here, so a test can overflow it with 20 KB.
 BUFFER_BYTES = 4096
-MAX_PROCESSES = 4
+MAX_PROCESSES = 6
 
 
 @dataclass
