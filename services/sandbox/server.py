@@ -28,7 +28,6 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 from longshore.sandbox.v1 import (
-    sandbox_pb2,
     sandbox_service_pb2,
     sandbox_service_pb2_grpc,
 )
@@ -41,11 +40,11 @@ from services.sandbox.access import SandboxAccess, short_id
 from services.sandbox.exec_stream import ExecStream
 from services.sandbox.hardening import resolve_spec
 from services.sandbox.manager import SandboxManager
-from services.sandbox.model import Spec
 from services.sandbox.policy import check_image_allowed, check_snapshot_image, quote
 from services.sandbox.reaper import Reaper
 from services.sandbox.server_files import Context, FileRpcs, Transfer
 from services.sandbox.server_lifecycle import LifecycleRpcs
+from services.sandbox.server_pools import PoolRpcs
 
 SERVICE_NAME = "longshore.sandbox.v1.SandboxService"
 #: Threads that kill the commands of abandoned Execs (apart from the engine pool).
@@ -54,7 +53,9 @@ CANCEL_WORKERS = 4
 T = TypeVar("T")
 
 
-class SandboxServicer(FileRpcs, LifecycleRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer):
+class SandboxServicer(
+    FileRpcs, LifecycleRpcs, PoolRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer
+):
     """Implements the SandboxService contract over a :class:`SandboxManager`.
 
     Args:
@@ -144,7 +145,7 @@ class SandboxServicer(FileRpcs, LifecycleRpcs, sandbox_service_pb2_grpc.SandboxS
         result = self.manager.acquire(
             request.task_id,
             request.profile,
-            _spec(request.spec),
+            convert.checked_spec(request.spec),
             persist=persist,
         )
         return convert.acquire_to_proto(result)
@@ -271,22 +272,12 @@ class SandboxServicer(FileRpcs, LifecycleRpcs, sandbox_service_pb2_grpc.SandboxS
         """See the proto."""
         self.access.require_operator(context, "CheckSandboxSpec")
         # The very code an acquire runs, minus the engine (so no pool thread).
-        resolved = resolve_spec(_spec(request.spec), self.manager.section)
+        resolved = resolve_spec(convert.checked_spec(request.spec), self.manager.section)
         check_snapshot_image(
             resolved.image, self.manager.snapshots.repository, self.manager.section
         )
         check_image_allowed(request.spec.image, list(request.allowed_images), self.manager.section)
         return sandbox_service_pb2.CheckSandboxSpecResponse(config_hash=resolved.config_hash)
-
-
-_NETWORK_MODES = frozenset(sandbox_pb2.NetworkMode.values())
-
-
-def _spec(msg: sandbox_pb2.SandboxSpec) -> Spec:
-    """The domain spec of a request, refusing what the domain record cannot say."""
-    if msg.network not in _NETWORK_MODES:
-        raise InvalidArgument(f"spec.network: unknown network mode {msg.network}")
-    return convert.spec_from_proto(msg)
 
 
 def grpc_service(servicer: SandboxServicer) -> AioService:
