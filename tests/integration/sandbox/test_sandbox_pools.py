@@ -23,6 +23,9 @@ from datetime import UTC, datetime, timedelta
 import docker
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
+from longshore.kanban.v1 import kanban_service_pb2 as kpb
+from longshore.kanban.v1 import profile_pb2, task_pb2
 from longshore.sandbox.v1 import pool_pb2, sandbox_pb2, sandbox_service_pb2
 from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
@@ -154,7 +157,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory, run_id: str, sandbox_image: st
     try:
         with (
             real_stack(
-                home, deployment=deployment, image=sandbox_image, sandbox_env=MANAGER_ENV
+                home,
+                deployment=deployment,
+                image=sandbox_image,
+                sandbox_env=MANAGER_ENV,
+                # Kanban reconciles at start only: the pools these tests set
+                # directly belong to no profile and would be drained.
+                kanban_env={"LONGSHORE_KANBAN_WARM_POOL_SYNC_SECONDS": "0"},
             ) as stack,
             stack.channel() as channel,
         ):
@@ -313,6 +322,54 @@ def test_missing_image_sets_the_reason_without_a_crash(rig: Rig) -> None:
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     rig.set_pool("ghost-image", 0)
+
+
+def test_a_kanban_profile_with_a_warm_pool_runs_its_task_in_a_member(
+    rig: Rig, sandbox_image: str
+) -> None:
+    spec = sandbox_pb2.SandboxSpec(image=sandbox_image)
+    profile = profile_pb2.Profile(
+        name="warmed", executor=profile_pb2.EXECUTOR_SANDBOX, sandbox_spec=spec, warm_pool_size=1
+    )
+    kanban = rig.stubs.kanban
+    kanban.CreateProfile(kpb.CreateProfileRequest(profile=profile), timeout=T, metadata=rig.admin)
+    rig.wait_ready("warmed", 1)
+    members = rig.members("warmed")
+    task = kanban.CreateTask(
+        kpb.CreateTaskRequest(
+            task=task_pb2.Task(title="warm run", assignee="warmed", command=["echo", "warm"])
+        ),
+        timeout=T,
+        metadata=rig.admin,
+    ).task
+
+    def finished() -> task_pb2.Task | None:
+        got = kanban.GetTask(
+            kpb.GetTaskRequest(task_id=task.task_id), timeout=T, metadata=rig.admin
+        ).task
+        return got if got.status == task_pb2.TASK_STATUS_DONE else None
+
+    wait_until("the task is done", lambda: finished() is not None)
+    done = finished()
+    assert done is not None and done.sandbox_id in members  # its run took the warm member
+    rig.wait_ready("warmed", 1)  # and the pool refilled
+
+    # A size the manager refuses refuses the profile write; nothing is stored.
+    too_big = profile_pb2.Profile(name="warmed", warm_pool_size=5)
+    mask = field_mask_pb2.FieldMask(paths=["warm_pool_size"])
+    code, details = failure(
+        lambda: kanban.UpdateProfile(
+            kpb.UpdateProfileRequest(profile=too_big, update_mask=mask),
+            timeout=T,
+            metadata=rig.admin,
+        )
+    )
+    assert code == grpc.StatusCode.OUT_OF_RANGE and "warm_pool_size" in details
+    stored = kanban.GetProfile(kpb.GetProfileRequest(name="warmed"), timeout=T, metadata=rig.admin)
+    assert stored.profile.warm_pool_size == 1
+    # Deleting the profile drains its pool.
+    kanban.DeleteProfile(kpb.DeleteProfileRequest(name="warmed"), timeout=T, metadata=rig.admin)
+    wait_until("the deleted profile's pool is drained", lambda: not rig.members("warmed"))
 
 
 def test_restarted_manager_re_adopts_its_members(
