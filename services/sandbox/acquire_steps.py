@@ -97,18 +97,20 @@ class AcquireSteps:
             with engine_call("containers.list", task_id=task_id, profile=profile):
                 found = self.api.containers(all=True, filters=filters)
             if not found:
-                found = self._probe_name(name)
-            if not found:
                 try:
                     # A warm member is renamed to the key name: a concurrent
-                    # create of the key then loses the name race, and adopts it.
+                    # create of the key then loses the name race and adopts
+                    # it, and the rename fails (409) when the name is taken.
                     taken = self._take_warm(task_id, profile, spec, name)
                 except NameTaken:
-                    continue  # the key exists already: adopt it next round
+                    taken = None
                 if taken is not None:
                     return AcquireResult(
                         taken, Outcome.TAKEN_FROM_POOL, f"warm member of pool {profile!r}"
                     )
+                # A member a task took earlier, or any sandbox holding the key's name.
+                found = self._probe_name(name)
+            if not found:
                 try:
                     info = self._create_started(task_id, profile, spec, persist=True, name=name)
                 except NameTaken:

@@ -239,6 +239,10 @@ class SandboxManager(AcquireSteps):
         """The domain record of an inspect."""
         return info_from_inspect(data, self.last_used)
 
+    def info_of_row(self, row: Mapping[str, Any]) -> SandboxInfo:
+        """The domain record of a row of the engine's container list."""
+        return info_from_list(row, self.last_used)
+
     def resolve_id(self, sandbox_id: str) -> str:
         """Full id of a sandbox of this deployment about to be used (cached: labels never change).
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.runtime.errors import InvalidArgument, NotFound, OutOfRange, ServiceError, quote
 from services.sandbox import labels
@@ -70,6 +70,7 @@ class WarmPools:
         self._section = manager.section
         self._monotonic = monotonic
         self._claims = Claims(manager)
+        self._own = labels.sanitize(manager.owner)
         # Guards _pools and every Pool in it: the RPCs, the handout and the
         # filler's workers all read and change them. Never held across an
         # engine call.
@@ -174,6 +175,8 @@ class WarmPools:
             if pool is None or pool.size == 0 or pool.config_hash != spec.config_hash:
                 return None
             slots = slot_names(self._manager.deployment, pool)
+            # Members made from the pool's spec run its env: no inspect needed.
+            known = pool.spec is not None and dict(pool.spec.env) == dict(spec.env)
         filters = {
             "label": [
                 *labels.pool_filters(self._manager.deployment, key),
@@ -186,8 +189,11 @@ class WarmPools:
             # member of this pool meanwhile, so every name below is current.
             with engine_call("containers.list", profile=profile):
                 rows = self._manager.api.containers(filters=filters)
-            for member in (member_of(r) for r in rows):
-                if member.name in slots and (info := self._hand(member, name, spec)) is not None:
+            for row in rows:
+                member = member_of(row)
+                if member.name not in slots:
+                    continue
+                if (info := self._hand(member, row, name, spec, known_env=known)) is not None:
                     self._wake.set()  # the slot is free: refill it
                     log.info(
                         "warm member taken",
@@ -196,7 +202,15 @@ class WarmPools:
                     return info
         return None
 
-    def _hand(self, member: Member, name: str, spec: ResolvedSpec) -> SandboxInfo | None:
+    def _hand(
+        self,
+        member: Member,
+        row: Mapping[str, Any],
+        name: str,
+        spec: ResolvedSpec,
+        *,
+        known_env: bool,
+    ) -> SandboxInfo | None:
         with self._claims.hold(member) as held:
             if not held:
                 return None
@@ -205,6 +219,9 @@ class WarmPools:
                     self._manager.api.rename(member.sandbox_id, name)
             except NotFound:
                 return None  # drained meanwhile
+            if known_env and member.labels.get(labels.OWNER) == self._own:
+                # The list row (made under the pool's lock) is current but the name.
+                return self._manager.info_of_row({**row, "Names": [f"/{name}"]})
             data = self._manager.inspect_managed(member.sandbox_id)
             if env_fits(data, spec.env):
                 return self._manager.info_of(data)
