@@ -282,7 +282,7 @@ class SandboxManager(AcquireSteps):
             # list (of pool members) is filtered here by the name's task.
             task = labels.sanitize(task_id)
             by_label = {"label": [*label_filters, f"{labels.TASK_ID}={task}"]}
-            members = {"label": [*label_filters, labels.POOL]}
+            members = {"label": [*label_filters, f"{labels.WARM}=1"]}
             rows = self._list_rows(filters | by_label, profile)
             rows += [
                 r

@@ -376,4 +376,5 @@ class WarmPools:
         filters = {"label": labels.pool_filters(self._manager.deployment, key)}
         with engine_call("containers.list", profile=key or None):
             rows = self._manager.api.containers(all=True, filters=filters)
-        return [member_of(r) for r in rows]
+        # The filter asks for io.longshore.warm=1; the check is the one rule.
+        return [m for m in map(member_of, rows) if labels.is_pool_member(m.labels)]
