@@ -4,7 +4,7 @@ A pool is ``size`` members, each a started container in a *slot*: its name is
 :func:`labels.pool_member_name` of (deployment, profile, config hash, slot),
 so the engine's name uniqueness caps a pool at ``size`` even when two
 managers of one deployment fill it. A member carries the ordinary labels
-(task-id ``unknown``) plus ``io.longshore.pool``; labels never change, so a
+(task-id ``unknown``) plus ``io.longshore.warm``/``pool``; labels never change, so a
 task takes a member by renaming it from its slot name to the task's key name
 (:func:`labels.container_name`): the slot is free for a refill at once, a
 cold create of that key loses the name race to it and adopts it, and a later
