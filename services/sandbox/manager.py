@@ -18,6 +18,7 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -178,10 +179,10 @@ class SandboxManager(AcquireSteps):
         )
         return result
 
-    def _take_warm(
+    def _warm_handout(
         self, task_id: str, profile: str, spec: ResolvedSpec, name: str
-    ) -> SandboxInfo | None:
-        return self.pools.take(task_id, profile, spec, name)
+    ) -> AbstractContextManager[Callable[[], SandboxInfo | None] | None]:
+        return self.pools.handout(task_id, profile, spec, name)
 
     # ---- get / list ----------------------------------------------------------------
 
