@@ -534,3 +534,41 @@ def _exists(engine: docker.DockerClient, cid: str) -> bool:
         engine.api.inspect_container(cid)
         return True
     return False
+
+
+def test_two_managers_of_one_deployment_stay_within_the_size_and_never_share(
+    make_manager: Callable[..., SandboxManager], engine: docker.DockerClient
+) -> None:
+    first = make_manager(warm_fill_interval_seconds=0.2)
+    managers = [
+        SandboxManager(engine, first.section, deployment=first.deployment, owner=f"manager-{n}")
+        for n in ("a", "b")
+    ]
+    try:
+        for manager in managers:
+            manager.pools.set_pool("shared", Spec(), 3)
+            manager.pools.start()
+        wait_until(
+            "both see the pool full",
+            lambda: all(m.pools.list_pools("shared")[0].ready == 3 for m in managers),
+        )
+        # The slots' names cap the pool: two fillers never make more than its size.
+        members = {i.sandbox_id for i in first.list_sandboxes(profile="shared") if i.warm_pool}
+        assert len(members) == 3
+        tasks = [f"t-both-{i}" for i in range(8)]
+        start = threading.Barrier(len(tasks))
+
+        def one(i: int) -> str:
+            start.wait(T)
+            return managers[i % 2].acquire(tasks[i], "shared", Spec()).sandbox.sandbox_id
+
+        with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+            ids = list(pool.map(one, range(len(tasks))))
+        assert len(set(ids)) == len(tasks), "two tasks got one sandbox"
+        for task, cid in zip(tasks, ids, strict=True):
+            name = engine.api.inspect_container(cid)["Name"].lstrip("/")
+            assert name == labels.container_name(first.deployment, "shared", task)
+    finally:
+        for manager in managers:
+            manager.pools.stop()
+            manager.close(5)
