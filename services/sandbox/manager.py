@@ -54,6 +54,7 @@ from services.sandbox.model import (
 )
 from services.sandbox.owners import Liveness, current_owner
 from services.sandbox.reaper import Candidate
+from services.sandbox.sessions import Sessions
 from services.sandbox.settings import SandboxSection
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ class SandboxManager(AcquireSteps):
         self.pauses = Pauses(self)
         self.snapshots = Snapshots(self)
         self.leases = Leases(self, clock, timer=lease_timer)
+        #: Persistent shell sessions (see :mod:`.sessions`).
+        self.sessions = Sessions(self)
 
     # ---- acquire -------------------------------------------------------------------
 
@@ -311,9 +314,7 @@ class SandboxManager(AcquireSteps):
         )
         if on_cancel is not None:
             on_cancel(run.cancel)
-        self.touch(cid)
-        with self._state_lock:
-            self._busy[cid] += 1
+        self.begin_use(cid)
         try:
             # Busy first, then resume: an idle pause checks "not busy" under
             # the pauses lock, so it either saw this exec or paused before the
@@ -321,11 +322,7 @@ class SandboxManager(AcquireSteps):
             self.pauses.ensure_running(cid)
             yield from run.events()
         finally:
-            with self._state_lock:
-                self._busy[cid] -= 1
-                if self._busy[cid] <= 0:
-                    del self._busy[cid]
-            self.touch(cid)
+            self.end_use(cid)
 
     # ---- release and cleanup -------------------------------------------------------
 
@@ -377,6 +374,7 @@ class SandboxManager(AcquireSteps):
         """Drains outstanding cleanups (bounded); returns whether all finished."""
         timeout = self.section.cleanup_drain_seconds if drain_seconds is None else drain_seconds
         self.leases.close()
+        self.sessions.close_all()
         done = self.cleanup.close(timeout)
         log.info("cleanup drained", extra={"complete": done})
         return done
@@ -393,8 +391,22 @@ class SandboxManager(AcquireSteps):
         with self._state_lock:
             return self._last_used.get(cid)
 
+    def begin_use(self, cid: str) -> None:
+        """Counts a command (an Exec, a session's) running in the sandbox: it is busy."""
+        self.touch(cid)
+        with self._state_lock:
+            self._busy[cid] += 1
+
+    def end_use(self, cid: str) -> None:
+        """Ends what :meth:`begin_use` counted."""
+        with self._state_lock:
+            self._busy[cid] -= 1
+            if self._busy[cid] <= 0:
+                del self._busy[cid]
+        self.touch(cid)
+
     def is_busy(self, cid: str) -> bool:
-        """Whether an exec is running in the sandbox through this manager."""
+        """Whether a command (Exec or session) runs in the sandbox through this manager."""
         with self._state_lock:
             return self._busy.get(cid, 0) > 0
 
@@ -406,6 +418,8 @@ class SandboxManager(AcquireSteps):
                 del self._known[ref]
         self.pauses.forget(cid)
         self.leases.drop(cid)
+        self.sessions.end_sandbox(cid, "the sandbox was removed")
+        self.sessions.forget(cid)
 
     # ---- what the reaper needs -----------------------------------------------------
 
@@ -422,6 +436,14 @@ class SandboxManager(AcquireSteps):
             )
             for r in rows
         ]
+
+    def container_state(self, cid: str) -> str:
+        """The engine's state of a container (``running``, ``exited``, ...).
+
+        Raises:
+            NotFound: The container is gone.
+        """
+        return str((self._inspect(cid).get("State") or {}).get("Status", ""))
 
     def times(self, cid: str) -> tuple[str, str, str]:
         """(state, raw StartedAt, raw FinishedAt) of a container."""

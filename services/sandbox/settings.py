@@ -115,6 +115,20 @@ class SandboxSection:
     exec_max_output_bytes: int = field(
         default=8 * 1024 * 1024, metadata={"help": "Default output cap of one Exec."}
     )
+    max_sessions_per_sandbox: int = field(
+        default=8,
+        metadata={
+            "help": "Most shell sessions open at once in one sandbox (OpenSession is "
+            "RESOURCE_EXHAUSTED above it)."
+        },
+    )
+    session_idle_timeout_seconds: float = field(
+        default=600.0,
+        metadata={
+            "help": "Seconds a shell session may go without a command before it is closed, "
+            "unless OpenSession asks for another idle_timeout."
+        },
+    )
     max_file_bytes: int = field(
         default=1024 * 1024 * 1024,
         metadata={
@@ -190,12 +204,20 @@ class SandboxSection:
         for name in ("max_memory_bytes", "max_pids_limit", "max_file_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")
+        if not (
+            math.isfinite(self.session_idle_timeout_seconds)
+            and 0 < self.session_idle_timeout_seconds <= 7 * 24 * 3600
+        ):
+            raise ValueError(
+                "sandbox.session_idle_timeout_seconds: must be above 0 and at most 7 days, "
+                f"got {self.session_idle_timeout_seconds}"
+            )
         if self.lease_expiry_action not in ("pause", "remove"):
             raise ValueError(
                 "sandbox.lease_expiry_action: expected 'pause' or 'remove', got "
                 f"{self.lease_expiry_action[:100]!r}"
             )
-        for name in ("max_snapshots", "max_lease_seconds"):
+        for name in ("max_snapshots", "max_lease_seconds", "max_sessions_per_sandbox"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")
         if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*", self.snapshot_repository):
