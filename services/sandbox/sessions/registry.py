@@ -98,7 +98,7 @@ class Sessions:
             idle_timeout=idle_timeout,
             owner=manager.owner,
             clock=manager.clock,
-            on_use=lambda busy: manager.begin_use(cid) if busy else manager.end_use(cid),
+            on_use=lambda busy: self._use(cid, busy),
             on_end=self._ended_one,
             describe_death=lambda code: self._death_reason(cid, code),
         )
@@ -192,6 +192,16 @@ class Sessions:
                 f"session {quote(session_id)} is {info.state.value}: {info.end_reason}"
             )
         return session
+
+    def _use(self, cid: str, busy: bool) -> None:
+        if not busy:
+            self._manager.end_use(cid)
+            return
+        # Busy first, then resume, as an Exec does: an idle pause that slipped
+        # in since the call resolved the sandbox is undone before the command
+        # is written (see Pauses.pause_if_idle).
+        self._manager.begin_use(cid)
+        self._manager.pauses.ensure_running(cid)
 
     def _ended_info(self, cid: str, session_id: str) -> SessionInfo:
         with self._lock:

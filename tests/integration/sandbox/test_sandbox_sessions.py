@@ -351,7 +351,14 @@ def test_close_and_list(rig: Rig) -> None:
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "closed" in details
     assert listed(rig, rig.box, one.session_id).state == sp.SESSION_STATE_CLOSED
     assert listed(rig, rig.box, two.session_id).state == sp.SESSION_STATE_READY
+    assert "\n/bin/sh \n" in "\n" + processes(rig, rig.box)  # two's shell
     close(rig, two)
+    # The closed shells are gone from the sandbox (a session's shell is a bare
+    # "/bin/sh"; the sandbox's own keepalive has arguments).
+    deadline = time.monotonic() + 60
+    while "\n/bin/sh \n" in "\n" + processes(rig, rig.box) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "\n/bin/sh \n" not in "\n" + processes(rig, rig.box)
 
 
 def test_an_idle_session_expires(rig: Rig) -> None:
