@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from longshore.sandbox.v1 import sandbox_pb2, session_pb2
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from services.runtime.sandbox_tokens import SandboxGrant
 from services.sandbox import convert
 from services.sandbox.access import SandboxAccess, short_id
 from services.sandbox.execution import MAX_OUTPUT_BYTES, MAX_TIMEOUT_SECONDS
@@ -28,7 +29,14 @@ from services.sandbox.manager import SandboxManager, check_ref
 from services.sandbox.model import OutputChunk, StreamKind
 from services.sandbox.policy import check_env
 from services.sandbox.server_files import Context
-from services.sandbox.sessions import SessionCommand, SessionExit, SessionInfo, SessionState
+from services.sandbox.sessions import (
+    CommandRun,
+    Session,
+    SessionCommand,
+    SessionExit,
+    SessionInfo,
+    SessionState,
+)
 from services.sandbox.sessions.framing import MARKER_VAR
 
 T = TypeVar("T")
@@ -65,11 +73,28 @@ class SessionRpcs:
         """Full id of the sandbox a session call acts on, after Exec's access check."""
         check_ref("sandbox_id", sandbox_id)
         grant = self.access.grant(context)
+        return await self._blocking(self._sandbox_of, sandbox_id, grant)
+
+    def _sandbox_of(self, sandbox_id: str, grant: SandboxGrant | None) -> str:
+        """In the pool: the sandbox's full id, checked against the grant (None: an operator)."""
         if grant is None:
-            return await self._blocking(self.manager.resolve_id, sandbox_id)
-        info = await self._blocking(self.manager.get, sandbox_id)
+            return self.manager.resolve_id(sandbox_id)
+        info = self.manager.get(sandbox_id)
         self.access.check_sandbox(grant, info)
-        return await self._blocking(self.manager.resolve_id, info.sandbox_id)
+        return self.manager.resolve_id(info.sandbox_id)
+
+    def _start_command(
+        self,
+        sandbox_id: str,
+        grant: SandboxGrant | None,
+        session_id: str,
+        command: SessionCommand,
+        relay: _Relay,
+    ) -> tuple[Session, CommandRun]:
+        # One pool step for the check and the start: a command's latency is
+        # a few milliseconds, and every hop through the pool is a good part.
+        cid = self._sandbox_of(sandbox_id, grant)
+        return self.manager.sessions.run(cid, session_id, command, relay)
 
     async def OpenSession(
         self, request: session_pb2.OpenSessionRequest, context: Context
@@ -112,10 +137,11 @@ class SessionRpcs:
         """See the proto."""
         _check_session_id(request.session_id)
         command = self._command(request)
-        cid = await self._session_sandbox(request.sandbox_id, context)
+        check_ref("sandbox_id", request.sandbox_id)
+        grant = self.access.grant(context)
         relay = _Relay(asyncio.get_running_loop())
         session, run = await self._blocking(
-            self.manager.sessions.run, cid, request.session_id, command, relay
+            self._start_command, request.sandbox_id, grant, request.session_id, command, relay
         )
 
         def gone(_context: object) -> None:

@@ -14,6 +14,7 @@ import time
 from typing import Protocol
 
 from services.sandbox.model import OutputChunk, StreamKind
+from services.sandbox.sessions.deadlines import Deadline
 from services.sandbox.sessions.framing import EndScanner, parse_status
 from services.sandbox.sessions.model import SessionCommand, SessionExit
 
@@ -59,7 +60,7 @@ class CommandRun:
         self.stopping = ""
         self._end_lock = threading.Lock()
         #: Stops the command at its timeout (set by the session).
-        self.timer: threading.Timer | None = None
+        self.timer: Deadline | None = None
 
     def feed(self, stream: int, data: bytes) -> bool:
         """Takes bytes the shell wrote; returns whether the command is now over."""

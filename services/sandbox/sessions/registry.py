@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from services.runtime.errors import FailedPrecondition, NotFound, ResourceExhausted, quote
 from services.sandbox.sessions.command import CommandRun, Sink
+from services.sandbox.sessions.deadlines import Deadlines
 from services.sandbox.sessions.model import SessionCommand, SessionInfo
 from services.sandbox.sessions.session import Session
 
@@ -58,6 +59,7 @@ class Sessions:
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._sweeper_wanted = sweeper
+        self._deadlines = Deadlines()
 
     def open(
         self,
@@ -79,7 +81,10 @@ class Sessions:
         with self._lock:
             # The slot is taken before the shell starts (which takes a while),
             # so concurrent opens cannot overshoot the cap.
-            taken = len(self._open.get(cid, {})) + self._opening.get(cid, 0)
+            # A closed session leaves the open ones only when its reader saw
+            # the shell go; it no longer counts from the moment it is closed.
+            alive = [s for s in self._open.get(cid, {}).values() if not s.ended]
+            taken = len(alive) + self._opening.get(cid, 0)
             if taken >= cap:
                 raise ResourceExhausted(
                     f"sandbox {cid[:12]!r} has {taken} open sessions, at most "
@@ -101,6 +106,7 @@ class Sessions:
             on_use=lambda busy: self._use(cid, busy),
             on_end=self._ended_one,
             describe_death=lambda code: self._death_reason(cid, code),
+            deadlines=self._deadlines,
         )
         try:
             session.open()
@@ -180,6 +186,7 @@ class Sessions:
             sessions = [s for per in self._open.values() for s in per.values()]
         for session in sessions:
             session.close("the sandbox manager shut down")
+        self._deadlines.close()
 
     # ---- internals -----------------------------------------------------------------
 

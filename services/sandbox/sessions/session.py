@@ -22,6 +22,7 @@ from services.runtime.errors import FailedPrecondition, ServiceError, quote
 from services.sandbox.execution import new_marker
 from services.sandbox.sessions import killer
 from services.sandbox.sessions.command import CommandRun, Sink
+from services.sandbox.sessions.deadlines import Deadlines
 from services.sandbox.sessions.framing import MARKER_VAR, new_nonce, parse_ready, prelude, wrap
 from services.sandbox.sessions.model import SessionCommand, SessionInfo, SessionState
 from services.sandbox.sessions.shell import Shell
@@ -54,6 +55,7 @@ class Session:
         on_end: Called once when the session is DEAD or CLOSED.
         describe_death: The end reason of a shell that exited with a status
             (None: unknown), e.g. naming a sandbox that stopped.
+        deadlines: Where command timeouts are scheduled.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Session:
         on_use: Callable[[bool], None],
         on_end: Callable[[Session], None],
         describe_death: Callable[[int | None], str],
+        deadlines: Deadlines,
     ) -> None:
         self._api = api
         self.cid = cid
@@ -81,6 +84,7 @@ class Session:
         self._on_use = on_use
         self._on_end = on_end
         self._describe_death = describe_death
+        self._deadlines = deadlines
         self.shell_marker = new_marker(owner)
         self._owner = owner
         self._shell = Shell(api, cid, shell, {**env, MARKER_VAR: self.shell_marker}, workdir)
@@ -167,11 +171,11 @@ class Session:
             self._run = run
             self._state = SessionState.BUSY
         self._on_use(True)
-        # The timer stops the command, never the session; the reader cancels
-        # it when the command ends first.
-        run.timer = threading.Timer(command.timeout_seconds, self.stop, args=(run, "timeout"))
-        run.timer.daemon = True
-        run.timer.start()
+        # The deadline stops the command, never the session; the reader
+        # cancels it when the command ends first.
+        run.timer = self._deadlines.after(
+            command.timeout_seconds, lambda: self.stop(run, "timeout")
+        )
         # If the send fails, the shell is gone: the reader sees its stream
         # end, makes the session DEAD and completes this run as session_ended.
         self._shell.send(
