@@ -9,7 +9,10 @@ session call goes client → gateway → sandbox manager → the session's shell
 - commands per second, one after another in one session (target: >= 200/s),
   next to raw execs per second;
 - first output byte of ``echo x``: from the call to the first output message
-  (target: <= 5 ms), next to a raw exec's first streamed frame.
+  (target: <= 5 ms), next to a raw exec's first streamed frame;
+- where the time goes (reported): ``true`` through the sessions domain API of
+  an in-process manager, no gRPC at all, next to a bare gRPC unary call
+  (ListSessions) through the gateway in the same run.
 
 Samples of the two sides are interleaved in chunks (raw, ours, raw, ...), so
 engine load drifts hit both alike. ``--quick`` cuts the samples.
@@ -18,6 +21,7 @@ engine load drifts hit both alike. ``--quick`` cuts the samples.
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +32,11 @@ from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceStub
 
 from bench import Context, Result, Stats
 from services.gateway.auth import key_entry, new_key
+from services.sandbox.docker_client import create_client
+from services.sandbox.manager import SandboxManager
+from services.sandbox.model import OutputChunk, Spec
+from services.sandbox.sessions import SessionCommand, SessionExit
+from services.sandbox.settings import SandboxSection
 
 T = 60
 Auth = tuple[tuple[str, str], ...]
@@ -163,11 +172,16 @@ def run(ctx: Context) -> list[Result]:
                 timed_ours()
         first = Stats.from_samples(first_ms)
         raw_first_stats = Stats.from_samples(raw_first)
+        list_request = session_pb2.ListSessionsRequest(sandbox_id=box)
+        unary = _samples(
+            lambda: stub.ListSessions(list_request, timeout=T, metadata=auth), ctx.repeat(300)
+        )
         stub.CloseSession(
             session_pb2.CloseSessionRequest(sandbox_id=box, session_id=session.session_id),
             timeout=T,
             metadata=auth,
         )
+    domain = _domain_true(ctx)
     return [
         Result.from_stats(
             "`true` in a session via the gateway vs raw docker exec `true`",
@@ -194,7 +208,63 @@ def run(ctx: Context) -> list[Result]:
             max_ms=5.0,
             extra={"ours_p99_ms": round(_p99(first_ms), 3)},
         ),
+        Result.from_stats(
+            "where the time goes: `true` via the sessions API in-process (no gRPC) "
+            "vs a ListSessions unary via the gateway",
+            Stats.from_samples(domain),
+            Stats.from_samples(unary),
+            target="reported",
+            met=True,
+            extra={"domain_p99_ms": round(_p99(domain), 3), "unary_p99_ms": round(_p99(unary), 3)},
+        ),
     ]
+
+
+def _samples(fn: Callable[[], object], n: int) -> list[float]:
+    for _ in range(5):
+        fn()
+    out: list[float] = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        fn()
+        out.append((time.perf_counter_ns() - start) / 1e6)
+    return out
+
+
+class _Done:
+    """A sink that only says when the exit came."""
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+
+    def put(self, event: OutputChunk, *, block: bool) -> bool:
+        return True
+
+    def end(self, event: SessionExit) -> None:
+        self.ended.set()
+
+
+def _domain_true(ctx: Context) -> list[float]:
+    """``true`` through an in-process manager's sessions, no gRPC: the floor under the RPC."""
+    client = create_client(pool_size=4)
+    section = SandboxSection(
+        default_image=ctx.sandbox_image(), reaper_enabled=False, stop_timeout_seconds=1
+    )
+    manager = SandboxManager(client, section, deployment=ctx.deployment())
+    try:
+        cid = manager.acquire("bench-domain", "bench", Spec()).sandbox.sandbox_id
+        opened = manager.sessions.open(cid, shell="/bin/sh", env={}, workdir="", idle_timeout=600)
+        command = SessionCommand(source="true", timeout_seconds=T, max_output_bytes=0)
+
+        def one() -> None:
+            done = _Done()
+            manager.sessions.run(cid, opened.session_id, command, done)
+            done.ended.wait(T)
+
+        return _samples(one, ctx.repeat(500))
+    finally:
+        manager.close(15)
+        client.close()
 
 
 def _rate(fn: Callable[[], object], seconds: float) -> float:
