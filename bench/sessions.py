@@ -237,7 +237,7 @@ class _Done:
     def __init__(self) -> None:
         self.ended = threading.Event()
 
-    def put(self, event: OutputChunk, *, block: bool) -> bool:
+    def put(self, event: OutputChunk, *, give_up: Callable[[], bool]) -> bool:
         return True
 
     def end(self, event: SessionExit) -> None:

@@ -157,20 +157,20 @@ def new_marker(owner: str) -> str:
 
 
 def run_killer(
-    api: docker.APIClient, cid: str, args: list[str], user: str, *, prelude: str = ""
+    api: docker.APIClient, cid: str, args: list[str], user: str, *, script: str = KILL_SCRIPT
 ) -> str | None:
     """Runs the killer script in a sandbox; its output, or None when it could not finish.
 
     None means the engine could not start the exec (typically every pid of
     the sandbox's limit is taken) or the script died before its sentinel.
-    ``prelude`` is shell source run first in the same exec (a session's
-    killer signals its shell there, saving an exec).
+    ``script`` is another killer with the same sentinel (a session's, which
+    also knows its shell: :mod:`.sessions.killer`).
     """
     try:
         with engine_call("exec.kill_tree", sandbox_id=cid):
             kill_id = api.exec_create(
                 cid,
-                ["sh", "-c", prelude + KILL_SCRIPT, "sh", *args],
+                ["sh", "-c", script, "sh", *args],
                 stdout=True,
                 stderr=True,
                 user=user,

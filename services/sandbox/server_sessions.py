@@ -219,10 +219,18 @@ class _Relay:
         self._slots = threading.Semaphore(RELAY_AHEAD)
         self._closed = threading.Event()
 
-    def put(self, event: OutputChunk, *, block: bool) -> bool:
-        """From the reader thread: passes output on; False if the caller is gone (or no room)."""
-        while not self._slots.acquire(timeout=RELAY_POLL_SECONDS if block else 0):
-            if self._closed.is_set() or not block:
+    def put(self, event: OutputChunk, *, give_up: Callable[[], bool]) -> bool:
+        """From the reader thread: passes output on, waiting for room until ``give_up()``.
+
+        Returns False when the caller is gone, or it gave up without room.
+        """
+        while True:
+            if self._closed.is_set():
+                return False
+            stopping = give_up()
+            if self._slots.acquire(timeout=0 if stopping else RELAY_POLL_SECONDS):
+                break
+            if stopping:
                 return False
         if self._closed.is_set():
             return False

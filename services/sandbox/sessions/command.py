@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from services.sandbox.model import OutputChunk, StreamKind
@@ -24,8 +25,8 @@ Event = OutputChunk | SessionExit
 class Sink(Protocol):
     """Where a command's events go (the RPC's stream)."""
 
-    def put(self, event: OutputChunk, *, block: bool) -> bool:
-        """Passes output on, waiting for room if ``block``; False when it was not taken."""
+    def put(self, event: OutputChunk, *, give_up: Callable[[], bool]) -> bool:
+        """Passes output on, waiting for room until ``give_up()``; False when not taken."""
 
     def end(self, event: SessionExit) -> None:
         """Passes the exit on; never waits, never refused."""
@@ -107,7 +108,8 @@ class CommandRun:
             self.truncated = True
             data = data[:room]
         kind = StreamKind.STDERR if stream == 2 else StreamKind.STDOUT
-        # Once the command is being stopped nobody may wait on the caller: the
-        # reader must get to the end markers. What finds no room is dropped.
-        if not self._sink.put(OutputChunk(kind, data), block=not self.stopping):
+        # Once the command is being stopped nobody may wait on the caller (even
+        # a wait already begun gives up): the reader must get to the end
+        # markers. What finds no room then is dropped.
+        if not self._sink.put(OutputChunk(kind, data), give_up=lambda: bool(self.stopping)):
             self.truncated = True

@@ -201,12 +201,22 @@ class Session:
         for _ in range(killer.STOP_ROUNDS):
             if run.done.is_set():
                 return
-            killer.stop_command(self._api, self.cid, shell_pid=self._pid, marker=run.marker)
+            self._stop_round(run)
             if run.done.wait(killer.ROUND_WAIT_SECONDS):
                 return
         self._end_shell(
             f"the command could not be stopped after {killer.STOP_ROUNDS} rounds; "
             "its shell was ended"
+        )
+
+    def _stop_round(self, run: CommandRun) -> None:
+        killer.stop_command(
+            self._api,
+            self.cid,
+            shell_pid=self._pid,
+            marker=run.marker,
+            shell_marker=self.shell_marker,
+            running_seconds=time.monotonic() - run.started,
         )
 
     # ---- the end -------------------------------------------------------------------
@@ -225,7 +235,7 @@ class Session:
             self._reason = reason[:MAX_REASON_CHARS]
         if busy is not None:
             busy.stopping = busy.stopping or "cancel"
-            killer.stop_command(self._api, self.cid, shell_pid=self._pid, marker=busy.marker)
+            self._stop_round(busy)
             killer.end_shell(self._api, self.cid, shell_marker=self.shell_marker)
         self._shell.close()
         return self.info()

@@ -26,6 +26,7 @@ from services.runtime.sandbox_tokens import SANDBOX_TOKEN_KEY, SandboxGrant, San
 from services.runtime.sandbox_tokens import spec_digest as digest_of
 from tests.integration.gateway.stack import RealStack, Stubs, auth, real_stack
 from tests.integration.sandbox.conftest import remove_deployment
+from tests.support.processes import ServiceProcess
 
 T = 60
 pb = sandbox_service_pb2
@@ -264,7 +265,8 @@ def test_the_output_cap_truncates_and_counts(rig: Rig) -> None:
 
 def test_a_timeout_kills_the_commands_tree_and_the_session_lives_on(rig: Rig) -> None:
     session = open_session(rig)
-    run(rig, session, "export KEPT=yes")
+    # A background job of an earlier command is not this command's.
+    run(rig, session, "export KEPT=yes; sleep 7777 > /dev/null 2>&1 &")
     result = run(
         rig,
         session,
@@ -279,7 +281,19 @@ def test_a_timeout_kills_the_commands_tree_and_the_session_lives_on(rig: Rig) ->
     # A loop of the shell's own builtins is stopped too.
     looped = run(rig, session, "while :; do :; done", timeout=seconds(1))
     assert looped.exit.timed_out and not looped.exit.session_ended
+    # An applet busybox runs in a fork of the shell (no exec) is stopped too.
+    forked = run(rig, session, "yes > /dev/null", timeout=seconds(1))
+    assert forked.exit.timed_out and not forked.exit.session_ended
     assert run(rig, session, "echo $KEPT").stdout == b"yes\n"
+    left = processes(rig, rig.box)
+    assert "sleep 7777" in left and "yes" not in left
+    exec_out(
+        rig,
+        rig.box,
+        "for d in /proc/[0-9]*; do case \"$(tr '\\000' ' ' < $d/cmdline)\" in "
+        "'sleep 7777 ') kill ${d#/proc/};; esac; done 2>/dev/null; true",
+    )
+    assert "sleep 7777" not in processes(rig, rig.box)
     close(rig, session)
 
 
@@ -300,6 +314,25 @@ def test_a_cancelled_call_kills_the_command_and_the_session_lives_on(rig: Rig) -
     assert row.state == sp.SESSION_STATE_READY
     assert "sleep 543" not in processes(rig, rig.box)
     assert run(rig, session, "echo again").stdout == b"again\n"
+    close(rig, session)
+
+
+def test_a_caller_that_does_not_read_neither_blocks_a_timeout_nor_fills_memory(rig: Rig) -> None:
+    session = open_session(rig)
+    stream = rig.stubs.sandbox.RunSessionCommand(
+        sp.RunSessionCommandRequest(
+            sandbox_id=rig.box, session_id=session.session_id, command="yes", timeout=seconds(1)
+        ),
+        timeout=T,
+        metadata=rig.admin,
+    )
+    assert next(stream).output.data.startswith(b"y\n")
+    # Not reading: the relay's few chunks and the transport's windows fill, the
+    # shell's pipe stalls; the timeout still stops `yes` and frees the session.
+    assert wait_state(rig, session, sp.SESSION_STATE_READY).state == sp.SESSION_STATE_READY
+    last = list(stream)[-1]
+    assert last.exit.timed_out and last.exit.truncated
+    assert run(rig, session, "echo free").stdout == b"free\n"
     close(rig, session)
 
 
@@ -501,3 +534,45 @@ def test_refusals_at_the_gateway_and_at_the_manager(rig: Rig) -> None:
     # The refused calls changed nothing.
     assert run(rig, session, "echo still", mine).stdout == b"still\n"
     close(rig, session)
+
+
+def test_a_manager_restart_ends_its_sessions(rig: Rig) -> None:
+    """Last in the module: it kills the sandbox manager (SIGKILL) and starts a new one."""
+    session = open_session(rig)
+    stream = rig.stubs.sandbox.RunSessionCommand(
+        sp.RunSessionCommandRequest(
+            sandbox_id=rig.box,
+            session_id=session.session_id,
+            command="echo go; sh -c 'sleep 6543 & sleep 6544'",
+        ),
+        timeout=T,
+        metadata=rig.admin,
+    )
+    assert next(stream).output.data == b"go\n"
+    assert "sleep 654" in processes(rig, rig.box)
+    old = rig.stack.processes["sandbox"]
+    old.kill()
+    old.wait(T)
+    new = ServiceProcess(
+        old.argv,
+        env=old.env,
+        health_addr=old.health_addr,
+        name="sandbox-2",
+        log_dir=old.log_path.parent,
+    )
+    try:
+        new.start(T)
+        # The new manager ended the old one's execs (the session's shell and
+        # its command's tree) before it served.
+        after = processes(rig, rig.box)
+        assert "sleep 654" not in after
+        assert "\n/bin/sh \n" not in "\n" + after
+        code, details = failure(lambda: run(rig, session, "true"))
+        assert code == grpc.StatusCode.NOT_FOUND and session.session_id in details
+        assert not rig.stubs.sandbox.ListSessions(
+            sp.ListSessionsRequest(sandbox_id=rig.box), timeout=T, metadata=rig.admin
+        ).sessions
+        fresh = open_session(rig)
+        assert run(rig, fresh, "echo fresh").stdout == b"fresh\n"
+    finally:
+        new.stop()

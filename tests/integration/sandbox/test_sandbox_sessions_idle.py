@@ -8,7 +8,7 @@ command resumes it. A session idle past its timeout is closed by the sweep.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import docker
@@ -33,7 +33,7 @@ class Collector:
         self.exit: SessionExit | None = None
         self.ended = threading.Event()
 
-    def put(self, event: OutputChunk, *, block: bool) -> bool:
+    def put(self, event: OutputChunk, *, give_up: Callable[[], bool]) -> bool:
         self.output += event.data
         return True
 

@@ -9,6 +9,7 @@ marker held back then completed, output that looks like a marker, the cap.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 
 import pytest
 
@@ -32,7 +33,7 @@ class FakeSink:
         self.exits: list[SessionExit] = []
         self.room = room
 
-    def put(self, event: OutputChunk, *, block: bool) -> bool:
+    def put(self, event: OutputChunk, *, give_up: Callable[[], bool]) -> bool:
         if len(self.chunks) >= self.room:
             return False
         self.chunks.append(event)
