@@ -9,12 +9,14 @@ marker held back then completed, output that looks like a marker, the cap.
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Callable
 
 import pytest
 
 from services.sandbox.model import OutputChunk, StreamKind
 from services.sandbox.sessions.command import CommandRun
+from services.sandbox.sessions.deadlines import Deadlines
 from services.sandbox.sessions.framing import (
     EndScanner,
     new_nonce,
@@ -146,3 +148,17 @@ def test_a_stopped_or_ended_run_reports_minus_one() -> None:
     run.feed(1, b"ab")  # "ab" could start no marker: passed on at once
     run.complete(0, session_ended=True)
     assert ended.exits[0].session_ended and ended.exits[0].exit_code == -1
+
+
+def test_deadlines_run_in_order_and_a_cancelled_one_never_runs() -> None:
+    deadlines = Deadlines()
+    ran: list[str] = []
+    done = threading.Event()
+    cancelled = deadlines.after(0.01, lambda: ran.append("cancelled"))
+    deadlines.after(0.05, lambda: (ran.append("second"), done.set()))
+    deadlines.after(0.02, lambda: ran.append("first"))
+    cancelled.cancel()
+    assert done.wait(30)
+    # The heap runs the earliest first: had the cancelled one run, it would lead.
+    assert ran == ["first", "second"]
+    deadlines.close()
