@@ -134,6 +134,10 @@ class Session:
         if pid is None:
             self._shell.close()
             code = self._shell.exit_code()
+            if code is None:
+                # Still running (a program that ignores its input, e.g. sleep):
+                # closing our side does not end it; its marker does.
+                killer.end_shell(self._api, self.cid, shell_marker=self.shell_marker)
             said = seen.decode("utf-8", "replace").strip()[:200]
             raise FailedPrecondition(
                 f"shell: {quote(self.shell_path)} did not start as a POSIX shell in sandbox "

@@ -436,6 +436,12 @@ def test_bad_input_is_refused_by_name(rig: Rig) -> None:
             grpc.StatusCode.FAILED_PRECONDITION,
             "shell",
         ),
+        (
+            # Not a shell: it echoes its input, so no ready line comes.
+            lambda: open_session(rig, shell="/bin/cat"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "did not start as a POSIX shell",
+        ),
         (lambda: run(rig, session, ""), grpc.StatusCode.INVALID_ARGUMENT, "command"),
         (lambda: run(rig, session, "echo \0"), grpc.StatusCode.INVALID_ARGUMENT, "command"),
         (
