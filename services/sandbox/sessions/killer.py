@@ -38,8 +38,9 @@ STOP_ROUNDS = 8
 #: Seconds to wait for the command's end after one round.
 ROUND_WAIT_SECONDS = 0.5
 #: Clock ticks (1/100 s) subtracted for the time the engine takes to start the
-#: killer (create + start of an exec: tens of ms, more under load).
-START_MARGIN_TICKS = 100
+#: killer (create + start of an exec: tens of ms, past a second at the p99 of
+#: a loaded 2-core machine); a margin too short misses the command's forks.
+START_MARGIN_TICKS = 300
 
 # Runs inside the sandbox: $1 the shell's pid, $2 the command's marker, $3
 # the shell's, $4 centiseconds since the command was sent (plus the margin).
