@@ -34,11 +34,7 @@ def build(settings: SandboxSettings, parts: ServiceParts) -> AioServer:
     parts.close_on_exit(lambda: manager.close(section.cleanup_drain_seconds))
     startup_sweep = leftovers.StartupSweep(manager)
     reaper = Reaper(manager)
-    # Until every RPC of the contract is served, the generated base answers
-    # the rest UNIMPLEMENTED (issue 13 lands them one capability at a time).
-    servicer = SandboxServicer(  # type: ignore[abstract]
-        manager, reaper, internal_token=settings.internal_token
-    )
+    servicer = SandboxServicer(manager, reaper, internal_token=settings.internal_token)
     parts.close_on_exit(servicer.close)
     server = build_aio_server(
         [grpc_service(servicer)],

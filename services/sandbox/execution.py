@@ -156,16 +156,24 @@ def new_marker(owner: str) -> str:
     return f"{owner}{MARKER_SEPARATOR}{secrets.token_hex(12)}"
 
 
-def run_killer(api: docker.APIClient, cid: str, args: list[str], user: str) -> str | None:
+def run_killer(
+    api: docker.APIClient, cid: str, args: list[str], user: str, *, script: str = KILL_SCRIPT
+) -> str | None:
     """Runs the killer script in a sandbox; its output, or None when it could not finish.
 
     None means the engine could not start the exec (typically every pid of
     the sandbox's limit is taken) or the script died before its sentinel.
+    ``script`` is another killer with the same sentinel (a session's, which
+    also knows its shell: :mod:`.sessions.killer`).
     """
     try:
         with engine_call("exec.kill_tree", sandbox_id=cid):
             kill_id = api.exec_create(
-                cid, ["sh", "-c", KILL_SCRIPT, "sh", *args], stdout=True, stderr=True, user=user
+                cid,
+                ["sh", "-c", script, "sh", *args],
+                stdout=True,
+                stderr=True,
+                user=user,
             )["Id"]
             raw = api.exec_start(kill_id)
     except ServiceError as exc:

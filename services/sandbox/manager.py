@@ -58,6 +58,7 @@ from services.sandbox.owners import Liveness, current_owner
 from services.sandbox.pools import WarmPools
 from services.sandbox.processes import SandboxProcesses
 from services.sandbox.reaper import Candidate
+from services.sandbox.sessions import Sessions
 from services.sandbox.settings import SandboxSection
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ class SandboxManager(AcquireSteps):
         self.processes = SandboxProcesses(self)
         #: Warm pools (see :mod:`.pools`); the wiring starts their filler.
         self.pools = WarmPools(self)
+        #: Persistent shell sessions (see :mod:`.sessions`).
+        self.sessions = Sessions(self)
 
     # ---- acquire -------------------------------------------------------------------
 
@@ -344,9 +347,7 @@ class SandboxManager(AcquireSteps):
         )
         if on_cancel is not None:
             on_cancel(run.cancel)
-        self.touch(cid)
-        with self._state_lock:
-            self._busy[cid] += 1
+        self.begin_use(cid)
         try:
             # Busy first, then resume: an idle pause checks "not busy" under
             # the pauses lock, so it either saw this exec or paused before the
@@ -354,11 +355,7 @@ class SandboxManager(AcquireSteps):
             self.pauses.ensure_running(cid)
             yield from run.events()
         finally:
-            with self._state_lock:
-                self._busy[cid] -= 1
-                if self._busy[cid] <= 0:
-                    del self._busy[cid]
-            self.touch(cid)
+            self.end_use(cid)
 
     # ---- release and cleanup -------------------------------------------------------
 
@@ -411,6 +408,7 @@ class SandboxManager(AcquireSteps):
         timeout = self.section.cleanup_drain_seconds if drain_seconds is None else drain_seconds
         self.leases.close()
         self.processes.close()
+        self.sessions.close_all()
         done = self.cleanup.close(timeout)
         log.info("cleanup drained", extra={"complete": done})
         return done
@@ -427,8 +425,22 @@ class SandboxManager(AcquireSteps):
         with self._state_lock:
             return self._last_used.get(cid)
 
+    def begin_use(self, cid: str) -> None:
+        """Counts a command (an Exec, a session's) running in the sandbox: it is busy."""
+        self.touch(cid)
+        with self._state_lock:
+            self._busy[cid] += 1
+
+    def end_use(self, cid: str) -> None:
+        """Ends what :meth:`begin_use` counted."""
+        with self._state_lock:
+            self._busy[cid] -= 1
+            if self._busy[cid] <= 0:
+                del self._busy[cid]
+        self.touch(cid)
+
     def is_busy(self, cid: str) -> bool:
-        """Whether an exec or a process runs in the sandbox through this manager."""
+        """Whether a command (Exec, session or process) runs in the sandbox through this manager."""
         with self._state_lock:
             if self._busy.get(cid, 0) > 0:
                 return True
@@ -442,6 +454,8 @@ class SandboxManager(AcquireSteps):
                 del self._known[ref]
         self.pauses.forget(cid)
         self.leases.drop(cid)
+        self.sessions.end_sandbox(cid, "the sandbox was removed")
+        self.sessions.forget(cid)
 
     # ---- what the reaper needs -----------------------------------------------------
 
@@ -458,6 +472,14 @@ class SandboxManager(AcquireSteps):
             )
             for r in rows
         ]
+
+    def container_state(self, cid: str) -> str:
+        """The engine's state of a container (``running``, ``exited``, ...).
+
+        Raises:
+            NotFound: The container is gone.
+        """
+        return str((self._inspect(cid).get("State") or {}).get("Status", ""))
 
     def times(self, cid: str) -> tuple[str, str, str]:
         """(state, raw StartedAt, raw FinishedAt) of a container."""

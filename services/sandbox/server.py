@@ -14,7 +14,8 @@ and kills the command of a caller that goes away. The file RPCs are a mixin
 (:mod:`.server_files`, over :mod:`.files`) and run in the same pool: a
 WriteFiles pool thread pulls the caller's messages (read a few ahead on the
 loop) into the engine's upload, and a ReadFile pool thread reads the engine a
-few chunks ahead of the caller.
+few chunks ahead of the caller. The session RPCs are a mixin too
+(:mod:`.server_sessions`, over :mod:`.sessions`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from services.sandbox.server_files import Context, FileRpcs, Transfer
 from services.sandbox.server_lifecycle import LifecycleRpcs
 from services.sandbox.server_pools import PoolRpcs
 from services.sandbox.server_processes import ProcessRpcs
+from services.sandbox.server_sessions import SessionRpcs
 
 SERVICE_NAME = "longshore.sandbox.v1.SandboxService"
 #: Threads that kill the commands of abandoned Execs (apart from the engine pool).
@@ -59,6 +61,7 @@ class SandboxServicer(
     LifecycleRpcs,
     PoolRpcs,
     ProcessRpcs,
+    SessionRpcs,
     sandbox_service_pb2_grpc.SandboxServiceServicer,
 ):
     """Implements the SandboxService contract over a :class:`SandboxManager`.

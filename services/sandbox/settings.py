@@ -133,6 +133,20 @@ class SandboxSection:
         default=300.0,
         metadata={"help": "How long an exited process (and its output) stays listed."},
     )
+    max_sessions_per_sandbox: int = field(
+        default=8,
+        metadata={
+            "help": "Most shell sessions open at once in one sandbox (OpenSession is "
+            "RESOURCE_EXHAUSTED above it)."
+        },
+    )
+    session_idle_timeout_seconds: float = field(
+        default=600.0,
+        metadata={
+            "help": "Seconds a shell session may go without a command before it is closed, "
+            "unless OpenSession asks for another idle_timeout."
+        },
+    )
     max_file_bytes: int = field(
         default=1024 * 1024 * 1024,
         metadata={
@@ -238,6 +252,14 @@ class SandboxSection:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")
+        if not (
+            math.isfinite(self.session_idle_timeout_seconds)
+            and 0 < self.session_idle_timeout_seconds <= 7 * 24 * 3600
+        ):
+            raise ValueError(
+                "sandbox.session_idle_timeout_seconds: must be above 0 and at most 7 days, "
+                f"got {self.session_idle_timeout_seconds}"
+            )
         if self.lease_expiry_action not in ("pause", "remove"):
             raise ValueError(
                 "sandbox.lease_expiry_action: expected 'pause' or 'remove', got "
@@ -249,6 +271,7 @@ class SandboxSection:
             "max_warm_per_pool",
             "max_warm_total",
             "warm_fill_concurrency",
+            "max_sessions_per_sandbox",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")

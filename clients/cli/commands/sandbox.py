@@ -1,10 +1,11 @@
-"""``longshore sandbox ls|exec|cp|cat|rm|reap|pools`` (and the process commands of
+"""``longshore sandbox ls|exec|shell|cp|cat|rm|reap|pools`` (and the process commands of
 :mod:`.sandbox_processes`: ``run|start|ps|kill``).
 
 ``ls`` lists sandboxes, or with ``SANDBOX:PATH`` a directory inside one;
 ``cp`` copies a file (or a local directory's files) into a sandbox or a file
 out of one; ``cat`` writes a sandbox's file to stdout. ``-`` as the local side
-of ``cp`` is stdin or stdout.
+of ``cp`` is stdin or stdout. ``shell`` (:mod:`.sandbox_shell`) runs an
+interactive shell session.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, BinaryIO
 from google.protobuf.duration_pb2 import Duration
 from longshore.sandbox.v1 import file_pb2, pool_pb2, sandbox_pb2, sandbox_service_pb2
 
-from clients.cli.commands import sandbox_processes
+from clients.cli.commands import sandbox_processes, sandbox_shell
 from clients.cli.connection import paged
 from clients.cli.context import Context
 from clients.cli.errors import EXIT_USAGE, CliError
@@ -53,6 +54,7 @@ def register(sub: Any) -> None:
     exe.add_argument("--kill-after", dest="exec_timeout", type=float, help="kill after N seconds")
     exe.add_argument("--workdir", default="")
     exe.set_defaults(run=_exec)
+    sandbox_shell.register(cmds)
     cp = cmds.add_parser(
         "cp", help="copy files: cp LOCAL SANDBOX:PATH (a file or a directory's files) or back"
     )

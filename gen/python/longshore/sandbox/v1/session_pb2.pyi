@@ -216,7 +216,7 @@ class OpenSessionRequest(_message.Message):
     @_builtins.property
     def idle_timeout(self) -> _duration_pb2.Duration:
         """Close the session after this long without a command; unset or zero =
-        `sandbox.session_idle_timeout`. At most 7 days.
+        `sandbox.session_idle_timeout_seconds`. At most 7 days.
         """
 
     def __init__(
