@@ -1,0 +1,265 @@
+"""E2B's Python SDK (pinned, unpatched) against the front door, the real stack and engine.
+
+The SDK is pointed at Longshore the way docs/e2b.md says: ``E2B_API_URL`` and
+``E2B_SANDBOX_URL`` at the front door, ``E2B_API_KEY`` a Longshore key. Each
+test asserts what the engine, kanban or the CLI see, not only what the SDK
+says; both refusals are proved (a key without the scope at the gateway,
+another key's run at kanban and another task's token at the manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import docker
+import httpx
+import pytest
+from e2b import CommandExitException, Sandbox, SandboxQuery
+from e2b.exceptions import NotFoundException, RateLimitException, SandboxException, TimeoutException
+from longshore.kanban.v1 import kanban_service_pb2, task_pb2
+from longshore.sandbox.v1 import sandbox_service_pb2 as spb
+
+from services.e2b import tokens
+from tests.integration.e2b.rig import E2bRig, build_template_image, e2b_rig
+from tests.integration.gateway.stack import auth
+from tests.integration.sandbox.conftest import remove_deployment
+from tests.support.processes import REPO_ROOT, service_env
+
+T = 60
+TEMPLATE = "py-tpl"
+
+
+@pytest.fixture(scope="module")
+def rig(
+    tmp_path_factory: pytest.TempPathFactory,
+    run_id: str,
+    sandbox_image: str,
+    run_labels: dict[str, str],
+    docker_client: docker.DockerClient,
+) -> Iterator[E2bRig]:
+    deployment = f"t{run_id}-e2b"
+    image = build_template_image(
+        docker_client, sandbox_image, f"longshore-test/e2b-template:{run_id}", run_labels
+    )
+    home = tmp_path_factory.mktemp("e2b-stack")
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY")}
+    try:
+        with e2b_rig(home, deployment=deployment, image=image) as rig:
+            rig.profile(TEMPLATE)
+            rig.profile("capped", cap=1)
+            # The two variables of docs/e2b.md, and the key.
+            os.environ["E2B_API_URL"] = rig.url
+            os.environ["E2B_SANDBOX_URL"] = rig.url
+            os.environ["E2B_API_KEY"] = rig.keys.alice
+            yield rig
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        remove_deployment(docker_client, deployment)
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.images.remove(image, force=True)
+
+
+def gone(engine: docker.DockerClient, cid: str, bound: float = 60.0) -> bool:
+    """Whether the container is gone within ``bound`` seconds (removal is asynchronous)."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        try:
+            engine.api.inspect_container(cid)
+        except docker.errors.NotFound:
+            return True
+        threading.Event().wait(0.1)
+    return False
+
+
+def box_of(rig: E2bRig, e2b_id: str) -> spb.ListSandboxesResponse:
+    return rig.stubs.sandbox.ListSandboxes(
+        spb.ListSandboxesRequest(task_id=e2b_id), timeout=T, metadata=auth(rig.keys.admin)
+    )
+
+
+def task_of(rig: E2bRig, e2b_id: str) -> task_pb2.Task:
+    return rig.stubs.kanban.GetTask(
+        kanban_service_pb2.GetTaskRequest(task_id=e2b_id), timeout=T, metadata=auth(rig.keys.admin)
+    ).task
+
+
+def test_sandbox_lifecycle_commands_and_files(
+    rig: E2bRig, run_id: str, docker_client: docker.DockerClient
+) -> None:
+    sbx = Sandbox.create(template=TEMPLATE, metadata={"suite": run_id}, timeout=120)
+    try:
+        boxes = box_of(rig, sbx.sandbox_id).sandboxes
+        assert len(boxes) == 1, rig.logs()
+        cid = boxes[0].sandbox_id
+        assert boxes[0].profile == TEMPLATE
+        task = task_of(rig, sbx.sandbox_id)
+        assert task.status == task_pb2.TASK_STATUS_RUNNING and task.assignee == TEMPLATE
+
+        # Foreground command: envs, cwd, callbacks for both streams.
+        seen_out: list[str] = []
+        seen_err: list[str] = []
+        result = sbx.commands.run(
+            "echo $GREETING; pwd; echo oops >&2",
+            envs={"GREETING": "hello"},
+            cwd="/tmp",
+            timeout=30,
+            on_stdout=seen_out.append,
+            on_stderr=seen_err.append,
+        )
+        assert result.exit_code == 0
+        assert result.stdout == "hello\n/tmp\n"
+        assert result.stderr == "oops\n"
+        assert "".join(seen_out) == "hello\n/tmp\n" and "".join(seen_err) == "oops\n"
+        with pytest.raises(CommandExitException) as failed:
+            sbx.commands.run("echo bye; exit 3", timeout=30)
+        assert failed.value.exit_code == 3 and failed.value.stdout == "bye\n"
+
+        # A timed-out command is killed inside the sandbox, not only the stream.
+        with pytest.raises(TimeoutException):
+            sbx.commands.run("sleep 41", timeout=2)
+        left = sbx.commands.run("ps -o args", timeout=30).stdout
+        assert "sleep 41" not in left
+
+        # Files: text, 10 MB binary, list, rename, remove, make_dir.
+        sbx.files.write("/work/hello.txt", "hi there\n")
+        assert sbx.files.read("/work/hello.txt") == "hi there\n"
+        blob = os.urandom(10 * 1024 * 1024)
+        sbx.files.write("/work/blob.bin", blob)
+        assert bytes(sbx.files.read("/work/blob.bin", format="bytes")) == blob
+        names = {e.name for e in sbx.files.list("/work")}
+        assert names == {"hello.txt", "blob.bin"}
+        moved = sbx.files.rename("/work/hello.txt", "/work/renamed.txt")
+        assert moved.path == "/work/renamed.txt"
+        assert sbx.commands.run("cat /work/renamed.txt", timeout=30).stdout == "hi there\n"
+        assert sbx.files.exists("/work/renamed.txt") and not sbx.files.exists("/work/hello.txt")
+        assert sbx.files.make_dir("/work/sub/deeper") is True
+        assert sbx.files.make_dir("/work/sub/deeper") is False
+        sbx.files.remove("/work/blob.bin")
+        assert not sbx.files.exists("/work/blob.bin")
+        with pytest.raises(NotFoundException):
+            sbx.files.read("/work/no-such-file")
+
+        # Timeout -> the sandbox's lease; set and extend.
+        sbx.set_timeout(600)
+        lease = box_of(rig, sbx.sandbox_id).sandboxes[0].lease_expire_time.ToSeconds()
+        info = sbx.get_info()
+        assert info.metadata == {"suite": run_id}
+        assert abs(info.end_at.timestamp() - lease) < 2
+        sbx.set_timeout(900)
+        assert box_of(rig, sbx.sandbox_id).sandboxes[0].lease_expire_time.ToSeconds() > lease + 200
+
+        # List by metadata: ours, and nothing for another value.
+        listed = Sandbox.list(query=SandboxQuery(metadata={"suite": run_id})).next_items()
+        assert [s.sandbox_id for s in listed] == [sbx.sandbox_id]
+        assert Sandbox.list(query=SandboxQuery(metadata={"suite": "other"})).next_items() == []
+
+        # The same sandbox in `longshore sandbox ls`.
+        cli = subprocess.run(
+            [sys.executable, "-m", "clients.cli.main", "sandbox", "ls"],
+            env=service_env(
+                {
+                    "LONGSHORE_HOME": str(rig.stack.home / "cli-home"),
+                    "LONGSHORE_GATEWAY_ADDR": rig.stack.gateway_addr,
+                    "LONGSHORE_API_KEY": rig.keys.admin,
+                }
+            ),
+            capture_output=True,
+            timeout=120,
+            check=True,
+            cwd=REPO_ROOT,
+        )
+        assert cid[:12] in cli.stdout.decode()
+    finally:
+        sbx.kill()
+    # Killed: the container goes (removed on the manager's cleanup worker),
+    # the task is done, the SDK sees no sandbox.
+    assert gone(docker_client, cid), f"{cid[:12]} still exists 60 s after kill"
+    assert task_of(rig, sbx.sandbox_id).status == task_pb2.TASK_STATUS_DONE
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(sbx.sandbox_id)
+
+
+def _stat(rig: E2bRig, token: str) -> httpx.Response:
+    return httpx.post(
+        rig.url + "/filesystem.Filesystem/Stat",
+        json={"path": "/"},
+        headers={"X-Access-Token": token, "Content-Type": "application/json"},
+        timeout=T,
+    )
+
+
+def test_refusals_scope_and_ownership(rig: E2bRig) -> None:
+    # A key without the scope: the gateway refuses the create.
+    with pytest.raises(SandboxException) as denied:
+        Sandbox.create(template=TEMPLATE, api_key=rig.keys.reader)
+    assert "403" in str(denied.value) and "scope" in str(denied.value)
+    with pytest.raises(Exception, match="401"):
+        Sandbox.create(template=TEMPLATE, api_key="lsk_not-a-key")
+
+    alice = Sandbox.create(template=TEMPLATE, timeout=120)
+    bob = Sandbox.create(template=TEMPLATE, timeout=120, api_key=rig.keys.bob)
+    try:
+        # Another key's sandbox: kanban refuses bob the run (PERMISSION_DENIED).
+        with pytest.raises(SandboxException, match="403"):
+            Sandbox.kill(alice.sandbox_id, api_key=rig.keys.bob)
+        with pytest.raises(SandboxException, match="403"):
+            Sandbox.set_timeout(alice.sandbox_id, 60, api_key=rig.keys.bob)
+        mine = tokens.decode(bob._envd_access_token or "")
+        theirs = tokens.decode(alice._envd_access_token or "")
+        forged = tokens.encode(tokens.Access(rig.keys.bob, theirs.run_id, theirs.sandbox_id))
+        refused = _stat(rig, forged)
+        assert refused.status_code == 403 and refused.json()["code"] == "permission_denied"
+        # Bob's own, valid run token on alice's sandbox: the manager refuses it.
+        crossed = tokens.encode(tokens.Access(rig.keys.bob, mine.run_id, theirs.sandbox_id))
+        refused = _stat(rig, crossed)
+        assert refused.status_code == 403, refused.text
+        assert "belongs to task" in refused.json()["message"]
+        assert _stat(rig, alice._envd_access_token or "").status_code == 200
+        # Alice's sandbox still works for alice.
+        assert alice.commands.run("echo still", timeout=30).stdout == "still\n"
+    finally:
+        alice.kill()
+        bob.kill()
+
+
+def test_profile_cap_applies_to_e2b_creates(rig: E2bRig) -> None:
+    first = Sandbox.create(template="capped", timeout=60)
+    try:
+        with pytest.raises(RateLimitException, match="concurrency cap"):
+            Sandbox.create(template="capped", timeout=60)
+    finally:
+        first.kill()
+    # The cap freed: a new create succeeds.
+    Sandbox.create(template="capped", timeout=60).kill()
+
+
+def test_unsupported_calls_answer_their_documented_status(rig: E2bRig) -> None:
+    sbx = Sandbox.create(template=TEMPLATE, timeout=60)
+    try:
+        with pytest.raises(SandboxException, match="UNIMPLEMENTED"):
+            sbx.commands.list()
+        with pytest.raises(SandboxException, match="UNIMPLEMENTED"):
+            sbx.files.watch_dir("/tmp")
+        key = {"X-API-Key": rig.keys.alice}
+        assert httpx.get(rig.url + "/templates", headers=key, timeout=T).status_code == 501
+        assert (
+            httpx.post(
+                rig.url + f"/sandboxes/{sbx.sandbox_id}/snapshots", headers=key, timeout=T
+            ).status_code
+            == 501
+        )
+        # An unknown template (no such profile) is the gateway's NOT_FOUND.
+        with pytest.raises(SandboxException, match="404"):
+            Sandbox.create(template="no-such-profile")
+    finally:
+        sbx.kill()
