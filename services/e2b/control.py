@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,8 +24,6 @@ from starlette.routing import Route
 from services.e2b.errors import Problem, problem_of
 from services.e2b.sandboxes import Sandboxes
 from services.runtime.errors import InvalidArgument, Unauthenticated
-
-import grpc
 
 #: Largest JSON body a control-plane call may send.
 MAX_BODY_BYTES = 256 * 1024

@@ -16,7 +16,7 @@ from services.e2b import tokens
 from services.e2b.gateway import Caller
 from services.e2b.sandboxes import Sandboxes
 
-ACCESS_TOKEN_HEADER = "x-access-token"
+ACCESS_TOKEN_HEADER = "x-access-token"  # noqa: S105 (a header name, not a secret)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from e2b.envd.filesystem import filesystem_pb as fp
+from e2b.envd.filesystem.filesystem_connect import Filesystem
 from longshore.sandbox.v1 import file_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2 as spb
 from protobuf.wkt import Timestamp
@@ -48,9 +49,7 @@ def entry_info(entry: file_pb2.FileEntry) -> fp.EntryInfo:
         permissions=stat_mod.filemode(entry.mode),
         owner=str(entry.uid) if entry.HasField("uid") else "",
         group=str(entry.gid) if entry.HasField("gid") else "",
-        modified_time=Timestamp(
-            seconds=entry.modify_time.seconds, nanos=entry.modify_time.nanos
-        ),
+        modified_time=Timestamp(seconds=entry.modify_time.seconds, nanos=entry.modify_time.nanos),
         is_symlink=is_link,
     )
     if is_link:
@@ -72,7 +71,7 @@ def _unimplemented(call: str) -> ConnectError:
     )
 
 
-class FilesystemService:
+class FilesystemService(Filesystem):
     """envd's Filesystem service (the ``Filesystem`` protocol of the SDK's generated code)."""
 
     def __init__(self, gateway: Gateway, sandboxes: Sandboxes) -> None:

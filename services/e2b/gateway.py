@@ -10,6 +10,7 @@ caller. The aio channel is opened lazily, on the event loop that serves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from grpc import aio
 from longshore.kanban.v1 import kanban_service_pb2_grpc, worker_service_pb2_grpc
@@ -17,6 +18,11 @@ from longshore.sandbox.v1 import sandbox_service_pb2_grpc
 
 from services.runtime.channels import open_aio_channel
 from services.runtime.sandbox_tokens import SANDBOX_TOKEN_KEY
+
+if TYPE_CHECKING:
+    from longshore.kanban.v1.kanban_service_pb2_grpc import KanbanServiceAsyncStub
+    from longshore.kanban.v1.worker_service_pb2_grpc import WorkerServiceAsyncStub
+    from longshore.sandbox.v1.sandbox_service_pb2_grpc import SandboxServiceAsyncStub
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -48,9 +54,9 @@ class Gateway:
         self.address = address
         self.timeout = timeout
         self._channel: aio.Channel | None = None
-        self._kanban: kanban_service_pb2_grpc.KanbanServiceStub | None = None
-        self._worker: worker_service_pb2_grpc.WorkerServiceStub | None = None
-        self._sandbox: sandbox_service_pb2_grpc.SandboxServiceStub | None = None
+        self._kanban: KanbanServiceAsyncStub | None = None
+        self._worker: WorkerServiceAsyncStub | None = None
+        self._sandbox: SandboxServiceAsyncStub | None = None
 
     def _open(self) -> aio.Channel:
         if self._channel is None:
@@ -62,21 +68,21 @@ class Gateway:
         return self._channel
 
     @property
-    def kanban(self) -> kanban_service_pb2_grpc.KanbanServiceStub:
+    def kanban(self) -> KanbanServiceAsyncStub:
         """KanbanService (tasks)."""
         self._open()
         assert self._kanban is not None
         return self._kanban
 
     @property
-    def worker(self) -> worker_service_pb2_grpc.WorkerServiceStub:
+    def worker(self) -> WorkerServiceAsyncStub:
         """WorkerService (claims, heartbeats, completion)."""
         self._open()
         assert self._worker is not None
         return self._worker
 
     @property
-    def sandbox(self) -> sandbox_service_pb2_grpc.SandboxServiceStub:
+    def sandbox(self) -> SandboxServiceAsyncStub:
         """SandboxService (acquire, exec, files, leases)."""
         self._open()
         assert self._sandbox is not None

@@ -65,7 +65,9 @@ class Keeper:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def keep(self, run_id: str, *, api_key: str, token: str, lease_expire: float, end: float) -> None:
+    def keep(
+        self, run_id: str, *, api_key: str, token: str, lease_expire: float, end: float
+    ) -> None:
         """Starts keeping ``run_id`` until ``end`` (Unix seconds).
 
         Raises:
@@ -153,4 +155,7 @@ class Keeper:
                 metadata=Caller(kept.api_key).metadata(),
             )
         except aio.AioRpcError as exc:
-            log.info("e2b run ended before its timeout", extra={"run_id": run_id, "code": exc.code().name})
+            log.info(
+                "e2b run ended before its timeout",
+                extra={"run_id": run_id, "code": exc.code().name},
+            )

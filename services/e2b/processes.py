@@ -26,6 +26,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from e2b.envd.process import process_pb as pp
+from e2b.envd.process.process_connect import Process
 from google.protobuf import duration_pb2
 from longshore.sandbox.v1 import sandbox_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2 as spb
@@ -85,8 +86,11 @@ def _event(event: Any) -> pp.StartResponse:
 
 
 def _data(chunk: Any) -> pp.StartResponse:
-    stream = "stderr" if chunk.stream == sandbox_pb2.OUTPUT_STREAM_STDERR else "stdout"
-    return _event(Oneof("data", pp.ProcessEvent.DataEvent(output=Oneof(stream, chunk.data))))
+    # Oneof infers `str` for a literal field name; the generated type wants
+    # the Literal, so the value is passed untyped.
+    name = "stderr" if chunk.stream == sandbox_pb2.OUTPUT_STREAM_STDERR else "stdout"
+    output: Any = Oneof(name, chunk.data)
+    return _event(Oneof("data", pp.ProcessEvent.DataEvent(output=output)))
 
 
 def _end(exit_: Any) -> pp.StartResponse:
@@ -100,7 +104,7 @@ def _end(exit_: Any) -> pp.StartResponse:
     )
 
 
-class ProcessService:
+class ProcessService(Process):
     """envd's Process service (the ``Process`` protocol of the SDK's generated code)."""
 
     def __init__(self, gateway: Gateway, sandboxes: Sandboxes) -> None:
@@ -130,9 +134,7 @@ class ProcessService:
         async for item in self._with_keepalive(call, max(1.0, interval)):
             yield item
 
-    async def _with_keepalive(
-        self, call: Any, interval: float
-    ) -> AsyncIterator[pp.StartResponse]:
+    async def _with_keepalive(self, call: Any, interval: float) -> AsyncIterator[pp.StartResponse]:
         stream = call.__aiter__()
         pending: asyncio.Task[Any] | None = None
         try:

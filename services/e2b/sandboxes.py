@@ -140,8 +140,7 @@ class Sandboxes:
             raise InvalidArgument("timeout: a positive number of seconds")
         if value > self._section.max_timeout_seconds:
             raise InvalidArgument(
-                f"timeout: at most {self._section.max_timeout_seconds} s "
-                "(e2b.max_timeout_seconds)"
+                f"timeout: at most {self._section.max_timeout_seconds} s (e2b.max_timeout_seconds)"
             )
         return value
 

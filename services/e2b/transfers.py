@@ -12,7 +12,7 @@ files, never wholly in memory.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import IO, Any
 
 from longshore.sandbox.v1 import sandbox_service_pb2 as spb
@@ -102,7 +102,7 @@ class Transfers:
 
         return StreamingResponse(body(), media_type="application/octet-stream")
 
-    async def _bounded(self, request: Request) -> AsyncIterator[bytes]:
+    async def _bounded(self, request: Request) -> AsyncGenerator[bytes, None]:
         total = 0
         async for chunk in request.stream():
             total += len(chunk)

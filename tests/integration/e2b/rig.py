@@ -29,7 +29,9 @@ from tests.support.processes import ServiceProcess, ServiceStartError
 BASH_SHIM = b'#!/bin/sh\nexec /bin/sh "$@"\n'
 
 
-def build_template_image(client: docker.DockerClient, base: str, tag: str, labels: dict[str, str]) -> str:
+def build_template_image(
+    client: docker.DockerClient, base: str, tag: str, labels: dict[str, str]
+) -> str:
     """``base`` plus a ``/bin/bash`` shim; returns ``tag``."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -106,7 +108,9 @@ def wait_http(front_door: ServiceProcess, url: str, timeout: float = 60.0) -> No
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
             if front_door.returncode is not None:
-                raise ServiceStartError(f"e2b exited {front_door.returncode}:\n{front_door.log_tail()}")
+                raise ServiceStartError(
+                    f"e2b exited {front_door.returncode}:\n{front_door.log_tail()}"
+                )
             try:
                 if client.get(url + "/health").status_code == 204:
                     return
@@ -117,7 +121,9 @@ def wait_http(front_door: ServiceProcess, url: str, timeout: float = 60.0) -> No
 
 
 @contextmanager
-def e2b_rig(home: Path, *, deployment: str, image: str, default_template: str = "") -> Iterator[E2bRig]:
+def e2b_rig(
+    home: Path, *, deployment: str, image: str, default_template: str = ""
+) -> Iterator[E2bRig]:
     """The stack, then the front door; all stopped on exit."""
     keys = E2bKeys.new()
     with (
