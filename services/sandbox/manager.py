@@ -53,6 +53,7 @@ from services.sandbox.model import (
     Spec,
 )
 from services.sandbox.owners import Liveness, current_owner
+from services.sandbox.processes import SandboxProcesses
 from services.sandbox.reaper import Candidate
 from services.sandbox.settings import SandboxSection
 
@@ -130,6 +131,8 @@ class SandboxManager(AcquireSteps):
         self.pauses = Pauses(self)
         self.snapshots = Snapshots(self)
         self.leases = Leases(self, clock, timer=lease_timer)
+        #: Background and interactive processes (see :mod:`.processes`).
+        self.processes = SandboxProcesses(self)
 
     # ---- acquire -------------------------------------------------------------------
 
@@ -377,6 +380,7 @@ class SandboxManager(AcquireSteps):
         """Drains outstanding cleanups (bounded); returns whether all finished."""
         timeout = self.section.cleanup_drain_seconds if drain_seconds is None else drain_seconds
         self.leases.close()
+        self.processes.close()
         done = self.cleanup.close(timeout)
         log.info("cleanup drained", extra={"complete": done})
         return done
@@ -394,9 +398,11 @@ class SandboxManager(AcquireSteps):
             return self._last_used.get(cid)
 
     def is_busy(self, cid: str) -> bool:
-        """Whether an exec is running in the sandbox through this manager."""
+        """Whether an exec or a process runs in the sandbox through this manager."""
         with self._state_lock:
-            return self._busy.get(cid, 0) > 0
+            if self._busy.get(cid, 0) > 0:
+                return True
+        return self.processes.table.running_in(cid) > 0
 
     def forget(self, cid: str) -> None:
         """Drops cached facts about a sandbox that is going away."""

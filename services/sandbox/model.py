@@ -132,6 +132,8 @@ class StreamKind(enum.Enum):
 
     STDOUT = 1
     STDERR = 2
+    #: A process's terminal: stdout and stderr merged, as the terminal shows them.
+    PTY = 3
 
 
 @dataclass(frozen=True)

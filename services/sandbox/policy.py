@@ -114,7 +114,7 @@ def admit(spec: Spec, section: SandboxSection) -> Admitted:
     """
     image = _check_image(spec.image or section.default_image)
     _check_limits(spec)
-    _check_env(spec.env)
+    check_env(spec.env)
     _check_path("spec.workdir", spec.workdir, required=False)
     if spec.user and (len(spec.user) > MAX_USER_CHARS or not _USER.match(spec.user)):
         raise InvalidArgument(
@@ -219,24 +219,30 @@ def _permit_limits(spec: Spec, section: SandboxSection) -> None:
         )
 
 
-def _check_env(env: Mapping[str, str]) -> None:
+def check_env(env: Mapping[str, str], field: str = "spec.env") -> None:
+    """Refuses an environment beyond the bounds of ``SandboxSpec.env``, naming ``field``.
+
+    Raises:
+        InvalidArgument: Too many entries, a bad name, a value too long or with
+            NUL, too many bytes in all.
+    """
     if len(env) > MAX_ENV_ENTRIES:
-        raise InvalidArgument(f"spec.env: at most {MAX_ENV_ENTRIES} entries, got {len(env)}")
+        raise InvalidArgument(f"{field}: at most {MAX_ENV_ENTRIES} entries, got {len(env)}")
     total = 0
     for name, value in env.items():
         if not _ENV_NAME.match(name):
-            raise InvalidArgument(f"spec.env: invalid variable name {quote(name)}")
+            raise InvalidArgument(f"{field}: invalid variable name {quote(name)}")
         size = len(value.encode("utf-8", "surrogatepass"))
         if size > MAX_ENV_VALUE_BYTES:
             raise InvalidArgument(
-                f"spec.env[{quote(name)}]: value is {size} bytes, at most {MAX_ENV_VALUE_BYTES}"
+                f"{field}[{quote(name)}]: value is {size} bytes, at most {MAX_ENV_VALUE_BYTES}"
             )
         if "\x00" in value:
-            raise InvalidArgument(f"spec.env[{quote(name)}]: value must not contain NUL")
+            raise InvalidArgument(f"{field}[{quote(name)}]: value must not contain NUL")
         total += len(name) + 1 + size
     if total > MAX_ENV_TOTAL_BYTES:
         raise InvalidArgument(
-            f"spec.env: {total} bytes of names and values, at most {MAX_ENV_TOTAL_BYTES}"
+            f"{field}: {total} bytes of names and values, at most {MAX_ENV_TOTAL_BYTES}"
         )
 
 

@@ -46,6 +46,7 @@ from services.sandbox.policy import check_image_allowed, check_snapshot_image, q
 from services.sandbox.reaper import Reaper
 from services.sandbox.server_files import Context, FileRpcs, Transfer
 from services.sandbox.server_lifecycle import LifecycleRpcs
+from services.sandbox.server_processes import ProcessRpcs
 
 SERVICE_NAME = "longshore.sandbox.v1.SandboxService"
 #: Threads that kill the commands of abandoned Execs (apart from the engine pool).
@@ -54,7 +55,9 @@ CANCEL_WORKERS = 4
 T = TypeVar("T")
 
 
-class SandboxServicer(FileRpcs, LifecycleRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer):
+class SandboxServicer(
+    FileRpcs, LifecycleRpcs, ProcessRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer
+):
     """Implements the SandboxService contract over a :class:`SandboxManager`.
 
     Args:

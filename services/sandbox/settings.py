@@ -115,6 +115,24 @@ class SandboxSection:
     exec_max_output_bytes: int = field(
         default=8 * 1024 * 1024, metadata={"help": "Default output cap of one Exec."}
     )
+    max_processes_per_sandbox: int = field(
+        default=32,
+        metadata={
+            "help": "Running processes (StartProcess, RunProcess) per sandbox at most "
+            "(RESOURCE_EXHAUSTED above)."
+        },
+    )
+    process_output_buffer_bytes: int = field(
+        default=1024 * 1024,
+        metadata={
+            "help": "Output bytes kept per process for ConnectProcess replays; older "
+            "output is reported skipped."
+        },
+    )
+    process_retention_seconds: float = field(
+        default=300.0,
+        metadata={"help": "How long an exited process (and its output) stays listed."},
+    )
     max_file_bytes: int = field(
         default=1024 * 1024 * 1024,
         metadata={
@@ -187,7 +205,13 @@ class SandboxSection:
                 raise ValueError(f"sandbox.allowed_capabilities: invalid capability {cap[:100]!r}")
         if not (math.isfinite(self.max_cpus) and self.max_cpus > 0):
             raise ValueError(f"sandbox.max_cpus: must be a positive number, got {self.max_cpus}")
-        for name in ("max_memory_bytes", "max_pids_limit", "max_file_bytes"):
+        for name in (
+            "max_memory_bytes",
+            "max_pids_limit",
+            "max_file_bytes",
+            "max_processes_per_sandbox",
+            "process_output_buffer_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")
         if self.lease_expiry_action not in ("pause", "remove"):

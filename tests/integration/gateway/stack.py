@@ -93,6 +93,7 @@ def real_stack(
     otel_endpoint: str = "",
     gateway_env: dict[str, str] | None = None,
     kanban_env: dict[str, str] | None = None,
+    sandbox_env: dict[str, str] | None = None,
     timeout: float = 60.0,
 ) -> Iterator[RealStack]:
     """Start sandbox and kanban (in parallel), then the gateway; stop all on exit."""
@@ -113,6 +114,7 @@ def real_stack(
             **common,
             "LONGSHORE_SANDBOX_LISTEN": ports["sandbox"],
             "LONGSHORE_SANDBOX_DEFAULT_IMAGE": image,
+            **(sandbox_env or {}),
         },
         "kanban": {**common, "LONGSHORE_KANBAN_LISTEN": ports["kanban"], **(kanban_env or {})},
         "gateway": {
