@@ -243,11 +243,30 @@ def test_profile_cap_applies_to_e2b_creates(rig: E2bRig) -> None:
     Sandbox.create(template="capped", timeout=60).kill()
 
 
+def test_background_command_connect_stdin_and_kill(rig: E2bRig) -> None:
+    sbx = Sandbox.create(template=TEMPLATE, timeout=120)
+    try:
+        echo = sbx.commands.run("cat; echo done", background=True, stdin=True, timeout=60)
+        assert echo.pid in {p.pid for p in sbx.commands.list()}
+        sbx.commands.send_stdin(echo.pid, "ping\n")
+        again = sbx.commands.connect(echo.pid, timeout=60)
+        sbx.commands.close_stdin(echo.pid)
+        result = again.wait()
+        assert (result.exit_code, result.stdout) == (0, "ping\ndone\n")
+
+        sleeper = sbx.commands.run("sleep 301", background=True, timeout=120)
+        assert sbx.commands.kill(sleeper.pid)
+        with pytest.raises(CommandExitException):
+            sleeper.wait()
+        assert "sleep 301" not in sbx.commands.run("ps -o args", timeout=30).stdout
+        assert sleeper.pid not in {p.pid for p in sbx.commands.list()}
+    finally:
+        sbx.kill()
+
+
 def test_unsupported_calls_answer_their_documented_status(rig: E2bRig) -> None:
     sbx = Sandbox.create(template=TEMPLATE, timeout=60)
     try:
-        with pytest.raises(SandboxException, match="UNIMPLEMENTED"):
-            sbx.commands.list()
         with pytest.raises(SandboxException, match="UNIMPLEMENTED"):
             sbx.files.watch_dir("/tmp")
         key = {"X-API-Key": rig.keys.alice}
