@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,10 +102,20 @@ class E2bRig:
         )
 
 
+def gone(engine: docker.DockerClient, cid: str, bound: float = 60.0) -> bool:
+    """Whether the container is gone within ``bound`` seconds (removal is asynchronous)."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        try:
+            engine.api.inspect_container(cid)
+        except docker.errors.NotFound:
+            return True
+        threading.Event().wait(0.1)
+    return False
+
+
 def wait_http(front_door: ServiceProcess, url: str, timeout: float = 60.0) -> None:
     """Until ``GET /health`` answers 204 (bounded; fails if the process exits)."""
-    import time
-
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:

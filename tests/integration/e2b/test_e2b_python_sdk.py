@@ -9,13 +9,9 @@ another key's run at kanban and another task's token at the manager).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
 
 import docker
 import httpx
@@ -26,59 +22,12 @@ from longshore.kanban.v1 import kanban_service_pb2, task_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2 as spb
 
 from services.e2b import tokens
-from tests.integration.e2b.rig import E2bRig, build_template_image, e2b_rig
+from tests.integration.e2b.conftest import TEMPLATE
+from tests.integration.e2b.rig import E2bRig, gone
 from tests.integration.gateway.stack import auth
-from tests.integration.sandbox.conftest import remove_deployment
 from tests.support.processes import REPO_ROOT, service_env
 
 T = 60
-TEMPLATE = "py-tpl"
-
-
-@pytest.fixture(scope="module")
-def rig(
-    tmp_path_factory: pytest.TempPathFactory,
-    run_id: str,
-    sandbox_image: str,
-    run_labels: dict[str, str],
-    docker_client: docker.DockerClient,
-) -> Iterator[E2bRig]:
-    deployment = f"t{run_id}-e2b"
-    image = build_template_image(
-        docker_client, sandbox_image, f"longshore-test/e2b-template:{run_id}", run_labels
-    )
-    home = tmp_path_factory.mktemp("e2b-stack")
-    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY")}
-    try:
-        with e2b_rig(home, deployment=deployment, image=image) as rig:
-            rig.profile(TEMPLATE)
-            rig.profile("capped", cap=1)
-            # The two variables of docs/e2b.md, and the key.
-            os.environ["E2B_API_URL"] = rig.url
-            os.environ["E2B_SANDBOX_URL"] = rig.url
-            os.environ["E2B_API_KEY"] = rig.keys.alice
-            yield rig
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        remove_deployment(docker_client, deployment)
-        with contextlib.suppress(docker.errors.APIError):
-            docker_client.images.remove(image, force=True)
-
-
-def gone(engine: docker.DockerClient, cid: str, bound: float = 60.0) -> bool:
-    """Whether the container is gone within ``bound`` seconds (removal is asynchronous)."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        try:
-            engine.api.inspect_container(cid)
-        except docker.errors.NotFound:
-            return True
-        threading.Event().wait(0.1)
-    return False
 
 
 def box_of(rig: E2bRig, e2b_id: str) -> spb.ListSandboxesResponse:
