@@ -14,6 +14,8 @@ from tests.integration.sandbox.conftest import remove_deployment
 
 #: The external profile the tests create sandboxes of (an E2B template).
 TEMPLATE = "py-tpl"
+#: A template whose profile keeps a warm pool of 2.
+WARM = "warm-tpl"
 
 
 @pytest.fixture(scope="package")
@@ -34,6 +36,7 @@ def rig(
         with e2b_rig(home, deployment=deployment, image=image) as rig:
             rig.profile(TEMPLATE)
             rig.profile("capped", cap=1)
+            rig.profile(WARM, warm=2)
             # The two variables of docs/e2b.md, and the key.
             os.environ["E2B_API_URL"] = rig.url
             os.environ["E2B_SANDBOX_URL"] = rig.url

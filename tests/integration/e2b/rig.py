@@ -89,12 +89,15 @@ class E2bRig:
     def logs(self) -> str:
         return self.stack.logs() + "\n== e2b\n" + self.front_door.log_tail(80)
 
-    def profile(self, name: str, cap: int = 0) -> None:
-        """An external profile (a template), made by the operator."""
+    def profile(self, name: str, cap: int = 0, warm: int = 0) -> None:
+        """An external profile (a template), made by the operator; ``warm``: its pool size."""
         self.stubs.kanban.CreateProfile(
             kanban_service_pb2.CreateProfileRequest(
                 profile=profile_pb2.Profile(
-                    name=name, executor=profile_pb2.EXECUTOR_EXTERNAL, max_in_progress=cap
+                    name=name,
+                    executor=profile_pb2.EXECUTOR_EXTERNAL,
+                    max_in_progress=cap,
+                    warm_pool_size=warm,
                 )
             ),
             timeout=30,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import docker
 import httpx
@@ -19,10 +21,12 @@ import pytest
 from e2b import CommandExitException, Sandbox, SandboxQuery
 from e2b.exceptions import NotFoundException, RateLimitException, SandboxException, TimeoutException
 from longshore.kanban.v1 import kanban_service_pb2, task_pb2
+from longshore.sandbox.v1 import pool_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2 as spb
 
 from services.e2b import tokens
-from tests.integration.e2b.conftest import TEMPLATE
+from services.sandbox import labels
+from tests.integration.e2b.conftest import TEMPLATE, WARM
 from tests.integration.e2b.rig import E2bRig, gone
 from tests.integration.gateway.stack import auth
 from tests.support.processes import REPO_ROOT, service_env
@@ -209,6 +213,36 @@ def test_background_command_connect_stdin_and_kill(rig: E2bRig) -> None:
             sleeper.wait()
         assert "sleep 301" not in sbx.commands.run("ps -o args", timeout=30).stdout
         assert sleeper.pid not in {p.pid for p in sbx.commands.list()}
+    finally:
+        sbx.kill()
+
+
+def wait_pool_ready(rig: E2bRig, profile: str, size: int, bound: float = 120.0) -> bool:
+    """Whether the profile's pool holds ``size`` ready members within ``bound`` seconds."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        pools = rig.stubs.sandbox.ListWarmPools(
+            pool_pb2.ListWarmPoolsRequest(profile=profile), timeout=T, metadata=auth(rig.keys.admin)
+        ).pools
+        if pools and pools[0].ready >= size:
+            return True
+        threading.Event().wait(0.1)
+    return False
+
+
+def test_a_warm_template_hands_out_a_pool_member(
+    rig: E2bRig, docker_client: docker.DockerClient
+) -> None:
+    assert wait_pool_ready(rig, WARM, 2), rig.logs()
+    sbx = Sandbox.create(template=WARM, timeout=60)
+    try:
+        (box,) = box_of(rig, sbx.sandbox_id).sandboxes
+        created = docker_client.api.inspect_container(box.sandbox_id)
+        # A pool member keeps the pool label it was started with.
+        assert labels.POOL in created["Config"]["Labels"]
+        assert sbx.commands.run("echo warm", timeout=30).stdout == "warm\n"
+        # The pool refills behind the handout.
+        assert wait_pool_ready(rig, WARM, 2), rig.logs()
     finally:
         sbx.kill()
 
