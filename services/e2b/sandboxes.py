@@ -19,6 +19,7 @@ manager that the token is the run's.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Mapping
@@ -209,10 +210,15 @@ class Sandboxes:
             box = acquired.sandbox
             await self._lease(held, box.sandbox_id, timeout)
         except BaseException:
-            await gw.worker.FailTask(
-                wpb.FailTaskRequest(run_id=claim.run_id, error="E2B create failed", platform=True),
-                metadata=who.metadata(),
-            )
+            # The run ends as a platform failure; the create's own error is
+            # what the caller gets, even when this report fails too.
+            with contextlib.suppress(Exception):
+                await gw.worker.FailTask(
+                    wpb.FailTaskRequest(
+                        run_id=claim.run_id, error="E2B create failed", platform=True
+                    ),
+                    metadata=who.metadata(),
+                )
             raise
         self.keeper.keep(
             claim.run_id,
