@@ -18,7 +18,7 @@ import time
 import docker
 import httpx
 import pytest
-from e2b import CommandExitException, Sandbox, SandboxQuery
+from e2b import CommandExitException, Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import NotFoundException, RateLimitException, SandboxException, TimeoutException
 from longshore.kanban.v1 import kanban_service_pb2, task_pb2
 from longshore.sandbox.v1 import pool_pb2
@@ -215,6 +215,33 @@ def test_background_command_connect_stdin_and_kill(rig: E2bRig) -> None:
         assert sleeper.pid not in {p.pid for p in sbx.commands.list()}
     finally:
         sbx.kill()
+
+
+def test_pause_connect_and_a_timeout_that_ends_like_any_lease(
+    rig: E2bRig, docker_client: docker.DockerClient
+) -> None:
+    sbx = Sandbox.create(template=TEMPLATE, timeout=120)
+    try:
+        cid = box_of(rig, sbx.sandbox_id).sandboxes[0].sandbox_id
+        assert sbx.pause() is True
+        assert docker_client.api.inspect_container(cid)["State"]["Status"] == "paused"
+        assert Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED])).next_items()
+        back = Sandbox.connect(sbx.sandbox_id)
+        assert docker_client.api.inspect_container(cid)["State"]["Status"] == "running"
+        assert back.commands.run("echo back", timeout=30).stdout == "back\n"
+    except BaseException:
+        sbx.kill()
+        raise
+    # A short timeout: the manager's lease removes the sandbox (as any lease),
+    # and the front door completes its task; nobody calls kill.
+    sbx.set_timeout(2)
+    assert gone(docker_client, cid), f"{cid[:12]} outlived its 2 s lease by 60 s"
+    deadline = time.monotonic() + 60
+    while task_of(rig, sbx.sandbox_id).status != task_pb2.TASK_STATUS_DONE:
+        assert time.monotonic() < deadline, "the task of an expired sandbox was not completed"
+        threading.Event().wait(0.2)
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(sbx.sandbox_id)
 
 
 def wait_pool_ready(rig: E2bRig, profile: str, size: int, bound: float = 120.0) -> bool:
