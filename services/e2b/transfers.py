@@ -6,7 +6,7 @@ SDK's multipart form (one part per file, the part's filename is the path
 unless ``?path=`` names it) or an ``application/octet-stream`` body with
 ``?path=``, and writes each file with WriteFiles (parents created). Bodies
 are bounded by ``e2b.max_upload_bytes``; spooled parts live in temporary
-files, never wholly in memory.
+files, and an octet-stream body of declared length streams straight through.
 """
 
 from __future__ import annotations
@@ -133,10 +133,7 @@ class Transfers:
                 await form.close()
         else:
             path = _path(named)
-            data = bytearray()
-            async for chunk in self._bounded(request):
-                data += chunk
-            await self._write_bytes(target, path, bytes(data))
+            await self._write_body(target, path, request)
             written.append(_written(path))
         return JSONResponse(written)
 
@@ -155,16 +152,32 @@ class Transfers:
 
         await self._gw.sandbox.WriteFiles(parts(), metadata=target.caller.metadata())
 
-    async def _write_bytes(self, target: Target, path: str, data: bytes) -> None:
-        if len(data) > self._max:
-            raise InvalidArgument(f"{path}: at most {self._max} bytes (e2b.max_upload_bytes)")
+    async def _write_body(self, target: Target, path: str, request: Request) -> None:
+        """An octet-stream body: streamed through when its length is declared, else buffered."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit():
+            size = int(declared)
+            if size > self._max:
+                raise InvalidArgument(f"{path}: at most {self._max} bytes (e2b.max_upload_bytes)")
+            # The manager checks that the data add up to the declared size.
+            body: AsyncIterator[bytes] = self._bounded(request)
+        else:
+            buffered = bytearray()
+            async for chunk in self._bounded(request):
+                buffered += chunk
+            size, body = len(buffered), _once(bytes(buffered))
 
         async def parts() -> AsyncIterator[spb.WriteFilesRequest]:
             yield spb.WriteFilesRequest(sandbox_id=target.sandbox_id)
             yield spb.WriteFilesRequest(
-                header=spb.WriteFileHeader(path=path, size=len(data), make_parents=True)
+                header=spb.WriteFileHeader(path=path, size=size, make_parents=True)
             )
-            for start in range(0, len(data), CHUNK_BYTES):
-                yield spb.WriteFilesRequest(data=data[start : start + CHUNK_BYTES])
+            async for chunk in body:
+                for start in range(0, len(chunk), CHUNK_BYTES):
+                    yield spb.WriteFilesRequest(data=chunk[start : start + CHUNK_BYTES])
 
         await self._gw.sandbox.WriteFiles(parts(), metadata=target.caller.metadata())
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data

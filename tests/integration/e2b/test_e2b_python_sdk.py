@@ -89,6 +89,10 @@ def test_sandbox_lifecycle_commands_and_files(
         blob = os.urandom(10 * 1024 * 1024)
         sbx.files.write("/work/blob.bin", blob)
         assert bytes(sbx.files.read("/work/blob.bin", format="bytes")) == blob
+        # The octet-stream upload (the SDK's other body), streamed through.
+        sbx.files.write("/work/stream.bin", blob[:3_000_001], use_octet_stream=True)
+        assert bytes(sbx.files.read("/work/stream.bin", format="bytes")) == blob[:3_000_001]
+        sbx.files.remove("/work/stream.bin")
         names = {e.name for e in sbx.files.list("/work")}
         assert names == {"hello.txt", "blob.bin"}
         moved = sbx.files.rename("/work/hello.txt", "/work/renamed.txt")
