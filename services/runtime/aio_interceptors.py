@@ -32,7 +32,6 @@ from __future__ import annotations
 import hmac
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import Token as _ContextToken
 from typing import Any, NoReturn
 from urllib.parse import unquote
 
@@ -60,8 +59,6 @@ Continuation = Callable[
     [grpc.HandlerCallDetails], "Awaitable[grpc.RpcMethodHandler[Any, Any] | None]"
 ]
 Context = aio.ServicerContext[Any, Any]
-#: Restores the OpenTelemetry context a server span replaced.
-Token = _ContextToken[otel_context.Context]
 
 #: Calls never traced: probes every few seconds and tooling would drown the traces.
 UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -181,42 +178,71 @@ class AioServingInterceptor(aio.ServerInterceptor):
     def _behavior(
         self, method: _Method, behavior: AsyncBehavior, *, streaming: bool
     ) -> AsyncBehavior:
-        metrics = self._metrics
         # Every status this layer sends is recorded just before it is sent:
         # gRPC sends an abort's status at once, and a client reading the
         # metrics after its failed call must find it there. A behaviour that
         # aborts by itself is recorded as it unwinds (none in this repository
         # does: they raise typed errors).
         if inspect.isasyncgenfunction(behavior):
+            return self._stream(method, behavior, streaming)
+        return self._single(method, behavior, streaming)
 
-            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                call = metrics.call(method.name, streaming) if metrics is not None else None
-                span, token = self._start_span(method, context)
+    def _stream(self, method: _Method, behavior: AsyncBehavior, streaming: bool) -> AsyncBehavior:
+        """Wraps an async-generator behaviour (its span current only while it runs)."""
+        metrics = self._metrics
+
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            call = metrics.call(method.name, streaming) if metrics is not None else None
+            span, current = self._start_span(method, context)
+            inner: AsyncIterator[Any] | None = None
+            try:
+                refusal = self._before(method, request, context)
+                if refusal is not None:
+                    await _refuse(refusal, context, call)
+                inner = behavior(request, context)
                 try:
-                    refusal = self._before(method, request, context)
-                    if refusal is not None:
-                        await _refuse(refusal, context, call)
-                    try:
-                        async for item in behavior(request, context):
-                            yield item
-                    except aio.AbortError:
-                        raise  # the behaviour chose its status already
-                    except Exception as exc:
-                        await self._abort(method, exc, context, span, call)
-                except BaseException as exc:
-                    if call is not None:
-                        call.end(finished_code(context, exc))
-                    raise
-                finally:
-                    _end_span(span, token, context)
+                    while True:
+                        # Current only while the behaviour runs: a context
+                        # attached across a yield would be detached by
+                        # whichever task closes this generator, maybe in
+                        # another Context, where detaching fails.
+                        token = otel_context.attach(current) if current is not None else None
+                        try:
+                            item = await anext(inner)
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            if token is not None:
+                                otel_context.detach(token)
+                        yield item
+                except aio.AbortError:
+                    raise  # the behaviour chose its status already
+                except Exception as exc:
+                    await self._abort(method, exc, context, span, call)
+            except BaseException as exc:
                 if call is not None:
-                    call.end(finished_code(context, None))
+                    call.end(finished_code(context, exc))
+                raise
+            finally:
+                if inner is not None:
+                    # A cancel that finds the stream between messages
+                    # closes this generator: close the behaviour's now, so
+                    # its cleanup runs at once and not when it is collected.
+                    await _close(inner, current)
+                _end_span(span, context)
+            if call is not None:
+                call.end(finished_code(context, None))
 
-            return stream
+        return stream
+
+    def _single(self, method: _Method, behavior: AsyncBehavior, streaming: bool) -> AsyncBehavior:
+        """Wraps a coroutine behaviour."""
+        metrics = self._metrics
 
         async def single(request: Any, context: Context) -> Any:
             call = metrics.call(method.name, streaming) if metrics is not None else None
-            span, token = self._start_span(method, context)
+            span, current = self._start_span(method, context)
+            token = otel_context.attach(current) if current is not None else None
             try:
                 refusal = self._before(method, request, context)
                 if refusal is not None:
@@ -232,7 +258,9 @@ class AioServingInterceptor(aio.ServerInterceptor):
                     call.end(finished_code(context, exc))
                 raise
             finally:
-                _end_span(span, token, context)
+                _end_span(span, context)
+                if token is not None:
+                    otel_context.detach(token)
             if call is not None:
                 call.end(finished_code(context, None))
             return result
@@ -287,16 +315,16 @@ class AioServingInterceptor(aio.ServerInterceptor):
 
     def _start_span(
         self, method: _Method, context: Context
-    ) -> tuple[trace.Span | None, Token | None]:
-        """Starts the call's server span and makes it current (None: untraced).
+    ) -> tuple[trace.Span | None, otel_context.Context | None]:
+        """Starts the call's server span (None: untraced) and returns the context it is current in.
 
         The span's parent is the caller's span (W3C context from the
         metadata), and the caller's baggage stays visible to the behaviour.
-        Started and attached by hand, in one step: the context-manager layers
-        of ``start_as_current_span`` cost every call.
+        Started by hand and attached by the caller: the context-manager
+        layers of ``start_as_current_span`` cost every call.
 
         Returns:
-            The span and the token that restores the context it replaced.
+            The span and the context to attach while the behaviour runs.
         """
         if not method.traced:
             return None, None
@@ -311,7 +339,7 @@ class AioServingInterceptor(aio.ServerInterceptor):
             record_exception=False,
             set_status_on_exception=False,
         )
-        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+        return span, trace.set_span_in_context(span, parent)
 
 
 async def _refuse(
@@ -323,15 +351,27 @@ async def _refuse(
     await context.abort(*refusal)
 
 
-def _end_span(span: trace.Span | None, token: Token | None, context: Context) -> None:
+async def _close(inner: AsyncIterator[Any], current: otel_context.Context | None) -> None:
+    """Closes a behaviour's generator (a no-op once it has finished), its span current."""
+    aclose = getattr(inner, "aclose", None)
+    if aclose is None:
+        return
+    token = otel_context.attach(current) if current is not None else None
+    try:
+        await aclose()
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+
+
+def _end_span(span: trace.Span | None, context: Context) -> None:
     """Ends the server span with the status the call ends with (set, or aborted with)."""
-    if span is None or token is None:
+    if span is None:
         return
     code = context.code()
     if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
         _set_code(span, code, context.details() or "")
     span.end()
-    otel_context.detach(token)
 
 
 def _span_attributes(method: _Method, context: Context, carrier: dict[str, str]) -> dict[str, Any]:
