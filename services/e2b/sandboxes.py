@@ -182,23 +182,29 @@ class Sandboxes:
                 metadata=who.metadata(),
             )
         ).task
-        claim = await gw.worker.ClaimTask(
-            wpb.ClaimTaskRequest(
-                profile=profile,
-                worker_id=WORKER_ID,
-                board_id=self._section.board_id,
-                task_id=task.task_id,
-            ),
-            metadata=who.metadata(),
-        )
-        if not claim.HasField("task"):
-            # Not claimable now: the profile (or the deployment) is at its cap.
-            await gw.kanban.DeleteTask(
-                kpb.DeleteTaskRequest(task_id=task.task_id), metadata=who.metadata()
+        try:
+            claim = await gw.worker.ClaimTask(
+                wpb.ClaimTaskRequest(
+                    profile=profile,
+                    worker_id=WORKER_ID,
+                    board_id=self._section.board_id,
+                    task_id=task.task_id,
+                ),
+                metadata=who.metadata(),
             )
-            raise ResourceExhausted(
-                f"template {template!r}: profile {profile!r} is at its concurrency cap"
-            )
+            if not claim.HasField("task"):
+                # Not claimable now: the profile (or the deployment) is at its cap.
+                raise ResourceExhausted(
+                    f"template {template!r}: profile {profile!r} is at its concurrency cap"
+                )
+        except BaseException:
+            # Unclaimed (at the cap, a key without 'worker', an unknown
+            # profile): the task would wait forever, so it goes.
+            with contextlib.suppress(Exception):
+                await gw.kanban.DeleteTask(
+                    kpb.DeleteTaskRequest(task_id=task.task_id), metadata=who.metadata()
+                )
+            raise
         held = Caller(api_key, claim.sandbox_token)
         try:
             acquired = await gw.sandbox.AcquireSandbox(

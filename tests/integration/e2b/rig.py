@@ -2,7 +2,8 @@
 
 The stack is the usual sandbox, kanban and gateway processes
 (:mod:`tests.integration.gateway.stack`) with four keys: an operator, two
-E2B users (read, write and worker: what an E2B create needs) and a reader.
+E2B users (read, write and worker: what an E2B create needs), a reader and a
+writer without ``worker``.
 The front door is ``python -m services.e2b`` on a free port. E2B's SDK runs
 ``/bin/bash -l -c CMD``; the template image is the busybox test image with a
 ``/bin/bash`` that execs busybox's ``sh``.
@@ -58,10 +59,11 @@ class E2bKeys:
     alice: str
     bob: str
     reader: str
+    writer: str
 
     @classmethod
     def new(cls) -> E2bKeys:
-        return cls(new_key(), new_key(), new_key(), new_key())
+        return cls(new_key(), new_key(), new_key(), new_key(), new_key())
 
     def entries(self) -> str:
         user = ["read", "write", "worker"]
@@ -71,6 +73,7 @@ class E2bKeys:
                 key_entry("alice", user, self.alice),
                 key_entry("bob", user, self.bob),
                 key_entry("viewer", ["read"], self.reader),
+                key_entry("scribe", ["read", "write"], self.writer),
             ]
         )
 

@@ -146,6 +146,16 @@ def test_sandbox_lifecycle_commands_and_files(
         Sandbox.get_info(sbx.sandbox_id)
 
 
+def task_count(rig: E2bRig) -> int:
+    return len(
+        rig.stubs.kanban.ListTasks(
+            kanban_service_pb2.ListTasksRequest(page_size=1000),
+            timeout=T,
+            metadata=auth(rig.keys.admin),
+        ).tasks
+    )
+
+
 def _stat(rig: E2bRig, token: str) -> httpx.Response:
     return httpx.post(
         rig.url + "/filesystem.Filesystem/Stat",
@@ -160,6 +170,11 @@ def test_refusals_scope_and_ownership(rig: E2bRig) -> None:
     with pytest.raises(SandboxException) as denied:
         Sandbox.create(template=TEMPLATE, api_key=rig.keys.reader)
     assert "403" in str(denied.value) and "scope" in str(denied.value)
+    # Write but no worker: kanban refuses the claim, and the task made for it goes.
+    before = task_count(rig)
+    with pytest.raises(SandboxException, match="403"):
+        Sandbox.create(template=TEMPLATE, api_key=rig.keys.writer)
+    assert task_count(rig) == before
     with pytest.raises(Exception, match="401"):
         Sandbox.create(template=TEMPLATE, api_key="lsk_not-a-key")
 
