@@ -28,6 +28,7 @@ class _Auth(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
     grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
 ):
     """Adds ``authorization: Bearer`` and, to unary calls without one, a deadline."""
 
@@ -49,6 +50,10 @@ class _Auth(
 
     def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
         # An upload (WriteFiles) lasts as long as its bytes take: no default deadline.
+        return continuation(self._details(details, False), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        # An interactive process (RunProcess) lasts as long as its user: no default deadline.
         return continuation(self._details(details, False), requests)
 
 

@@ -45,6 +45,7 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     _SANDBOX + "RunSessionCommand": SANDBOX_USE,
     _SANDBOX + "CloseSession": SANDBOX_USE,
     _SANDBOX + "ListSessions": SANDBOX_USE,
+    _SANDBOX + "RunProcess": SANDBOX_USE,
     _SANDBOX + "StartProcess": SANDBOX_USE,
     _SANDBOX + "ConnectProcess": SANDBOX_USE,
     _SANDBOX + "ListProcesses": SANDBOX_USE,

@@ -1,4 +1,5 @@
-"""``longshore sandbox ls|exec|cp|cat|rm|reap|pools``.
+"""``longshore sandbox ls|exec|cp|cat|rm|reap|pools`` (and the process commands of
+:mod:`.sandbox_processes`: ``run|start|ps|kill``).
 
 ``ls`` lists sandboxes, or with ``SANDBOX:PATH`` a directory inside one;
 ``cp`` copies a file (or a local directory's files) into a sandbox or a file
@@ -20,6 +21,7 @@ from typing import Any, BinaryIO
 from google.protobuf.duration_pb2 import Duration
 from longshore.sandbox.v1 import file_pb2, pool_pb2, sandbox_pb2, sandbox_service_pb2
 
+from clients.cli.commands import sandbox_processes
 from clients.cli.connection import paged
 from clients.cli.context import Context
 from clients.cli.errors import EXIT_USAGE, CliError
@@ -73,6 +75,7 @@ def register(sub: Any) -> None:
     pools = cmds.add_parser("pools", help="warm pools: members wanted, ready, starting, why short")
     pools.add_argument("--profile", default="")
     pools.set_defaults(run=_pools)
+    sandbox_processes.register(cmds)
 
 
 def _ls(args: argparse.Namespace, ctx: Context) -> int:

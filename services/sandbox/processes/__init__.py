@@ -72,6 +72,7 @@ class SandboxProcesses:
             owner=manager.owner,
             now=manager.clock,
             on_exit=self._exited,
+            resume=lambda: manager.pauses.ensure_running(cid),
         )
         self.table.admit(process)
         try:

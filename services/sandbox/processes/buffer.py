@@ -24,6 +24,8 @@ from services.sandbox.model import OutputChunk, StreamKind
 from services.sandbox.processes.records import Piece, Skipped
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+#: Largest piece of output kept (and so sent) as one.
+PIECE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -70,15 +72,21 @@ class OutputBuffer:
             return self._start
 
     def append(self, stream: StreamKind, data: bytes) -> None:
-        """Adds output (any thread); drops the oldest bytes beyond the capacity."""
+        """Adds output (any thread); drops the oldest bytes beyond the capacity.
+
+        Output is kept in pieces of at most :data:`PIECE_BYTES`, so every
+        message a reader sends stays small whatever one write of the process.
+        """
         if not data:
             return
         with self._lock:
             if self._closed:
                 return
-            self._pieces.append(Piece(self._end, OutputChunk(stream, data)))
-            self._end += len(data)
-            self._size += len(data)
+            for start in range(0, len(data), PIECE_BYTES):
+                part = data[start : start + PIECE_BYTES]
+                self._pieces.append(Piece(self._end, OutputChunk(stream, part)))
+                self._end += len(part)
+                self._size += len(part)
             self._trim()
             waiters, self._waiters = self._waiters, []
         _wake(waiters)

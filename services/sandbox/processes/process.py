@@ -55,10 +55,12 @@ MAX_PID_LINE = 32
 PID_WAIT_SECONDS = 10.0
 #: Stdin bytes accepted but not yet written to a process (RESOURCE_EXHAUSTED beyond).
 MAX_PENDING_INPUT_BYTES = 8 * 1024 * 1024
-#: Exit-code polls after the output ended (the engine records the code a moment later).
-EXIT_POLLS = 50
+#: Exit-code polls after the output ended (the engine records the code a moment
+#: later): 0.5 ms more between each, about 2.5 s in all.
+EXIT_POLLS = 100
+EXIT_POLL_STEP_SECONDS = 0.0005
 #: Looks at a sandbox that may be stopping under a killed process, and the pause between.
-STOP_POLLS = 20
+STOP_POLLS = 40
 STOP_POLL_SECONDS = 0.05
 SIGKILL = 9
 SANDBOX_STOPPED = "the sandbox stopped"
@@ -76,6 +78,8 @@ class ManagedProcess:
         owner: This manager's owner id (the exec marker's first part).
         now: The wall clock.
         on_exit: Called once, from the reader thread, after the process ended.
+        resume: Resumes the sandbox if it is paused, before a signal or a kill
+            (both are execs, which a paused sandbox refuses).
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class ManagedProcess:
         owner: str,
         now: Callable[[], datetime],
         on_exit: Callable[[ManagedProcess], None],
+        resume: Callable[[], object] = lambda: None,
     ) -> None:
         self._api = api
         self.sandbox_id = sandbox_id
@@ -99,6 +104,7 @@ class ManagedProcess:
         self.marker = new_marker(owner)
         self.start_time = now()
         self._on_exit = on_exit
+        self._resume = resume
         # Guards the fields below: the reader thread ends the process while
         # handlers (pool threads and the loop) read and signal it.
         self._lock = threading.Lock()
@@ -262,7 +268,7 @@ class ManagedProcess:
                 return None
             if not info.get("Running") and info.get("ExitCode") is not None:
                 return int(info["ExitCode"])
-            time.sleep(0.002 * (attempt + 1))
+            time.sleep(EXIT_POLL_STEP_SECONDS * (attempt + 1))
         return None
 
     def _sandbox_running(self) -> bool:
@@ -270,7 +276,7 @@ class ManagedProcess:
 
         A stopping sandbox kills its processes before the engine marks it
         stopped, so a sandbox that still looks running is asked again a few
-        times (about a second in all) before the signal is taken as the
+        times (about two seconds in all) before the signal is taken as the
         process's own business.
         """
         for _ in range(STOP_POLLS):
@@ -403,6 +409,7 @@ class ManagedProcess:
             self._signalled = (signum, f"signal {signum} sent by {by}")
         if pid <= 0:
             raise FailedPrecondition(f"process {self.process_id}: its pid is unknown")
+        self._resume()
         argv = ["sh", "-c", 'kill -"$1" -"$2"', "kill", str(signum), str(pid)]
         with engine_call("exec.signal", sandbox_id=self.sandbox_id):
             exec_id = self._api.exec_create(
@@ -422,6 +429,10 @@ class ManagedProcess:
             if self._end is not None:
                 return
             self._reason = self._reason or reason
+        try:
+            self._resume()
+        except ServiceError as exc:  # the killer's own failure says what follows
+            log.warning("resume before kill failed", extra={"error": exc.message})
         if run_killer(self._api, self.sandbox_id, ["kill", self.marker], self.config.user) is None:
             log.warning("process tree could not be killed", extra={"process_id": self.process_id})
 

@@ -22,7 +22,12 @@ from longshore.kanban.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from longshore.sandbox.v1 import sandbox_service_pb2, sandbox_service_pb2_grpc
+from longshore.sandbox.v1 import (
+    process_pb2,
+    sandbox_pb2,
+    sandbox_service_pb2,
+    sandbox_service_pb2_grpc,
+)
 
 from services.runtime import errors
 from services.runtime.aio_serving import AioService
@@ -37,6 +42,8 @@ class Seen:
     # threading.Events: set on the server's loop, waited on by the test's thread.
     stream_cancelled: threading.Event = field(default_factory=threading.Event)
     claim_ended: threading.Event = field(default_factory=threading.Event)
+    bidi_cancelled: threading.Event = field(default_factory=threading.Event)
+    bidi_half_closed: threading.Event = field(default_factory=threading.Event)
 
 
 Context = aio.ServicerContext[object, object]
@@ -112,6 +119,51 @@ class FakeSandbox(sandbox_service_pb2_grpc.SandboxServiceServicer):
     ) -> sandbox_service_pb2.ListSandboxesResponse:
         _record(self.seen, context)
         return sandbox_service_pb2.ListSandboxesResponse()
+
+    async def RunProcess(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[process_pb2.RunProcessRequest], context: Context
+    ) -> AsyncIterator[process_pb2.RunProcessResponse]:
+        """Echoes each stdin message as output; a signal ends the stream with it.
+
+        After the caller's half-close, ``cat`` exits at once; anything else
+        keeps running (as a real process outlives its input) for 30 s.
+        """
+        _record(self.seen, context)
+        ended = False
+
+        def done(_context: object) -> None:
+            # The call's end, seen by gRPC itself: a closed handler's finally
+            # may run only when its generator is collected.
+            if not ended:
+                self.seen.bidi_cancelled.set()
+
+        context.add_done_callback(done)  # type: ignore[arg-type]
+        argv: list[str] = []
+        async for request in request_iterator:
+            kind = request.WhichOneof("message")
+            if kind == "start":
+                argv = list(request.start.config.argv)
+                started = process_pb2.Process(argv=request.start.config.argv)
+                yield process_pb2.RunProcessResponse(
+                    event=process_pb2.ProcessEvent(started=started)
+                )
+            elif kind == "stdin":
+                chunk = sandbox_pb2.OutputChunk(
+                    stream=sandbox_pb2.OUTPUT_STREAM_STDOUT, data=request.stdin
+                )
+                yield process_pb2.RunProcessResponse(
+                    event=process_pb2.ProcessEvent(output=process_pb2.ProcessOutput(chunk=chunk))
+                )
+            elif kind == "signal":
+                ended = True
+                raise errors.FailedPrecondition(f"signal {request.signal}: refused")
+        self.seen.bidi_half_closed.set()
+        if argv != ["cat"]:
+            await asyncio.sleep(30)
+        ended = True
+        yield process_pb2.RunProcessResponse(
+            event=process_pb2.ProcessEvent(exit=process_pb2.ProcessExit(exit_code=0))
+        )
 
 
 def kanban_services(seen: Seen) -> list[AioService]:

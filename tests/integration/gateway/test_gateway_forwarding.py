@@ -26,7 +26,7 @@ from longshore.kanban.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-from longshore.sandbox.v1 import sandbox_service_pb2, sandbox_service_pb2_grpc
+from longshore.sandbox.v1 import process_pb2, sandbox_service_pb2, sandbox_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -317,6 +317,70 @@ def test_stream_deadline_ends_promptly(gw: Stack) -> None:
     assert time.monotonic() - started < 2.5
 
 
+def _run(*messages: process_pb2.RunProcessRequest) -> Iterator[process_pb2.RunProcessRequest]:
+    yield from messages
+
+
+def _start(*argv: str) -> process_pb2.RunProcessRequest:
+    config = process_pb2.ProcessConfig(argv=list(argv))
+    return process_pb2.RunProcessRequest(start=process_pb2.RunProcessStart(config=config))
+
+
+def test_a_bidi_stream_is_relayed_both_ways_to_its_half_close(gw: Stack) -> None:
+    gw.seen.bidi_half_closed.clear()
+    requests = _run(
+        _start("cat"),
+        process_pb2.RunProcessRequest(stdin=b"one"),
+        process_pb2.RunProcessRequest(stdin=b"two"),
+    )
+    replies = list(gw.sandbox.RunProcess(requests, timeout=10, metadata=auth(WORKER)))
+    kinds = [r.event.WhichOneof("event") for r in replies]
+    assert kinds == ["started", "output", "output", "exit"]
+    assert replies[0].event.started.argv == ["cat"]
+    assert [r.event.output.chunk.data for r in replies[1:3]] == [b"one", b"two"]
+    # The caller's half-close reached the backend; so did the vouched principal.
+    assert gw.seen.bidi_half_closed.is_set()
+    assert gw.seen.metadata["longshore-principal"] == "bot"
+    assert gw.seen.metadata["longshore-internal-token"] == TOKEN
+    # The interceptor's server span covers the bidi call too.
+    _, trace_id, _, _ = gw.seen.metadata["traceparent"].split("-")
+    ENDED.wait_for(
+        lambda: _spans_named("/longshore.sandbox.v1.SandboxService/RunProcess", trace_id)
+    )
+
+
+def test_a_bidi_stream_needs_the_scope_and_passes_upstream_errors(gw: Stack) -> None:
+    code, details = code_of(
+        lambda: list(gw.sandbox.RunProcess(_run(_start("x")), timeout=10, metadata=auth(READER)))
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "RunProcess" in details
+    signal = process_pb2.RunProcessRequest(signal=15)
+    code, details = code_of(
+        lambda: list(
+            gw.sandbox.RunProcess(_run(_start("x"), signal), timeout=10, metadata=auth(ADMIN))
+        )
+    )
+    assert (code, details) == (grpc.StatusCode.FAILED_PRECONDITION, "signal 15: refused")
+
+
+def test_cancelling_a_bidi_stream_reaches_the_backend(gw: Stack) -> None:
+    gw.seen.bidi_cancelled.clear()
+    held = threading.Event()
+
+    def requests() -> Iterator[process_pb2.RunProcessRequest]:
+        yield _start("sleep")
+        held.wait(30)  # keeps the request side open until the test is done
+
+    call = gw.sandbox.RunProcess(requests(), timeout=30, metadata=auth(ADMIN))
+    try:
+        assert next(call).event.HasField("started")
+        assert not gw.seen.bidi_cancelled.is_set()
+        call.cancel()
+        assert gw.seen.bidi_cancelled.wait(10)
+    finally:
+        held.set()
+
+
 def test_status_reports_each_backend_and_the_scopes(gw: Stack) -> None:
     reply = gw.gateway.GetStatus(
         gateway_service_pb2.GetStatusRequest(), timeout=5, metadata=auth(READER)
@@ -401,5 +465,12 @@ def test_message_size_is_bounded_both_ways() -> None:
         code, details = code_of(lambda: s.kanban.GetRunOutput(out, timeout=5, metadata=auth(ADMIN)))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "gateway.max_message_bytes" in details
+        stdin = process_pb2.RunProcessRequest(stdin=b"x" * 100_000)
+        code, _ = code_of(
+            lambda: list(
+                s.sandbox.RunProcess(_run(_start("cat"), stdin), timeout=5, metadata=auth(ADMIN))
+            )
+        )
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         small = kanban_service_pb2.GetRunOutputRequest(run_id="r", limit=1000)
         assert len(s.kanban.GetRunOutput(small, timeout=5, metadata=auth(ADMIN)).data) == 1000

@@ -14,6 +14,7 @@ manager).
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from longshore.sandbox.v1 import process_pb2, sandbox_pb2, sandbox_service_pb2
 
 from services.runtime.sandbox_tokens import SANDBOX_TOKEN_KEY, SandboxGrant, SandboxTokens
 from services.runtime.sandbox_tokens import spec_digest as digest_of
+from services.sandbox.manager import SandboxManager
+from services.sandbox.model import Spec
+from services.sandbox.processes import ProcessConfig
 from tests.integration.gateway.stack import RealStack, Stubs, auth, real_stack
 from tests.integration.sandbox.conftest import remove_deployment
 
@@ -34,7 +38,7 @@ pb = sandbox_service_pb2
 Metadata = Sequence[tuple[str, str]]
 #: The ring is small here, so a test can overflow it with 20 KB.
 BUFFER_BYTES = 4096
-MAX_PROCESSES = 4
+MAX_PROCESSES = 6
 
 
 @dataclass
@@ -241,6 +245,23 @@ def test_a_tagged_background_process_is_listed_fed_and_replayed(rig: Rig) -> Non
     assert mine[0].exit.exit_code == 0
 
 
+def test_a_connect_past_the_output_so_far_waits_for_it(rig: Rig) -> None:
+    proc = start(rig, rig.box, ["sh", "-c", "read x; echo abcdef"], stdin=True)
+    call = rig.stubs.sandbox.ConnectProcess(
+        process_pb2.ConnectProcessRequest(sandbox_id=rig.box, process=by_id(proc), from_offset=3),
+        timeout=T,
+        metadata=rig.admin,
+    )
+    first = next(call).event
+    assert first.started.output_bytes == 0  # the stream is open before any output exists
+    send(rig, rig.box, proc, b"go\n")
+    rest = [reply.event for reply in call]
+    assert [(e.output.offset, e.output.chunk.data) for e in rest if e.HasField("output")] == [
+        (3, b"def\n")
+    ]
+    assert rest[-1].HasField("exit")
+
+
 def test_close_stdin_ends_cat_and_input_after_it_is_refused(rig: Rig) -> None:
     proc = start(rig, rig.box, ["cat"], stdin=True)
     send(rig, rig.box, proc, b"one ")
@@ -382,6 +403,8 @@ def test_bad_input_gets_precise_codes(rig: Rig) -> None:
         got, details = failure(call)
         assert (got, needle in details) == (code, True), (needle, got, details)
     proc = start(rig, rig.box, ["sleep", "300"])
+    done = start(rig, rig.box, ["echo", "hi"])
+    assert connect(rig, rig.box, by_id(done)).output == b"hi\n"
     unknown = process_pb2.ProcessSelector(process_id="proc-0000000000000000")
     more: list[tuple[Callable[[], object], grpc.StatusCode, str]] = [
         (lambda: connect(rig, rig.box, unknown), grpc.StatusCode.NOT_FOUND, "proc-0000"),
@@ -393,7 +416,7 @@ def test_bad_input_gets_precise_codes(rig: Rig) -> None:
         (lambda: connect(rig, rig.box, process_pb2.ProcessSelector()), invalid, "process"),
         (lambda: connect(rig, rig.box, by_id(proc), from_offset=-1), invalid, "from_offset"),
         (
-            lambda: connect(rig, rig.box, by_id(proc), from_offset=10),
+            lambda: connect(rig, rig.box, by_id(done), from_offset=10),
             grpc.StatusCode.OUT_OF_RANGE,
             "from_offset",
         ),
@@ -495,3 +518,138 @@ def test_the_scope_and_the_sandbox_token_are_both_enforced(rig: Rig) -> None:
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED and "user" in details
     signal(rig, rig.box, other, 9)
+
+
+class Interactive:
+    """One RunProcess call driven message by message from the test's thread."""
+
+    def __init__(
+        self,
+        rig: Rig,
+        box: str,
+        config: process_pb2.ProcessConfig,
+        metadata: Metadata | None = None,
+    ) -> None:
+        self._out: queue.Queue[process_pb2.RunProcessRequest | None] = queue.Queue()
+        self._out.put(
+            process_pb2.RunProcessRequest(
+                start=process_pb2.RunProcessStart(sandbox_id=box, config=config)
+            )
+        )
+        self.call = rig.stubs.sandbox.RunProcess(
+            iter(self._out.get, None), timeout=T, metadata=metadata or rig.admin
+        )
+        self.output = b""
+        self.exit: process_pb2.ProcessExit | None = None
+        self.started = process_pb2.Process()
+
+    def send(self, **message: object) -> None:
+        self._out.put(process_pb2.RunProcessRequest(**message))  # type: ignore[arg-type]
+
+    def half_close(self) -> None:
+        self._out.put(None)
+
+    def read_until(self, needle: bytes | None = None) -> bytes:
+        """Reads events until ``needle`` is in the output (None: until the exit)."""
+        for reply in self.call:
+            event = reply.event
+            kind = event.WhichOneof("event")
+            if kind == "started":
+                self.started = event.started
+            elif kind == "output":
+                self.output += event.output.chunk.data
+            elif kind == "exit":
+                self.exit = event.exit
+            if needle is not None and needle in self.output:
+                return self.output
+        return self.output
+
+
+def test_run_process_carries_stdin_and_close_stdin(rig: Rig) -> None:
+    run = Interactive(rig, rig.box, process_pb2.ProcessConfig(argv=["cat"], stdin=True))
+    run.send(stdin=b"hello\n")
+    assert run.read_until(b"hello\n") == b"hello\n"
+    assert run.started.pid > 1 and run.started.state == process_pb2.PROCESS_STATE_RUNNING
+    run.send(stdin=b"again")
+    run.send(close_stdin=process_pb2.CloseStdin())
+    run.half_close()
+    assert run.read_until() == b"hello\nagain"
+    assert run.exit is not None and run.exit.exit_code == 0
+
+
+def test_run_process_signals_and_resizes_a_pty(rig: Rig) -> None:
+    config = process_pb2.ProcessConfig(
+        argv=["sh"], stdin=True, pty=process_pb2.PtySize(rows=10, columns=40)
+    )
+    run = Interactive(rig, rig.box, config)
+    run.send(resize=process_pb2.PtySize(rows=50, columns=120))
+    run.send(stdin=b"stty size; echo at-$((2+2))\n")
+    assert b"50 120\r\n" in run.read_until(b"at-4\r\n")
+    run.send(signal=9)
+    run.read_until()
+    assert (
+        run.exit is not None and run.exit.signal == 9 and run.exit.reason == "killed by RunProcess"
+    )
+
+
+def test_a_run_process_caller_that_goes_away_kills_the_process(rig: Rig) -> None:
+    config = process_pb2.ProcessConfig(argv=["sleep", "300"], tag="abandoned")
+    run = Interactive(rig, rig.box, config)
+    assert next(run.call).event.HasField("started")
+    run.call.cancel()
+    run.half_close()
+
+    def ended() -> bool:
+        listed = rig.stubs.sandbox.ListProcesses(
+            process_pb2.ListProcessesRequest(sandbox_id=rig.box, include_exited=True),
+            timeout=T,
+            metadata=rig.admin,
+        ).processes
+        mine = [p for p in listed if p.tag == "abandoned"]
+        return bool(mine) and mine[0].state == process_pb2.PROCESS_STATE_EXITED
+
+    wait_for(ended, "the abandoned process ended")
+    seen = connect(rig, rig.box, process_pb2.ProcessSelector(tag="abandoned"))
+    assert seen.exit is not None and "went away" in seen.exit.reason
+
+
+def test_run_process_refuses_a_bad_first_message_and_both_refusals(rig: Rig) -> None:
+    def first_only(message: process_pb2.RunProcessRequest, metadata: Metadata) -> None:
+        list(rig.stubs.sandbox.RunProcess(iter([message]), timeout=T, metadata=metadata))
+
+    code, details = failure(
+        lambda: first_only(process_pb2.RunProcessRequest(stdin=b"x"), rig.admin)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "first message" in details
+    start = process_pb2.RunProcessRequest(
+        start=process_pb2.RunProcessStart(
+            sandbox_id=rig.box, config=process_pb2.ProcessConfig(argv=[])
+        )
+    )
+    code, details = failure(lambda: first_only(start, rig.admin))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "start.config.argv" in details
+    start.start.config.argv.append("true")
+    code, details = failure(lambda: first_only(start, auth(rig.stack.keys.reader)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "scope" in details
+    code, details = failure(lambda: first_only(start, rig.worker()))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "belongs to task" in details
+    # A bad message later ends the stream with its own code.
+    run = Interactive(rig, rig.box, process_pb2.ProcessConfig(argv=["sleep", "300"]))
+    run.send(signal=99)
+    code, details = failure(run.read_until)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "signal" in details
+
+
+def test_a_running_process_keeps_its_sandbox_busy(
+    make_manager: Callable[..., SandboxManager],
+) -> None:
+    # The reaper's idle pause and the leftover sweep ask is_busy: a sandbox
+    # whose only activity is a background process must count as busy.
+    manager = make_manager()
+    box = manager.acquire("t-busy", "coder", Spec()).sandbox.sandbox_id
+    assert not manager.is_busy(box)
+    process = manager.processes.start(box, ProcessConfig(argv=("sleep", "300")))
+    assert manager.is_busy(box)
+    process.signal(9, by="the test")
+    wait_for(lambda: not process.running, "the process ended")
+    assert not manager.is_busy(box)

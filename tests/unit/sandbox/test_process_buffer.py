@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 from services.sandbox.model import StreamKind
-from services.sandbox.processes.buffer import OutputBuffer
+from services.sandbox.processes.buffer import PIECE_BYTES, OutputBuffer
 from services.sandbox.processes.records import Piece, Skipped
 
 OUT = StreamKind.STDOUT
@@ -85,3 +85,11 @@ def test_appends_after_the_close_are_dropped() -> None:
     buffer.close()
     buffer.append(OUT, b"late")
     assert buffer.end == 0 and buffer.read(0).closed
+
+
+def test_a_big_write_is_kept_in_bounded_pieces() -> None:
+    buffer = OutputBuffer(10 * PIECE_BYTES)
+    buffer.append(OUT, b"x" * (2 * PIECE_BYTES + 1))
+    pieces = buffer.read(0).pieces
+    assert [len(p.chunk.data) for p in pieces] == [PIECE_BYTES, PIECE_BYTES, 1]
+    assert [p.offset for p in pieces] == [0, PIECE_BYTES, 2 * PIECE_BYTES]

@@ -212,7 +212,7 @@ Global___ProcessExit: _TypeAlias = ProcessExit  # noqa: Y015
 class Process(_message.Message):
     """Process is one process started with RunProcess or StartProcess. The
     manager keeps it (and the tail of its output) in memory while it runs and
-    for `sandbox.process_retention` after it exits; a restart of the manager
+    for `sandbox.process_retention_seconds` after it exits; a restart of the manager
     ends it.
     """
 
@@ -570,7 +570,9 @@ class ConnectProcessRequest(_message.Message):
     """The sandbox. Required."""
     from_offset: _builtins.int
     """Replay output from this offset (0 = from the start, as far as the buffer
-    reaches); then follow live output until the process exits.
+    reaches); then follow live output until the process exits. Past the
+    output so far, a running process's stream waits for it; an exited one's
+    is OUT_OF_RANGE.
     """
     @_builtins.property
     def process(self) -> Global___ProcessSelector:

@@ -147,6 +147,11 @@ class SandboxServiceStub:
                 request_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.RunProcess = channel.stream_stream(
+                '/longshore.sandbox.v1.SandboxService/RunProcess',
+                request_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.RunProcessRequest.SerializeToString,
+                response_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.RunProcessResponse.FromString,
+                _registered_method=True)
         self.StartProcess = channel.unary_unary(
                 '/longshore.sandbox.v1.SandboxService/StartProcess',
                 request_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.StartProcessRequest.SerializeToString,
@@ -475,11 +480,26 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def StartProcess(self, request, context):
+    def RunProcess(self, request_iterator, context):
         """Processes. Access is Exec's; a process belongs to its sandbox. Common
         errors as for sessions, and NOT_FOUND for an unknown process.
 
-        StartProcess starts a process in the background and returns at once; it
+        RunProcess starts a process and carries its stdin, close-stdin, signals
+        and PTY resizes in, its events out: `started`, output, then `exit` last.
+        The first message must be `start` (INVALID_ARGUMENT otherwise, and for a
+        second `start` or an empty message). Without `config.timeout` the
+        manager's exec timeout applies; a caller that goes away (or cancels)
+        kills the process's whole tree. Errors, besides the common ones and
+        StartProcess's: INVALID_ARGUMENT (a signal outside 1 to 64, stdin over
+        1 MiB a message, a bad resize), FAILED_PRECONDITION (a resize without a
+        PTY; stdin after close-stdin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartProcess(self, request, context):
+        """StartProcess starts a process in the background and returns at once; it
         runs until it exits, is signalled, times out or its sandbox stops.
         Errors, besides the common ones: ALREADY_EXISTS (the tag names a running
         process), RESOURCE_EXHAUSTED (`sandbox.max_processes_per_sandbox`).
@@ -702,6 +722,11 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsRequest.FromString,
                     response_serializer=longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'RunProcess': grpc.stream_stream_rpc_method_handler(
+                    servicer.RunProcess,
+                    request_deserializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.RunProcessRequest.FromString,
+                    response_serializer=longshore_dot_sandbox_dot_v1_dot_process__pb2.RunProcessResponse.SerializeToString,
             ),
             'StartProcess': grpc.unary_unary_rpc_method_handler(
                     servicer.StartProcess,
@@ -1279,6 +1304,33 @@ class SandboxService:
             '/longshore.sandbox.v1.SandboxService/ListSessions',
             longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsRequest.SerializeToString,
             longshore_dot_sandbox_dot_v1_dot_session__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunProcess(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/longshore.sandbox.v1.SandboxService/RunProcess',
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.RunProcessRequest.SerializeToString,
+            longshore_dot_sandbox_dot_v1_dot_process__pb2.RunProcessResponse.FromString,
             options,
             channel_credentials,
             insecure,

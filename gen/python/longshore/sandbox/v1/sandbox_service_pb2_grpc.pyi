@@ -217,11 +217,22 @@ class SandboxServiceStub:
     """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListSessionsRequest, _session_pb2.ListSessionsResponse]
     """ListSessions lists the sandbox's sessions."""
-    StartProcess: _grpc.UnaryUnaryMultiCallable[_process_pb2.StartProcessRequest, _process_pb2.StartProcessResponse]
+    RunProcess: _grpc.StreamStreamMultiCallable[_process_pb2.RunProcessRequest, _process_pb2.RunProcessResponse]
     """Processes. Access is Exec's; a process belongs to its sandbox. Common
     errors as for sessions, and NOT_FOUND for an unknown process.
 
-    StartProcess starts a process in the background and returns at once; it
+    RunProcess starts a process and carries its stdin, close-stdin, signals
+    and PTY resizes in, its events out: `started`, output, then `exit` last.
+    The first message must be `start` (INVALID_ARGUMENT otherwise, and for a
+    second `start` or an empty message). Without `config.timeout` the
+    manager's exec timeout applies; a caller that goes away (or cancels)
+    kills the process's whole tree. Errors, besides the common ones and
+    StartProcess's: INVALID_ARGUMENT (a signal outside 1 to 64, stdin over
+    1 MiB a message, a bad resize), FAILED_PRECONDITION (a resize without a
+    PTY; stdin after close-stdin).
+    """
+    StartProcess: _grpc.UnaryUnaryMultiCallable[_process_pb2.StartProcessRequest, _process_pb2.StartProcessResponse]
+    """StartProcess starts a process in the background and returns at once; it
     runs until it exits, is signalled, times out or its sandbox stops.
     Errors, besides the common ones: ALREADY_EXISTS (the tag names a running
     process), RESOURCE_EXHAUSTED (`sandbox.max_processes_per_sandbox`).
@@ -480,11 +491,22 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """
     ListSessions: _aio.UnaryUnaryMultiCallable[_session_pb2.ListSessionsRequest, _session_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """ListSessions lists the sandbox's sessions."""
-    StartProcess: _aio.UnaryUnaryMultiCallable[_process_pb2.StartProcessRequest, _process_pb2.StartProcessResponse]  # type: ignore[assignment]
+    RunProcess: _aio.StreamStreamMultiCallable[_process_pb2.RunProcessRequest, _process_pb2.RunProcessResponse]  # type: ignore[assignment]
     """Processes. Access is Exec's; a process belongs to its sandbox. Common
     errors as for sessions, and NOT_FOUND for an unknown process.
 
-    StartProcess starts a process in the background and returns at once; it
+    RunProcess starts a process and carries its stdin, close-stdin, signals
+    and PTY resizes in, its events out: `started`, output, then `exit` last.
+    The first message must be `start` (INVALID_ARGUMENT otherwise, and for a
+    second `start` or an empty message). Without `config.timeout` the
+    manager's exec timeout applies; a caller that goes away (or cancels)
+    kills the process's whole tree. Errors, besides the common ones and
+    StartProcess's: INVALID_ARGUMENT (a signal outside 1 to 64, stdin over
+    1 MiB a message, a bad resize), FAILED_PRECONDITION (a resize without a
+    PTY; stdin after close-stdin).
+    """
+    StartProcess: _aio.UnaryUnaryMultiCallable[_process_pb2.StartProcessRequest, _process_pb2.StartProcessResponse]  # type: ignore[assignment]
+    """StartProcess starts a process in the background and returns at once; it
     runs until it exits, is signalled, times out or its sandbox stops.
     Errors, besides the common ones: ALREADY_EXISTS (the tag names a running
     process), RESOURCE_EXHAUSTED (`sandbox.max_processes_per_sandbox`).
@@ -850,15 +872,32 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListSessions lists the sandbox's sessions."""
 
     @_abc_1.abstractmethod
+    def RunProcess(
+        self,
+        request_iterator: _MaybeAsyncIterator[_process_pb2.RunProcessRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_process_pb2.RunProcessResponse], _abc.AsyncIterator[_process_pb2.RunProcessResponse]]:
+        """Processes. Access is Exec's; a process belongs to its sandbox. Common
+        errors as for sessions, and NOT_FOUND for an unknown process.
+
+        RunProcess starts a process and carries its stdin, close-stdin, signals
+        and PTY resizes in, its events out: `started`, output, then `exit` last.
+        The first message must be `start` (INVALID_ARGUMENT otherwise, and for a
+        second `start` or an empty message). Without `config.timeout` the
+        manager's exec timeout applies; a caller that goes away (or cancels)
+        kills the process's whole tree. Errors, besides the common ones and
+        StartProcess's: INVALID_ARGUMENT (a signal outside 1 to 64, stdin over
+        1 MiB a message, a bad resize), FAILED_PRECONDITION (a resize without a
+        PTY; stdin after close-stdin).
+        """
+
+    @_abc_1.abstractmethod
     def StartProcess(
         self,
         request: _process_pb2.StartProcessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_process_pb2.StartProcessResponse, _abc.Awaitable[_process_pb2.StartProcessResponse]]:
-        """Processes. Access is Exec's; a process belongs to its sandbox. Common
-        errors as for sessions, and NOT_FOUND for an unknown process.
-
-        StartProcess starts a process in the background and returns at once; it
+        """StartProcess starts a process in the background and returns at once; it
         runs until it exits, is signalled, times out or its sandbox stops.
         Errors, besides the common ones: ALREADY_EXISTS (the tag names a running
         process), RESOURCE_EXHAUSTED (`sandbox.max_processes_per_sandbox`).
