@@ -208,10 +208,12 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         self, request: pb.DeleteProfileRequest, context: grpc.ServicerContext
     ) -> pb.DeleteProfileResponse:
         with self._db.write() as s:
+            pooled = profiles.get(s, request.name).warm_pool_size > 0
             profiles.delete(s, request.name)
             commits.note_profile(s, request.name)  # its polls answer NOT_FOUND now
-        # After the commit, best effort: the reconcile drains it if this fails.
-        self._warm_pools.resync(request.name)
+        if pooled:
+            # After the commit, best effort: the reconcile drains it if this fails.
+            self._warm_pools.resync(request.name)
         return pb.DeleteProfileResponse()
 
     # -- tasks ----------------------------------------------------------

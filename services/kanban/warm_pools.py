@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Deadline of one SetWarmPool / ListWarmPools (the manager answers from memory).
 CALL_TIMEOUT_SECONDS = 10.0
+#: Longest wait between retries of a failed reconcile when no interval is set.
+_RETRY_CAP_SECONDS = 30.0
 _REFUSALS: dict[grpc.StatusCode, type[ServiceError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
@@ -208,6 +210,11 @@ class WarmPools:
                 log.exception("warm pool reconcile failed")
                 failed = 1
             # A manager still starting: retry soon (bounded backoff), then settle.
-            delay = min(delay * 2, self._interval) if failed else self._interval
-            if delay <= 0 or self._stop.wait(delay):
+            if failed:
+                delay = min(delay * 2, self._interval or _RETRY_CAP_SECONDS)
+            elif self._interval <= 0:
+                return
+            else:
+                delay = self._interval
+            if self._stop.wait(delay):
                 return

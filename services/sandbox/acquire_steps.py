@@ -10,11 +10,12 @@ whose config hash changed is removed and replaced, and the outcome says why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import docker
@@ -62,10 +63,10 @@ class AcquireSteps:
     def inspect_or_none(self, ref: str) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    def _take_warm(
+    def _warm_handout(
         self, task_id: str, profile: str, spec: ResolvedSpec, name: str
-    ) -> SandboxInfo | None:
-        """A warm-pool member renamed to ``name``, if one fits (the manager's)."""
+    ) -> AbstractContextManager[Callable[[], SandboxInfo | None] | None]:
+        """The warm pool's handout for this acquire (the manager's; see :mod:`.pools`)."""
         raise NotImplementedError
 
     @contextmanager
@@ -94,21 +95,25 @@ class AcquireSteps:
         deadline = time.monotonic() + _ACQUIRE_DEADLINE_SECONDS
         backoff = 0.02
         while time.monotonic() < deadline:
-            with engine_call("containers.list", task_id=task_id, profile=profile):
-                found = self.api.containers(all=True, filters=filters)
+            # With a pool for the spec, its ready members are listed meanwhile.
+            with self._warm_handout(task_id, profile, spec, name) as take_warm:
+                with engine_call("containers.list", task_id=task_id, profile=profile):
+                    found = self.api.containers(all=True, filters=filters)
+                taken = None
+                if not found and take_warm is not None:
+                    # A warm member is renamed to the key name: a concurrent
+                    # create of the key then loses the name race and adopts
+                    # it, and the rename fails (409) when the name is taken.
+                    with contextlib.suppress(NameTaken):
+                        taken = take_warm()
+            if taken is not None:
+                return AcquireResult(
+                    taken, Outcome.TAKEN_FROM_POOL, f"warm member of pool {profile!r}"
+                )
             if not found:
+                # A member a task took earlier, or any sandbox holding the key's name.
                 found = self._probe_name(name)
             if not found:
-                try:
-                    # A warm member is renamed to the key name: a concurrent
-                    # create of the key then loses the name race, and adopts it.
-                    taken = self._take_warm(task_id, profile, spec, name)
-                except NameTaken:
-                    continue  # the key exists already: adopt it next round
-                if taken is not None:
-                    return AcquireResult(
-                        taken, Outcome.TAKEN_FROM_POOL, f"warm member of pool {profile!r}"
-                    )
                 try:
                     info = self._create_started(task_id, profile, spec, persist=True, name=name)
                 except NameTaken:

@@ -29,6 +29,8 @@ CONFIG_HASH = PREFIX + "config-hash"
 POOL = PREFIX + "pool"
 #: Members the pool asked for when it created this member (re-read at restart).
 POOL_SIZE = PREFIX + "pool-size"
+#: ``1`` on a warm-pool member, empty on every other sandbox: what lists filter on.
+WARM = PREFIX + "warm"
 #: Creation time in nanoseconds: the engine's list reports whole seconds only,
 #: and "newest first" must be exact without an inspect per container.
 CREATED_NS = PREFIX + "created-ns"
@@ -100,6 +102,16 @@ def _key_prefix(dep_label: str, profile_label: str) -> str:
     return f"longshore-{dep_label[:20]}-{profile_label[:20]}-"
 
 
+def is_pool_member(values: Mapping[str, str]) -> bool:
+    """Whether the labels are a warm-pool member's (taken by a task or not).
+
+    Every other sandbox carries the pool labels empty: a container inherits
+    its image's labels, so one started from a snapshot of a member (or from a
+    hostile image) would otherwise look like one.
+    """
+    return values.get(WARM) == "1" and bool(values.get(POOL))
+
+
 def task_of(values: Mapping[str, str], name: str) -> str:
     """The task label value a sandbox belongs to ("" for a warm member no task took yet).
 
@@ -113,7 +125,7 @@ def task_of(values: Mapping[str, str], name: str) -> str:
         values: The container's labels.
         name: The container's name (a leading ``/`` is ignored).
     """
-    if POOL not in values:
+    if not is_pool_member(values):
         return values.get(TASK_ID, "")
     name = name.lstrip("/")
     dep_label, profile_label = values.get(DEPLOYMENT, ""), values.get(PROFILE, "")
@@ -150,7 +162,9 @@ def pool_filters(deployment: str, profile_label: str = "") -> list[str]:
         profile_label: The pool's profile label value (``sanitize(profile)``), or "" for all.
     """
     filters = [f"{MANAGED}=1", f"{DEPLOYMENT}={sanitize(deployment)}"]
-    filters.append(f"{POOL}={profile_label}" if profile_label else POOL)
+    filters.append(f"{WARM}=1")
+    if profile_label:
+        filters.append(f"{POOL}={profile_label}")
     return filters
 
 
@@ -190,17 +204,21 @@ def sandbox_labels(
     it carries :data:`POOL` and :data:`POOL_SIZE`, and ``task_id`` should be
     empty (its task-id label is then ``unknown``, which no real task maps to).
     """
-    pool = {POOL: sanitize(profile), POOL_SIZE: str(pool_size)} if pool_size else {}
-    return pool | {
-        CREATED_NS: str(created_ns or time.time_ns()),
-        MANAGED: "1",
-        TASK_ID: sanitize(task_id),
-        PROFILE: sanitize(profile),
-        DEPLOYMENT: sanitize(deployment),
-        PERSIST: "true" if persist else "false",
-        OWNER: sanitize(owner),
-        CONFIG_HASH: config_hash,
-    }
+    pool = {WARM: "1", POOL: sanitize(profile), POOL_SIZE: str(pool_size)} if pool_size else {}
+    return (
+        {WARM: "", POOL: "", POOL_SIZE: ""}
+        | pool
+        | {
+            CREATED_NS: str(created_ns or time.time_ns()),
+            MANAGED: "1",
+            TASK_ID: sanitize(task_id),
+            PROFILE: sanitize(profile),
+            DEPLOYMENT: sanitize(deployment),
+            PERSIST: "true" if persist else "false",
+            OWNER: sanitize(owner),
+            CONFIG_HASH: config_hash,
+        }
+    )
 
 
 def config_hash(

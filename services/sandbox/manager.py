@@ -18,6 +18,7 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -181,10 +182,10 @@ class SandboxManager(AcquireSteps):
         )
         return result
 
-    def _take_warm(
+    def _warm_handout(
         self, task_id: str, profile: str, spec: ResolvedSpec, name: str
-    ) -> SandboxInfo | None:
-        return self.pools.take(task_id, profile, spec, name)
+    ) -> AbstractContextManager[Callable[[], SandboxInfo | None] | None]:
+        return self.pools.handout(task_id, profile, spec, name)
 
     # ---- get / list ----------------------------------------------------------------
 
@@ -242,6 +243,10 @@ class SandboxManager(AcquireSteps):
         """The domain record of an inspect."""
         return info_from_inspect(data, self.last_used)
 
+    def info_of_row(self, row: Mapping[str, Any]) -> SandboxInfo:
+        """The domain record of a row of the engine's container list."""
+        return info_from_list(row, self.last_used)
+
     def resolve_id(self, sandbox_id: str) -> str:
         """Full id of a sandbox of this deployment about to be used (cached: labels never change).
 
@@ -281,7 +286,7 @@ class SandboxManager(AcquireSteps):
             # list (of pool members) is filtered here by the name's task.
             task = labels.sanitize(task_id)
             by_label = {"label": [*label_filters, f"{labels.TASK_ID}={task}"]}
-            members = {"label": [*label_filters, labels.POOL]}
+            members = {"label": [*label_filters, f"{labels.WARM}=1"]}
             rows = self._list_rows(filters | by_label, profile)
             rows += [
                 r

@@ -107,7 +107,7 @@ class SandboxInfo:
     @property
     def warm_pool(self) -> str:
         """The profile whose warm pool holds it while no task has it, else ""."""
-        if label_names.POOL in self.labels and not self.task:
+        if label_names.is_pool_member(self.labels) and not self.task:
             return self.labels.get(label_names.PROFILE, "")
         return ""
 

@@ -362,7 +362,7 @@ class Reaper:
             cid = cand.sandbox_id
             if self.manager.cleanup.is_pending(cid):
                 continue
-            if labels.POOL in cand.labels and not labels.task_of(cand.labels, cand.name):
+            if labels.is_pool_member(cand.labels) and not labels.task_of(cand.labels, cand.name):
                 continue  # a warm member waits to be handed out; its pool drains it
             seen = self.manager.last_used(cid)
             reference = seen

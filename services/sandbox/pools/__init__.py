@@ -4,7 +4,7 @@ A pool is ``size`` members, each a started container in a *slot*: its name is
 :func:`labels.pool_member_name` of (deployment, profile, config hash, slot),
 so the engine's name uniqueness caps a pool at ``size`` even when two
 managers of one deployment fill it. A member carries the ordinary labels
-(task-id ``unknown``) plus ``io.longshore.pool``; labels never change, so a
+(task-id ``unknown``) plus ``io.longshore.warm``/``pool``; labels never change, so a
 task takes a member by renaming it from its slot name to the task's key name
 (:func:`labels.container_name`): the slot is free for a refill at once, a
 cold create of that key loses the name race to it and adopts it, and a later
@@ -25,12 +25,15 @@ sends it at start and on every profile change). See docs/sandbox-pools.md.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.runtime.errors import InvalidArgument, NotFound, OutOfRange, ServiceError, quote
 from services.sandbox import labels
@@ -50,6 +53,8 @@ MAX_PROFILE_CHARS = 128
 #: Longest a pool's reason is kept (the proto's bound).
 MAX_REASON_CHARS = 200
 _MAX_BACKOFF_SECONDS = 60.0
+#: Threads that list ready members for acquires (one per pool at a time: its lock).
+_LISTING_WORKERS = 4
 _RESTART_REASON = "spec unknown since the manager started: refills after SetWarmPool"
 
 __all__ = ["MAX_PROFILE_CHARS", "Member", "WarmPools", "verdict"]
@@ -70,6 +75,7 @@ class WarmPools:
         self._section = manager.section
         self._monotonic = monotonic
         self._claims = Claims(manager)
+        self._own = labels.sanitize(manager.owner)
         # Guards _pools and every Pool in it: the RPCs, the handout and the
         # filler's workers all read and change them. Never held across an
         # engine call.
@@ -78,6 +84,10 @@ class WarmPools:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Lists a pool's ready members while an acquire probes its key.
+        self._listings = ThreadPoolExecutor(
+            max_workers=_LISTING_WORKERS, thread_name_prefix="sandbox-warm-list"
+        )
         self._creates = ThreadPoolExecutor(
             max_workers=self._section.warm_fill_concurrency,
             thread_name_prefix="sandbox-warm-fill",
@@ -158,22 +168,36 @@ class WarmPools:
 
     # ---- handout ---------------------------------------------------------------
 
-    def take(self, task_id: str, profile: str, spec: ResolvedSpec, name: str) -> SandboxInfo | None:
-        """Hands a ready member of the spec to a task by renaming it to ``name``.
+    @contextlib.contextmanager
+    def handout(
+        self, task_id: str, profile: str, spec: ResolvedSpec, name: str
+    ) -> Iterator[Callable[[], SandboxInfo | None] | None]:
+        """Holds the pool for an acquire's probe; yields its take (None: no pool fits).
 
-        Returns:
-            The member, now the task's sandbox; None when no member fits.
+        The pool's ready members are listed on another thread while the
+        caller probes its key, so a hit costs one engine list less than in
+        turn. The pool's lock is held for the whole block: no thread of this
+        process renames one of its members meanwhile, so the names listed
+        stay current until the take renames one of them.
 
-        Raises:
-            NameTaken: ``name`` exists already (another acquire of this key won):
-                the caller re-probes and adopts it.
+        The take hands a ready member of the spec to the task by renaming it
+        to ``name`` and returns it (None when no member fits); it raises
+        :class:`NameTaken` when ``name`` exists already (a sandbox of the key
+        the probe missed): the caller then probes the name and adopts it.
         """
         key = labels.sanitize(profile)
         with self._lock:
             pool = self._pools.get(key)
-            if pool is None or pool.size == 0 or pool.config_hash != spec.config_hash:
-                return None
-            slots = slot_names(self._manager.deployment, pool)
+            fits = pool is not None and pool.size > 0 and pool.config_hash == spec.config_hash
+            if pool is None or not fits:
+                slots: dict[str, int] = {}
+            else:
+                slots = slot_names(self._manager.deployment, pool)
+            # Members made from the pool's spec run its env: no inspect needed.
+            known = pool is not None and pool.spec is not None and pool.spec.env == spec.env
+        if not slots:
+            yield None
+            return
         filters = {
             "label": [
                 *labels.pool_filters(self._manager.deployment, key),
@@ -181,22 +205,43 @@ class WarmPools:
             ],
             "status": "running",
         }
-        with self._claims.lock(key):
-            # Listed under the lock: no thread of this process renames a
-            # member of this pool meanwhile, so every name below is current.
+
+        def ready() -> list[dict[str, Any]]:
             with engine_call("containers.list", profile=profile):
-                rows = self._manager.api.containers(filters=filters)
-            for member in (member_of(r) for r in rows):
-                if member.name in slots and (info := self._hand(member, name, spec)) is not None:
+                return list(self._manager.api.containers(filters=filters))
+
+        def take() -> SandboxInfo | None:
+            for row in listing.result():
+                member = member_of(row)
+                if member.name not in slots:
+                    continue
+                if (info := self._hand(member, row, name, spec, known_env=known)) is not None:
                     self._wake.set()  # the slot is free: refill it
                     log.info(
                         "warm member taken",
                         extra={"sandbox_id": info.sandbox_id, "task_id": task_id},
                     )
                     return info
-        return None
+            return None
 
-    def _hand(self, member: Member, name: str, spec: ResolvedSpec) -> SandboxInfo | None:
+        with self._claims.lock(key):
+            context = contextvars.copy_context()  # the list's span joins the acquire's trace
+            listing = self._listings.submit(context.run, ready)
+            try:
+                yield take
+            finally:
+                # Never leave the list behind the lock's release (nor its error unseen).
+                futures.wait([listing])
+
+    def _hand(
+        self,
+        member: Member,
+        row: Mapping[str, Any],
+        name: str,
+        spec: ResolvedSpec,
+        *,
+        known_env: bool,
+    ) -> SandboxInfo | None:
         with self._claims.hold(member) as held:
             if not held:
                 return None
@@ -205,6 +250,9 @@ class WarmPools:
                     self._manager.api.rename(member.sandbox_id, name)
             except NotFound:
                 return None  # drained meanwhile
+            if known_env and member.labels.get(labels.OWNER) == self._own:
+                # The list row (made under the pool's lock) is current but the name.
+                return self._manager.info_of_row({**row, "Names": [f"/{name}"]})
             data = self._manager.inspect_managed(member.sandbox_id)
             if env_fits(data, spec.env):
                 return self._manager.info_of(data)
@@ -219,24 +267,25 @@ class WarmPools:
 
     def drain(self) -> list[tuple[str, str]]:
         """Removes unclaimed members no pool wants; returns (sandbox_id, reason) of each."""
-        keys = {m.profile_label for m in self._members() if m.unclaimed}
-        removed: list[tuple[str, str]] = []
         by_pool: dict[str, list[Member]] = {}
-        for key in keys:
-            with self._lock:
-                pool = self._pools.get(key)
-                slots = slot_names(self._manager.deployment, pool) if pool is not None else {}
-            with self._claims.lock(key):
-                # Listed again under the lock: a take of this process may have
-                # renamed a member since the first list; this one is current.
-                members = [m for m in self._members(key) if m.unclaimed]
-                by_pool[key] = members
-                for m in members:
-                    owner_dead = self._manager.is_owner_dead(m.labels)
-                    reason = verdict(m, pool, slots, owner_dead)
-                    if reason and self._remove(m):
-                        log.info("warm member drained", extra={"sandbox_id": m.sandbox_id})
-                        removed.append((m.sandbox_id, reason))
+        for m in self._members():
+            if m.unclaimed:
+                by_pool.setdefault(m.profile_label, []).append(m)
+        removed: list[tuple[str, str]] = []
+        for key, listed in list(by_pool.items()):
+            # Judged first without the pool's lock, so a round with nothing
+            # to drain (the usual one) never holds up the pool's handouts.
+            if any(self._verdict(key, m) for m in listed):
+                with self._claims.lock(key):
+                    # Listed again under the lock: a take of this process may
+                    # have renamed a member since the first list.
+                    current = [m for m in self._members(key) if m.unclaimed]
+                    by_pool[key] = current
+                    for m in current:
+                        reason = self._verdict(key, m)
+                        if reason and self._remove(m):
+                            log.info("warm member drained", extra={"sandbox_id": m.sandbox_id})
+                            removed.append((m.sandbox_id, reason))
         gone = {sid for sid, _ in removed}
         left = {m.profile_label for ms in by_pool.values() for m in ms if m.sandbox_id not in gone}
         with self._lock:
@@ -245,6 +294,12 @@ class WarmPools:
                 if key not in left:
                     del self._pools[key]
         return removed
+
+    def _verdict(self, key: str, member: Member) -> str:
+        with self._lock:
+            pool = self._pools.get(key)
+            slots = slot_names(self._manager.deployment, pool) if pool is not None else {}
+        return verdict(member, pool, slots, self._manager.is_owner_dead(member.labels))
 
     def _remove(self, member: Member) -> bool:
         with self._claims.hold(member) as held:
@@ -269,6 +324,7 @@ class WarmPools:
         if self._thread is not None:
             self._thread.join(timeout)
         self._creates.shutdown(wait=False, cancel_futures=True)
+        self._listings.shutdown(wait=False, cancel_futures=True)
 
     def adopt(self) -> int:
         """Knows again the pools whose unclaimed members are on the engine; returns how many."""
@@ -359,4 +415,5 @@ class WarmPools:
         filters = {"label": labels.pool_filters(self._manager.deployment, key)}
         with engine_call("containers.list", profile=key or None):
             rows = self._manager.api.containers(all=True, filters=filters)
-        return [member_of(r) for r in rows]
+        # The filter asks for io.longshore.warm=1; the check is the one rule.
+        return [m for m in map(member_of, rows) if labels.is_pool_member(m.labels)]

@@ -13,6 +13,9 @@ fake clock (an hour of idleness without waiting for it).
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +44,7 @@ from services.sandbox.owners import current_owner
 from services.sandbox.reaper import Reaper, StartupGuard
 from tests.integration.gateway.stack import RealStack, Stubs, auth, real_stack
 from tests.integration.sandbox.conftest import remove_deployment
-from tests.support.processes import ServiceProcess
+from tests.support.processes import REPO_ROOT, ServiceProcess, service_env
 
 T = 60
 pb = sandbox_service_pb2
@@ -372,6 +375,52 @@ def test_a_kanban_profile_with_a_warm_pool_runs_its_task_in_a_member(
     wait_until("the deleted profile's pool is drained", lambda: not rig.members("warmed"))
 
 
+def cli(rig: Rig, *args: str) -> str:
+    """This checkout's CLI (an installed ``longshore`` may be another's), as the admin."""
+    env = service_env(
+        {
+            "LONGSHORE_HOME": str(rig.stack.home / "cli-home"),
+            "LONGSHORE_GATEWAY_ADDR": rig.stack.gateway_addr,
+            "LONGSHORE_API_KEY": rig.stack.keys.admin,
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "clients.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
+    return proc.stdout
+
+
+def test_cli_sets_a_profiles_pool_and_lists_pools(rig: Rig, sandbox_image: str) -> None:
+    cli(
+        rig,
+        "profile",
+        "create",
+        "clipool",
+        "--executor",
+        "sandbox",
+        "--image",
+        sandbox_image,
+        "--warm-pool-size",
+        "1",
+    )
+    rig.wait_ready("clipool", 1)
+    pools = json.loads(cli(rig, "sandbox", "pools", "--profile", "clipool", "--json"))["pools"]
+    assert [(p["profile"], p["size"], p["ready"]) for p in pools] == [("clipool", 1, 1)]
+    assert "clipool" in cli(rig, "sandbox", "pools")
+    shown = json.loads(cli(rig, "profile", "show", "clipool", "--json"))
+    assert shown["warm_pool_size"] == 1
+    cli(rig, "profile", "set", "clipool", "--warm-pool-size", "0")
+    wait_until("the CLI's size 0 drained the pool", lambda: not rig.members("clipool"))
+    cli(rig, "profile", "rm", "clipool")
+
+
 def test_restarted_manager_re_adopts_its_members(
     rig: Rig, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -485,3 +534,41 @@ def _exists(engine: docker.DockerClient, cid: str) -> bool:
         engine.api.inspect_container(cid)
         return True
     return False
+
+
+def test_two_managers_of_one_deployment_stay_within_the_size_and_never_share(
+    make_manager: Callable[..., SandboxManager], engine: docker.DockerClient
+) -> None:
+    first = make_manager(warm_fill_interval_seconds=0.2)
+    managers = [
+        SandboxManager(engine, first.section, deployment=first.deployment, owner=f"manager-{n}")
+        for n in ("a", "b")
+    ]
+    try:
+        for manager in managers:
+            manager.pools.set_pool("shared", Spec(), 3)
+            manager.pools.start()
+        wait_until(
+            "both see the pool full",
+            lambda: all(m.pools.list_pools("shared")[0].ready == 3 for m in managers),
+        )
+        # The slots' names cap the pool: two fillers never make more than its size.
+        members = {i.sandbox_id for i in first.list_sandboxes(profile="shared") if i.warm_pool}
+        assert len(members) == 3
+        tasks = [f"t-both-{i}" for i in range(8)]
+        start = threading.Barrier(len(tasks))
+
+        def one(i: int) -> str:
+            start.wait(T)
+            return managers[i % 2].acquire(tasks[i], "shared", Spec()).sandbox.sandbox_id
+
+        with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+            ids = list(pool.map(one, range(len(tasks))))
+        assert len(set(ids)) == len(tasks), "two tasks got one sandbox"
+        for task, cid in zip(tasks, ids, strict=True):
+            name = engine.api.inspect_container(cid)["Name"].lstrip("/")
+            assert name == labels.container_name(first.deployment, "shared", task)
+    finally:
+        for manager in managers:
+            manager.pools.stop()
+            manager.close(5)

@@ -49,7 +49,10 @@ def test_an_ordinary_sandbox_keeps_its_task_label() -> None:
     lbl = labels.sandbox_labels(
         deployment="d", profile="p", task_id="t/1", persist=True, owner="o", config_hash="h"
     )
-    assert labels.POOL not in lbl
+    assert not labels.is_pool_member(lbl)
+    # Even when its image's labels (a snapshot of a member) would say otherwise.
+    inherited = {labels.WARM: "1", labels.POOL: "p", labels.POOL_SIZE: "2"} | lbl
+    assert not labels.is_pool_member(inherited)
     assert labels.task_of(lbl, "any-name") == labels.sanitize("t/1")
 
 
