@@ -12,6 +12,7 @@ Calls E2B has and Longshore does not answer 501 with a message naming them.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +32,7 @@ MAX_KEY_CHARS = 256
 #: Every method, for the routes that refuse whatever is asked.
 ANY = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger(__name__)
 
 
 def error_response(problem: Problem) -> JSONResponse:
@@ -41,6 +43,27 @@ def error_response(problem: Problem) -> JSONResponse:
         status_code=problem.http_status,
         headers={"Should-Retry": retry},
     )
+
+
+def guarded(handler: Handler) -> Handler:
+    """``handler`` with every failure answered in E2B's error body.
+
+    A gateway or front-door error keeps its code; anything else is a bug of
+    the front door: logged with its traceback, answered 500 with a JSON body
+    the SDK can read (never a bare text page), and marked not to retry.
+    """
+
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            problem = problem_of(exc)
+            if problem is None:
+                log.exception("e2b request failed", extra={"path": request.url.path})
+                problem = Problem(grpc.StatusCode.INTERNAL, "internal error of the front door")
+            return error_response(problem)
+
+    return run
 
 
 def api_key(request: Request) -> str:
@@ -138,16 +161,7 @@ class ControlPlane:
 
     @staticmethod
     def _guarded(handler: Handler) -> Handler:
-        async def run(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:
-                problem = problem_of(exc)
-                if problem is None:
-                    raise
-                return error_response(problem)
-
-        return run
+        return guarded(handler)
 
     async def unsupported(self, request: Request) -> Response:
         """E2B calls with no Longshore counterpart: 501 naming the call."""

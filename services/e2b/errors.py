@@ -9,6 +9,7 @@ transport failure of the gateway (UNAVAILABLE), never a bare 500.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +20,7 @@ from grpc import aio
 from services.runtime.errors import ServiceError, clip_message
 
 _S = grpc.StatusCode
+log = logging.getLogger(__name__)
 
 #: gRPC status -> (HTTP status, Connect code).
 TABLE: dict[grpc.StatusCode, tuple[int, Code]] = {
@@ -56,6 +58,22 @@ class Problem:
     def connect_error(self) -> ConnectError:
         """The Connect error envd's clients read."""
         return ConnectError(TABLE.get(self.code, (500, Code.INTERNAL))[1], self.message)
+
+
+def connect_error_of(exc: BaseException) -> ConnectError:
+    """The Connect error for any failure of an envd call.
+
+    A gateway or front-door error keeps its code; anything else is a bug of
+    the front door: logged with its traceback and answered INTERNAL with a
+    fixed message (never the exception's text, never ``unknown``).
+    """
+    if isinstance(exc, ConnectError):
+        return exc
+    problem = problem_of(exc)
+    if problem is None:
+        log.error("envd call failed", exc_info=exc)
+        problem = Problem(_S.INTERNAL, "internal error of the front door")
+    return problem.connect_error()
 
 
 def problem_of(exc: BaseException) -> Problem | None:

@@ -23,7 +23,7 @@ from longshore.sandbox.v1 import sandbox_service_pb2 as spb
 from protobuf.wkt import Timestamp
 
 from services.e2b.envd import Target, target_of
-from services.e2b.errors import problem_of
+from services.e2b.errors import connect_error_of
 from services.e2b.gateway import Gateway
 from services.e2b.sandboxes import Sandboxes
 
@@ -87,13 +87,8 @@ class FilesystemService(Filesystem):
             request.sandbox_id = target.sandbox_id
             method = getattr(self._gw.sandbox, rpc)
             return await method(request, metadata=target.caller.metadata())
-        except ConnectError:
-            raise
         except Exception as exc:
-            problem = problem_of(exc)
-            if problem is None:
-                raise
-            raise problem.connect_error() from None
+            raise connect_error_of(exc) from None
 
     async def stat(self, request: fp.StatRequest, ctx: RequestContext[Any, Any]) -> fp.StatResponse:
         """StatPath."""

@@ -30,7 +30,7 @@ from longshore.sandbox.v1 import sandbox_pb2
 from protobuf import Oneof
 
 from services.e2b.envd import Target, target_of
-from services.e2b.errors import problem_of
+from services.e2b.errors import connect_error_of
 from services.e2b.gateway import Gateway
 from services.e2b.sandboxes import Sandboxes
 
@@ -43,11 +43,8 @@ MAX_INPUT_BYTES = 1024 * 1024
 
 
 def _mapped(exc: BaseException) -> BaseException:
-    """The Connect error for a gateway or front-door error (others unchanged)."""
-    if isinstance(exc, ConnectError):
-        return exc
-    problem = problem_of(exc)
-    return problem.connect_error() if problem else exc
+    """The Connect error for a failure (see :func:`~services.e2b.errors.connect_error_of`)."""
+    return connect_error_of(exc)
 
 
 def process_config(request: pp.StartRequest, timeout_ms: float | None) -> lp.ProcessConfig:

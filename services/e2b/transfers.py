@@ -22,9 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from services.e2b.control import error_response
+from services.e2b.control import guarded
 from services.e2b.envd import Target, target_of
-from services.e2b.errors import problem_of
 from services.e2b.gateway import Gateway
 from services.e2b.sandboxes import Sandboxes
 from services.runtime.errors import InvalidArgument
@@ -61,17 +60,7 @@ class Transfers:
 
     @staticmethod
     def _guard(handler: Any) -> Any:
-        async def run(request: Request) -> Response:
-            try:
-                response: Response = await handler(request)
-                return response
-            except Exception as exc:
-                problem = problem_of(exc)
-                if problem is None:
-                    raise
-                return error_response(problem)
-
-        return run
+        return guarded(handler)
 
     async def download(self, request: Request) -> Response:
         """Streams one file."""

@@ -7,7 +7,7 @@ import pytest
 from connectrpc.code import Code
 
 from services.e2b import tokens
-from services.e2b.errors import TABLE, Problem, problem_of
+from services.e2b.errors import TABLE, Problem, connect_error_of, problem_of
 from services.e2b.keeper import Keeper
 from services.e2b.sandboxes import Sandboxes, metadata_labels, metadata_of
 from services.e2b.settings import E2bSection
@@ -71,3 +71,11 @@ def test_templates_and_timeouts_are_checked() -> None:
     for bad in (0, -1, 601, True, "60", 1.5):
         with pytest.raises(InvalidArgument, match="timeout"):
             boxes.timeout_of(bad)
+
+
+def test_a_bug_reaches_envd_clients_as_internal_without_its_text() -> None:
+    error = connect_error_of(KeyError("secret detail"))
+    assert error.code == Code.INTERNAL and "secret" not in str(error)
+    assert connect_error_of(Unauthenticated("X-Access-Token: required")).code == (
+        Code.UNAUTHENTICATED
+    )
