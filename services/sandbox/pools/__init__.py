@@ -193,8 +193,12 @@ class WarmPools:
                 slots: dict[str, int] = {}
             else:
                 slots = slot_names(self._manager.deployment, pool)
-            # Members made from the pool's spec run its env: no inspect needed.
+            # Members made from the pool's spec run its env: no inspect needed;
+            # an acquire asking for other env values (same names, same hash)
+            # is created cold rather than spending members it cannot use.
             known = pool is not None and pool.spec is not None and pool.spec.env == spec.env
+            if pool is not None and pool.spec is not None and not known:
+                slots = {}
         if not slots:
             yield None
             return

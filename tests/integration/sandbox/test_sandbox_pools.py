@@ -226,6 +226,26 @@ def test_acquire_takes_a_member_which_becomes_the_tasks_sandbox(rig: Rig) -> Non
     assert cold.outcome == sandbox_pb2.REUSE_OUTCOME_CREATED
 
 
+def test_other_env_values_are_created_cold_and_spend_no_member(rig: Rig) -> None:
+    pooled = sandbox_pb2.SandboxSpec(env={"MODE": "warm"})
+    rig.set_pool("envpool", 1, pooled)
+    rig.wait_ready("envpool", 1)
+    members = rig.members("envpool")
+
+    def acquire(task: str, spec: sandbox_pb2.SandboxSpec) -> pb.AcquireSandboxResponse:
+        request = pb.AcquireSandboxRequest(task_id=task, profile="envpool", spec=spec)
+        return rig.stubs.sandbox.AcquireSandbox(request, timeout=T, metadata=rig.admin)
+
+    # Same env names (same config hash), other values: not the member's.
+    other = acquire("t-env-other", sandbox_pb2.SandboxSpec(env={"MODE": "cold"}))
+    assert other.outcome == sandbox_pb2.REUSE_OUTCOME_CREATED
+    assert rig.members("envpool") == members
+    same = acquire("t-env-same", pooled)
+    assert same.outcome == sandbox_pb2.REUSE_OUTCOME_TAKEN_FROM_POOL
+    assert same.sandbox.sandbox_id in members
+    rig.set_pool("envpool", 0)
+
+
 def test_concurrent_acquires_never_share_a_member(rig: Rig) -> None:
     rig.set_pool("crowd", 4)
     rig.wait_ready("crowd", 4)
