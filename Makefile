@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh python
 	@touch $@
 
-tools/node_modules/.installed: tools/package.json clients/node/package.json
+tools/node_modules/.installed: tools/package.json clients/node/package.json tests/integration/e2b/node/package.json
 	bash scripts/bootstrap.sh node
 	@touch $@
 

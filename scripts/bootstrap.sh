@@ -53,6 +53,8 @@ node_tools() {
   if [ -f clients/node/package.json ]; then
     (cd clients/node && npm install --silent --no-audit --no-fund)
   fi
+  # E2B's JavaScript SDK, the Node client of the e2b conformance test.
+  (cd tests/integration/e2b/node && npm install --silent --no-audit --no-fund)
 }
 
 case "${1:-all}" in

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${LONGSHORE_IMAGE_PREFIX:-longshore/}
 tag=${LONGSHORE_IMAGE_TAG:-latest}
-services=(${LONGSHORE_SERVICES:-sandbox kanban gateway dashboard})
+services=(${LONGSHORE_SERVICES:-sandbox kanban gateway dashboard e2b})
 
 base=$(bash scripts/base-image.sh)
 bash scripts/compose-wheels.sh

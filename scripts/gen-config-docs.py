@@ -25,7 +25,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "configuration.md"
-ORDER = ("sandbox", "kanban", "gateway", "dashboard")
+ORDER = ("sandbox", "kanban", "gateway", "dashboard", "e2b")
 
 HEADER = """\
 # Configuration

@@ -35,6 +35,11 @@ from services.runtime.errors import (
     Unavailable,
 )
 
+#: Executors whose runs acquire sandboxes of the profile's spec, so a pool
+#: serves them: the dispatcher's own runs, and external workers' (E2B creates
+#: through the front door among them).
+POOLED_EXECUTORS = frozenset({ExecutorKind.SANDBOX, ExecutorKind.EXTERNAL})
+
 log = logging.getLogger(__name__)
 
 #: Deadline of one SetWarmPool / ListWarmPools (the manager answers from memory).
@@ -130,8 +135,10 @@ class WarmPools:
             InvalidArgument: A size for a profile that is not a sandbox profile,
                 or what :meth:`set` raises.
         """
-        if size and executor != ExecutorKind.SANDBOX:
-            raise InvalidArgument("profile.warm_pool_size: only for the 'sandbox' executor")
+        if size and executor not in POOLED_EXECUTORS:
+            raise InvalidArgument(
+                "profile.warm_pool_size: only for the 'sandbox' and 'external' executors"
+            )
         if not touched:
             yield
             return
@@ -162,7 +169,7 @@ class WarmPools:
             wanted = {
                 r.name: (pool_spec(r), r.warm_pool_size)
                 for r in rows
-                if r.warm_pool_size > 0 and r.executor == ExecutorKind.SANDBOX
+                if r.warm_pool_size > 0 and r.executor in POOLED_EXECUTORS
             }
         try:
             listed = self._stub.ListWarmPools(

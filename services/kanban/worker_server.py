@@ -180,20 +180,23 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         return run
 
     def _try_claim(
-        self, s: Session, profile: models.Profile, worker_id: str, board_id: str, holder: str
+        self, s: Session, profile: models.Profile, request: pb.ClaimTaskRequest, holder: str
     ) -> tuple[models.Task, models.TaskRun] | None:
         return claims.claim_next(
             s,
             profile,
-            worker_id=worker_id,
-            board_id=board_id,
+            worker_id=request.worker_id,
+            board_id=request.board_id,
+            task_id=request.task_id,
             holder=holder,
             settings=self._limits.planner,
             lease_seconds=self._section.claim_ttl_seconds,
             now=self._dispatcher.now(),
         )
 
-    def _claimable(self, s: Session, profile: models.Profile, board_id: str, most: int) -> int:
+    def _claimable(
+        self, s: Session, profile: models.Profile, board_id: str, most: int, task_id: str = ""
+    ) -> int:
         """How many tasks (at most ``most``) a claim of ``profile`` could take now: a read.
 
         The same conditions as :meth:`_try_claim` (caps, status, backoff,
@@ -221,6 +224,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         )
         if board_id:
             stmt = stmt.where(models.Task.board_id == board_id)
+        if task_id:
+            stmt = stmt.where(models.Task.task_id == task_id)
         return len(s.scalars(stmt.limit(room)).all())
 
     def _claim_profile(self, s: Session, request: pb.ClaimTaskRequest) -> models.Profile:
@@ -237,11 +242,12 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def _attempt(self, request: pb.ClaimTaskRequest, holder: str) -> pb.ClaimTaskResponse | None:
         """One claim attempt (in the pool): a read, then a write only if there is work."""
         with self._db.read() as s:
-            if not self._claimable(s, self._claim_profile(s, request), request.board_id, 1):
+            profile = self._claim_profile(s, request)
+            if not self._claimable(s, profile, request.board_id, 1, request.task_id):
                 return None
         with self._db.write() as s:
             profile = self._claim_profile(s, request)
-            claimed = self._try_claim(s, profile, request.worker_id, request.board_id, holder)
+            claimed = self._try_claim(s, profile, request, holder)
             if claimed is None:
                 return None
             task, run = claimed

@@ -108,6 +108,7 @@ def _next_ready(
     settings: PlannerSettings,
     *,
     lock: bool,
+    task_id: str = "",
 ) -> Task | None:
     # Not a task backing off after a failure (its retry is not due), nor one
     # past the profile's retry limit (the breaker blocks it).
@@ -119,6 +120,8 @@ def _next_ready(
     )
     if board_id:
         stmt = stmt.where(Task.board_id == board_id)
+    if task_id:
+        stmt = stmt.where(Task.task_id == task_id)
     stmt = stmt.order_by(Task.priority.desc(), Task.create_time, Task.task_id).limit(1)
     if lock:
         # SKIP LOCKED: a row another replica is claiming (or editing) is
@@ -157,6 +160,7 @@ def claim_next(
     settings: PlannerSettings,
     lease_seconds: float,
     now: dt.datetime,
+    task_id: str = "",
 ) -> tuple[Task, TaskRun] | None:
     """Claim the next ready task of ``profile`` for an external worker.
 
@@ -170,6 +174,7 @@ def claim_next(
         worker_id: The worker, recorded on the run.
         board_id: Only this board's tasks ("" = any).
         holder: The principal that will own the run.
+        task_id: Only this task ("" = the best ready one).
         settings: The dispatcher's caps and failure limit.
         lease_seconds: The run's first lease.
         now: "Now" for backoffs (the dispatcher's clock).
@@ -180,7 +185,7 @@ def claim_next(
     lock_cap_domains(session, [profile.name], global_cap=bool(settings.max_in_progress))
     if not _has_slot(session, profile, settings):
         return None
-    task = _next_ready(session, profile, board_id, now, settings, lock=True)
+    task = _next_ready(session, profile, board_id, now, settings, lock=True, task_id=task_id)
     if task is None:
         return None
     try:

@@ -271,3 +271,26 @@ def test_expired_lease_is_reclaimed_and_the_stale_worker_is_fenced(kanban: Kanba
     runs = kanban.stub.ListTaskRuns(pb.ListTaskRunsRequest(task_id=task.task_id), timeout=5).runs
     assert sorted(r.status for r in runs) == [2, 6]  # one SUCCEEDED, one LOST
     assert [r.counted_failure for r in runs if r.status == 6] == [True]
+
+
+def test_claim_of_one_task_takes_exactly_it_or_nothing(kanban: Kanban) -> None:
+    # A front door creates a task for its caller and claims exactly that one:
+    # the profile's better-ranked task stays ready for others.
+    kanban.profile("ext")
+    first = kanban.task("first", assignee="ext", priority=5)
+    mine = kanban.task("mine", assignee="ext")
+    claim = kanban.worker.ClaimTask(
+        wpb.ClaimTaskRequest(profile="ext", worker_id="door", task_id=mine.task_id), timeout=5
+    )
+    assert claim.task.task_id == mine.task_id
+    assert kanban.get(first.task_id).status == S.TASK_STATUS_READY
+    # Already claimed (or unknown): nothing, not another task.
+    again = kanban.worker.ClaimTask(
+        wpb.ClaimTaskRequest(profile="ext", worker_id="door", task_id=mine.task_id), timeout=5
+    )
+    assert not again.HasField("task")
+    with pytest.raises(grpc.RpcError) as exc:
+        kanban.worker.ClaimTask(
+            wpb.ClaimTaskRequest(profile="ext", worker_id="door", task_id="x" * 65), timeout=5
+        )
+    assert code(exc) == grpc.StatusCode.INVALID_ARGUMENT

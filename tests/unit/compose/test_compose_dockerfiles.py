@@ -1,4 +1,4 @@
-"""The four service Dockerfiles follow one pattern and match the settings models."""
+"""The service Dockerfiles follow one pattern and match the settings models."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.dashboard.settings import DashboardSection
+from services.e2b.settings import E2bSection
 from services.gateway.settings import GatewaySection
 from services.kanban.settings import KanbanSection
 from services.sandbox.settings import SandboxSection
@@ -19,6 +20,7 @@ PORTS = {
     "kanban": KanbanSection().listen,
     "sandbox": SandboxSection().listen,
     "dashboard": DashboardSection().listen,
+    "e2b": E2bSection().listen,
 }
 PER_SERVICE = "# per service -"
 
@@ -78,6 +80,9 @@ def test_healthcheck_probes_the_service_port(name: str) -> None:
     if name == "dashboard":
         assert argv[1].endswith("http-healthcheck.py")
         assert argv[2] == f"http://127.0.0.1:{port}/api/status"
+    elif name == "e2b":
+        assert argv[1].endswith("http-healthcheck.py")
+        assert argv[2] == f"http://127.0.0.1:{port}/health"
     else:
         assert argv == ["python", "-m", "services.runtime.healthcheck", f"127.0.0.1:{port}"]
 

@@ -55,14 +55,15 @@ def test_nothing_compose_v1_rejects_and_no_fixed_container_names() -> None:
 def test_only_gateway_and_dashboard_publish_and_both_on_loopback_by_default() -> None:
     services = compose()["services"]
     published = {name for name in services if services[name].get("ports")}
-    assert published == {"gateway", "dashboard", "tracing"}
+    assert published == {"gateway", "dashboard", "tracing", "e2b"}
+    assert services["e2b"]["ports"] == ["${LONGSHORE_E2B_PUBLISH:-127.0.0.1:3000}:3000"]
     assert services["gateway"]["ports"] == ["${LONGSHORE_GATEWAY_PUBLISH:-127.0.0.1:50051}:50051"]
     assert services["dashboard"]["ports"] == ["${LONGSHORE_DASHBOARD_PUBLISH:-127.0.0.1:8080}:8080"]
     assert services["tracing"]["ports"] == ["127.0.0.1:${LONGSHORE_TRACING_UI_PORT:-16686}:16686"]
     # Every published port names a loopback host address (a bare port means 0.0.0.0).
     for name in published:
         for port in services[name]["ports"]:
-            assert re.fullmatch(r"(\$\{[A-Z_]+:-)?127\.0\.0\.1:.+", port), (name, port)
+            assert re.fullmatch(r"(\$\{[A-Z0-9_]+:-)?127\.0\.0\.1:.+", port), (name, port)
 
 
 def test_env_example_publishes_on_loopback_and_names_the_setting_that_opens_it() -> None:
@@ -187,6 +188,7 @@ def test_optional_profiles_take_their_images_from_settings() -> None:
     assert services["postgres"]["profiles"] == ["postgres"]
     assert services["postgres"]["image"].startswith("${LONGSHORE_POSTGRES_IMAGE:-")
     assert services["tracing"]["profiles"] == ["tracing"]
+    assert services["e2b"]["profiles"] == ["e2b"]
     assert services["tracing"]["image"].startswith("${LONGSHORE_TRACING_IMAGE:-")
     assert all("profiles" not in services[name] for name in CORE)
 

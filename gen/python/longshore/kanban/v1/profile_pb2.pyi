@@ -133,7 +133,8 @@ class Profile(_message.Message):
     warm_pool_size: _builtins.int
     """Warm sandboxes the sandbox manager keeps started with this profile's
     spec, so that a new task's sandbox is handed out instead of created
-    (SandboxService.SetWarmPool). 0 = none. Only for the `sandbox` executor;
+    (SandboxService.SetWarmPool). 0 = none. Only for the `sandbox` and
+    `external` executors;
     at most 64, and the manager's `sandbox.max_warm_per_pool` (OUT_OF_RANGE).
     """
     @_builtins.property

@@ -31,6 +31,7 @@ class ClaimTaskRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
     BOARD_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """External profile to take work for.
     At most 63 characters; no NUL characters.
@@ -42,6 +43,11 @@ class ClaimTaskRequest(_message.Message):
     board_id: _builtins.str
     """Only this board, when set.
     At most 63 characters; no NUL characters.
+    """
+    task_id: _builtins.str
+    """Only this task, when set: a front door that created the task for its
+    caller claims exactly it, never another caller's task of the profile.
+    At most 64 characters; no NUL characters.
     """
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
@@ -57,10 +63,11 @@ class ClaimTaskRequest(_message.Message):
         worker_id: _builtins.str = ...,
         wait: _duration_pb2.Duration | None = ...,
         board_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["board_id", b"board_id", "profile", b"profile", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["board_id", b"board_id", "profile", b"profile", "task_id", b"task_id", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
