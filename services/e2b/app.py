@@ -26,6 +26,7 @@ from services.e2b.keeper import Keeper
 from services.e2b.processes import ProcessService
 from services.e2b.sandboxes import Sandboxes
 from services.e2b.settings import E2bSection
+from services.e2b.tokens import Sealer
 from services.e2b.transfers import Transfers
 
 #: Largest Connect request message (a process start, a list request).
@@ -56,7 +57,7 @@ def build_front_door(gateway_addr: str, section: E2bSection) -> FrontDoor:
     """The front door's application over the gateway at ``gateway_addr``."""
     gateway = Gateway(gateway_addr, timeout=section.call_timeout_seconds)
     keeper = Keeper(gateway)
-    sandboxes = Sandboxes(gateway, section, keeper)
+    sandboxes = Sandboxes(gateway, section, keeper, Sealer(section.token_secret))
     control = ControlPlane(sandboxes)
     transfers = Transfers(gateway, sandboxes, max_upload_bytes=section.max_upload_bytes)
     rest = Starlette(

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.e2b import tokens
 from services.e2b.gateway import Caller
 from services.e2b.sandboxes import Sandboxes
 
@@ -31,9 +30,9 @@ async def target_of(sandboxes: Sandboxes, headers: Mapping[str, str]) -> Target:
     """The caller and sandbox of an envd call.
 
     Raises:
-        Unauthenticated: No or a malformed access token.
+        Unauthenticated: No access token, or one this front door did not seal.
         grpc.aio.AioRpcError: The run is not the key's, or it ended.
     """
-    access = tokens.decode(headers.get(ACCESS_TOKEN_HEADER, ""))
+    access = sandboxes.sealer.open(headers.get(ACCESS_TOKEN_HEADER, ""))
     token = await sandboxes.token(access.api_key, access.run_id)
     return Target(Caller(access.api_key, token), access.sandbox_id)

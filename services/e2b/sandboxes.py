@@ -107,8 +107,12 @@ class Sandboxes:
         keeper: Heartbeats the runs this front door created.
     """
 
-    def __init__(self, gateway: Gateway, section: E2bSection, keeper: Keeper) -> None:
+    def __init__(
+        self, gateway: Gateway, section: E2bSection, keeper: Keeper, sealer: tokens.Sealer
+    ) -> None:
         self._gw = gateway
+        #: Seals and opens the envd access tokens.
+        self.sealer = sealer
         self._section = section
         self.keeper = keeper
 
@@ -238,7 +242,7 @@ class Sandboxes:
     def _created(
         self, e2b_id: str, template: str, api_key: str, run_id: str, sandbox_id: str
     ) -> dict[str, Any]:
-        token = tokens.encode(tokens.Access(api_key, run_id, sandbox_id))
+        token = self.sealer.seal(tokens.Access(api_key, run_id, sandbox_id))
         return {
             "templateID": template or DEFAULT_TEMPLATE,
             "sandboxID": e2b_id,

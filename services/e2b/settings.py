@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.e2b.tokens import MIN_SECRET_CHARS
 from services.runtime.config import BaseSettings, PeerSection
 
 
@@ -40,9 +41,24 @@ class E2bSection:
     call_timeout_seconds: float = field(
         default=30.0, metadata={"help": "Deadline of each unary gateway call."}
     )
+    token_secret: str = field(
+        default="",
+        metadata={
+            "help": "Secret (>= 32 characters) the envd access tokens are sealed under "
+            "(AES-GCM); every front-door replica must share it. Empty = a random one per "
+            "process: its tokens end with a restart."
+        },
+    )
     keep_alive_seconds: int = field(
         default=5, metadata={"help": "An idle HTTP connection closes after this."}
     )
+
+    def __post_init__(self) -> None:
+        if self.token_secret and len(self.token_secret) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"e2b.token_secret: at least {MIN_SECRET_CHARS} characters, "
+                f"got {len(self.token_secret)}"
+            )
 
 
 def _default_gateway() -> PeerSection:

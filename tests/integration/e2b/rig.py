@@ -12,6 +12,7 @@ The front door is ``python -m services.e2b`` on a free port. E2B's SDK runs
 from __future__ import annotations
 
 import io
+import secrets
 import tarfile
 import threading
 import time
@@ -24,6 +25,7 @@ import docker
 import httpx
 from longshore.kanban.v1 import kanban_service_pb2, profile_pb2
 
+from services.e2b.tokens import Sealer
 from services.gateway.auth import key_entry, new_key
 from tests.integration.gateway.stack import RealStack, Stubs, auth, real_stack
 from tests.support.net import free_port
@@ -88,6 +90,8 @@ class E2bRig:
     url: str
     deployment: str
     front_door: ServiceProcess
+    #: Opens and seals tokens as the front door does (it shares its secret).
+    sealer: Sealer
 
     def logs(self) -> str:
         return self.stack.logs() + "\n== e2b\n" + self.front_door.log_tail(80)
@@ -144,6 +148,7 @@ def e2b_rig(
 ) -> Iterator[E2bRig]:
     """The stack, then the front door; all stopped on exit."""
     keys = E2bKeys.new()
+    secret = secrets.token_hex(32)
     with (
         real_stack(
             home,
@@ -160,6 +165,7 @@ def e2b_rig(
             "LONGSHORE_GATEWAY_ADDR": stack.gateway_addr,
             "LONGSHORE_E2B_LISTEN": listen,
             "LONGSHORE_E2B_DEFAULT_TEMPLATE": default_template,
+            "LONGSHORE_E2B_TOKEN_SECRET": secret,
             "LONGSHORE_SHUTDOWN_DELAY_SECONDS": "0",
         }
         with ServiceProcess(
@@ -172,4 +178,4 @@ def e2b_rig(
             front_door.spawn()
             url = f"http://{listen}"
             wait_http(front_door, url)
-            yield E2bRig(stack, Stubs(channel), keys, url, deployment, front_door)
+            yield E2bRig(stack, Stubs(channel), keys, url, deployment, front_door, Sealer(secret))

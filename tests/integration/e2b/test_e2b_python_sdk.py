@@ -186,13 +186,21 @@ def test_refusals_scope_and_ownership(rig: E2bRig) -> None:
             Sandbox.kill(alice.sandbox_id, api_key=rig.keys.bob)
         with pytest.raises(SandboxException, match="403"):
             Sandbox.set_timeout(alice.sandbox_id, 60, api_key=rig.keys.bob)
-        mine = tokens.decode(bob._envd_access_token or "")
-        theirs = tokens.decode(alice._envd_access_token or "")
-        forged = tokens.encode(tokens.Access(rig.keys.bob, theirs.run_id, theirs.sandbox_id))
+        # The token hides the key it carries, and only the front door's secret seals one.
+        assert rig.keys.alice not in (alice._envd_access_token or "")
+        mine = rig.sealer.open(bob._envd_access_token or "")
+        theirs = rig.sealer.open(alice._envd_access_token or "")
+        stranger = tokens.Sealer("s" * 64).seal(theirs)
+        refused = _stat(rig, stranger)
+        assert refused.status_code == 401, refused.text
+        assert "not issued by this front door" in refused.json()["message"]
+        # Sealed right (as if the secret leaked) but naming alice's run with bob's key:
+        # kanban refuses bob the run.
+        forged = rig.sealer.seal(tokens.Access(rig.keys.bob, theirs.run_id, theirs.sandbox_id))
         refused = _stat(rig, forged)
         assert refused.status_code == 403 and refused.json()["code"] == "permission_denied"
         # Bob's own, valid run token on alice's sandbox: the manager refuses it.
-        crossed = tokens.encode(tokens.Access(rig.keys.bob, mine.run_id, theirs.sandbox_id))
+        crossed = rig.sealer.seal(tokens.Access(rig.keys.bob, mine.run_id, theirs.sandbox_id))
         refused = _stat(rig, crossed)
         assert refused.status_code == 403, refused.text
         assert "belongs to task" in refused.json()["message"]

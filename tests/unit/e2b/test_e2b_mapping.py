@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import grpc
 import pytest
 from connectrpc.code import Code
@@ -14,18 +16,39 @@ from services.e2b.settings import E2bSection
 from services.runtime.errors import InvalidArgument, NotFound, Unauthenticated
 
 
-def test_access_token_round_trips_and_refuses_junk() -> None:
+def test_access_token_round_trips_sealed_and_refuses_junk() -> None:
+    sealer = tokens.Sealer("k" * 40)
     access = tokens.Access(api_key="lsk_abc", run_id="r-1", sandbox_id="c" * 64)
-    assert tokens.decode(tokens.encode(access)) == access
+    token = sealer.seal(access)
+    assert sealer.open(token) == access
+    assert tokens.Sealer("k" * 40).open(token) == access, "replicas sharing the secret open it"
+    assert "lsk_abc" not in token and b"lsk_abc" not in base64.urlsafe_b64decode(
+        token[len(tokens.PREFIX) :] + "=="
+    ), "the key is not readable from the token"
+    assert sealer.seal(access) != token, "a fresh nonce per token"
+    body = token[len(tokens.PREFIX) :]
+    flipped = body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1]
     for bad in (
         "",
-        "lse1.",
-        "lse1.!!!",
-        "other." + tokens.encode(access)[5:],
-        "lse1." + "A" * 3000,
+        tokens.PREFIX,
+        tokens.PREFIX + "!!!",
+        tokens.PREFIX + "AAAA",
+        "other." + body,
+        tokens.PREFIX + flipped,
+        tokens.PREFIX + "A" * 3000,
+        tokens.Sealer("z" * 40).seal(access),
+        tokens.Sealer().seal(access),
     ):
         with pytest.raises(Unauthenticated):
-            tokens.decode(bad)
+            sealer.open(bad)
+
+
+def test_a_short_token_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 32"):
+        tokens.Sealer("short")
+    with pytest.raises(ValueError, match=r"e2b\.token_secret"):
+        E2bSection(token_secret="short")
+    assert tokens.Sealer().ephemeral and not tokens.Sealer("x" * 32).ephemeral
 
 
 def test_metadata_become_prefixed_labels_and_back() -> None:
@@ -60,11 +83,11 @@ def test_every_status_has_an_http_status_and_a_connect_code() -> None:
 
 
 def test_templates_and_timeouts_are_checked() -> None:
-    boxes = Sandboxes(None, E2bSection(max_timeout_seconds=600), Keeper(None))  # type: ignore[arg-type]
+    boxes = Sandboxes(None, E2bSection(max_timeout_seconds=600), Keeper(None), tokens.Sealer())  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="default_template"):
         boxes.profile_of("base")
     assert boxes.profile_of("py") == "py"
-    named = Sandboxes(None, E2bSection(default_template="py"), Keeper(None))  # type: ignore[arg-type]
+    named = Sandboxes(None, E2bSection(default_template="py"), Keeper(None), tokens.Sealer())  # type: ignore[arg-type]
     assert named.profile_of("base") == "py"
     assert boxes.timeout_of(None) == 300
     assert boxes.timeout_of(60) == 60
