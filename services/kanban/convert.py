@@ -139,6 +139,7 @@ def profile(row: models.Profile) -> profile_pb2.Profile:
         update_time=timestamp(row.update_time),
         retry_policy=retry_policy(row),
         allowed_images=list(row.allowed_images or []),
+        warm_pool_size=row.warm_pool_size,
     )
 
 
@@ -181,6 +182,8 @@ def profile_values(msg: profile_pb2.Profile, fields: Sequence[str] | None = None
         values["retry_max_backoff_seconds"] = _backoff(policy, "max_backoff")
     if want("allowed_images"):
         values["allowed_images"] = list(msg.allowed_images)
+    if want("warm_pool_size"):
+        values["warm_pool_size"] = msg.warm_pool_size
     return values
 
 

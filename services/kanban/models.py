@@ -108,6 +108,8 @@ class Profile(Base):
     retry_max_backoff_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Exact image references a task may name instead of the spec's image.
     allowed_images: Mapped[list[Any]] = mapped_column(default=list)
+    # Warm sandboxes the sandbox manager keeps of this profile's spec (0 = none).
+    warm_pool_size: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Task(Base):

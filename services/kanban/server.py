@@ -32,6 +32,7 @@ from services.kanban.server_runs import RunReads
 from services.kanban.spec_checks import SpecChecks
 from services.kanban.store import Effects, boards, comments, events, links, profiles, tasks
 from services.kanban.tick import Dispatcher
+from services.kanban.warm_pools import WarmPools
 from services.runtime.errors import InvalidArgument, quote
 
 SOURCE = "api"
@@ -69,6 +70,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         *,
         spec_checks: SpecChecks,
         pool: HandlerPool,
+        warm_pools: WarmPools,
     ) -> None:
         self._db = db
         self._pool = pool
@@ -78,6 +80,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         self._bus = bus
         self._dispatcher = dispatcher
         self._spec_checks = spec_checks
+        self._warm_pools = warm_pools
 
     def _after(self, effects: Effects) -> None:
         self._dispatcher.apply_effects(effects)
@@ -124,8 +127,16 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         secrets.merge({}, spec.env, "sandbox_spec.env")  # `<redacted>` is no value on create
         # Before the write transaction: no call to the sandbox manager inside one.
         self._check_spec(spec, values["allowed_images"])
-        with self._db.write() as s:
-            row = profiles.create(s, name=request.profile.name, **values)
+        name = request.profile.name
+        size = values["warm_pool_size"]
+        if size:
+            with self._db.read() as s:
+                profiles.require_absent(s, name)
+        with (
+            self._warm_pools.around_write(name, size, values["executor"], spec, size > 0),
+            self._db.write() as s,
+        ):
+            row = profiles.create(s, name=name, **values)
             return pb.CreateProfileResponse(profile=convert.profile(row))
 
     def GetProfile(
@@ -149,26 +160,36 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
             "description",
             "retry_policy",
             "allowed_images",
+            "warm_pool_size",
         }
         bad = [p for p in paths if p not in allowed]
         if bad:
             raise InvalidArgument(f"update_mask: {quote(bad[0])} is unknown or immutable")
         values = convert.profile_values(request.profile, paths)
         profiles.validate(values)
+        name = request.profile.name
+        with self._db.read() as s:
+            stored = profiles.get(s, name)
+            spec_json = values.get("sandbox_spec", stored.sandbox_spec or {})
+            # Checked with the stored values of `<redacted>` env entries;
+            # profiles.update merges again inside its transaction.
+            merged = convert.spec_proto(profiles.merged_spec(stored.sandbox_spec, spec_json))
+            images = values.get("allowed_images", list(stored.allowed_images or []))
+            size = values.get("warm_pool_size", stored.warm_pool_size)
+            executor = values.get("executor", stored.executor)
+            # The pool changes with its spec, size or executor, if there is one.
+            pooled = stored.warm_pool_size > 0 or size > 0
         if "sandbox_spec" in values or "allowed_images" in values:
-            with self._db.read() as s:
-                stored = profiles.get(s, request.profile.name)
-                spec_json = values.get("sandbox_spec", stored.sandbox_spec or {})
-                # Checked with the stored values of `<redacted>` env entries;
-                # profiles.update merges again inside its transaction.
-                merged = profiles.merged_spec(stored.sandbox_spec, spec_json)
-                images = values.get("allowed_images", list(stored.allowed_images or []))
-            self._check_spec(convert.spec_proto(merged), images)
-        with self._db.write() as s:
-            row = profiles.update(s, request.profile.name, values)
+            self._check_spec(merged, images)
+        touched = pooled and bool({"sandbox_spec", "warm_pool_size", "executor"} & set(values))
+        with (
+            self._warm_pools.around_write(name, size, executor, merged, touched),
+            self._db.write() as s,
+        ):
+            row = profiles.update(s, name, values)
             # No event, yet its polls may have work now (a cap raised, an
             # executor changed): wake them here and on every replica.
-            commits.note_profile(s, request.profile.name)
+            commits.note_profile(s, name)
             msg = convert.profile(row)
         self._dispatcher.wake()
         return pb.UpdateProfileResponse(profile=msg)
@@ -187,8 +208,12 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         self, request: pb.DeleteProfileRequest, context: grpc.ServicerContext
     ) -> pb.DeleteProfileResponse:
         with self._db.write() as s:
+            pooled = profiles.get(s, request.name).warm_pool_size > 0
             profiles.delete(s, request.name)
             commits.note_profile(s, request.name)  # its polls answer NOT_FOUND now
+        if pooled:
+            # After the commit, best effort: the reconcile drains it if this fails.
+            self._warm_pools.resync(request.name)
         return pb.DeleteProfileResponse()
 
     # -- tasks ----------------------------------------------------------

@@ -30,6 +30,7 @@ from services.kanban.settings import DispatchLimits, KanbanSettings
 from services.kanban.spec_checks import SpecChecks
 from services.kanban.store import tasks
 from services.kanban.tick import Dispatcher, RunStarter
+from services.kanban.warm_pools import WarmPools
 from services.kanban.worker_server import WorkerServicer
 from services.runtime.aio_serving import AioService
 from services.runtime.channels import open_channel
@@ -49,6 +50,8 @@ class KanbanApp:
     kanban: KanbanServicer
     worker: WorkerServicer
     pool: HandlerPool
+    #: Keeps the sandbox manager's warm pools in step with the profiles.
+    warm_pools: WarmPools
     owned_channels: list[grpc.Channel] = field(default_factory=list)
 
     def grpc_services(self) -> list[AioService]:
@@ -71,11 +74,13 @@ class KanbanApp:
         ]
 
     def start(self) -> None:
-        """Start listening to the other replicas (PostgreSQL)."""
+        """Start listening to the other replicas (PostgreSQL) and reconciling warm pools."""
         self.bus.start()
+        self.warm_pools.start()
 
     def close(self) -> None:
         """Stop the loop, end streams and polls, stop the pool, close the database."""
+        self.warm_pools.stop()
         self.dispatcher.stop()
         self.bus.close()
         self.pool.shutdown()
@@ -154,12 +159,20 @@ def build_app(
     # Without an internal credential the sandbox manager verifies no tokens
     # (it cannot: they are signed with that credential), so none are minted.
     tokens = SandboxTokens(settings.internal_token) if settings.internal_token else None
+    warm_pools = WarmPools(
+        sandbox_channel, db, interval_seconds=settings.kanban.warm_pool_sync_seconds
+    )
     return KanbanApp(
         db=db,
         bus=bus,
         dispatcher=dispatcher,
         kanban=KanbanServicer(
-            db, bus, dispatcher, spec_checks=SpecChecks(sandbox_channel), pool=pool
+            db,
+            bus,
+            dispatcher,
+            spec_checks=SpecChecks(sandbox_channel),
+            pool=pool,
+            warm_pools=warm_pools,
         ),
         worker=WorkerServicer(
             db,
@@ -173,5 +186,6 @@ def build_app(
             metrics=metrics,
         ),
         pool=pool,
+        warm_pools=warm_pools,
         owned_channels=owned,
     )

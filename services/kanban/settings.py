@@ -73,6 +73,13 @@ class KanbanSection:
         default=300.0,
         metadata={"help": "Longest delay between retries, unless the profile's policy sets one."},
     )
+    warm_pool_sync_seconds: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds between reconciles of the sandbox manager's warm pools with "
+            "the profiles' warm_pool_size (also at start; 0: at start only)."
+        },
+    )
     backend_probe_interval_seconds: float = field(
         default=2.0,
         metadata={

@@ -70,6 +70,10 @@ def build(settings: SandboxSettings, parts: ServiceParts) -> AioServer:
     server.start()
     parts.close_on_exit(reaper.stop)
     reaper.start()
+    # After the server serves: the filler re-adopts members, then fills in
+    # the background (a missing image only sets the pool's reason).
+    parts.close_on_exit(manager.pools.stop)
+    manager.pools.start()
     return server
 
 

@@ -114,7 +114,8 @@ class SandboxAccess:
         """
         if grant is None:
             return
-        task = info.labels.get(labels.TASK_ID, "")
+        # A warm member's task-id label predates its task: the name says it.
+        task = info.task
         profile = info.labels.get(labels.PROFILE, "")
         if labels.sanitize(grant.task_id) != task or labels.sanitize(grant.profile) != profile:
             raise PermissionDenied(

@@ -10,11 +10,13 @@ whose config hash changed is removed and replaced, and the outcome says why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import docker
 
@@ -58,6 +60,15 @@ class AcquireSteps:
     def _inspect_info(self, ref: str) -> SandboxInfo:
         raise NotImplementedError
 
+    def inspect_or_none(self, ref: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def _warm_handout(
+        self, task_id: str, profile: str, spec: ResolvedSpec, name: str
+    ) -> AbstractContextManager[Callable[[], SandboxInfo | None] | None]:
+        """The warm pool's handout for this acquire (the manager's; see :mod:`.pools`)."""
+        raise NotImplementedError
+
     @contextmanager
     def _key_lock(self, task_id: str, profile: str) -> Iterator[None]:
         key = (task_id, profile)
@@ -84,8 +95,24 @@ class AcquireSteps:
         deadline = time.monotonic() + _ACQUIRE_DEADLINE_SECONDS
         backoff = 0.02
         while time.monotonic() < deadline:
-            with engine_call("containers.list", task_id=task_id, profile=profile):
-                found = self.api.containers(all=True, filters=filters)
+            # With a pool for the spec, its ready members are listed meanwhile.
+            with self._warm_handout(task_id, profile, spec, name) as take_warm:
+                with engine_call("containers.list", task_id=task_id, profile=profile):
+                    found = self.api.containers(all=True, filters=filters)
+                taken = None
+                if not found and take_warm is not None:
+                    # A warm member is renamed to the key name: a concurrent
+                    # create of the key then loses the name race and adopts
+                    # it, and the rename fails (409) when the name is taken.
+                    with contextlib.suppress(NameTaken):
+                        taken = take_warm()
+            if taken is not None:
+                return AcquireResult(
+                    taken, Outcome.TAKEN_FROM_POOL, f"warm member of pool {profile!r}"
+                )
+            if not found:
+                # A member a task took earlier, or any sandbox holding the key's name.
+                found = self._probe_name(name)
             if not found:
                 try:
                     info = self._create_started(task_id, profile, spec, persist=True, name=name)
@@ -113,7 +140,7 @@ class AcquireSteps:
             cid = str(current["Id"])
             old_hash = (current.get("Labels") or {}).get(labels.CONFIG_HASH, "")
             if old_hash != spec.config_hash:
-                self._remove_now(cid)
+                self.remove_now(cid)
                 outcome = Outcome.REPLACED_CONFIG_CHANGED
                 reason = f"config hash changed: {old_hash or 'none'} -> {spec.config_hash}"
                 continue
@@ -123,6 +150,29 @@ class AcquireSteps:
             outcome = Outcome.REPLACED_START_FAILED
             reason = f"start of {current.get('State')} sandbox failed"
         raise Unavailable(f"sandbox {name!r} kept changing under concurrent acquires; retry")
+
+    def _probe_name(self, name: str) -> list[dict[str, Any]]:
+        """The container holding a key's name, as a list row ([] when none).
+
+        Its labels may not say the task: a warm member a task took carries
+        the pool's (see :mod:`.pools`), so the key's name is asked too.
+        """
+        data = self.inspect_or_none(name)
+        if data is None:
+            return []
+        lbl = (data.get("Config") or {}).get("Labels") or {}
+        if lbl.get(labels.MANAGED) != "1" or lbl.get(labels.DEPLOYMENT) != labels.sanitize(
+            self.deployment
+        ):
+            return []
+        return [
+            {
+                "Id": data["Id"],
+                "State": (data.get("State") or {}).get("Status", ""),
+                "Labels": lbl,
+                "Created": 0,
+            }
+        ]
 
     def _attach(self, cid: str, state: str) -> AcquireResult | None:
         """Attaches to (starting if needed) a sandbox; None when it was broken and removed."""
@@ -143,17 +193,35 @@ class AcquireSteps:
                     "start of a stopped sandbox failed; replacing it",
                     extra={"sandbox_id": cid, "state": info.state, "error": explain(exc)},
                 )
-                self._remove_now(cid)
+                self.remove_now(cid)
                 return None
             info = self._inspect_info(cid)
             if info.state == "running":
                 return AcquireResult(info, Outcome.RESTARTED, f"started {state} sandbox")
         # restarting, removing, dead, or exited again right after start.
-        self._remove_now(cid)
+        self.remove_now(cid)
         return None
 
+    def create_warm_member(
+        self, profile: str, spec: ResolvedSpec, name: str, pool_size: int
+    ) -> SandboxInfo:
+        """Creates and starts a warm-pool member of ``profile`` in the slot ``name``.
+
+        Raises:
+            NameTaken: The slot holds a member already (another manager's).
+            FailedPrecondition: The image is missing or the member does not stay running.
+        """
+        return self._create_started("", profile, spec, persist=True, name=name, pool_size=pool_size)
+
     def _create_started(
-        self, task_id: str, profile: str, spec: ResolvedSpec, *, persist: bool, name: str
+        self,
+        task_id: str,
+        profile: str,
+        spec: ResolvedSpec,
+        *,
+        persist: bool,
+        name: str,
+        pool_size: int = 0,
     ) -> SandboxInfo:
         lbl = labels.sandbox_labels(
             deployment=self.deployment,
@@ -162,6 +230,7 @@ class AcquireSteps:
             persist=persist,
             owner=self.owner,
             config_hash=spec.config_hash,
+            pool_size=pool_size,
         )
         keepalive = list(self.section.keepalive_command)
         with engine_call("containers.create", image=spec.image, name=name):
@@ -188,7 +257,7 @@ class AcquireSteps:
             )
         info = self._inspect_info(cid)
         if info.state != "running":
-            self._remove_now(cid)
+            self.remove_now(cid)
             raise FailedPrecondition(
                 f"sandbox from image {quote(spec.image)} does not stay running (state {info.state})"
             )
@@ -201,10 +270,15 @@ class AcquireSteps:
             else:
                 self.api.start(cid)
 
-    def _remove_now(self, cid: str) -> None:
+    def remove_now(self, cid: str) -> None:
+        """Removes a sandbox now (forced); tolerates one already gone."""
         try:
             with engine_call("containers.remove", resource=f"sandbox {cid!r}", sandbox_id=cid):
                 self.api.remove_container(cid, force=True, v=True)
         except NotFound:
             pass
+        except FailedPrecondition as exc:
+            # A cleanup thread (or another manager) is removing it already.
+            if "already in progress" not in explain(exc):
+                raise
         self.forget(cid)

@@ -45,6 +45,7 @@ _OUTCOMES = {
     Outcome.CREATED: sandbox_pb2.REUSE_OUTCOME_CREATED,
     Outcome.REPLACED_CONFIG_CHANGED: sandbox_pb2.REUSE_OUTCOME_REPLACED_CONFIG_CHANGED,
     Outcome.REPLACED_START_FAILED: sandbox_pb2.REUSE_OUTCOME_REPLACED_START_FAILED,
+    Outcome.TAKEN_FROM_POOL: sandbox_pb2.REUSE_OUTCOME_TAKEN_FROM_POOL,
 }
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -101,7 +102,7 @@ def sandbox_to_proto(info: SandboxInfo, lease: Lease | None = None) -> sandbox_p
     msg = sandbox_pb2.Sandbox(
         sandbox_id=info.sandbox_id,
         name=info.name,
-        task_id=lbl.get(labels.TASK_ID, ""),
+        task_id=info.task,
         profile=lbl.get(labels.PROFILE, ""),
         deployment=lbl.get(labels.DEPLOYMENT, ""),
         persist=lbl.get(labels.PERSIST) == "true",
@@ -110,6 +111,7 @@ def sandbox_to_proto(info: SandboxInfo, lease: Lease | None = None) -> sandbox_p
         config_hash=lbl.get(labels.CONFIG_HASH, ""),
         owner=lbl.get(labels.OWNER, ""),
         labels=dict(lbl),
+        warm_pool=info.warm_pool,
     )
     for field_name, value in (
         ("create_time", info.create_time),
@@ -276,7 +278,7 @@ def _decisions(items: list[Decision]) -> list[sandbox_service_pb2.ReapDecision]:
             sandbox_id=d.candidate.sandbox_id,
             name=d.candidate.name,
             profile=d.candidate.labels.get(labels.PROFILE, ""),
-            task_id=d.candidate.labels.get(labels.TASK_ID, ""),
+            task_id=labels.task_of(d.candidate.labels, d.candidate.name),
             reason=d.reason,
         )
         for d in items
@@ -345,3 +347,13 @@ def snapshot_to_proto(snapshot: Snapshot) -> lifecycle_pb2.Snapshot:
     if stamp is not None:
         msg.create_time.CopyFrom(stamp)
     return msg
+
+
+_NETWORK_MODES = frozenset(sandbox_pb2.NetworkMode.values())
+
+
+def checked_spec(msg: sandbox_pb2.SandboxSpec) -> Spec:
+    """The domain spec of a request, refusing what the domain record cannot say."""
+    if msg.network not in _NETWORK_MODES:
+        raise InvalidArgument(f"spec.network: unknown network mode {msg.network}")
+    return spec_from_proto(msg)

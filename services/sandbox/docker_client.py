@@ -7,7 +7,8 @@ Engine errors become typed service errors here, once, and never INTERNAL:
 * ``ImageNotFound``, or a 404 about an image → FAILED_PRECONDITION naming the
   image (the manager never pulls); any other 404 → NOT_FOUND naming the resource;
 * 400 → INVALID_ARGUMENT with the engine's message (first 200 characters);
-* 409 on a container name that another acquire just took → :class:`NameTaken`
+* 409 on a container name that another acquire just took (a create, or a
+  warm member's rename) → :class:`NameTaken`
   (ABORTED; the manager adopts that container); any other 409 (not running,
   removal in progress) → FAILED_PRECONDITION with the engine's message;
 * any other 4xx → FAILED_PRECONDITION with the engine's message;
@@ -175,7 +176,7 @@ def translate(
             return InvalidArgument(f"docker engine rejected {op}: {message}")
         if status == 409:
             lowered = message.lower()
-            if "is already in use" in lowered and op == "containers.create":
+            if "is already in use" in lowered and op in ("containers.create", "containers.rename"):
                 return NameTaken(f"container name taken during {op}: {message}")
             if "not running" in lowered:
                 return FailedPrecondition(f"{resource or 'sandbox'} is not running")

@@ -23,6 +23,14 @@ DEPLOYMENT = PREFIX + "deployment"
 PERSIST = PREFIX + "persist"
 OWNER = PREFIX + "owner"
 CONFIG_HASH = PREFIX + "config-hash"
+#: The profile whose warm pool created the sandbox (pool members only; see
+#: :mod:`.pools`). A member's labels keep it after a task takes the member:
+#: the task is then read from the name (:func:`task_of`).
+POOL = PREFIX + "pool"
+#: Members the pool asked for when it created this member (re-read at restart).
+POOL_SIZE = PREFIX + "pool-size"
+#: ``1`` on a warm-pool member, empty on every other sandbox: what lists filter on.
+WARM = PREFIX + "warm"
 #: Creation time in nanoseconds: the engine's list reports whole seconds only,
 #: and "newest first" must be exact without an inspect per container.
 CREATED_NS = PREFIX + "created-ns"
@@ -75,16 +83,89 @@ def sanitize(value: str | None) -> str:
 def container_name(deployment: str, profile: str, task_id: str) -> str:
     """Returns the deterministic container name of a persistent sandbox.
 
-    Readable parts are cut short; the digest over the exact triple makes the
-    name unique per (deployment, profile, task).
+    ``longshore-<deployment>-<profile>-<digest>-<task label>``: the first two
+    parts are the label values cut to 20 characters (readability), the digest
+    covers the three label values exactly (uniqueness: the sanitizer is
+    injective) and the name ends in the task's whole label value, so the task
+    of a warm-pool member renamed to this name can be read back from the name
+    alone (:func:`task_of`), since its labels cannot change.
     """
-    key = json.dumps([deployment, profile, task_id], ensure_ascii=False)
-    parts = [_name_part(deployment), _name_part(profile), _name_part(task_id)]
-    return "longshore-" + "-".join(parts) + "-" + _digest(key)
+    return _key_name(sanitize(deployment), sanitize(profile), sanitize(task_id))
 
 
-def _name_part(value: str) -> str:
-    return (_DISALLOWED.sub("_", value) or "x")[:20]
+def _key_name(dep_label: str, profile_label: str, task_label: str) -> str:
+    key = json.dumps([dep_label, profile_label, task_label])
+    return f"{_key_prefix(dep_label, profile_label)}{_digest(key)}-{task_label}"
+
+
+def _key_prefix(dep_label: str, profile_label: str) -> str:
+    return f"longshore-{dep_label[:20]}-{profile_label[:20]}-"
+
+
+def is_pool_member(values: Mapping[str, str]) -> bool:
+    """Whether the labels are a warm-pool member's (taken by a task or not).
+
+    Every other sandbox carries the pool labels empty: a container inherits
+    its image's labels, so one started from a snapshot of a member (or from a
+    hostile image) would otherwise look like one.
+    """
+    return values.get(WARM) == "1" and bool(values.get(POOL))
+
+
+def task_of(values: Mapping[str, str], name: str) -> str:
+    """The task label value a sandbox belongs to ("" for a warm member no task took yet).
+
+    An ordinary sandbox carries its task in ``io.longshore.task-id``. A warm
+    pool member was created before any task existed (labels are immutable),
+    so a task takes it by renaming it to the task's key name; the task is
+    then the name's last part, accepted only when the whole name is exactly
+    the key name of (the labels' deployment, profile, that task).
+
+    Args:
+        values: The container's labels.
+        name: The container's name (a leading ``/`` is ignored).
+    """
+    if not is_pool_member(values):
+        return values.get(TASK_ID, "")
+    name = name.lstrip("/")
+    dep_label, profile_label = values.get(DEPLOYMENT, ""), values.get(PROFILE, "")
+    prefix = _key_prefix(dep_label, profile_label)
+    rest = name[len(prefix) :] if name.startswith(prefix) else ""
+    task_label = rest[_DIGEST_CHARS + 1 :]
+    if task_label and name == _key_name(dep_label, profile_label, task_label):
+        return task_label
+    return ""
+
+
+def pool_member_name(deployment: str, profile_label: str, config_hash: str, slot: int) -> str:
+    """The name of warm-pool slot ``slot`` of a pool: at most one member per slot.
+
+    The engine's name uniqueness caps a pool at its size across manager
+    processes; a member leaves its slot when a task renames it.
+
+    Args:
+        deployment: The deployment (raw).
+        profile_label: The profile's label value (``sanitize(profile)``).
+        config_hash: The members' config hash.
+        slot: 0 to size - 1.
+    """
+    dep_label = sanitize(deployment)
+    key = json.dumps([dep_label, profile_label, config_hash])
+    return f"longshore-pool-{dep_label[:20]}-{profile_label[:20]}-{_digest(key)}-{slot}"
+
+
+def pool_filters(deployment: str, profile_label: str = "") -> list[str]:
+    """Label filters selecting a deployment's warm-pool members, optionally one pool's.
+
+    Args:
+        deployment: The deployment (raw).
+        profile_label: The pool's profile label value (``sanitize(profile)``), or "" for all.
+    """
+    filters = [f"{MANAGED}=1", f"{DEPLOYMENT}={sanitize(deployment)}"]
+    filters.append(f"{WARM}=1")
+    if profile_label:
+        filters.append(f"{POOL}={profile_label}")
+    return filters
 
 
 def key_filters(deployment: str, profile: str, task_id: str) -> list[str]:
@@ -115,18 +196,29 @@ def sandbox_labels(
     owner: str,
     config_hash: str,
     created_ns: int = 0,
+    pool_size: int = 0,
 ) -> dict[str, str]:
-    """Returns the full label set of a new sandbox."""
-    return {
-        CREATED_NS: str(created_ns or time.time_ns()),
-        MANAGED: "1",
-        TASK_ID: sanitize(task_id),
-        PROFILE: sanitize(profile),
-        DEPLOYMENT: sanitize(deployment),
-        PERSIST: "true" if persist else "false",
-        OWNER: sanitize(owner),
-        CONFIG_HASH: config_hash,
-    }
+    """Returns the full label set of a new sandbox.
+
+    With ``pool_size`` the sandbox is a warm-pool member of ``profile``'s pool:
+    it carries :data:`POOL` and :data:`POOL_SIZE`, and ``task_id`` should be
+    empty (its task-id label is then ``unknown``, which no real task maps to).
+    """
+    pool = {WARM: "1", POOL: sanitize(profile), POOL_SIZE: str(pool_size)} if pool_size else {}
+    return (
+        {WARM: "", POOL: "", POOL_SIZE: ""}
+        | pool
+        | {
+            CREATED_NS: str(created_ns or time.time_ns()),
+            MANAGED: "1",
+            TASK_ID: sanitize(task_id),
+            PROFILE: sanitize(profile),
+            DEPLOYMENT: sanitize(deployment),
+            PERSIST: "true" if persist else "false",
+            OWNER: sanitize(owner),
+            CONFIG_HASH: config_hash,
+        }
+    )
 
 
 def config_hash(

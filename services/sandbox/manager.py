@@ -18,6 +18,7 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,11 +50,13 @@ from services.sandbox.model import (
     ExecExit,
     Outcome,
     OutputChunk,
+    ResolvedSpec,
     SandboxInfo,
     Spec,
 )
 from services.sandbox.owners import Liveness, current_owner
 from services.sandbox.processes import SandboxProcesses
+from services.sandbox.pools import WarmPools
 from services.sandbox.reaper import Candidate
 from services.sandbox.settings import SandboxSection
 
@@ -112,8 +115,8 @@ class SandboxManager(AcquireSteps):
         self.section = section
         self.deployment = deployment
         self.clock = clock
-        self.owner = owner or current_owner(self._inspect_or_none)
-        self.liveness = Liveness(self._inspect_or_none)
+        self.owner = owner or current_owner(self.inspect_or_none)
+        self.liveness = Liveness(self.inspect_or_none)
         #: The engine probe; set by the wiring, consulted before every call.
         self.engine_health: EngineHealth | None = None
         self.metrics = SandboxMetrics(meter)
@@ -133,6 +136,8 @@ class SandboxManager(AcquireSteps):
         self.leases = Leases(self, clock, timer=lease_timer)
         #: Background and interactive processes (see :mod:`.processes`).
         self.processes = SandboxProcesses(self)
+        #: Warm pools (see :mod:`.pools`); the wiring starts their filler.
+        self.pools = WarmPools(self)
 
     # ---- acquire -------------------------------------------------------------------
 
@@ -177,13 +182,19 @@ class SandboxManager(AcquireSteps):
         )
         return result
 
+    def _warm_handout(
+        self, task_id: str, profile: str, spec: ResolvedSpec, name: str
+    ) -> AbstractContextManager[Callable[[], SandboxInfo | None] | None]:
+        return self.pools.handout(task_id, profile, spec, name)
+
     # ---- get / list ----------------------------------------------------------------
 
     def _inspect(self, ref: str) -> dict[str, Any]:
         with engine_call("containers.inspect", resource=f"sandbox {quote(ref)}", sandbox_id=ref):
             return dict(self.api.inspect_container(ref))
 
-    def _inspect_or_none(self, ref: str) -> dict[str, Any] | None:
+    def inspect_or_none(self, ref: str) -> dict[str, Any] | None:
+        """The engine's inspect of any container, or None when there is none."""
         try:
             return self._inspect(ref)
         except NotFound:
@@ -232,6 +243,10 @@ class SandboxManager(AcquireSteps):
         """The domain record of an inspect."""
         return info_from_inspect(data, self.last_used)
 
+    def info_of_row(self, row: Mapping[str, Any]) -> SandboxInfo:
+        """The domain record of a row of the engine's container list."""
+        return info_from_list(row, self.last_used)
+
     def resolve_id(self, sandbox_id: str) -> str:
         """Full id of a sandbox of this deployment about to be used (cached: labels never change).
 
@@ -261,18 +276,33 @@ class SandboxManager(AcquireSteps):
     ) -> list[SandboxInfo]:
         """Lists this deployment's sandboxes, newest first, in one engine call."""
         label_filters = labels.deployment_filters(self.deployment, profile)
-        if task_id:
-            label_filters.append(f"{labels.TASK_ID}={labels.sanitize(task_id)}")
         label_filters += [f"{k}={v}" for k, v in (extra_labels or {}).items()]
         filters: dict[str, Any] = {"label": label_filters}
         if states:
             filters["status"] = list(states)
         self.require_engine()
-        with engine_call("containers.list", profile=profile or None):
-            rows = self.api.containers(all=True, filters=filters)
-        infos = [info_from_list(r, self.last_used) for r in rows]
+        if task_id:
+            # A warm member's task is in its name, not its labels: a second
+            # list (of pool members) is filtered here by the name's task.
+            task = labels.sanitize(task_id)
+            by_label = {"label": [*label_filters, f"{labels.TASK_ID}={task}"]}
+            members = {"label": [*label_filters, f"{labels.WARM}=1"]}
+            rows = self._list_rows(filters | by_label, profile)
+            rows += [
+                r
+                for r in self._list_rows(filters | members, profile)
+                if labels.task_of(r.get("Labels") or {}, str((r.get("Names") or [""])[0])) == task
+            ]
+        else:
+            rows = self._list_rows(filters, profile)
+        unique = {str(r["Id"]): r for r in rows}
+        infos = [info_from_list(r, self.last_used) for r in unique.values()]
         infos.sort(key=lambda i: (i.created_ns, i.sandbox_id), reverse=True)
         return infos
+
+    def _list_rows(self, filters: dict[str, Any], profile: str) -> list[dict[str, Any]]:
+        with engine_call("containers.list", profile=profile or None):
+            return list(self.api.containers(all=True, filters=filters))
 
     # ---- exec ----------------------------------------------------------------------
 

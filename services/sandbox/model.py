@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.sandbox import labels as label_names
+
 
 class Network(enum.Enum):
     """What network a sandbox may reach."""
@@ -23,6 +25,7 @@ class Outcome(enum.Enum):
     CREATED = "created"
     REPLACED_CONFIG_CHANGED = "replaced_config_changed"
     REPLACED_START_FAILED = "replaced_start_failed"
+    TAKEN_FROM_POOL = "taken_from_pool"
 
     @property
     def reused(self) -> bool:
@@ -96,6 +99,18 @@ class SandboxInfo:
     #: default). Known from an inspect only; a list row leaves it "".
     user: str = ""
 
+    @property
+    def task(self) -> str:
+        """The task label value it belongs to ("" for a warm member no task took yet)."""
+        return label_names.task_of(self.labels, self.name)
+
+    @property
+    def warm_pool(self) -> str:
+        """The profile whose warm pool holds it while no task has it, else ""."""
+        if label_names.is_pool_member(self.labels) and not self.task:
+            return self.labels.get(label_names.PROFILE, "")
+        return ""
+
 
 @dataclass(frozen=True)
 class AcquireResult:
@@ -154,3 +169,17 @@ class ExecExit:
     truncated: bool
     duration_seconds: float
     output_bytes: int
+
+
+@dataclass(frozen=True)
+class WarmPool:
+    """One profile's warm pool as ``ListWarmPools`` reports it."""
+
+    profile: str
+    config_hash: str
+    size: int
+    ready: int
+    starting: int
+    image: str
+    #: Why the pool is short of ``size`` ("" when healthy).
+    reason: str = ""

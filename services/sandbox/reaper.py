@@ -8,6 +8,10 @@ sweep; removals use no force, so a container restarted meanwhile is refused by
 the engine rather than killed. Candidates come from one filtered list call and
 are inspected and removed concurrently.
 
+Warm-pool members no task took yet are left to :mod:`.pools` (never idle-
+stopped or paused; drained when no pool wants them, also from this tick); a
+member a task took is that task's sandbox like any other.
+
 The same periodic tick handles idle sandboxes: non-persistent ones idle longer
 than ``lifetime_seconds`` are removed, persistent running ones idle longer than
 ``idle_stop_seconds`` (when set) are stopped and later aged out by the reaper;
@@ -358,6 +362,8 @@ class Reaper:
             cid = cand.sandbox_id
             if self.manager.cleanup.is_pending(cid):
                 continue
+            if labels.is_pool_member(cand.labels) and not labels.task_of(cand.labels, cand.name):
+                continue  # a warm member waits to be handed out; its pool drains it
             seen = self.manager.last_used(cid)
             reference = seen
             if reference is None:
@@ -409,10 +415,18 @@ class Reaper:
         return not self.manager.is_busy(cid) and self.manager.last_used(cid) == seen
 
     def tick(self, now: datetime) -> None:
-        """One periodic round: reap, idle handling, then dead owners' non-persistent sandboxes."""
+        """One periodic round: reap, idle handling, dead owners' leftovers, unwanted warm members.
+
+        A warm member a task took is that task's sandbox like any other; one
+        no task took is never idle-stopped, only drained by its pool's rules.
+        """
         self.reap(now=now)
         self.idle(now)
         leftovers.sweep(self.manager, execs=False)
+        try:
+            self.manager.pools.drain()
+        except Exception as exc:  # a pool failure never stops the reaper
+            log.warning("reaper: warm pool drain failed", extra={"error": str(exc)})
 
     def startup(self, now: datetime) -> None:
         """The start-up round of the loop: reap (leftovers ended before serving)."""

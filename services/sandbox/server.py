@@ -28,7 +28,6 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 from longshore.sandbox.v1 import (
-    sandbox_pb2,
     sandbox_service_pb2,
     sandbox_service_pb2_grpc,
 )
@@ -41,11 +40,11 @@ from services.sandbox.access import SandboxAccess, short_id
 from services.sandbox.exec_stream import ExecStream
 from services.sandbox.hardening import resolve_spec
 from services.sandbox.manager import SandboxManager
-from services.sandbox.model import Spec
 from services.sandbox.policy import check_image_allowed, check_snapshot_image, quote
 from services.sandbox.reaper import Reaper
 from services.sandbox.server_files import Context, FileRpcs, Transfer
 from services.sandbox.server_lifecycle import LifecycleRpcs
+from services.sandbox.server_pools import PoolRpcs
 from services.sandbox.server_processes import ProcessRpcs
 
 SERVICE_NAME = "longshore.sandbox.v1.SandboxService"
@@ -56,7 +55,11 @@ T = TypeVar("T")
 
 
 class SandboxServicer(
-    FileRpcs, LifecycleRpcs, ProcessRpcs, sandbox_service_pb2_grpc.SandboxServiceServicer
+    FileRpcs,
+    LifecycleRpcs,
+    PoolRpcs,
+    ProcessRpcs,
+    sandbox_service_pb2_grpc.SandboxServiceServicer,
 ):
     """Implements the SandboxService contract over a :class:`SandboxManager`.
 
@@ -147,7 +150,7 @@ class SandboxServicer(
         result = self.manager.acquire(
             request.task_id,
             request.profile,
-            _spec(request.spec),
+            convert.checked_spec(request.spec),
             persist=persist,
         )
         return convert.acquire_to_proto(result)
@@ -274,22 +277,12 @@ class SandboxServicer(
         """See the proto."""
         self.access.require_operator(context, "CheckSandboxSpec")
         # The very code an acquire runs, minus the engine (so no pool thread).
-        resolved = resolve_spec(_spec(request.spec), self.manager.section)
+        resolved = resolve_spec(convert.checked_spec(request.spec), self.manager.section)
         check_snapshot_image(
             resolved.image, self.manager.snapshots.repository, self.manager.section
         )
         check_image_allowed(request.spec.image, list(request.allowed_images), self.manager.section)
         return sandbox_service_pb2.CheckSandboxSpecResponse(config_hash=resolved.config_hash)
-
-
-_NETWORK_MODES = frozenset(sandbox_pb2.NetworkMode.values())
-
-
-def _spec(msg: sandbox_pb2.SandboxSpec) -> Spec:
-    """The domain spec of a request, refusing what the domain record cannot say."""
-    if msg.network not in _NETWORK_MODES:
-        raise InvalidArgument(f"spec.network: unknown network mode {msg.network}")
-    return convert.spec_from_proto(msg)
 
 
 def grpc_service(servicer: SandboxServicer) -> AioService:

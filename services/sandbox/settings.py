@@ -190,6 +190,30 @@ class SandboxSection:
             "nothing: 'pause' or 'remove'."
         },
     )
+    max_warm_per_pool: int = field(
+        default=8,
+        metadata={
+            "help": "Most warm sandboxes one profile's pool may ask for (OUT_OF_RANGE above)."
+        },
+    )
+    max_warm_total: int = field(
+        default=16,
+        metadata={
+            "help": "Most warm sandboxes all pools of this manager together may ask for "
+            "(OUT_OF_RANGE above)."
+        },
+    )
+    warm_fill_concurrency: int = field(
+        default=2,
+        metadata={"help": "Warm-pool members created at once, across all pools."},
+    )
+    warm_fill_interval_seconds: float = field(
+        default=10.0,
+        metadata={
+            "help": "Seconds between the warm-pool filler's rounds when nothing wakes it "
+            "(a handout or SetWarmPool wakes it at once)."
+        },
+    )
 
     def __post_init__(self) -> None:
         # The policy settings are checked once here, so a manager never starts
@@ -219,9 +243,20 @@ class SandboxSection:
                 "sandbox.lease_expiry_action: expected 'pause' or 'remove', got "
                 f"{self.lease_expiry_action[:100]!r}"
             )
-        for name in ("max_snapshots", "max_lease_seconds"):
+        for name in (
+            "max_snapshots",
+            "max_lease_seconds",
+            "max_warm_per_pool",
+            "max_warm_total",
+            "warm_fill_concurrency",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox.{name}: must be positive, got {getattr(self, name)}")
+        if not self.warm_fill_interval_seconds > 0:
+            raise ValueError(
+                "sandbox.warm_fill_interval_seconds: must be positive, got "
+                f"{self.warm_fill_interval_seconds}"
+            )
         if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*", self.snapshot_repository):
             raise ValueError(
                 "sandbox.snapshot_repository: expected a lower-case image repository name, "

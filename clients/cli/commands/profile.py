@@ -61,6 +61,11 @@ def _profile_options(parser: argparse.ArgumentParser, *, required: bool) -> None
         "--retry-initial-backoff", type=float, help="seconds before the first retry"
     )
     parser.add_argument("--retry-max-backoff", type=float, help="longest delay between retries, s")
+    parser.add_argument(
+        "--warm-pool-size",
+        type=int,
+        help="warm sandboxes of its spec kept started for new tasks (0 = none)",
+    )
 
 
 def _build(
@@ -109,6 +114,9 @@ def _build(
     if args.description is not None:
         profile.description = args.description
         paths.append("description")
+    if args.warm_pool_size is not None:
+        profile.warm_pool_size = args.warm_pool_size
+        paths.append("warm_pool_size")
     return profile, paths
 
 
@@ -190,6 +198,7 @@ def _show(args: argparse.Namespace, ctx: Context) -> int:
     ctx.out.line(f"cap          {profile.max_in_progress or 'default'}")
     ctx.out.line(f"max runtime  {f'{runtime:g}s' if runtime else 'default'}")
     ctx.out.line(f"keep sandbox {'yes' if profile.keep_sandbox else 'no'}")
+    ctx.out.line(f"warm pool    {profile.warm_pool_size or '-'}")
     ctx.out.line(f"allowed      {', '.join(profile.allowed_images) or '-'}")
     ctx.out.line(f"env          {', '.join(sorted(profile.sandbox_spec.env)) or '-'}")
     policy = profile.retry_policy

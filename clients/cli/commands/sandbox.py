@@ -1,5 +1,5 @@
-"""``longshore sandbox ls|exec|cp|cat|rm|reap`` (and the process commands of
-:mod:`.sandbox_processes`: ``run|start|ps|kill``).
+"""``longshore sandbox ls|exec|cp|cat|rm|reap|pools`` (and the process commands
+of :mod:`.sandbox_processes`: ``run|start|ps|kill``).
 
 ``ls`` lists sandboxes, or with ``SANDBOX:PATH`` a directory inside one;
 ``cp`` copies a file (or a local directory's files) into a sandbox or a file
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from google.protobuf.duration_pb2 import Duration
-from longshore.sandbox.v1 import file_pb2, sandbox_pb2, sandbox_service_pb2
+from longshore.sandbox.v1 import file_pb2, pool_pb2, sandbox_pb2, sandbox_service_pb2
 
 from clients.cli.commands import sandbox_processes
 from clients.cli.connection import paged
@@ -73,6 +73,9 @@ def register(sub: Any) -> None:
     reap.add_argument("--max-age", type=float, help="seconds (default: 2 x lifetime)")
     reap.set_defaults(run=_reap)
     sandbox_processes.register(cmds)
+    pools = cmds.add_parser("pools", help="warm pools: members wanted, ready, starting, why short")
+    pools.add_argument("--profile", default="")
+    pools.set_defaults(run=_pools)
 
 
 def _ls(args: argparse.Namespace, ctx: Context) -> int:
@@ -90,7 +93,7 @@ def _ls(args: argparse.Namespace, ctx: Context) -> int:
             b.sandbox_id[:12],
             enum_label(sandbox_pb2.SandboxState.Name(b.state), "SANDBOX_STATE_"),
             b.profile,
-            b.task_id,
+            b.task_id or (f"(warm pool {b.warm_pool})" if b.warm_pool else ""),
             "yes" if b.persist else "no",
             b.image,
             fmt_time(b.create_time),
@@ -198,6 +201,19 @@ def _reap(args: argparse.Namespace, ctx: Context) -> int:
         f"{len(reply.spared)} spared, {len(reply.failed)} failed (max age {age})"
     )
     return 1 if reply.failed else 0
+
+
+def _pools(args: argparse.Namespace, ctx: Context) -> int:
+    reply = ctx.conn.sandbox.ListWarmPools(pool_pb2.ListWarmPoolsRequest(profile=args.profile))
+    if ctx.out.json_mode:
+        ctx.out.json(reply)
+        return 0
+    rows = [
+        (p.profile, p.size, p.ready, p.starting, p.image, p.config_hash, p.reason or "-")
+        for p in reply.pools
+    ]
+    ctx.out.table(("PROFILE", "SIZE", "READY", "STARTING", "IMAGE", "CONFIG", "REASON"), rows)
+    return 0
 
 
 #: Bytes per WriteFiles data message (well under the gateway's message bound).

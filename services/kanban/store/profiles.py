@@ -17,6 +17,7 @@ from services.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     PermissionDenied,
 )
 
@@ -33,11 +34,14 @@ MUTABLE_FIELDS = frozenset(
         "retry_initial_backoff_seconds",
         "retry_max_backoff_seconds",
         "allowed_images",
+        "warm_pool_size",
     }
 )
 MAX_ATTEMPTS = 100
 MAX_BACKOFF_SECONDS = 86400.0
 MAX_ALLOWED_IMAGES = 32
+#: Most warm sandboxes a profile may ask for (the manager's own cap may be lower).
+MAX_WARM_POOL_SIZE = 64
 MAX_IMAGE_CHARS = 255
 _QUOTE = 100
 
@@ -72,6 +76,9 @@ def validate(values: Mapping[str, Any]) -> None:
             "profile.retry_policy.initial_backoff: must not exceed retry_policy.max_backoff"
         )
     _check_images(values.get("allowed_images", ()))
+    warm = values.get("warm_pool_size", 0)
+    if not 0 <= warm <= MAX_WARM_POOL_SIZE:
+        raise OutOfRange(f"profile.warm_pool_size: must be between 0 and {MAX_WARM_POOL_SIZE}")
 
 
 def _check_images(images: Any) -> None:
@@ -166,6 +173,16 @@ def create(session: Session, *, name: str, **values: Any) -> Profile:
     session.add(profile)
     session.flush()
     return profile
+
+
+def require_absent(session: Session, name: str) -> None:
+    """Refuses a name a profile has (before a create's side effects).
+
+    Raises:
+        AlreadyExists: A profile with that name exists.
+    """
+    if session.get(Profile, name) is not None:
+        raise AlreadyExists(f"profile {name!r} already exists")
 
 
 def get(session: Session, name: str) -> Profile:

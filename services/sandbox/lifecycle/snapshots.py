@@ -162,7 +162,9 @@ class Snapshots:
             labels.DEPLOYMENT: self._dep_label,
             SNAPSHOT_OF: cid,
             labels.PROFILE: source.get(labels.PROFILE, labels.UNKNOWN),
-            labels.TASK_ID: source.get(labels.TASK_ID, labels.UNKNOWN),
+            # A warm member a task took says its task in its name, not its label.
+            labels.TASK_ID: labels.task_of(source, str(data.get("Name", "")))
+            or source.get(labels.TASK_ID, labels.UNKNOWN),
             labels.CREATED_NS: str(time.time_ns()),
         }
         env = self._scrubbed_env(str(data.get("Image") or ""), list(config.get("Env") or []))

@@ -25,7 +25,7 @@ def test_migrations_are_idempotent_and_match_the_models(database_url: str) -> No
 
     upgrade(database_url)
     upgrade(database_url)
-    assert current(database_url) == "0002"
+    assert current(database_url) == "0003"
     command.check(alembic_config(database_url))  # raises if models drifted from migrations
 
 

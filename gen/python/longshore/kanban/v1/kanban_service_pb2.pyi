@@ -421,7 +421,8 @@ class UpdateProfileRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: executor, sandbox_spec, max_in_progress, keep_sandbox,
-        default_max_runtime, description.
+        default_max_runtime, description, retry_policy, allowed_images,
+        warm_pool_size.
         """
 
     def __init__(

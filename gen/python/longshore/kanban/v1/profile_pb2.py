@@ -27,17 +27,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from longshore.sandbox.v1 import sandbox_pb2 as longshore_dot_sandbox_dot_v1_dot_sandbox__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!longshore/kanban/v1/profile.proto\x12\x13longshore.kanban.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"longshore/sandbox/v1/sandbox.proto\"\x87\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaf\x03\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x08\x65xecutor\x18\x02 \x01(\x0e\x32\x1d.longshore.kanban.v1.Executor\x12\x37\n\x0csandbox_spec\x18\x03 \x01(\x0b\x32!.longshore.sandbox.v1.SandboxSpec\x12\x17\n\x0fmax_in_progress\x18\x04 \x01(\x05\x12\x14\n\x0ckeep_sandbox\x18\x05 \x01(\x08\x12\x36\n\x13\x64\x65\x66\x61ult_max_runtime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0cretry_policy\x18\n \x01(\x0b\x32 .longshore.kanban.v1.RetryPolicy\x12\x16\n\x0e\x61llowed_images\x18\x0b \x03(\t*d\n\x08\x45xecutor\x12\x18\n\x14\x45XECUTOR_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45XECUTOR_SANDBOX\x10\x01\x12\x15\n\x11\x45XECUTOR_EXTERNAL\x10\x02\x12\x11\n\rEXECUTOR_NONE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!longshore/kanban/v1/profile.proto\x12\x13longshore.kanban.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"longshore/sandbox/v1/sandbox.proto\"\x87\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc7\x03\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x08\x65xecutor\x18\x02 \x01(\x0e\x32\x1d.longshore.kanban.v1.Executor\x12\x37\n\x0csandbox_spec\x18\x03 \x01(\x0b\x32!.longshore.sandbox.v1.SandboxSpec\x12\x17\n\x0fmax_in_progress\x18\x04 \x01(\x05\x12\x14\n\x0ckeep_sandbox\x18\x05 \x01(\x08\x12\x36\n\x13\x64\x65\x66\x61ult_max_runtime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0cretry_policy\x18\n \x01(\x0b\x32 .longshore.kanban.v1.RetryPolicy\x12\x16\n\x0e\x61llowed_images\x18\x0b \x03(\t\x12\x16\n\x0ewarm_pool_size\x18\x0c \x01(\x05*d\n\x08\x45xecutor\x12\x18\n\x14\x45XECUTOR_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45XECUTOR_SANDBOX\x10\x01\x12\x15\n\x11\x45XECUTOR_EXTERNAL\x10\x02\x12\x11\n\rEXECUTOR_NONE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'longshore.kanban.v1.profile_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXECUTOR']._serialized_start=731
-  _globals['_EXECUTOR']._serialized_end=831
+  _globals['_EXECUTOR']._serialized_start=755
+  _globals['_EXECUTOR']._serialized_end=855
   _globals['_RETRYPOLICY']._serialized_start=160
   _globals['_RETRYPOLICY']._serialized_end=295
   _globals['_PROFILE']._serialized_start=298
-  _globals['_PROFILE']._serialized_end=729
+  _globals['_PROFILE']._serialized_end=753
 # @@protoc_insertion_point(module_scope)

@@ -111,6 +111,7 @@ class Profile(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
     ALLOWED_IMAGES_FIELD_NUMBER: _builtins.int
+    WARM_POOL_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Profile name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,62}`. The identifier.
     At most 63 characters; no NUL characters.
@@ -128,6 +129,12 @@ class Profile(_message.Message):
     description: _builtins.str
     """Free text.
     At most 65536 bytes; no NUL characters.
+    """
+    warm_pool_size: _builtins.int
+    """Warm sandboxes the sandbox manager keeps started with this profile's
+    spec, so that a new task's sandbox is handed out instead of created
+    (SandboxService.SetWarmPool). 0 = none. Only for the `sandbox` executor;
+    at most 64, and the manager's `sandbox.max_warm_per_pool` (OUT_OF_RANGE).
     """
     @_builtins.property
     def sandbox_spec(self) -> _sandbox_pb2.SandboxSpec:
@@ -177,10 +184,11 @@ class Profile(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         retry_policy: Global___RetryPolicy | None = ...,
         allowed_images: _abc.Iterable[_builtins.str] | None = ...,
+        warm_pool_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_max_runtime", b"default_max_runtime", "retry_policy", b"retry_policy", "sandbox_spec", b"sandbox_spec", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_images", b"allowed_images", "create_time", b"create_time", "default_max_runtime", b"default_max_runtime", "description", b"description", "executor", b"executor", "keep_sandbox", b"keep_sandbox", "max_in_progress", b"max_in_progress", "name", b"name", "retry_policy", b"retry_policy", "sandbox_spec", b"sandbox_spec", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_images", b"allowed_images", "create_time", b"create_time", "default_max_runtime", b"default_max_runtime", "description", b"description", "executor", b"executor", "keep_sandbox", b"keep_sandbox", "max_in_progress", b"max_in_progress", "name", b"name", "retry_policy", b"retry_policy", "sandbox_spec", b"sandbox_spec", "update_time", b"update_time", "warm_pool_size", b"warm_pool_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
