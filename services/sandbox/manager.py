@@ -55,8 +55,8 @@ from services.sandbox.model import (
     Spec,
 )
 from services.sandbox.owners import Liveness, current_owner
-from services.sandbox.processes import SandboxProcesses
 from services.sandbox.pools import WarmPools
+from services.sandbox.processes import SandboxProcesses
 from services.sandbox.reaper import Candidate
 from services.sandbox.settings import SandboxSection
 
@@ -170,6 +170,8 @@ class SandboxManager(AcquireSteps):
         # An acquire starts (or unpauses) what it returns.
         self.pauses.observe(result.sandbox.sandbox_id, result.sandbox.state)
         self.metrics.acquire(result.outcome.value)
+        # Its first process should cost no exec (made in the background).
+        self.processes.spares.fill_soon(result.sandbox.sandbox_id)
         log.info(
             "sandbox acquired",
             extra={
@@ -371,6 +373,7 @@ class SandboxManager(AcquireSteps):
         """
         info = self.get(sandbox_id)
         persist = info.labels.get(labels.PERSIST) == "true"
+        self.processes.spares.drop(info.sandbox_id)
         if persist and not force_remove:
             self.touch(info.sandbox_id)
             return False
@@ -442,6 +445,7 @@ class SandboxManager(AcquireSteps):
                 del self._known[ref]
         self.pauses.forget(cid)
         self.leases.drop(cid)
+        self.processes.spares.drop(cid)
 
     # ---- what the reaper needs -----------------------------------------------------
 
@@ -477,6 +481,7 @@ class SandboxManager(AcquireSteps):
 
     def stop(self, cid: str) -> None:
         """Stops a container with the bounded grace period."""
+        self.processes.spares.drop(cid)
         with engine_call("containers.stop", resource=f"sandbox {cid!r}", sandbox_id=cid):
             self.api.stop(cid, timeout=self.section.stop_timeout_seconds)
 
@@ -491,6 +496,7 @@ class SandboxManager(AcquireSteps):
             Unavailable: The engine is unreachable.
         """
         log.warning("restarting sandbox", extra={"sandbox_id": cid, "reason": reason})
+        self.processes.spares.drop(cid)
         with engine_call("containers.restart", resource=f"sandbox {cid!r}", sandbox_id=cid):
             self.api.restart(cid, timeout=self.section.stop_timeout_seconds)
 
