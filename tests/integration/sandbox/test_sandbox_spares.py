@@ -31,9 +31,9 @@ from services.sandbox.processes import ProcessConfig
 from tests.integration.gateway.stack import Stubs, auth, real_stack
 from tests.integration.sandbox.conftest import remove_deployment
 from tests.integration.sandbox.test_sandbox_interactive import (
-    T,
     Rig,
     Seen,
+    T,
     by_id,
     connect,
     exec_out,
@@ -125,7 +125,7 @@ def test_a_start_after_acquire_takes_a_spare_and_another_is_made(rig: Rig) -> No
 def test_words_env_and_workdir_arrive_literally_and_as_on_the_normal_path(rig: Rig) -> None:
     words = ["it's", "a b", "one\ntwo", "$(id)", "`id`", '"q"', "\\n", "", "'", "-x", ";exit 3"]
     script = 'printf "[%s]" "$@"; printf "{%s}{%s}" "$K" "$PWD"'
-    env = {"K": "v'\n$(id) \"x\" `id`", "L": ""}
+    env = {"K": 'v\'\n$(id) "x" `id`', "L": ""}
     via_spare, via_exec = both_paths(
         rig, rig.box, ["sh", "-c", script, "zero", *words], env=env, workdir="/tmp"
     )
@@ -138,7 +138,11 @@ def test_words_env_and_workdir_arrive_literally_and_as_on_the_normal_path(rig: R
 
 @pytest.mark.parametrize(
     ("argv", "workdir", "code"),
-    [(["no-such-program"], "", 127), (["true"], "/no/such/dir", 126), (["true"], "/etc/passwd", 126)],
+    [
+        (["no-such-program"], "", 127),
+        (["true"], "/no/such/dir", 126),
+        (["true"], "/etc/passwd", 126),
+    ],
 )
 def test_a_missing_program_or_workdir_ends_as_on_the_normal_path(
     rig: Rig, argv: list[str], workdir: str, code: int
