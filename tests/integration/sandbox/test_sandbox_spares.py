@@ -12,12 +12,15 @@ closed stdin, signals to the group and a timeout on a taken spare; a PTY or
 another user take the normal path and leave the spare; spares are not
 listed, not in the cap and do not make a sandbox busy; a release drops them
 and the next acquire makes them again; a refused caller (another task's
-token, at the manager; no scope, at the gateway) takes no spare.
+token, at the manager; no scope, at the gateway) takes no spare; a manager
+killed with SIGKILL leaves no spare running.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import docker
 import grpc
@@ -44,6 +47,7 @@ from tests.integration.sandbox.test_sandbox_interactive import (
     start,
     wait_for,
 )
+from tests.integration.sandbox.test_sandbox_processes import Manager, acquire, spawn
 
 MAX_PROCESSES = 3
 #: Pids of the sandbox's spares (the pattern does not match its own command line).
@@ -257,3 +261,47 @@ def test_spares_do_not_make_a_sandbox_busy(make_manager: Callable[..., SandboxMa
     assert not manager.is_busy(box)
     manager.stop(box)
     assert manager.processes.spares.count(box) == 0
+
+
+def engine_spares(engine: docker.DockerClient, box: str) -> set[int]:
+    out = engine.api.exec_start(engine.api.exec_create(box, ["sh", "-c", SPARES_SCRIPT])["Id"])
+    return {int(line) for line in out.split()}
+
+
+@pytest.fixture
+def managers(
+    sandbox_image: str, test_deployment: str, tmp_path: Path, engine: docker.DockerClient
+) -> Iterator[tuple[list[Manager], dict[str, str]]]:
+    """Manager processes of their own deployment (as test_sandbox_processes starts them)."""
+    env = {
+        "LONGSHORE_DEPLOYMENT": test_deployment,
+        "LONGSHORE_INTERNAL_TOKEN": secrets.token_hex(16),
+        "LONGSHORE_HOME": str(tmp_path),
+        "LONGSHORE_SANDBOX_DEFAULT_IMAGE": sandbox_image,
+        "LONGSHORE_SANDBOX_STOP_TIMEOUT_SECONDS": "2",
+    }
+    made: list[Manager] = []
+    try:
+        yield made, env
+    finally:
+        for m in made:
+            m.close()
+        remove_deployment(engine, test_deployment)
+
+
+def test_a_manager_killed_leaves_no_spare_behind(
+    managers: tuple[list[Manager], dict[str, str]], engine: docker.DockerClient
+) -> None:
+    made, env = managers
+    first = spawn(made, env, "sandbox-spares-k1")
+    box = acquire(first.stub, "spare-leftover").sandbox.sandbox_id
+    wait_for(lambda: bool(engine_spares(engine, box)), "a spare is ready")
+    old = engine_spares(engine, box)
+    first.proc.kill()
+    first.proc.wait(timeout=10)
+    # Its exec sockets closed with it: each spare's read ends, the shell exits
+    # (and the next manager's leftover sweep would end what still ran: the marker).
+    wait_for(lambda: not engine_spares(engine, box) & old, "the dead manager's spares ended")
+    second = spawn(made, env, "sandbox-spares-k2")
+    assert acquire(second.stub, "spare-leftover").sandbox.sandbox_id == box
+    wait_for(lambda: bool(engine_spares(engine, box) - old), "the new manager made its own")
