@@ -27,6 +27,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -101,6 +102,7 @@ class SpareProcess(ManagedProcess):
     def launch(self, now: datetime) -> None:
         """Writes the line (the program starts), closes stdin if unwanted, starts the timeout."""
         self.start_time = now
+        self._started = time.monotonic()  # its duration counts from the line, not the spare
         raw = self._raw
         try:
             if raw is None:
