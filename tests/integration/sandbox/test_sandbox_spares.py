@@ -13,7 +13,8 @@ another user take the normal path and leave the spare; spares are not
 listed, not in the cap and do not make a sandbox busy; a release drops them
 and the next acquire makes them again; a refused caller (another task's
 token, at the manager; no scope, at the gateway) takes no spare; a manager
-killed with SIGKILL leaves no spare running.
+killed with SIGKILL leaves no spare running; a warm-pool member has its
+spare before any task takes it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import docker
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from longshore.sandbox.v1 import process_pb2
+from longshore.sandbox.v1 import pool_pb2, process_pb2, sandbox_pb2
 
 from services.sandbox.manager import SandboxManager
 from services.sandbox.model import Spec
@@ -65,7 +66,15 @@ def rig(tmp_path_factory: pytest.TempPathFactory, run_id: str, sandbox_image: st
     env = {"LONGSHORE_SANDBOX_MAX_PROCESSES_PER_SANDBOX": str(MAX_PROCESSES)}
     try:
         with (
-            real_stack(home, deployment=deployment, image=sandbox_image, sandbox_env=env) as stack,
+            real_stack(
+                home,
+                deployment=deployment,
+                image=sandbox_image,
+                sandbox_env=env,
+                # Kanban reconciles at start only: the pool a test sets belongs
+                # to no profile and would be drained.
+                kanban_env={"LONGSHORE_KANBAN_WARM_POOL_SYNC_SECONDS": "0"},
+            ) as stack,
             stack.channel() as channel,
         ):
             rig = Rig(stack, Stubs(channel), deployment, "", "")
@@ -305,3 +314,41 @@ def test_a_manager_killed_leaves_no_spare_behind(
     second = spawn(made, env, "sandbox-spares-k2")
     assert acquire(second.stub, "spare-leftover").sandbox.sandbox_id == box
     wait_for(lambda: bool(engine_spares(engine, box) - old), "the new manager made its own")
+
+
+def test_a_warm_member_has_its_spare_before_a_task_takes_it(rig: Rig) -> None:
+    def set_pool(size: int) -> None:
+        rig.stubs.sandbox.SetWarmPool(
+            pool_pb2.SetWarmPoolRequest(profile="warm", spec=sandbox_pb2.SandboxSpec(), size=size),
+            timeout=T,
+            metadata=rig.admin,
+        )
+
+    def members() -> list[str]:
+        rows = rig.stubs.sandbox.ListSandboxes(
+            pb.ListSandboxesRequest(profile="warm", page_size=10), timeout=T, metadata=rig.admin
+        ).sandboxes
+        return [r.sandbox_id for r in rows if r.warm_pool == "warm"]
+
+    def ready() -> int:
+        pools = rig.stubs.sandbox.ListWarmPools(
+            pool_pb2.ListWarmPoolsRequest(profile="warm"), timeout=T, metadata=rig.admin
+        ).pools
+        return pools[0].ready if pools else 0
+
+    set_pool(1)
+    try:
+        wait_for(lambda: ready() == 1, "a warm member is ready", bound=120)
+        (member,) = members()
+        before = ready_spares(rig, member)  # made when the member was ready: no acquire yet
+        got = rig.stubs.sandbox.AcquireSandbox(
+            pb.AcquireSandboxRequest(task_id="t-warm", profile="warm"),
+            timeout=T,
+            metadata=rig.admin,
+        )
+        assert got.outcome == sandbox_pb2.REUSE_OUTCOME_TAKEN_FROM_POOL, got.reason
+        assert got.sandbox.sandbox_id == member
+        proc = start(rig, member, ["true"])
+        assert proc.pid in before
+    finally:
+        set_pool(0)
