@@ -173,6 +173,8 @@ class SandboxManager(AcquireSteps):
         # An acquire starts (or unpauses) what it returns.
         self.pauses.observe(result.sandbox.sandbox_id, result.sandbox.state)
         self.metrics.acquire(result.outcome.value)
+        # Its first process should cost no exec (made in the background).
+        self.processes.spares.fill_soon(result.sandbox.sandbox_id)
         log.info(
             "sandbox acquired",
             extra={
@@ -368,6 +370,7 @@ class SandboxManager(AcquireSteps):
         """
         info = self.get(sandbox_id)
         persist = info.labels.get(labels.PERSIST) == "true"
+        self.processes.spares.drop(info.sandbox_id)
         if persist and not force_remove:
             self.touch(info.sandbox_id)
             return False
@@ -456,6 +459,7 @@ class SandboxManager(AcquireSteps):
         self.leases.drop(cid)
         self.sessions.end_sandbox(cid, "the sandbox was removed")
         self.sessions.forget(cid)
+        self.processes.spares.drop(cid)
 
     # ---- what the reaper needs -----------------------------------------------------
 
@@ -499,6 +503,7 @@ class SandboxManager(AcquireSteps):
 
     def stop(self, cid: str) -> None:
         """Stops a container with the bounded grace period."""
+        self.processes.spares.drop(cid)
         with engine_call("containers.stop", resource=f"sandbox {cid!r}", sandbox_id=cid):
             self.api.stop(cid, timeout=self.section.stop_timeout_seconds)
 
@@ -513,6 +518,7 @@ class SandboxManager(AcquireSteps):
             Unavailable: The engine is unreachable.
         """
         log.warning("restarting sandbox", extra={"sandbox_id": cid, "reason": reason})
+        self.processes.spares.drop(cid)
         with engine_call("containers.restart", resource=f"sandbox {cid!r}", sandbox_id=cid):
             self.api.restart(cid, timeout=self.section.stop_timeout_seconds)
 

@@ -63,6 +63,11 @@ class SandboxMetrics:
             unit="{cleanup}",
             description="Failed stop/remove cleanups.",
         )
+        self._process_starts = meter.create_counter(
+            "longshore.sandbox.process_starts",
+            unit="{process}",
+            description="Processes started, by path: spare (an exec started ahead) or exec.",
+        )
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -105,6 +110,11 @@ class SandboxMetrics:
         """Counts one failed cleanup."""
         self._cleanup_failures.add(1)
         self._count("cleanup.failure")
+
+    def process_start(self, path: str) -> None:
+        """Counts one process started, by path (``spare`` or ``exec``)."""
+        self._process_starts.add(1, {"path": path})
+        self._count(f"process_start.{path}")
 
     def snapshot(self) -> dict[str, int]:
         """Returns a copy of the local tally."""

@@ -24,6 +24,8 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
 
 #: A capability name as the engine spells it (with or without ``CAP_``).
 CAPABILITY_NAME = re.compile(r"\A(CAP_)?[A-Z_]{2,32}\Z")
+#: Most spare execs a setting may ask for (each is a shell waiting in a sandbox).
+MAX_SPARES = 1024
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,17 @@ class SandboxSection:
             "help": "Output bytes kept per process for ConnectProcess replays; older "
             "output is reported skipped."
         },
+    )
+    spare_processes_per_sandbox: int = field(
+        default=1,
+        metadata={
+            "help": "Spare execs kept started per running sandbox, so a process start costs "
+            "no docker exec (0: off; see docs/sandbox-processes.md)."
+        },
+    )
+    max_spare_processes: int = field(
+        default=64,
+        metadata={"help": "Spare execs across all sandboxes of this manager at most."},
     )
     process_retention_seconds: float = field(
         default=300.0,
@@ -260,6 +273,11 @@ class SandboxSection:
                 "sandbox.session_idle_timeout_seconds: must be above 0 and at most 7 days, "
                 f"got {self.session_idle_timeout_seconds}"
             )
+        for name in ("spare_processes_per_sandbox", "max_spare_processes"):
+            if not 0 <= getattr(self, name) <= MAX_SPARES:
+                raise ValueError(
+                    f"sandbox.{name}: must be 0 to {MAX_SPARES}, got {getattr(self, name)}"
+                )
         if self.lease_expiry_action not in ("pause", "remove"):
             raise ValueError(
                 "sandbox.lease_expiry_action: expected 'pause' or 'remove', got "

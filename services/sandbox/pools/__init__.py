@@ -396,6 +396,8 @@ class WarmPools:
             self._failed(pool, f"create failed: {exc}")
         else:
             log.info("warm member ready", extra={"sandbox_id": info.sandbox_id, "slot": slot})
+            # The task that takes it finds its first process's exec already started.
+            self._manager.processes.spares.fill_soon(info.sandbox_id)
             with self._lock:
                 pool.reason, pool.failures, pool.retry_at = "", 0, 0.0
         finally:

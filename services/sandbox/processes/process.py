@@ -140,14 +140,21 @@ class ManagedProcess:
         """
         config = self.config
         env = dict(config.env)
-        env[MARKER_VAR] = self.marker
-        tty = config.pty is not None
         if config.pty is not None:
             env.setdefault("TERM", "xterm")
             sizes = [str(config.pty.rows), str(config.pty.columns)]
             argv = ["sh", "-c", PTY_WRAPPER, WRAPPER_NAME, *sizes, *config.argv]
         else:
             argv = ["sh", "-c", WRAPPER, WRAPPER_NAME, *config.argv]
+        self._open(argv, env, workdir=config.workdir, user=config.user)
+        self._arm_timeout()
+        self._pid_known.wait(PID_WAIT_SECONDS)
+
+    def _open(self, argv: list[str], env: dict[str, str], *, workdir: str, user: str) -> None:
+        """Creates and starts the exec of ``argv`` (marked), then its reader thread."""
+        config = self.config
+        env = {**env, MARKER_VAR: self.marker}
+        tty = config.pty is not None
         where = f"sandbox {self.sandbox_id[:12]!r}"
         with engine_call("exec.create", resource=where, sandbox_id=self.sandbox_id):
             self._exec_id = str(
@@ -159,8 +166,8 @@ class ManagedProcess:
                     stdin=config.stdin,
                     tty=tty,
                     environment=env,
-                    workdir=config.workdir or None,
-                    user=config.user,
+                    workdir=workdir or None,
+                    user=user,
                 )["Id"]
             )
         with engine_call("exec.start", resource=where, sandbox_id=self.sandbox_id):
@@ -168,11 +175,13 @@ class ManagedProcess:
         self._raw = getattr(self._sock, "_sock", None) or self._sock
         self._started = time.monotonic()
         threading.Thread(target=self._read, name=f"{self.process_id}-output", daemon=True).start()
-        if config.timeout_seconds > 0:
-            self._timer = threading.Timer(config.timeout_seconds, self._on_timeout)
+
+    def _arm_timeout(self) -> None:
+        """Starts the timeout's clock (from now), if the config sets one."""
+        if self.config.timeout_seconds > 0:
+            self._timer = threading.Timer(self.config.timeout_seconds, self._on_timeout)
             self._timer.daemon = True
             self._timer.start()
-        self._pid_known.wait(PID_WAIT_SECONDS)
 
     def _read(self) -> None:
         """The reader thread: output into the buffer, then the exit."""
