@@ -69,8 +69,13 @@ def _paired(
 def _served(ctx: Context) -> Iterator[tuple[SandboxServiceStub, SandboxManager, str]]:
     deployment = ctx.deployment()
     client = create_client(pool_size=16)
+    # No spares: the raw pause and commit beside ours are bare engine calls,
+    # which must not freeze a spare's exec start (services/sandbox/freeze_guard.py).
     section = SandboxSection(
-        default_image=ctx.sandbox_image(), reaper_enabled=False, stop_timeout_seconds=1
+        default_image=ctx.sandbox_image(),
+        reaper_enabled=False,
+        stop_timeout_seconds=1,
+        spare_processes_per_sandbox=0,
     )
     manager = SandboxManager(client, section, deployment=deployment)
     servicer = SandboxServicer(manager, Reaper(manager, guard=StartupGuard()))

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import docker
 from opentelemetry import trace
@@ -39,6 +39,7 @@ from services.sandbox.docker_client import engine_call, explain, info_from_inspe
 from services.sandbox.engine_health import EngineHealth
 from services.sandbox.execution import ExecRun, validate
 from services.sandbox.files import SandboxFiles
+from services.sandbox.freeze_guard import FreezeGuard, GuardedApi
 from services.sandbox.hardening import resolve_spec
 from services.sandbox.lifecycle.leases import Leases
 from services.sandbox.lifecycle.pauses import Pauses
@@ -112,7 +113,9 @@ class SandboxManager(AcquireSteps):
         meter: Meter | None = None,
         lease_timer: bool = True,
     ) -> None:
-        self.api: docker.APIClient = client.api
+        #: The engine's low-level client, exec starts and freezes guarded
+        #: against each other (see :mod:`.freeze_guard`).
+        self.api: docker.APIClient = cast(docker.APIClient, GuardedApi(client.api, FreezeGuard()))
         self.section = section
         self.deployment = deployment
         self.clock = clock

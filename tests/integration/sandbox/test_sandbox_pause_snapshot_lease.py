@@ -187,6 +187,29 @@ def test_snapshot_scrubs_env_values_and_is_bounded(
         bounded.close(5)
 
 
+def test_a_snapshot_right_after_an_acquire_does_not_wedge_the_engine(
+    clocked: tuple[SandboxManager, FakeClock], engine: docker.DockerClient
+) -> None:
+    """The acquire's spare exec is starting when the commit pauses the sandbox.
+
+    Unguarded, the engine froze the spare's ``runc init`` half-way: the commit
+    never ended and every later call on the sandbox (and image removals of the
+    whole engine) hung. The manager holds freezes until its exec starts run.
+    """
+    manager, _clock = clocked
+    quick = docker.from_env(timeout=30)
+    try:
+        for n in range(4):
+            cid = manager.acquire(f"race-{n}", "coder", Spec()).sandbox.sandbox_id
+            snap = manager.snapshots.take(cid)
+            assert snap.image_id
+            state = quick.api.inspect_container(cid)["State"]
+            assert state["Running"] and not state["Paused"], state
+            manager.release(cid, force_remove=True)
+    finally:
+        quick.close()
+
+
 # ---- through the gateway ----------------------------------------------------------------
 
 
@@ -383,8 +406,11 @@ def test_a_snapshot_of_another_deployment_is_refused(rig: Rig) -> None:
     assert code == grpc.StatusCode.PERMISSION_DENIED and "another deployment" in details
     # By image id: the labels tell whose snapshot it is.
     box = rig.acquire("t-foreign-src")
+    # Not paused: the manager may be starting the sandbox's spare exec, and an
+    # engine that freezes an exec's start wedges (see services/sandbox/freeze_guard.py).
     foreign = rig.engine.api.commit(
         box,
+        pause=False,
         conf={"Labels": {labels.MANAGED: "1", labels.DEPLOYMENT: "elsewhere", SNAPSHOT_OF: box}},
     )["Id"]
     try:
