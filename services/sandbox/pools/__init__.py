@@ -35,7 +35,7 @@ from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from services.runtime.errors import InvalidArgument, NotFound, OutOfRange, ServiceError, quote
+from services.runtime.errors import InvalidArgument, NotFound, OutOfRange, ServiceError
 from services.sandbox import labels
 from services.sandbox.docker_client import NameTaken, engine_call, explain
 from services.sandbox.hardening import resolve_spec
@@ -139,21 +139,19 @@ class WarmPools:
             extra={"profile": profile, "size": size, "config_hash": resolved.config_hash},
         )
         self._wake.set()
-        return self._view(key, self._members(key))
+        # From the pool set here: a drained size-0 pool may already be gone.
+        return self._view_of(pool, self._members(key))
 
     def list_pools(self, profile: str = "") -> list[WarmPool]:
         """This manager's pools (one engine list call), by profile."""
         key = labels.sanitize(profile) if profile else ""
         members = self._members(key)
         with self._lock:
-            keys = sorted(k for k in self._pools if not key or k == key)
-        return [self._view(k, members) for k in keys]
+            pools = [p for k, p in sorted(self._pools.items()) if not key or k == key]
+        return [self._view_of(pool, members) for pool in pools]
 
-    def _view(self, key: str, members: list[Member]) -> WarmPool:
+    def _view_of(self, pool: Pool, members: list[Member]) -> WarmPool:
         with self._lock:
-            pool = self._pools.get(key)
-            if pool is None:
-                raise NotFound(f"warm pool {quote(key)} not found")
             slots = slot_names(self._manager.deployment, pool)
             ready = sum(1 for m in members if m.name in slots and m.state == "running")
             return WarmPool(
