@@ -13,7 +13,9 @@ channel): every ``probe_interval`` while it is available (so a backend that
 turns NOT_SERVING is noticed before a spawn fails), and with a doubling
 delay up to ``max_probe_interval`` while it is not. The first successful
 probe closes the breaker and wakes the dispatcher: dispatch resumes by
-itself.
+itself. Only a probe closes it: a run that succeeded meanwhile may have
+talked to the backend before the outage, so its success just brings the
+next probe forward.
 """
 
 from __future__ import annotations
@@ -129,8 +131,20 @@ class BackendBreaker:
         self._kick.set()  # the probe thread reschedules to the new next probe
 
     def succeeded(self) -> None:
-        """A call to the backend worked: it is available."""
-        self._close()
+        """A run's calls to the backend worked: while open, probe now.
+
+        A success never closes the breaker by itself: the run's last engine
+        call may predate the outage (a command that exited just before the
+        engine went away reports its exit just after), so only the health
+        probe says the backend is back. The success only brings that probe
+        forward, so a recovery is seen at once, not after the probe delay.
+        """
+        now = self._clock()
+        with self._lock:
+            if self._since is None or self._next_probe <= now:
+                return
+            self._next_probe = now
+        self._kick.set()
 
     def _close(self) -> bool:
         with self._lock:

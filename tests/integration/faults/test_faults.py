@@ -151,7 +151,7 @@ def test_engine_unreachable_for_10s_blocks_nothing(
             assert why.readiness.reason in (
                 S.READINESS_REASON_BACKEND_UNAVAILABLE,
                 S.READINESS_REASON_BACKING_OFF,
-            ), why
+            ), f"{why}\n{st.log_tails()}"
             time.sleep(max(0.0, 10 - (time.monotonic() - cut_at)))  # the outage lasts 10 s
             proxy.restore()
             wait_for(

@@ -83,8 +83,29 @@ def test_a_health_probe_that_fails_opens_it_without_any_call_failing() -> None:
     assert breaker.probe_once() is False
     view = breaker.view()
     assert view is not None and view.reason == "docker engine unreachable: timed out"
-    breaker.succeeded()  # a run that worked proves it is back
+    # A run that succeeded may have run before the outage: no proof it is back.
+    breaker.succeeded()
+    view = breaker.view()
+    assert view is not None and view.next_probe == clock.now  # probed at once instead
+    probe.answers = ["docker engine unreachable: refused"]
+    assert breaker.probe_once() is False
+    assert breaker.view() is not None
+    probe.answers = [None]
+    assert breaker.probe_once() is True
     assert breaker.view() is None
+
+
+def test_a_success_reported_after_the_trip_leaves_it_open_until_a_probe_answers() -> None:
+    # The CI failure this guards: a command exited just before the engine was
+    # cut, its exit reached the dispatcher just after another run tripped the
+    # breaker, and closing on that success spawned a task into the outage.
+    clock, probe = Clock(), Probe()
+    breaker = BackendBreaker(probe, probe_interval=2, clock=clock)
+    breaker.trip("exec: docker engine unreachable: connection refused")
+    breaker.succeeded()
+    assert breaker.view() is not None
+    breaker.succeeded()  # idempotent: the probe is already due
+    assert breaker.view() is not None
 
 
 def test_a_raising_probe_counts_as_down_and_long_reasons_are_cut() -> None:
