@@ -14,6 +14,7 @@ naming the variable (or the file key), so a service fails fast.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -71,6 +72,14 @@ class BaseSettings:
             "stops accepting calls (lets load balancers notice)."
         },
     )
+    shutdown_timeout_seconds: float = field(
+        default=45.0,
+        metadata={
+            "help": "After SIGTERM, the longest the drain and the closing may take; past it "
+            "every thread's stack is written to stderr and the process exits 1 (what it did "
+            "not close, the next start's sweep and the reaper find). 0 disables the bound."
+        },
+    )
     otel_endpoint: str = field(
         default="",
         metadata={
@@ -89,6 +98,9 @@ class BaseSettings:
     def __post_init__(self) -> None:
         # Frozen, so expand `~` through object.__setattr__ once at construction.
         object.__setattr__(self, "home", Path(self.home).expanduser())
+        bound = self.shutdown_timeout_seconds
+        if not (math.isfinite(bound) and 0 <= bound <= 86_400):
+            raise ValueError(f"shutdown_timeout_seconds: must be between 0 and 86400, got {bound}")
 
 
 @dataclass(frozen=True)

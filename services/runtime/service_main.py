@@ -10,14 +10,18 @@ model and a build callback; the exits are the same for all of them:
   was built, and exit :data:`~services.runtime.server_base.EXIT_CANNOT_START`,
   which a supervisor does not mistake for a crash;
 * a clean stop after a signal: exit 0;
+* a stop that outlasts ``shutdown_timeout_seconds``: every thread's stack on
+  stderr, then exit 1;
 * any other exception: it propagates (a traceback is the right report for a
   bug), and what was built is still closed and the providers still flushed.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -84,13 +88,55 @@ class ServiceParts:
         self._closers.append(closer)
 
     def close(self) -> None:
-        """Runs the closers (last registered first); safe to call more than once."""
+        """Runs the closers (last registered first); safe to call more than once.
+
+        A closer that takes longer than :data:`SLOW_CLOSE_SECONDS` is logged
+        with its duration, so a slow shutdown names the part that held it.
+        """
         while self._closers:
             closer = self._closers.pop()
+            started = time.monotonic()
             try:
                 closer()
             except Exception:
-                log.exception("closing a part failed", extra={"closer": repr(closer)})
+                log.exception("closing a part failed", extra={"closer": _name(closer)})
+            took = time.monotonic() - started
+            if took > SLOW_CLOSE_SECONDS:
+                log.warning(
+                    "closing a part was slow",
+                    extra={"closer": _name(closer), "seconds": round(took, 2)},
+                )
+
+
+#: A closer slower than this is logged (a shutdown's parts normally take ms).
+SLOW_CLOSE_SECONDS = 2.0
+
+
+def _bounded(request_stop: Callable[[], None], timeout: float) -> Callable[[], None]:
+    """``request_stop`` that also arms the shutdown bound.
+
+    A drain, a closer, a telemetry flush or a worker thread the interpreter
+    joins at exit that hangs on the engine or a peer would otherwise leave a
+    process that ignores SIGTERM and says nothing. ``timeout`` seconds after
+    the first stop request, faulthandler writes every thread's stack to
+    stderr and ends the process with exit 1. The bound is never cancelled: it
+    covers the interpreter's own exit too, and dies with the process.
+    """
+    armed = False
+
+    def stop() -> None:
+        nonlocal armed
+        if not armed and timeout > 0:
+            armed = True
+            faulthandler.dump_traceback_later(timeout, exit=True)
+        request_stop()
+
+    return stop
+
+
+def _name(closer: Callable[[], object]) -> str:
+    qualname = getattr(closer, "__qualname__", "") or repr(closer)
+    return f"{getattr(closer, '__module__', '')}.{qualname}".lstrip(".")
 
 
 #: Exceptions every build may raise to refuse to start (one line, exit 2).
@@ -148,7 +194,8 @@ def run_service(
         else:
             # The handlers only ask the server to stop; the drain runs here,
             # on the main thread, once serve() returns.
-            with stop_on_signal(server.request_stop):
+            stop = _bounded(server.request_stop, settings.shutdown_timeout_seconds)
+            with stop_on_signal(stop):
                 server.serve()
     finally:
         parts.close()

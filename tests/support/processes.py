@@ -28,6 +28,21 @@ class ServiceStartError(RuntimeError):
     """The service exited, or never answered SERVING, before the start timeout."""
 
 
+class ServiceExitTimeout(subprocess.TimeoutExpired):
+    """The service was still running after :meth:`ServiceProcess.wait`'s timeout.
+
+    Its message ends with the log's tail (a hung shutdown's watchdog writes
+    every thread's stack there), so a failed test says where it hung.
+    """
+
+    def __init__(self, expired: subprocess.TimeoutExpired, tail: str) -> None:
+        super().__init__(expired.cmd, expired.timeout, expired.output, expired.stderr)
+        self.tail = tail
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}; log tail:\n{self.tail}"
+
+
 def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return ``os.environ`` merged with ``extra``, with the repo importable.
 
@@ -193,7 +208,10 @@ class ServiceProcess:
         Raises:
             subprocess.TimeoutExpired: It is still running after ``timeout``.
         """
-        code = self._process().wait(timeout=timeout)
+        try:
+            code = self._process().wait(timeout=timeout)
+        except subprocess.TimeoutExpired as expired:
+            raise ServiceExitTimeout(expired, self.log_tail(120)) from None
         self._close_log()
         return code
 

@@ -134,7 +134,8 @@ def test_sigterm_drains_outstanding_cleanups_before_exit(
         )
         assert resp.removal_scheduled
     m.proc.terminate()
-    assert m.proc.wait(timeout=40) == 0, m.proc.log_text()[-2000:]
+    # Past shutdown_timeout_seconds (45 s) the manager dumps every stack and exits 1.
+    assert m.proc.wait(timeout=60) == 0, m.proc.log_tail(200)
     remaining = engine.api.containers(
         all=True, filters={"label": f"{labels.DEPLOYMENT}={env['LONGSHORE_DEPLOYMENT']}"}
     )
