@@ -53,6 +53,13 @@ MAX_META_VALUE = 256
 MAX_ENV = 64
 
 
+def _lease_terms(timeout: int) -> sandbox_pb2.LeaseTerms:
+    """An E2B timeout as a lease: at expiry the sandbox goes (E2B kills it)."""
+    return sandbox_pb2.LeaseTerms(
+        ttl=duration_pb2.Duration(seconds=timeout), on_expiry=sandbox_pb2.LEASE_EXPIRY_REMOVE
+    )
+
+
 @dataclass(frozen=True)
 class Held:
     """A live E2B sandbox as its caller may use it."""
@@ -211,14 +218,18 @@ class Sandboxes:
             raise
         held = Caller(api_key, claim.sandbox_token)
         try:
+            # The lease comes with the acquire: no call of its own, and no
+            # moment in which the sandbox has none.
             acquired = await gw.sandbox.AcquireSandbox(
                 spb.AcquireSandboxRequest(
-                    task_id=task.task_id, profile=profile, spec=claim.sandbox_spec
+                    task_id=task.task_id,
+                    profile=profile,
+                    spec=claim.sandbox_spec,
+                    lease=_lease_terms(timeout),
                 ),
                 metadata=held.metadata(),
             )
             box = acquired.sandbox
-            await self._lease(held, box.sandbox_id, timeout)
         except BaseException:
             # The run ends as a platform failure; the create's own error is
             # what the caller gets, even when this report fails too.
@@ -254,11 +265,10 @@ class Sandboxes:
         }
 
     async def _lease(self, who: Caller, sandbox_id: str, timeout: int) -> None:
+        terms = _lease_terms(timeout)
         await self._gw.sandbox.SetSandboxLease(
             lpb.SetSandboxLeaseRequest(
-                sandbox_id=sandbox_id,
-                ttl=duration_pb2.Duration(seconds=timeout),
-                on_expiry=sandbox_pb2.LEASE_EXPIRY_REMOVE,
+                sandbox_id=sandbox_id, ttl=terms.ttl, on_expiry=terms.on_expiry
             ),
             metadata=who.metadata(),
         )

@@ -128,10 +128,12 @@ def sandbox_to_proto(info: SandboxInfo, lease: Lease | None = None) -> sandbox_p
     return msg
 
 
-def acquire_to_proto(result: AcquireResult) -> sandbox_service_pb2.AcquireSandboxResponse:
-    """The ``AcquireSandboxResponse`` of an acquire."""
+def acquire_to_proto(
+    result: AcquireResult, lease: Lease | None = None
+) -> sandbox_service_pb2.AcquireSandboxResponse:
+    """The ``AcquireSandboxResponse`` of an acquire (with the sandbox's lease, if any)."""
     return sandbox_service_pb2.AcquireSandboxResponse(
-        sandbox=sandbox_to_proto(result.sandbox),
+        sandbox=sandbox_to_proto(result.sandbox, lease),
         reused=result.reused,
         outcome=_OUTCOMES[result.outcome],
         reason=result.reason,
@@ -305,31 +307,40 @@ MIN_LEASE_SECONDS = 1
 
 
 def lease_from_proto(
-    request: lifecycle_pb2.SetSandboxLeaseRequest, *, max_seconds: int, default_action: str
+    request: lifecycle_pb2.SetSandboxLeaseRequest | sandbox_pb2.LeaseTerms,
+    *,
+    max_seconds: int,
+    default_action: str,
+    field: str = "",
 ) -> tuple[timedelta, str]:
-    """The ttl and expiry action of a SetSandboxLease request.
+    """The ttl and expiry action of a SetSandboxLease request or an acquire's lease terms.
+
+    Args:
+        field: Prefix of the field names in messages (``lease.`` for an acquire).
 
     Raises:
         InvalidArgument: ``ttl`` unset, under 1 s or malformed; an unknown ``on_expiry``.
         OutOfRange: ``ttl`` over ``max_seconds`` (``sandbox.max_lease_seconds``).
     """
     if not request.HasField("ttl"):
-        raise InvalidArgument("ttl: required")
+        raise InvalidArgument(f"{field}ttl: required")
     ttl = request.ttl
     if abs(ttl.nanos) >= 10**9 or (ttl.seconds > 0 and ttl.nanos < 0):
-        raise InvalidArgument("ttl: malformed Duration (nanos out of range or of the wrong sign)")
+        raise InvalidArgument(
+            f"{field}ttl: malformed Duration (nanos out of range or of the wrong sign)"
+        )
     seconds = ttl.seconds + ttl.nanos / 1e9
     if seconds < MIN_LEASE_SECONDS:
-        raise InvalidArgument(f"ttl: at least {MIN_LEASE_SECONDS} s, got {seconds:g} s")
+        raise InvalidArgument(f"{field}ttl: at least {MIN_LEASE_SECONDS} s, got {seconds:g} s")
     if seconds > max_seconds:
         raise OutOfRange(
-            f"ttl: at most {max_seconds} s (sandbox.max_lease_seconds), got {seconds:g} s"
+            f"{field}ttl: at most {max_seconds} s (sandbox.max_lease_seconds), got {seconds:g} s"
         )
     if request.on_expiry == sandbox_pb2.LEASE_EXPIRY_UNSPECIFIED:
         return timedelta(seconds=seconds), default_action
     action = _EXPIRY_OF.get(request.on_expiry)
     if action is None:
-        raise InvalidArgument(f"on_expiry: unknown value {request.on_expiry}")
+        raise InvalidArgument(f"{field}on_expiry: unknown value {request.on_expiry}")
     return timedelta(seconds=seconds), action
 
 

@@ -26,6 +26,7 @@ import functools
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent import futures
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from longshore.sandbox.v1 import (
@@ -138,10 +139,22 @@ class SandboxServicer(
         # Who may ask comes first: a refused caller never reaches the engine.
         grant = self.access.grant(context)
         self.access.check_acquire(grant, request.task_id, request.profile, request.spec)
-        return await self._blocking(self._acquire, request, grant)
+        terms = None
+        if request.HasField("lease"):
+            section = self.manager.section
+            terms = convert.lease_from_proto(
+                request.lease,
+                max_seconds=section.max_lease_seconds,
+                default_action=section.lease_expiry_action,
+                field="lease.",
+            )
+        return await self._blocking(self._acquire, request, grant, terms)
 
     def _acquire(
-        self, request: sandbox_service_pb2.AcquireSandboxRequest, grant: SandboxGrant | None
+        self,
+        request: sandbox_service_pb2.AcquireSandboxRequest,
+        grant: SandboxGrant | None,
+        terms: tuple[timedelta, str] | None,
     ) -> sandbox_service_pb2.AcquireSandboxResponse:
         persist = (
             request.persist_across_processes
@@ -156,7 +169,9 @@ class SandboxServicer(
             convert.checked_spec(request.spec),
             persist=persist,
         )
-        return convert.acquire_to_proto(result)
+        cid = result.sandbox.sandbox_id
+        lease = self.manager.leases.set(cid, *terms) if terms else self.manager.leases.get(cid)
+        return convert.acquire_to_proto(result, lease)
 
     def _check_one_fresh_sandbox(self, task_id: str, profile: str) -> None:
         """Refuses a run's holder a second non-persistent sandbox while one is alive.

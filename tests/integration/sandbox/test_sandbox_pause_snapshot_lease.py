@@ -474,6 +474,77 @@ def test_lease_expiry_pauses_then_removes_and_rows_show_the_lease(rig: Rig) -> N
     assert code == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_lease_comes_with_the_acquire_and_a_plain_acquire_keeps_it(rig: Rig) -> None:
+    task = "t-acqlease"
+    me = rig.worker(task)
+
+    def acquire(lease: sandbox_pb2.LeaseTerms | None) -> sandbox_pb2.Sandbox:
+        request = pb.AcquireSandboxRequest(task_id=task, profile="coder", spec=WORKER_SPEC)
+        if lease is not None:
+            request.lease.CopyFrom(lease)
+        return rig.stubs.sandbox.AcquireSandbox(request, timeout=T, metadata=me).sandbox
+
+    before = time.time()
+    first = acquire(
+        sandbox_pb2.LeaseTerms(ttl=ttl(3600), on_expiry=sandbox_pb2.LEASE_EXPIRY_REMOVE)
+    )
+    ends = first.lease_expire_time.ToNanoseconds() / 1e9
+    assert before + 3590 < ends < time.time() + 3610, ends
+    assert first.lease_expiry == sandbox_pb2.LEASE_EXPIRY_REMOVE
+    assert rig.get(first.sandbox_id).lease_expire_time == first.lease_expire_time
+    # Reused by key without terms: the lease it has stays, and the reply shows it.
+    again = acquire(None)
+    assert again.sandbox_id == first.sandbox_id
+    assert again.lease_expire_time == first.lease_expire_time
+    # Terms replace it (the manager's default action when unspecified: pause).
+    since = time.time() - 1
+    short = acquire(sandbox_pb2.LeaseTerms(ttl=ttl(1)))
+    assert short.sandbox_id == first.sandbox_id
+    assert short.lease_expiry == sandbox_pb2.LEASE_EXPIRY_PAUSE
+    assert wait_for_event(rig.engine, first.sandbox_id, "pause", since)
+
+
+def test_bad_acquire_leases_are_refused_before_any_container(rig: Rig) -> None:
+    task = "t-badacqlease"
+    me = rig.worker(task)
+    for terms, code, words in (
+        (sandbox_pb2.LeaseTerms(), grpc.StatusCode.INVALID_ARGUMENT, "lease.ttl: required"),
+        (
+            sandbox_pb2.LeaseTerms(ttl=ttl(10**9)),
+            grpc.StatusCode.OUT_OF_RANGE,
+            "lease.ttl: at most",
+        ),
+        (
+            sandbox_pb2.LeaseTerms(ttl=ttl(60), on_expiry=7),  # type: ignore[arg-type]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "lease.on_expiry",
+        ),
+    ):
+        request = pb.AcquireSandboxRequest(
+            task_id=task, profile="coder", spec=WORKER_SPEC, lease=terms
+        )
+        got, details = failure(
+            lambda request=request: rig.stubs.sandbox.AcquireSandbox(
+                request, timeout=T, metadata=me
+            )
+        )
+        assert got == code and words in details, (got, details)
+    # Another run's token: refused as any acquire is, whatever the lease asks.
+    request = pb.AcquireSandboxRequest(
+        task_id=task, profile="coder", spec=WORKER_SPEC, lease=sandbox_pb2.LeaseTerms(ttl=ttl(60))
+    )
+    got, _ = failure(
+        lambda: rig.stubs.sandbox.AcquireSandbox(
+            request, timeout=T, metadata=rig.worker("t-someone-else")
+        )
+    )
+    assert got == grpc.StatusCode.PERMISSION_DENIED
+    rows = rig.stubs.sandbox.ListSandboxes(
+        pb.ListSandboxesRequest(task_id=task), timeout=T, metadata=rig.admin
+    ).sandboxes
+    assert not rows, rows
+
+
 def test_bad_leases_are_refused_precisely(rig: Rig) -> None:
     box = rig.acquire("t-badlease")
     me = rig.worker("t-badlease")

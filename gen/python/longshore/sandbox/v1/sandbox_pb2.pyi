@@ -500,6 +500,38 @@ class Sandbox(_message.Message):
 Global___Sandbox: _TypeAlias = Sandbox  # noqa: Y015
 
 @_typing.final
+class LeaseTerms(_message.Message):
+    """LeaseTerms is a lease asked for with an acquire: the same rules as
+    SetSandboxLease (`ttl` required, at least 1 s, at most
+    `sandbox.max_lease_seconds`; `on_expiry` unspecified = the manager's
+    `sandbox.lease_expiry_action`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    ON_EXPIRY_FIELD_NUMBER: _builtins.int
+    on_expiry: Global___LeaseExpiry.ValueType
+    """What happens at expiry."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """The lease ends this long after the acquire returns."""
+
+    def __init__(
+        self,
+        *,
+        ttl: _duration_pb2.Duration | None = ...,
+        on_expiry: Global___LeaseExpiry.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_expiry", b"on_expiry", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseTerms: _TypeAlias = LeaseTerms  # noqa: Y015
+
+@_typing.final
 class ExecExit(_message.Message):
     """ExecExit is the final status of a command run with Exec."""
 

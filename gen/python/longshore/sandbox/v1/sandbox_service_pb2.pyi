@@ -86,6 +86,7 @@ class AcquireSandboxRequest(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     PERSIST_ACROSS_PROCESSES_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Task the sandbox is for. Required; becomes the `io.longshore.task-id` label."""
     profile: _builtins.str
@@ -99,6 +100,15 @@ class AcquireSandboxRequest(_message.Message):
     def spec(self) -> _sandbox_pb2.SandboxSpec:
         """Container spec. Fields left at zero take the manager's defaults."""
 
+    @_builtins.property
+    def lease(self) -> _sandbox_pb2.LeaseTerms:
+        """A lease set as part of the acquire, replacing any lease the sandbox had,
+        so a caller that dies right after never leaves a sandbox without one
+        (and saves the SetSandboxLease call). Unset: the sandbox keeps the lease
+        it has, if any. Bad terms are INVALID_ARGUMENT / OUT_OF_RANGE naming
+        `lease.ttl` or `lease.on_expiry`, before any engine call.
+        """
+
     def __init__(
         self,
         *,
@@ -106,10 +116,11 @@ class AcquireSandboxRequest(_message.Message):
         profile: _builtins.str = ...,
         spec: _sandbox_pb2.SandboxSpec | None = ...,
         persist_across_processes: _builtins.bool | None = ...,
+        lease: _sandbox_pb2.LeaseTerms | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_persist_across_processes", b"_persist_across_processes", "persist_across_processes", b"persist_across_processes", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_persist_across_processes", b"_persist_across_processes", "lease", b"lease", "persist_across_processes", b"persist_across_processes", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_persist_across_processes", b"_persist_across_processes", "persist_across_processes", b"persist_across_processes", "profile", b"profile", "spec", b"spec", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_persist_across_processes", b"_persist_across_processes", "lease", b"lease", "persist_across_processes", b"persist_across_processes", "profile", b"profile", "spec", b"spec", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__persist_across_processes: _TypeAlias = _typing.Literal["persist_across_processes"]  # noqa: Y015
     _WhichOneofArgType__persist_across_processes: _TypeAlias = _typing.Literal["_persist_across_processes", b"_persist_across_processes"]  # noqa: Y015
@@ -135,7 +146,7 @@ class AcquireSandboxResponse(_message.Message):
     """Human-readable reason, e.g. which config-hash changed."""
     @_builtins.property
     def sandbox(self) -> _sandbox_pb2.Sandbox:
-        """The running sandbox."""
+        """The running sandbox, with its lease if it has one."""
 
     def __init__(
         self,
