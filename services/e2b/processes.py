@@ -1,8 +1,9 @@
 """envd's ``process.Process`` Connect service over the gateway's process RPCs.
 
-``Start`` is StartProcess then ConnectProcess: a start event with the pid,
-data events (stdout, stderr, or pty) as they come, keepalives while the
-process is quiet, then an end event with the exit code. The SDK's command
+``Start`` is one ConnectProcess that starts the process (its ``start``
+field): a start event with the pid, data events (stdout, stderr, or pty) as
+they come, keepalives while the process is quiet, then an end event with the
+exit code. The SDK's command
 timeout (the stream's Connect deadline) becomes the process's timeout, so
 the manager kills the whole tree inside the sandbox; a timed-out process
 ends the stream with DEADLINE_EXCEEDED, which the SDK raises as its
@@ -126,18 +127,11 @@ class ProcessService(Process):
     async def start(
         self, request: pp.StartRequest, ctx: RequestContext[Any, Any]
     ) -> AsyncIterator[pp.StartResponse]:
-        """StartProcess, then its events as ConnectProcess streams them."""
+        """ConnectProcess with ``start``: the process starts and its events follow, one call."""
         target = await self._target(ctx)
         config = process_config(request, ctx.timeout_ms)
-        try:
-            started = await self._gw.sandbox.StartProcess(
-                lp.StartProcessRequest(sandbox_id=target.sandbox_id, config=config),
-                metadata=target.caller.metadata(),
-            )
-        except Exception as exc:
-            raise _mapped(exc) from None
-        chosen = lp.ProcessSelector(process_id=started.process.process_id)
-        async for event in self._follow(target, chosen, ctx):
+        follow = lp.ConnectProcessRequest(sandbox_id=target.sandbox_id, start=config)
+        async for event in self._follow(target, follow, ctx):
             yield pp.StartResponse(event=event)
 
     async def connect(
@@ -145,16 +139,17 @@ class ProcessService(Process):
     ) -> AsyncIterator[pp.ConnectResponse]:
         """ConnectProcess by pid or tag, from the start of the retained output."""
         target = await self._target(ctx)
-        async for event in self._follow(target, selector(request.process), ctx):
+        follow = lp.ConnectProcessRequest(
+            sandbox_id=target.sandbox_id, process=selector(request.process)
+        )
+        async for event in self._follow(target, follow, ctx):
             yield pp.ConnectResponse(event=event)
 
     async def _follow(
-        self, target: Target, chosen: lp.ProcessSelector, ctx: RequestContext[Any, Any]
+        self, target: Target, follow: lp.ConnectProcessRequest, ctx: RequestContext[Any, Any]
     ) -> AsyncIterator[pp.ProcessEvent]:
         call = self._gw.sandbox.ConnectProcess(
-            lp.ConnectProcessRequest(sandbox_id=target.sandbox_id, process=chosen),
-            metadata=target.caller.metadata(),
-            timeout=None,
+            follow, metadata=target.caller.metadata(), timeout=None
         )
         try:
             interval = float(

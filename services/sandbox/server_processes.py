@@ -185,8 +185,18 @@ class ProcessRpcs:
         self, request: process_pb2.ConnectProcessRequest, context: Context
     ) -> AsyncIterator[process_pb2.ConnectProcessResponse]:
         """See the proto."""
-        offset = checks.from_offset(request.from_offset)
-        process = await self._find(request.sandbox_id, request.process, context)
+        if request.HasField("start"):
+            if request.HasField("process") or request.from_offset:
+                raise InvalidArgument(
+                    "process, from_offset: must be unset when start is set "
+                    "(the started process is followed from its first byte)"
+                )
+            config = checks.config_from_proto(request.start, field="start")
+            process = await self._start(request.sandbox_id, config, context, default_timeout=0.0)
+            offset = 0
+        else:
+            offset = checks.from_offset(request.from_offset)
+            process = await self._find(request.sandbox_id, request.process, context)
         async for event in process_events(process, offset):
             yield process_pb2.ConnectProcessResponse(event=event)
 

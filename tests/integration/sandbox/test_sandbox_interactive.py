@@ -18,6 +18,7 @@ import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import docker
 import grpc
@@ -243,6 +244,80 @@ def test_a_tagged_background_process_is_listed_fed_and_replayed(rig: Rig) -> Non
     mine = [p for p in everything if p.process_id == proc.process_id]
     assert mine and mine[0].state == process_pb2.PROCESS_STATE_EXITED
     assert mine[0].exit.exit_code == 0
+
+
+def _start_and_follow(
+    rig: Rig, box: str, config: process_pb2.ProcessConfig, metadata: Metadata | None = None
+) -> Any:
+    """ConnectProcess with ``start``: the call (iterate it; cancel() leaves)."""
+    return rig.stubs.sandbox.ConnectProcess(
+        process_pb2.ConnectProcessRequest(sandbox_id=box, start=config),
+        timeout=T,
+        metadata=metadata or rig.admin,
+    )
+
+
+def test_connect_with_start_runs_and_follows_in_one_call(rig: Rig) -> None:
+    call = _start_and_follow(
+        rig, rig.box, process_pb2.ProcessConfig(argv=["sh", "-c", "echo one; echo two >&2; exit 3"])
+    )
+    events = [reply.event for reply in call]
+    assert events[0].HasField("started") and events[0].started.pid > 1
+    outputs = [e.output for e in events if e.HasField("output")]
+    assert outputs and outputs[0].offset == 0  # followed from its first byte
+    out = b"".join(o.chunk.data for o in outputs)
+    assert sorted(out.split(b"\n")) == sorted(b"one\ntwo\n".split(b"\n"))
+    assert events[-1].HasField("exit") and events[-1].exit.exit_code == 3
+    # A caller that leaves does not end it (as after StartProcess): attach again by tag.
+    call = _start_and_follow(
+        rig,
+        rig.box,
+        process_pb2.ProcessConfig(argv=["sh", "-c", "echo ready; sleep 1; echo later"], tag="sf-1"),
+    )
+    for reply in call:
+        if reply.event.HasField("output") and b"ready" in reply.event.output.chunk.data:
+            call.cancel()
+            break
+    rest = connect(rig, rig.box, process_pb2.ProcessSelector(tag="sf-1"))
+    assert rest.exit is not None and rest.exit.exit_code == 0
+    assert rest.output == b"ready\nlater\n"
+
+
+def test_connect_with_start_refuses_a_selector_an_offset_and_both_callers(rig: Rig) -> None:
+    config = process_pb2.ProcessConfig(argv=["true"])
+    for request, words in (
+        (
+            process_pb2.ConnectProcessRequest(
+                sandbox_id=rig.box, start=config, process=process_pb2.ProcessSelector(tag="x")
+            ),
+            "must be unset when start is set",
+        ),
+        (
+            process_pb2.ConnectProcessRequest(sandbox_id=rig.box, start=config, from_offset=2),
+            "must be unset when start is set",
+        ),
+        (
+            process_pb2.ConnectProcessRequest(
+                sandbox_id=rig.box, start=process_pb2.ProcessConfig()
+            ),
+            "start.argv: required",
+        ),
+    ):
+        code, details = failure(
+            lambda request=request: list(
+                rig.stubs.sandbox.ConnectProcess(request, timeout=T, metadata=rig.admin)
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and words in details, (code, details)
+    # The scope (a reader key, at the gateway) and the sandbox (another task's token).
+    code, details = failure(
+        lambda: list(_start_and_follow(rig, rig.box, config, auth(rig.stack.keys.reader)))
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "scope" in details
+    code, details = failure(lambda: list(_start_and_follow(rig, rig.box, config, rig.worker())))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "belongs to task" in details
+    own = list(_start_and_follow(rig, rig.worker_box, config, rig.worker()))
+    assert own[-1].event.exit.exit_code == 0
 
 
 def test_a_connect_past_the_output_so_far_waits_for_it(rig: Rig) -> None:

@@ -566,6 +566,7 @@ class ConnectProcessRequest(_message.Message):
     SANDBOX_ID_FIELD_NUMBER: _builtins.int
     PROCESS_FIELD_NUMBER: _builtins.int
     FROM_OFFSET_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     """The sandbox. Required."""
     from_offset: _builtins.int
@@ -576,7 +577,17 @@ class ConnectProcessRequest(_message.Message):
     """
     @_builtins.property
     def process(self) -> Global___ProcessSelector:
-        """The process. Required."""
+        """The process. Required unless `start` is set."""
+
+    @_builtins.property
+    def start(self) -> Global___ProcessConfig:
+        """Start this process, exactly as StartProcess would (same checks, limits
+        and errors), and follow it from its first byte: StartProcess and
+        ConnectProcess in one call. `process` and `from_offset` must then be
+        unset (INVALID_ARGUMENT). As after StartProcess, a caller that goes away
+        leaves the process running; ConnectProcess by id, pid or tag attaches
+        again.
+        """
 
     def __init__(
         self,
@@ -584,10 +595,11 @@ class ConnectProcessRequest(_message.Message):
         sandbox_id: _builtins.str = ...,
         process: Global___ProcessSelector | None = ...,
         from_offset: _builtins.int = ...,
+        start: Global___ProcessConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["process", b"process", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_offset", b"from_offset", "process", b"process", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_offset", b"from_offset", "process", b"process", "sandbox_id", b"sandbox_id", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
