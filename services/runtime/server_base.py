@@ -135,6 +135,11 @@ def bind(grpc_server: aio.Server, listen: str) -> tuple[int, str]:
     return port, host
 
 
+#: How often a serving main thread wakes to run signal handlers that were
+#: delivered to another thread (see :meth:`ServerLifecycle.serve`).
+SIGNAL_POLL_SECONDS = 0.2
+
+
 class ServerLifecycle:
     """What a Longshore gRPC server keeps apart from its loop: the stop request,
     the health detail, and serving until SIGTERM/SIGINT.
@@ -176,7 +181,13 @@ class ServerLifecycle:
     def serve(self, grace: float = 10.0) -> None:
         """Starts (unless started), waits for :meth:`request_stop`, then drains and stops."""
         self.start()
-        self._stop_requested.wait()
+        # Bounded waits, again and again, never one without a timeout: the
+        # kernel may hand SIGTERM to any thread (grpc's, the engine
+        # client's), and then only a flag is set; the main thread runs the
+        # Python handler when it next runs bytecode, which a wait without a
+        # timeout never does (seen: a manager that ignored SIGTERM in CI).
+        while not self._stop_requested.wait(SIGNAL_POLL_SECONDS):
+            pass
         self.stop(grace)
 
     def serve_until_signal(self, grace: float = 10.0) -> None:

@@ -1,12 +1,17 @@
 """A runtime-built server run as a real process, for the shutdown tests.
 
-Usage: python -m tests.integration.runtime.demo_server LISTEN
-Prints "hook ran" from its shutdown hook, after the server drained.
+Usage: python -m tests.integration.runtime.demo_server LISTEN [--sigterm-a-thread]
+Prints "hook ran" from its shutdown hook, after the server drained. With
+``--sigterm-a-thread`` it sends itself SIGTERM once serving, aimed at a
+thread that is not the main one (as the kernel may deliver a process's
+signal to any of its threads).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 from services.runtime.aio_serving import build_aio_server
 from services.runtime.logs import configure_logging
@@ -19,6 +24,11 @@ def main() -> None:
         [gateway_service(FailingGateway("ok"))], listen=sys.argv[1], shutdown_delay=1.5
     )
     server.add_shutdown_hook(lambda: print("hook ran", flush=True))
+    if "--sigterm-a-thread" in sys.argv[2:]:
+        # The timer's own thread receives it: the main thread is left waiting.
+        threading.Timer(
+            1.0, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        ).start()
     server.serve_until_signal(grace=2)
 
 

@@ -30,3 +30,21 @@ def test_sigterm_reports_not_serving_then_drains_and_exits_zero() -> None:
             watch.cancel()
         assert proc.wait(timeout=15) == 0
     assert "hook ran" in proc.log_text()
+
+
+def test_a_sigterm_delivered_to_another_thread_still_stops_the_server() -> None:
+    # The kernel may hand a process's SIGTERM to any of its threads; Python
+    # then only sets a flag for the main thread, which must wake to run the
+    # handler (a manager once ignored SIGTERM for a minute in CI this way).
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    proc = ServiceProcess(
+        ["python", "-m", "tests.integration.runtime.demo_server", addr, "--sigterm-a-thread"],
+        health_addr=addr,
+        name="demo-thread-signal",
+    )
+    with proc:
+        proc.start(timeout=20)
+        assert proc.wait(timeout=20) == 0, proc.log_tail()
+        assert "signal received; draining" in proc.log_text()
+        assert "hook ran" in proc.log_text()
