@@ -6,12 +6,12 @@ OUT_OF_RANGE) before any side effect.
 
 from __future__ import annotations
 
-import math
 import re
 
 from longshore.sandbox.v1 import process_pb2
 
-from services.runtime.errors import InvalidArgument, OutOfRange, quote
+from services.runtime.errors import InvalidArgument, quote
+from services.sandbox import convert
 from services.sandbox.execution import MARKER_VAR, MAX_TIMEOUT_SECONDS
 from services.sandbox.policy import check_env
 from services.sandbox.processes.records import ProcessConfig, PtySize
@@ -58,11 +58,9 @@ def config_from_proto(message: process_pb2.ProcessConfig, field: str = "config")
         raise InvalidArgument(
             f"{field}.tag: {quote(message.tag)} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}"
         )
-    timeout = message.timeout.ToTimedelta().total_seconds()
-    if not math.isfinite(timeout) or timeout < 0:
-        raise InvalidArgument(f"{field}.timeout: must not be negative")
-    if timeout > MAX_TIMEOUT_SECONDS:
-        raise OutOfRange(f"{field}.timeout: at most {MAX_TIMEOUT_SECONDS} s")
+    # Range-checked on the raw fields: a Duration beyond timedelta's range
+    # (seconds of -2^62, found by the fuzz test) must not overflow into INTERNAL.
+    timeout = convert.duration_seconds(message.timeout, f"{field}.timeout", MAX_TIMEOUT_SECONDS)
     pty = pty_size(message.pty, f"{field}.pty") if message.HasField("pty") else None
     return ProcessConfig(
         argv=argv,

@@ -64,6 +64,26 @@ def test_a_good_config_becomes_the_domain_record() -> None:
             "config.timeout",
             OutOfRange,
         ),
+        # Beyond timedelta's range (found by a random-seed fuzz run: it was INTERNAL).
+        (
+            process_pb2.ProcessConfig(
+                argv=["x"], timeout=duration_pb2.Duration(seconds=-(2**62), nanos=1)
+            ),
+            "config.timeout",
+            InvalidArgument,
+        ),
+        (
+            process_pb2.ProcessConfig(argv=["x"], timeout=duration_pb2.Duration(seconds=2**62)),
+            "config.timeout",
+            OutOfRange,
+        ),
+        (
+            process_pb2.ProcessConfig(
+                argv=["x"], timeout=duration_pb2.Duration(seconds=1, nanos=10**9)
+            ),
+            "config.timeout",
+            InvalidArgument,
+        ),
     ],
 )
 def test_a_bad_config_is_refused_naming_the_field(
