@@ -6,9 +6,9 @@ they come, keepalives while the process is quiet, then an end event with the
 exit code. The SDK's command timeout (the stream's Connect deadline) becomes
 the process's timeout, so the manager kills the whole tree inside the
 sandbox; a timed-out process ends the stream with DEADLINE_EXCEEDED, which
-the SDK raises as its TimeoutException. A client that goes away leaves the process running (as
-envd does): ``Connect`` by pid or tag attaches again, from the start of its
-retained output. ``SendInput``, ``StreamInput``, ``CloseStdin``,
+the SDK raises as its TimeoutException. A client that goes away leaves the
+process running (as envd does): ``Connect`` by pid or tag attaches again,
+from the start of its retained output. ``SendInput``, ``StreamInput``, ``CloseStdin``,
 ``SendSignal``, ``List`` and ``Update`` (PTY resize) map one to one.
 """
 
