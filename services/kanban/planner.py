@@ -221,8 +221,7 @@ def _reclaim(
                 # Walked in this tick like any ready task: with a backoff it
                 # lands in ``backing_off``, exactly as the next tick would see it.
                 walk.append(
-                    replace(
-                        task,
+                    task._replace(
                         status=TaskStatus.READY,
                         failure_count=failures,
                         next_attempt_time=retry_at,
@@ -480,8 +479,7 @@ def apply(snapshot: Snapshot, result: Plan) -> Snapshot:
         task = tasks.get(rc_ref.task_id)
         if task is not None:
             counted = rc_ref.failure_class is FailureClass.WORK
-            tasks[task.task_id] = replace(
-                task,
+            tasks[task.task_id] = task._replace(
                 status=TaskStatus.READY,
                 failure_count=task.failure_count + 1 if counted else task.failure_count,
                 last_error=rc_ref.reason if counted else task.last_error,
@@ -490,18 +488,17 @@ def apply(snapshot: Snapshot, result: Plan) -> Snapshot:
                 platform_streak=0 if counted else task.platform_streak + 1,
             )
     for task_id in result.promoted:
-        tasks[task_id] = replace(tasks[task_id], status=TaskStatus.READY)
+        tasks[task_id] = tasks[task_id]._replace(status=TaskStatus.READY)
     for ref in result.auto_assigned_default:
-        tasks[ref.task_id] = replace(tasks[ref.task_id], assignee=ref.assignee)
+        tasks[ref.task_id] = tasks[ref.task_id]._replace(assignee=ref.assignee)
     for blocked in result.auto_blocked:
-        tasks[blocked.task_id] = replace(
-            tasks[blocked.task_id],
+        tasks[blocked.task_id] = tasks[blocked.task_id]._replace(
             status=TaskStatus.BLOCKED,
             breaker_open=True,
             last_error=blocked.reason,
         )
     for ref in result.spawned:
-        tasks[ref.task_id] = replace(tasks[ref.task_id], status=TaskStatus.RUNNING)
+        tasks[ref.task_id] = tasks[ref.task_id]._replace(status=TaskStatus.RUNNING)
         running[ref.assignee] = running.get(ref.assignee, 0) + 1
     return Snapshot(
         tasks=tuple(tasks.values()),

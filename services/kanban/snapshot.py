@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import DateTime, String, func, select, type_coerce
@@ -197,8 +196,7 @@ def build(
         gone = [rc.task_id for rc in reclaims if rc.kind is ReclaimKind.EXECUTOR_GONE]
         streaks = failures.platform_streaks(session, gone) if gone else {}
         for task_id in dict.fromkeys(counted):
-            views[task_id] = replace(
-                views[task_id],
+            views[task_id] = views[task_id]._replace(
                 runs=counts.get(task_id, 0),
                 platform_streak=streaks.get(task_id, 0),
             )
