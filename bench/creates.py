@@ -35,6 +35,7 @@ from bench.kanban import NoopExecutor, _fresh_pg, _postgres
 from services.kanban.service import build_app
 from services.kanban.settings import DatabaseSection, KanbanSection, KanbanSettings
 from services.runtime.channels import open_channel
+from services.runtime.collector import settle_for_serving
 from services.runtime.testing import serve_aio_in_process
 
 CLIENTS = 8
@@ -52,6 +53,7 @@ def _serve(url: str, home: str, address: Connection, stop: Event) -> None:
     app = build_app(settings, executor=NoopExecutor(), instrument=False)
     app.start()
     app.dispatcher.start()
+    settle_for_serving()  # as run_service does before a service serves
     try:
         with serve_aio_in_process(app.grpc_services()) as srv:
             address.send(srv.address)

@@ -44,6 +44,7 @@ from services.kanban.executor import RunJob, RunSink
 from services.kanban.planner import plan
 from services.kanban.service import KanbanApp, build_app
 from services.kanban.settings import DatabaseSection, KanbanSection, KanbanSettings
+from services.runtime.collector import settle_for_serving
 from services.runtime.testing import serve_aio_in_process
 
 PROFILES = 50
@@ -102,6 +103,7 @@ def _app(url: str, home: Path, **section: Any) -> Iterator[KanbanApp]:
     )
     app = build_app(settings, executor=NoopExecutor(), instrument=False)
     app.start()
+    settle_for_serving()  # as run_service does before a service serves
     try:
         yield app
     finally:

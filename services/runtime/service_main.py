@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from services.runtime.collector import settle_for_serving
 from services.runtime.config import BaseSettings, SettingsError, load_settings
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServiceMeterProvider, configure_metrics
@@ -195,6 +196,7 @@ def run_service(
             # The handlers only ask the server to stop; the drain runs here,
             # on the main thread, once serve() returns.
             stop = _bounded(server.request_stop, settings.shutdown_timeout_seconds)
+            settle_for_serving()
             with stop_on_signal(stop):
                 server.serve()
     finally:
