@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.kanban import commits, notifications
@@ -34,6 +36,9 @@ from services.kanban.store import EFFECTS, Effects
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: A pooled PostgreSQL connection idle at least this long is pinged before use.
+IDLE_PING_SECONDS = 1.0
+_IDLE_SINCE = "longshore_idle_since"
 _READONLY = "longshore_readonly"
 
 
@@ -93,6 +98,41 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+def _install_idle_ping(engine: Engine) -> None:
+    """Ping a pooled connection before use, but only one that sat idle.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: a round trip per
+    transaction, and a create is only six of them. A connection handed back
+    less than :data:`IDLE_PING_SECONDS` ago has just served a statement, so
+    it is used as it is; one idle longer (where a database restart or an
+    idle timeout hides) is pinged, and a failed ping makes the pool discard it
+    and connect anew, as with ``pool_pre_ping``. A connection that breaks
+    within the window fails its first statement instead, which SQLAlchemy
+    reports as a disconnect and answers by emptying the pool; the callers
+    that must not lose a write retry it (``run_sink``), the rest fail that
+    one call, as they would with a ping when the break comes mid-transaction.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is not None and time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as err:
+            raise DisconnectionError(f"pooled connection failed its ping: {err}") from err
+
+
 def make_engine(url: str, *, instrument: bool = True) -> Engine:
     """Create an engine for ``url`` with the backend's safety settings.
 
@@ -115,7 +155,8 @@ def make_engine(url: str, *, instrument: bool = True) -> Engine:
         )
         _install_sqlite_hooks(engine)
     else:
-        engine = create_engine(url, pool_size=8, max_overflow=24, pool_pre_ping=True)
+        engine = create_engine(url, pool_size=8, max_overflow=24)
+        _install_idle_ping(engine)
     if instrument:
         try:
             from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
