@@ -23,6 +23,7 @@ from opentelemetry import propagate
 from sqlalchemy.orm import Session
 
 from services.kanban import commits, convert, limits, models, secrets
+from services.kanban.create_batches import CreateBatcher
 from services.kanban.db import Database
 from services.kanban.events_bus import EventBus
 from services.kanban.handler_pool import HandlerPool
@@ -31,6 +32,7 @@ from services.kanban.server_lists import ListReads
 from services.kanban.server_runs import RunReads
 from services.kanban.spec_checks import SpecChecks
 from services.kanban.store import Effects, boards, comments, events, links, profiles, tasks
+from services.kanban.store.creates import NewTask
 from services.kanban.tick import Dispatcher
 from services.kanban.warm_pools import WarmPools
 from services.runtime.errors import InvalidArgument, quote
@@ -81,6 +83,8 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         self._dispatcher = dispatcher
         self._spec_checks = spec_checks
         self._warm_pools = warm_pools
+        #: The group commit CreateTask writes through (see its module).
+        self.creates = CreateBatcher(db, source=SOURCE, after=self._after)
 
     def _after(self, effects: Effects) -> None:
         self._dispatcher.apply_effects(effects)
@@ -239,28 +243,15 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
         if t.HasField("max_runtime"):
             values["max_runtime_seconds"] = convert.seconds_of(t.max_runtime, "task.max_runtime")
         values["env"] = secrets.merge({}, t.env, "task.env")
-        effects = Effects()
-        with self._db.write() as s:
-            profiles.check_task_image(s, t.assignee, t.image)
-            row, dedup = tasks.create(
-                s,
-                values=values,
-                parents=list(request.parent_ids),
-                request_id=request.request_id,
-                source=SOURCE,
-                effects=effects,
-            )
-            # A new task's parents are the request's (one query fewer while
-            # the transaction holds its locks); a deduplicated one's are as stored.
-            parents = (
-                links.parent_ids(s, [row.task_id])[row.task_id]
-                if dedup
-                else sorted(set(request.parent_ids))
-            )
+        # Written together with the creates arriving meanwhile (one
+        # transaction, one answer each): see services.kanban.create_batches.
+        made = self.creates.create(
+            NewTask(values=values, parents=list(request.parent_ids), request_id=request.request_id)
+        )
         # Converted after the commit: the row stays loaded (expire_on_commit
         # is off), and no lock is held for work that needs none.
-        msg = convert.task(row, parents)
-        self._after(effects)
+        msg = convert.task(made.task, made.parent_ids)
+        dedup = made.deduplicated
         return pb.CreateTaskResponse(task=msg, deduplicated=dedup)
 
     def GetTask(

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, func, insert, select, text
+from sqlalchemy import ColumnElement, Engine, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from services.kanban import commits, limits
@@ -79,6 +79,23 @@ def enter_gate(session: Session) -> None:
         session.execute(
             text("SELECT pg_advisory_xact_lock_shared(:cls, 0)"), {"cls": EVENT_GATE_CLASS}
         )
+    session.info[ADDED_EVENTS] = True
+
+
+def gate_column(session: Session) -> ColumnElement[Any] | None:
+    """A column that enters the gate when selected, to fold :func:`enter_gate` into a read.
+
+    None when there is nothing to enter: not PostgreSQL, or entered already.
+    A caller that selects it must call :func:`gate_entered` once the
+    statement has run.
+    """
+    if session.info.get(ADDED_EVENTS) or session.get_bind().dialect.name != "postgresql":
+        return None
+    return func.pg_advisory_xact_lock_shared(EVENT_GATE_CLASS, 0)
+
+
+def gate_entered(session: Session) -> None:
+    """Mark ``session``: a statement with :func:`gate_column` has run (the gate is held)."""
     session.info[ADDED_EVENTS] = True
 
 

@@ -1,4 +1,4 @@
-"""Tasks: create, read, list, update, move along the transition table, assign,
+"""Tasks: read, list, update, move along the transition table, assign,
 block, link, delete. The transition table here is the one in task.proto.
 """
 
@@ -11,9 +11,8 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
-from services.kanban import limits, secrets
+from services.kanban import secrets
 from services.kanban.models import (
-    Board,
     Comment,
     Profile,
     RunOutput,
@@ -22,10 +21,9 @@ from services.kanban.models import (
     TaskRun,
     utcnow,
 )
-from services.kanban.store import Effects, Release, events, lifecycle, links, new_id
+from services.kanban.store import Effects, Release, creates, events, lifecycle, links
 from services.kanban.vocabulary import TaskStatus
 from services.runtime.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -47,7 +45,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     TaskStatus.DONE: frozenset({TaskStatus.ARCHIVED, TaskStatus.READY}),
     TaskStatus.ARCHIVED: frozenset(),
 }
-CREATE_STATUSES = frozenset({TaskStatus.TRIAGE, TaskStatus.TODO, TaskStatus.READY})
 UPDATABLE_FIELDS = frozenset(
     {
         "title",
@@ -60,112 +57,11 @@ UPDATABLE_FIELDS = frozenset(
         "labels",
     }
 )
-MAX_TITLE = limits.TEXTS["title"].size
-MAX_REQUEST_ID = limits.TEXTS["request_id"].size
 
 # The lifecycle's functions, under the names the servicers know them by.
 get = lifecycle.get
 set_status = lifecycle.set_status
 cancel_current_run = lifecycle.cancel_current_run
-
-
-def _validate(values: dict[str, Any]) -> None:
-    if "title" in values:
-        title = values["title"]
-        if not title.strip():
-            raise InvalidArgument("task.title: required")
-        if len(title) > MAX_TITLE:
-            raise InvalidArgument(f"task.title: at most {MAX_TITLE} characters")
-    if "command" in values and any(not isinstance(a, str) for a in values["command"]):
-        raise InvalidArgument("task.command: every argument must be a string")
-    runtime = values.get("max_runtime_seconds")
-    if runtime is not None and runtime <= 0:
-        raise InvalidArgument("task.max_runtime: must be positive")
-
-
-def create(
-    session: Session,
-    *,
-    values: dict[str, Any],
-    parents: Sequence[str],
-    request_id: str,
-    source: str,
-    effects: Effects,
-) -> tuple[Task, bool]:
-    """Create a task, or return the one an earlier call with ``request_id`` made.
-
-    Args:
-        session: The caller's write session.
-        values: Column values: board_id, title, status and the optional fields.
-        parents: Parent task ids to wait for.
-        request_id: Idempotency key; empty = none.
-        source: Event source.
-        effects: Collects the dispatcher wake-up.
-
-    Returns:
-        The task and whether it was deduplicated.
-
-    Raises:
-        InvalidArgument: Bad title, status, parents or command.
-        NotFound: The board or a parent does not exist.
-        AlreadyExists: ``request_id`` was used for another board.
-    """
-    board_id = values.get("board_id") or "default"
-    if len(request_id) > MAX_REQUEST_ID:
-        raise InvalidArgument(f"request_id: at most {MAX_REQUEST_ID} characters")
-    if request_id:
-        existing = session.scalar(select(Task).where(Task.request_id == request_id))
-        if existing is not None:
-            if existing.board_id != board_id:
-                raise AlreadyExists(f"request_id {quote(request_id)} was used for another board")
-            return existing, True
-    _validate({"title": values.get("title", ""), **values})
-    status = values.get("status") or TaskStatus.READY
-    if status not in CREATE_STATUSES:
-        raise InvalidArgument(
-            "task.status: must be TaskStatus.TRIAGE, TaskStatus.TODO or TaskStatus.READY on create"
-        )
-    if session.get(Board, board_id) is None:
-        raise NotFound(f"board {quote(board_id)} not found")
-    unique_parents = list(dict.fromkeys(parents))
-    for parent in unique_parents:
-        if not parent:
-            raise InvalidArgument("parent_ids: empty id")
-        if session.get(Task, parent) is None:
-            raise NotFound(f"parent task {quote(parent)} not found")
-    now = utcnow()
-    task = Task(**{**values, "board_id": board_id, "status": status})
-    task.task_id = new_id("t")
-    task.request_id = request_id or None
-    task.create_time = task.update_time = now
-    open_parents = [
-        p
-        for p in unique_parents
-        if session.get(Task, p).status != TaskStatus.DONE  # type: ignore[union-attr]
-    ]
-    if status == TaskStatus.READY and open_parents:
-        task.status = TaskStatus.TODO
-    task.ready_time = now if task.status == TaskStatus.READY else None
-    session.add(task)
-    for parent in unique_parents:
-        session.add(TaskLink(parent_id=parent, child_id=task.task_id))
-    session.flush()
-    events.append(
-        session,
-        task_id=task.task_id,
-        board_id=board_id,
-        kind="created",
-        source=source,
-        payload={
-            "title": task.title,
-            "status": task.status,
-            "assignee": task.assignee or "",
-            "parent_ids": unique_parents,
-        },
-        now=now,
-    )
-    effects.wake = effects.wake or task.status in (TaskStatus.READY, TaskStatus.TODO)
-    return task, False
 
 
 def ready_counts(session: Session) -> dict[str, int]:
@@ -223,7 +119,7 @@ def update(session: Session, task_id: str, values: dict[str, Any], *, source: st
     unknown = sorted(set(values) - UPDATABLE_FIELDS)
     if unknown:
         raise InvalidArgument(f"update_mask: {quote(unknown[0])} is unknown or output-only")
-    _validate(values)
+    creates.validate(values)
     task = get(session, task_id)
     if "env" in values:
         # `<redacted>` (what every read shows) keeps the stored value.
