@@ -12,6 +12,10 @@ A blocking method receives a :class:`ThreadContext`, not the aio context:
 the aio context belongs to the loop, so what a handler reads of it (the
 caller's metadata, for :func:`services.runtime.callers.caller`) is read on the
 loop before the handler is sent to the pool.
+
+A database that cannot be reached is the platform's failure, not the
+caller's: whatever runs in the pool and meets one answers UNAVAILABLE
+("database unreachable: ..."), which clients retry, never INTERNAL.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from typing import Any, TypeVar
 
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
+from sqlalchemy.exc import OperationalError
+
+from services.runtime.errors import Unavailable
 
 T = TypeVar("T")
 
@@ -67,7 +74,15 @@ class HandlerPool:
         """
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, fn, *args)
-        return await loop.run_in_executor(self._pool, call)
+        try:
+            return await loop.run_in_executor(self._pool, call)
+        except OperationalError as err:
+            # Connection refused or dropped, a pool that could not connect,
+            # SQLite busy past its timeout: retryable, and said as such.
+            first = str(err.orig if err.orig is not None else err).strip().splitlines()
+            raise Unavailable(
+                f"database unreachable: {first[0] if first else type(err).__name__}"
+            ) from err
 
     def shutdown(self) -> None:
         """Stop taking work; threads finish what they hold."""

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from longshore.kanban.v1 import dispatch_pb2
@@ -185,6 +186,15 @@ def test_postgres_restarted_during_ticks(
                 15,
             )
             assert detail.startswith("database unreachable: "), detail
+            # A call meanwhile is told the platform failed (retryable), not INTERNAL.
+            for call in (
+                lambda: st.task("during", "true"),
+                lambda: st.get(ids[0]),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call()
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+                assert refused.value.details().startswith("database unreachable: ")
             time.sleep(2)  # ticks, heartbeats and run endings meet the outage
             _start_postgres(cluster)
             wait_for("kanban to serve again", lambda: health(st.kanban_addr)[0] == SERVING, 20)
