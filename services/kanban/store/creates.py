@@ -132,7 +132,8 @@ def create_many(
         effects.wake = effects.wake or any(
             t.status in (TaskStatus.READY, TaskStatus.TODO) for _, t, _ in rows
         )
-    by_index = {i: Created(t, p, False) for i, t, p in rows}
+    # Parents as a read returns them (sorted), not as the request listed them.
+    by_index = {i: Created(t, sorted(p), False) for i, t, p in rows}
     for i in live:
         if answers[i] is None and i not in by_index:
             first = by_index[made[items[i].request_id]]

@@ -162,3 +162,19 @@ def test_a_request_id_committed_meanwhile_fails_no_neighbour(
     assert isinstance(race, pb.CreateTaskResponse)
     assert race.deduplicated and race.task.task_id == raced[0]
     assert race.task.title == "other replica"
+
+
+def test_a_create_answers_its_task_as_a_read_does(kanban: Kanban) -> None:
+    """Parents listed out of order, twice: the answer's parents are as GetTask's."""
+    a, b = kanban.task("a"), kanban.task("b")
+    made = kanban.stub.CreateTask(
+        pb.CreateTaskRequest(
+            task=S.Task(title="child"), parent_ids=[b.task_id, a.task_id, b.task_id]
+        ),
+        timeout=10,
+    )
+    assert list(made.task.parent_ids) == sorted([a.task_id, b.task_id])
+    read = kanban.get(made.task.task_id)
+    read.ClearField("readiness")  # reads explain readiness; a create's answer does not
+    assert made.task == read
+    assert made.task.status == S.TASK_STATUS_TODO  # its parents are open
