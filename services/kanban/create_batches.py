@@ -23,7 +23,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
@@ -43,7 +43,7 @@ _INTERRUPTED = "CreateTask: its write was interrupted; retry with the same reque
 class _Waiting:
     item: NewTask
     answer: Created | BaseException | None = None
-    done: bool = field(default=False)
+    done: bool = False
 
 
 class CreateBatcher:
