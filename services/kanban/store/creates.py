@@ -10,6 +10,7 @@ alone: a bad one is refused by itself and the others are written.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,7 +116,10 @@ def create_many(
         item = items[i]
         board_id = _board(item)
         if item.request_id in earlier:
-            answers[i] = _deduplicated(session, earlier[item.request_id], board_id, item)
+            task = earlier[item.request_id]
+            answers[i] = _other_board(task, board_id, item.request_id) or Created(
+                task, links.parent_ids(session, [task.task_id])[task.task_id], True
+            )
             continue
         try:
             task, unique_parents = _build(item, board_id, found_boards, parents, images, now)
@@ -136,8 +140,11 @@ def create_many(
     by_index = {i: Created(t, sorted(p), False) for i, t, p in rows}
     for i in live:
         if answers[i] is None and i not in by_index:
+            # A second create in the batch with the first's request_id: the first's task.
             first = by_index[made[items[i].request_id]]
-            answers[i] = _same_request(first, _board(items[i]), items[i].request_id)
+            answers[i] = _other_board(first.task, _board(items[i]), items[i].request_id) or (
+                Created(first.task, first.parent_ids, True)
+            )
     return [by_index.get(i) or a for i, a in enumerate(answers)]  # type: ignore[misc]
 
 
@@ -206,7 +213,7 @@ def _build(
     found_boards: set[str],
     parents: dict[str, str],
     images: dict[str, Profile],
-    now: Any,
+    now: dt.datetime,
 ) -> tuple[Task, list[str]]:
     values = item.values
     validate({"title": values.get("title", ""), **values})
@@ -237,7 +244,7 @@ def _build(
 
 
 def _insert(
-    session: Session, rows: list[tuple[int, Task, list[str]]], *, source: str, now: Any
+    session: Session, rows: list[tuple[int, Task, list[str]]], *, source: str, now: dt.datetime
 ) -> None:
     """One INSERT for the tasks (and one for their links), one for their events."""
     session.add_all([task for _, task, _ in rows])
@@ -266,16 +273,8 @@ def _insert(
     )
 
 
-def _deduplicated(
-    session: Session, task: Task, board_id: str, item: NewTask
-) -> Created | ServiceError:
-    if task.board_id != board_id:
-        return AlreadyExists(f"request_id {quote(item.request_id)} was used for another board")
-    return Created(task, links.parent_ids(session, [task.task_id])[task.task_id], True)
-
-
-def _same_request(first: Created, board_id: str, request_id: str) -> Created | ServiceError:
-    """A second create in the batch with the first's ``request_id``: the first's task."""
-    if first.task.board_id != board_id:
-        return AlreadyExists(f"request_id {quote(request_id)} was used for another board")
-    return Created(first.task, first.parent_ids, True)
+def _other_board(task: Task, board_id: str, request_id: str) -> AlreadyExists | None:
+    """The refusal of a ``request_id`` that made ``task`` on another board, if it did."""
+    if task.board_id == board_id:
+        return None
+    return AlreadyExists(f"request_id {quote(request_id)} was used for another board")
