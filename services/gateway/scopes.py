@@ -97,6 +97,7 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     _KANBAN + "StreamRunOutput": READ,
     _KANBAN + "Dispatch": WRITE,
     # WorkerService
+    # With `create` kanban also asks for `write` (a field's power, checked there).
     _WORKER + "ClaimTask": WORKER,
     _WORKER + "Heartbeat": WORKER,
     _WORKER + "AppendOutput": WORKER,

@@ -16,6 +16,7 @@ from longshore.kanban.v1 import (
     task_pb2,
 )
 from longshore.sandbox.v1 import sandbox_pb2
+from opentelemetry import propagate
 
 from services.kanban import limits, models, secrets
 from services.runtime.errors import InvalidArgument, OutOfRange
@@ -259,6 +260,36 @@ def task_values(msg: task_pb2.Task, fields: Sequence[str]) -> dict[str, Any]:
             values[name] = dict(getattr(msg, name))
         else:
             values[TASK_MASK_FIELDS[name]] = getattr(msg, name)
+    return values
+
+
+def new_task_values(t: task_pb2.Task) -> dict[str, Any]:
+    """The column values a create stores for ``t`` (CreateTask's, and ClaimTask's ``create``).
+
+    The task remembers the trace it was created in (its runs link to it).
+
+    Raises:
+        InvalidArgument: A bad status, max runtime or env name.
+        OutOfRange: A max runtime past the Duration range.
+    """
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    values: dict[str, Any] = {
+        "board_id": t.board_id or models.DEFAULT_BOARD,
+        "title": t.title,
+        "description": t.description,
+        "assignee": t.assignee or None,
+        "priority": t.priority,
+        "command": list(t.command),
+        "image": t.image,
+        "env": secrets.merge({}, t.env, "task.env"),
+        "labels": dict(t.labels),
+        "trace_parent": carrier.get("traceparent", ""),
+    }
+    if t.status:
+        values["status"] = task_status_name(t.status)
+    if t.HasField("max_runtime"):
+        values["max_runtime_seconds"] = seconds_of(t.max_runtime, "task.max_runtime")
     return values
 
 

@@ -19,7 +19,6 @@ from longshore.kanban.v1 import event_pb2, task_pb2
 from longshore.kanban.v1 import kanban_service_pb2 as pb
 from longshore.kanban.v1 import kanban_service_pb2_grpc as pb_grpc
 from longshore.sandbox.v1 import sandbox_pb2
-from opentelemetry import propagate
 from sqlalchemy.orm import Session
 
 from services.kanban import commits, convert, limits, models, secrets
@@ -39,12 +38,6 @@ from services.runtime.errors import InvalidArgument, quote
 
 SOURCE = "api"
 WATCH_BATCH = 500
-
-
-def _current_traceparent() -> str:
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier.get("traceparent", "")
 
 
 @limits.enforced(pb.DESCRIPTOR.services_by_name["KanbanService"])
@@ -225,24 +218,7 @@ class KanbanServicer(ListReads, RunReads, pb_grpc.KanbanServiceServicer):
     def CreateTask(
         self, request: pb.CreateTaskRequest, context: grpc.ServicerContext
     ) -> pb.CreateTaskResponse:
-        t = request.task
-        values: dict[str, object] = {
-            "board_id": t.board_id or models.DEFAULT_BOARD,
-            "title": t.title,
-            "description": t.description,
-            "assignee": t.assignee or None,
-            "priority": t.priority,
-            "command": list(t.command),
-            "image": t.image,
-            "env": dict(t.env),
-            "labels": dict(t.labels),
-            "trace_parent": _current_traceparent(),
-        }
-        if t.status:
-            values["status"] = convert.task_status_name(t.status)
-        if t.HasField("max_runtime"):
-            values["max_runtime_seconds"] = convert.seconds_of(t.max_runtime, "task.max_runtime")
-        values["env"] = secrets.merge({}, t.env, "task.env")
+        values = convert.new_task_values(request.task)
         # Written together with the creates arriving meanwhile (one
         # transaction, one answer each): see services.kanban.create_batches.
         made = self.creates.create(

@@ -15,6 +15,8 @@ ClaimTask is a coroutine: an attempt is a read (is anything claimable?) and,
 only then, the write transaction, both in the handler pool; between attempts
 the poll waits in its lane (:mod:`services.kanban.claim_lanes`) holding no
 thread, and is woken only when a commit may have given its profile work.
+With ``create`` it makes its own task and claims it in the same write
+(:func:`~services.kanban.store.claims.claim_new`): nothing to wait for.
 Every other method is blocking and runs whole in the pool.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 
 import grpc
 from grpc import aio
+from longshore.kanban.v1 import task_pb2
 from longshore.kanban.v1 import worker_service_pb2 as pb
 from longshore.kanban.v1 import worker_service_pb2_grpc as pb_grpc
 from longshore.sandbox.v1 import sandbox_pb2
@@ -43,6 +46,7 @@ from services.kanban.metrics import KanbanMetrics
 from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
 from services.kanban.store import Effects, claims, events, failures, links, profiles, runs
+from services.kanban.store.creates import NewTask
 from services.kanban.tick import Dispatcher
 from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
 from services.runtime.callers import DISPATCHER, Caller, caller, caller_from_metadata
@@ -250,19 +254,63 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             claimed = self._try_claim(s, profile, request, holder)
             if claimed is None:
                 return None
-            task, run = claimed
-            parents = links.parent_ids(s, [task.task_id])[task.task_id]
-            spec = run_spec(task, profile)
-            token, token_expires = self._token(run, spec, run.lease_expire_time)
-            return pb.ClaimTaskResponse(
-                task=convert.task(task, parents),
-                run_id=run.run_id,
-                lease_expire_time=convert.timestamp(run.lease_expire_time),
-                profile=convert.profile(profile),
-                sandbox_token=token,
-                sandbox_token_expire_time=convert.timestamp(token_expires),
-                sandbox_spec=spec,
+            return self._claimed(s, *claimed, profile)
+
+    def _claimed(
+        self, s: Session, task: models.Task, run: models.TaskRun, profile: models.Profile
+    ) -> pb.ClaimTaskResponse:
+        """The answer to a claim that took ``task`` (inside its write)."""
+        parents = links.parent_ids(s, [task.task_id])[task.task_id]
+        spec = run_spec(task, profile)
+        token, token_expires = self._token(run, spec, run.lease_expire_time)
+        return pb.ClaimTaskResponse(
+            task=convert.task(task, parents),
+            run_id=run.run_id,
+            lease_expire_time=convert.timestamp(run.lease_expire_time),
+            profile=convert.profile(profile),
+            sandbox_token=token,
+            sandbox_token_expire_time=convert.timestamp(token_expires),
+            sandbox_spec=spec,
+        )
+
+    def _claim_new(
+        self, request: pb.ClaimTaskRequest, who: Caller, wait: float
+    ) -> pb.ClaimTaskResponse:
+        """ClaimTask with ``create`` (in the pool): the task is made and claimed in one write."""
+        if not (who.is_operator or "write" in who.scopes):
+            raise PermissionDenied(
+                f"create: {who.describe()} lacks the 'write' scope creating a task needs"
             )
+        if wait or request.task_id:
+            raise InvalidArgument("create: wait and task_id must be unset with it")
+        new = request.create
+        if new.assignee and new.assignee != request.profile:
+            raise InvalidArgument(f"create.assignee: must be empty or {request.profile!r}")
+        if new.status not in (task_pb2.TASK_STATUS_UNSPECIFIED, task_pb2.TASK_STATUS_READY):
+            raise InvalidArgument("create.status: must be unset or TASK_STATUS_READY")
+        if request.board_id and new.board_id not in ("", request.board_id):
+            raise InvalidArgument(f"create.board_id: must be empty or {request.board_id!r}")
+        values = convert.new_task_values(new)
+        values.update(
+            assignee=request.profile,
+            status=TaskStatus.READY,
+            board_id=new.board_id or request.board_id or models.DEFAULT_BOARD,
+        )
+        with self._db.write() as s:
+            profile = self._claim_profile(s, request)
+            task, run = claims.claim_new(
+                s,
+                profile,
+                NewTask(values=values),
+                worker_id=request.worker_id,
+                holder=who.principal,
+                settings=self._limits.planner,
+                lease_seconds=self._section.claim_ttl_seconds,
+            )
+            claimed = self._claimed(s, task, run, profile)
+        if self._metrics is not None:
+            self._metrics.claim(request.profile, claimed=True)
+        return claimed
 
     def _lane_count(self, profile_name: str, board_id: str, most: int) -> tuple[int, float | None]:
         """A lane's claimability read (in the pool); see :mod:`services.kanban.claim_lanes`.
@@ -301,7 +349,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if not request.worker_id:
             raise InvalidArgument("worker_id: required")
         wait = min(convert.seconds_of(request.wait, "wait"), MAX_WAIT_SECONDS)
-        holder = caller_from_metadata(context.invocation_metadata()).principal
+        who = caller_from_metadata(context.invocation_metadata())
+        if request.HasField("create"):
+            return await self._pool.run(self._claim_new, request, who, wait)
+        holder = who.principal
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:

@@ -28,10 +28,17 @@ from sqlalchemy.orm import Session
 
 from services.kanban.models import Profile, Task, TaskRun
 from services.kanban.planner import PlannerSettings
-from services.kanban.store import effects_of, lifecycle, runs
+from services.kanban.store import Effects, creates, effects_of, lifecycle, runs
+from services.kanban.store.creates import NewTask
 from services.kanban.store.profiles import check_image
 from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
-from services.runtime.errors import PermissionDenied
+from services.runtime.errors import (
+    Aborted,
+    PermissionDenied,
+    ResourceExhausted,
+    ServiceError,
+    quote,
+)
 
 #: Advisory lock class (first key) of one profile's cap domain; the second
 #: key is ``hashtext(profile)``. Two names with one hash share a lock: that
@@ -93,11 +100,14 @@ def running_total(session: Session) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def _has_slot(session: Session, profile: Profile, settings: PlannerSettings) -> bool:
+def _full(session: Session, profile: Profile, settings: PlannerSettings) -> str:
+    """Which cap a claim of ``profile`` would exceed now ("" = none), as messages say it."""
     cap = profile.max_in_progress or settings.max_in_progress_per_profile
     if cap and running_counts(session, [profile.name]).get(profile.name, 0) >= cap:
-        return False
-    return not (settings.max_in_progress and running_total(session) >= settings.max_in_progress)
+        return f"profile {quote(profile.name)} is at its concurrency cap ({cap} running)"
+    if settings.max_in_progress and running_total(session) >= settings.max_in_progress:
+        return f"the deployment is at its concurrency cap ({settings.max_in_progress} running)"
+    return ""
 
 
 def _next_ready(
@@ -145,7 +155,7 @@ def claimable(
     poll writes nothing and waits on no lock. A True answer is only a hint
     (another replica may claim first); :func:`claim_next` decides.
     """
-    if profile.executor != ExecutorKind.EXTERNAL or not _has_slot(session, profile, settings):
+    if profile.executor != ExecutorKind.EXTERNAL or _full(session, profile, settings):
         return False
     return _next_ready(session, profile, board_id, now, settings, lock=False) is not None
 
@@ -183,7 +193,7 @@ def claim_next(
         The task and its new run, or None when there is nothing to claim.
     """
     lock_cap_domains(session, [profile.name], global_cap=bool(settings.max_in_progress))
-    if not _has_slot(session, profile, settings):
+    if _full(session, profile, settings):
         return None
     task = _next_ready(session, profile, board_id, now, settings, lock=True, task_id=task_id)
     if task is None:
@@ -213,3 +223,59 @@ def claim_next(
         holder=holder,
     )
     return (task, run) if run is not None else None
+
+
+def claim_new(
+    session: Session,
+    profile: Profile,
+    item: NewTask,
+    *,
+    worker_id: str,
+    holder: str,
+    settings: PlannerSettings,
+    lease_seconds: float,
+) -> tuple[Task, TaskRun]:
+    """Create a ready task of ``profile`` and claim it for an external worker, at once.
+
+    Both happen in the caller's transaction, under the same cap-domain locks
+    as :func:`claim_next`: the task is never ready outside it, so no other
+    worker can take it, and the dispatcher is not woken for it (it has
+    nothing to dispatch).
+
+    Args:
+        session: The claim's write session (nothing locked yet).
+        profile: The external profile the task is for (its ``assignee``).
+        item: The create: its values name ``profile`` as assignee, status READY.
+        worker_id: The worker, recorded on the run.
+        holder: The principal that will own the run.
+        settings: The dispatcher's caps.
+        lease_seconds: The run's first lease.
+
+    Raises:
+        ResourceExhausted: The profile or the deployment is at its cap;
+            nothing is written.
+        ServiceError: The create's own refusal, as CreateTask gives it
+            (InvalidArgument, NotFound for the board, PermissionDenied for
+            an image the profile does not allow).
+    """
+    lock_cap_domains(session, [profile.name], global_cap=bool(settings.max_in_progress))
+    if full := _full(session, profile, settings):
+        raise ResourceExhausted(full)
+    source = f"worker:{worker_id}"
+    # A scratch Effects: the create's wake is for a task the claim below takes.
+    (made,) = creates.create_many(session, [item], source=source, effects=Effects())
+    if isinstance(made, ServiceError):
+        raise made
+    run = runs.claim(
+        session,
+        made.task,
+        profile=profile.name,
+        worker_id=worker_id,
+        executor_instance="",
+        lease_seconds=lease_seconds,
+        source=source,
+        holder=holder,
+    )
+    if run is None:  # only a concurrent writer of a row this transaction made could
+        raise Aborted(f"task {quote(made.task.task_id)} changed under its claim; retry")
+    return made.task, run

@@ -29,7 +29,7 @@ from longshore.kanban.v1 import task_pb2 as longshore_dot_kanban_dot_v1_dot_task
 from longshore.sandbox.v1 import sandbox_pb2 as longshore_dot_sandbox_dot_v1_dot_sandbox__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(longshore/kanban/v1/worker_service.proto\x12\x13longshore.kanban.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!longshore/kanban/v1/profile.proto\x1a\x1elongshore/kanban/v1/task.proto\x1a\"longshore/sandbox/v1/sandbox.proto\"\x82\x01\n\x10\x43laimTaskRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x62oard_id\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\"\xc1\x02\n\x11\x43laimTaskResponse\x12\'\n\x04task\x18\x01 \x01(\x0b\x32\x19.longshore.kanban.v1.Task\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07profile\x18\x04 \x01(\x0b\x32\x1c.longshore.kanban.v1.Profile\x12\x15\n\rsandbox_token\x18\x05 \x01(\t\x12=\n\x19sandbox_token_expire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x0csandbox_spec\x18\x07 \x01(\x0b\x32!.longshore.sandbox.v1.SandboxSpec\"\"\n\x10HeartbeatRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xa0\x01\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsandbox_token\x18\x02 \x01(\t\x12=\n\x19sandbox_token_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x13\x41ppendOutputRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"?\n\x14\x41ppendOutputResponse\x12\x14\n\x0coutput_bytes\x18\x01 \x01(\x03\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"6\n\x13\x43ompleteTaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07summary\x18\x02 \x01(\t\"?\n\x14\x43ompleteTaskResponse\x12\'\n\x04task\x18\x01 \x01(\x0b\x32\x19.longshore.kanban.v1.Task\"h\n\x0f\x46\x61ilTaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x10\n\x08platform\x18\x05 \x01(\x08\"L\n\x10\x46\x61ilTaskResponse\x12\'\n\x04task\x18\x01 \x01(\x0b\x32\x19.longshore.kanban.v1.Task\x12\x0f\n\x07\x62locked\x18\x02 \x01(\x08\x32\xea\x03\n\rWorkerService\x12Z\n\tClaimTask\x12%.longshore.kanban.v1.ClaimTaskRequest\x1a&.longshore.kanban.v1.ClaimTaskResponse\x12Z\n\tHeartbeat\x12%.longshore.kanban.v1.HeartbeatRequest\x1a&.longshore.kanban.v1.HeartbeatResponse\x12\x63\n\x0c\x41ppendOutput\x12(.longshore.kanban.v1.AppendOutputRequest\x1a).longshore.kanban.v1.AppendOutputResponse\x12\x63\n\x0c\x43ompleteTask\x12(.longshore.kanban.v1.CompleteTaskRequest\x1a).longshore.kanban.v1.CompleteTaskResponse\x12W\n\x08\x46\x61ilTask\x12$.longshore.kanban.v1.FailTaskRequest\x1a%.longshore.kanban.v1.FailTaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(longshore/kanban/v1/worker_service.proto\x12\x13longshore.kanban.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!longshore/kanban/v1/profile.proto\x1a\x1elongshore/kanban/v1/task.proto\x1a\"longshore/sandbox/v1/sandbox.proto\"\xad\x01\n\x10\x43laimTaskRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x62oard_id\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12)\n\x06\x63reate\x18\x06 \x01(\x0b\x32\x19.longshore.kanban.v1.Task\"\xc1\x02\n\x11\x43laimTaskResponse\x12\'\n\x04task\x18\x01 \x01(\x0b\x32\x19.longshore.kanban.v1.Task\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07profile\x18\x04 \x01(\x0b\x32\x1c.longshore.kanban.v1.Profile\x12\x15\n\rsandbox_token\x18\x05 \x01(\t\x12=\n\x19sandbox_token_expire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x0csandbox_spec\x18\x07 \x01(\x0b\x32!.longshore.sandbox.v1.SandboxSpec\"\"\n\x10HeartbeatRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xa0\x01\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsandbox_token\x18\x02 \x01(\t\x12=\n\x19sandbox_token_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x13\x41ppendOutputRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"?\n\x14\x41ppendOutputResponse\x12\x14\n\x0coutput_bytes\x18\x01 \x01(\x03\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"6\n\x13\x43ompleteTaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07summary\x18\x02 \x01(\t\"?\n\x14\x43ompleteTaskResponse\x12\'\n\x04task\x18\x01 \x01(\x0b\x32\x19.longshore.kanban.v1.Task\"h\n\x0f\x46\x61ilTaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x10\n\x08platform\x18\x05 \x01(\x08\"L\n\x10\x46\x61ilTaskResponse\x12\'\n\x04task\x18\x01 \x01(\x0b\x32\x19.longshore.kanban.v1.Task\x12\x0f\n\x07\x62locked\x18\x02 \x01(\x08\x32\xea\x03\n\rWorkerService\x12Z\n\tClaimTask\x12%.longshore.kanban.v1.ClaimTaskRequest\x1a&.longshore.kanban.v1.ClaimTaskResponse\x12Z\n\tHeartbeat\x12%.longshore.kanban.v1.HeartbeatRequest\x1a&.longshore.kanban.v1.HeartbeatResponse\x12\x63\n\x0c\x41ppendOutput\x12(.longshore.kanban.v1.AppendOutputRequest\x1a).longshore.kanban.v1.AppendOutputResponse\x12\x63\n\x0c\x43ompleteTask\x12(.longshore.kanban.v1.CompleteTaskRequest\x1a).longshore.kanban.v1.CompleteTaskResponse\x12W\n\x08\x46\x61ilTask\x12$.longshore.kanban.v1.FailTaskRequest\x1a%.longshore.kanban.v1.FailTaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,25 +37,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'longshore.kanban.v1.worker_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLAIMTASKREQUEST']._serialized_start=234
-  _globals['_CLAIMTASKREQUEST']._serialized_end=364
-  _globals['_CLAIMTASKRESPONSE']._serialized_start=367
-  _globals['_CLAIMTASKRESPONSE']._serialized_end=688
-  _globals['_HEARTBEATREQUEST']._serialized_start=690
-  _globals['_HEARTBEATREQUEST']._serialized_end=724
-  _globals['_HEARTBEATRESPONSE']._serialized_start=727
-  _globals['_HEARTBEATRESPONSE']._serialized_end=887
-  _globals['_APPENDOUTPUTREQUEST']._serialized_start=889
-  _globals['_APPENDOUTPUTREQUEST']._serialized_end=940
-  _globals['_APPENDOUTPUTRESPONSE']._serialized_start=942
-  _globals['_APPENDOUTPUTRESPONSE']._serialized_end=1005
-  _globals['_COMPLETETASKREQUEST']._serialized_start=1007
-  _globals['_COMPLETETASKREQUEST']._serialized_end=1061
-  _globals['_COMPLETETASKRESPONSE']._serialized_start=1063
-  _globals['_COMPLETETASKRESPONSE']._serialized_end=1126
-  _globals['_FAILTASKREQUEST']._serialized_start=1128
-  _globals['_FAILTASKREQUEST']._serialized_end=1232
-  _globals['_FAILTASKRESPONSE']._serialized_start=1234
-  _globals['_FAILTASKRESPONSE']._serialized_end=1310
-  _globals['_WORKERSERVICE']._serialized_start=1313
-  _globals['_WORKERSERVICE']._serialized_end=1803
+  _globals['_CLAIMTASKREQUEST']._serialized_end=407
+  _globals['_CLAIMTASKRESPONSE']._serialized_start=410
+  _globals['_CLAIMTASKRESPONSE']._serialized_end=731
+  _globals['_HEARTBEATREQUEST']._serialized_start=733
+  _globals['_HEARTBEATREQUEST']._serialized_end=767
+  _globals['_HEARTBEATRESPONSE']._serialized_start=770
+  _globals['_HEARTBEATRESPONSE']._serialized_end=930
+  _globals['_APPENDOUTPUTREQUEST']._serialized_start=932
+  _globals['_APPENDOUTPUTREQUEST']._serialized_end=983
+  _globals['_APPENDOUTPUTRESPONSE']._serialized_start=985
+  _globals['_APPENDOUTPUTRESPONSE']._serialized_end=1048
+  _globals['_COMPLETETASKREQUEST']._serialized_start=1050
+  _globals['_COMPLETETASKREQUEST']._serialized_end=1104
+  _globals['_COMPLETETASKRESPONSE']._serialized_start=1106
+  _globals['_COMPLETETASKRESPONSE']._serialized_end=1169
+  _globals['_FAILTASKREQUEST']._serialized_start=1171
+  _globals['_FAILTASKREQUEST']._serialized_end=1275
+  _globals['_FAILTASKRESPONSE']._serialized_start=1277
+  _globals['_FAILTASKRESPONSE']._serialized_end=1353
+  _globals['_WORKERSERVICE']._serialized_start=1356
+  _globals['_WORKERSERVICE']._serialized_end=1846
 # @@protoc_insertion_point(module_scope)

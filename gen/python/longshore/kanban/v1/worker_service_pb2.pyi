@@ -32,6 +32,7 @@ class ClaimTaskRequest(_message.Message):
     WAIT_FIELD_NUMBER: _builtins.int
     BOARD_ID_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """External profile to take work for.
     At most 63 characters; no NUL characters.
@@ -56,6 +57,18 @@ class ClaimTaskRequest(_message.Message):
         At most 31622400 seconds (366 days); OUT_OF_RANGE beyond.
         """
 
+    @_builtins.property
+    def create(self) -> _task_pb2.Task:
+        """A task to create and claim at once: a front door serving its caller's
+        create (E2B's `Sandbox.create`) gets the run in one call, and the task is
+        never ready for another worker nor seen by the dispatcher. Its fields are
+        CreateTask's; assignee must be empty or `profile`, status empty or
+        READY, board_id empty (the default board) or `board_id` when that is
+        set. Creating needs the `write` scope besides `worker`. With it, `wait`
+        and `task_id` must be unset; at the cap the answer is RESOURCE_EXHAUSTED,
+        never an empty response.
+        """
+
     def __init__(
         self,
         *,
@@ -64,10 +77,11 @@ class ClaimTaskRequest(_message.Message):
         wait: _duration_pb2.Duration | None = ...,
         board_id: _builtins.str = ...,
         task_id: _builtins.str = ...,
+        create: _task_pb2.Task | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create", b"create", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["board_id", b"board_id", "profile", b"profile", "task_id", b"task_id", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["board_id", b"board_id", "create", b"create", "profile", b"profile", "task_id", b"task_id", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,9 +86,13 @@ class WorkerServiceServicer:
         """ClaimTask long-polls for the next ready task of an external profile, by
         priority then age, under the profile's and the global caps; the claim is
         a compare-and-set, so two workers never get the same task.
-        Errors: INVALID_ARGUMENT (empty profile or worker_id, negative wait),
-        NOT_FOUND (profile), FAILED_PRECONDITION (the profile's executor is not
-        external).
+        With `create`, the task is created and claimed in one transaction (see
+        ClaimTaskRequest.create).
+        Errors: INVALID_ARGUMENT (empty profile or worker_id, negative wait, a bad
+        `create`), NOT_FOUND (profile, board), FAILED_PRECONDITION (the profile's
+        executor is not external), PERMISSION_DENIED (`create` by a key without
+        the `write` scope), RESOURCE_EXHAUSTED (`create` while the profile or the
+        deployment is at its concurrency cap: nothing is created).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,9 +46,13 @@ class WorkerServiceStub:
     """ClaimTask long-polls for the next ready task of an external profile, by
     priority then age, under the profile's and the global caps; the claim is
     a compare-and-set, so two workers never get the same task.
-    Errors: INVALID_ARGUMENT (empty profile or worker_id, negative wait),
-    NOT_FOUND (profile), FAILED_PRECONDITION (the profile's executor is not
-    external).
+    With `create`, the task is created and claimed in one transaction (see
+    ClaimTaskRequest.create).
+    Errors: INVALID_ARGUMENT (empty profile or worker_id, negative wait, a bad
+    `create`), NOT_FOUND (profile, board), FAILED_PRECONDITION (the profile's
+    executor is not external), PERMISSION_DENIED (`create` by a key without
+    the `write` scope), RESOURCE_EXHAUSTED (`create` while the profile or the
+    deployment is at its concurrency cap: nothing is created).
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.HeartbeatRequest, _worker_service_pb2.HeartbeatResponse]
     """Heartbeat renews the run's lease and its sandbox token.
@@ -92,9 +96,13 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """ClaimTask long-polls for the next ready task of an external profile, by
     priority then age, under the profile's and the global caps; the claim is
     a compare-and-set, so two workers never get the same task.
-    Errors: INVALID_ARGUMENT (empty profile or worker_id, negative wait),
-    NOT_FOUND (profile), FAILED_PRECONDITION (the profile's executor is not
-    external).
+    With `create`, the task is created and claimed in one transaction (see
+    ClaimTaskRequest.create).
+    Errors: INVALID_ARGUMENT (empty profile or worker_id, negative wait, a bad
+    `create`), NOT_FOUND (profile, board), FAILED_PRECONDITION (the profile's
+    executor is not external), PERMISSION_DENIED (`create` by a key without
+    the `write` scope), RESOURCE_EXHAUSTED (`create` while the profile or the
+    deployment is at its concurrency cap: nothing is created).
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.HeartbeatRequest, _worker_service_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Heartbeat renews the run's lease and its sandbox token.
@@ -141,9 +149,13 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         """ClaimTask long-polls for the next ready task of an external profile, by
         priority then age, under the profile's and the global caps; the claim is
         a compare-and-set, so two workers never get the same task.
-        Errors: INVALID_ARGUMENT (empty profile or worker_id, negative wait),
-        NOT_FOUND (profile), FAILED_PRECONDITION (the profile's executor is not
-        external).
+        With `create`, the task is created and claimed in one transaction (see
+        ClaimTaskRequest.create).
+        Errors: INVALID_ARGUMENT (empty profile or worker_id, negative wait, a bad
+        `create`), NOT_FOUND (profile, board), FAILED_PRECONDITION (the profile's
+        executor is not external), PERMISSION_DENIED (`create` by a key without
+        the `write` scope), RESOURCE_EXHAUSTED (`create` while the profile or the
+        deployment is at its concurrency cap: nothing is created).
         """
 
     @_abc_1.abstractmethod
