@@ -38,7 +38,7 @@ from services.e2b import tokens
 from services.e2b.gateway import Caller, Gateway
 from services.e2b.keeper import Keeper
 from services.e2b.settings import E2bSection
-from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.runtime.errors import InvalidArgument, NotFound
 
 #: The envd version the front door speaks (the SDK gates features on it).
 ENVD_VERSION = "0.5.7"
@@ -169,8 +169,8 @@ class Sandboxes:
 
         Raises:
             InvalidArgument: Bad metadata or env.
-            ResourceExhausted: The profile is at its cap (the task is removed).
-            grpc.aio.AioRpcError: The gateway's refusal, as it came.
+            grpc.aio.AioRpcError: The gateway's refusal, as it came
+                (RESOURCE_EXHAUSTED: the profile is at its cap).
         """
         profile = self.profile_of(template)
         labels = metadata_labels(metadata)
@@ -178,44 +178,23 @@ class Sandboxes:
             raise InvalidArgument(f"envVars: at most {MAX_ENV} entries")
         who = Caller(api_key)
         gw = self._gw
-        task = (
-            await gw.kanban.CreateTask(
-                kpb.CreateTaskRequest(
-                    task=task_pb2.Task(
-                        board_id=self._section.board_id,
-                        title=f"E2B sandbox ({template or DEFAULT_TEMPLATE})",
-                        assignee=profile,
-                        status=task_pb2.TASK_STATUS_READY,
-                        env=dict(env),
-                        labels=labels,
-                    )
-                ),
-                metadata=who.metadata(),
-            )
-        ).task
-        try:
-            claim = await gw.worker.ClaimTask(
-                wpb.ClaimTaskRequest(
-                    profile=profile,
-                    worker_id=WORKER_ID,
+        # One call makes the task and claims it: it is never ready for
+        # another worker, and at the cap nothing is made (RESOURCE_EXHAUSTED).
+        claim = await gw.worker.ClaimTask(
+            wpb.ClaimTaskRequest(
+                profile=profile,
+                worker_id=WORKER_ID,
+                board_id=self._section.board_id,
+                create=task_pb2.Task(
                     board_id=self._section.board_id,
-                    task_id=task.task_id,
+                    title=f"E2B sandbox ({template or DEFAULT_TEMPLATE})",
+                    env=dict(env),
+                    labels=labels,
                 ),
-                metadata=who.metadata(),
-            )
-            if not claim.HasField("task"):
-                # Not claimable now: the profile (or the deployment) is at its cap.
-                raise ResourceExhausted(
-                    f"template {template!r}: profile {profile!r} is at its concurrency cap"
-                )
-        except BaseException:
-            # Unclaimed (at the cap, a key without 'worker', an unknown
-            # profile): the task would wait forever, so it goes.
-            with contextlib.suppress(Exception):
-                await gw.kanban.DeleteTask(
-                    kpb.DeleteTaskRequest(task_id=task.task_id), metadata=who.metadata()
-                )
-            raise
+            ),
+            metadata=who.metadata(),
+        )
+        task = claim.task
         held = Caller(api_key, claim.sandbox_token)
         try:
             # The lease comes with the acquire: no call of its own, and no
