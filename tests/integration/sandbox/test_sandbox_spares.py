@@ -20,6 +20,7 @@ spare before any task takes it.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from longshore.sandbox.v1 import pool_pb2, process_pb2, sandbox_pb2
 from services.sandbox.manager import SandboxManager
 from services.sandbox.model import Spec
 from services.sandbox.processes import ProcessConfig
+from services.sandbox.processes.spares import REFILL_DELAY_SECONDS
 from tests.integration.gateway.stack import Stubs, auth, real_stack
 from tests.integration.sandbox.conftest import remove_deployment
 from tests.integration.sandbox.test_sandbox_interactive import (
@@ -270,6 +272,35 @@ def test_spares_do_not_make_a_sandbox_busy(make_manager: Callable[..., SandboxMa
     assert not manager.is_busy(box)
     manager.stop(box)
     assert manager.processes.spares.count(box) == 0
+
+
+def test_a_takes_refill_waits_and_a_drop_meanwhile_cancels_it(
+    make_manager: Callable[..., SandboxManager], engine: docker.DockerClient
+) -> None:
+    # The refill after a take waits REFILL_DELAY_SECONDS, so it does not
+    # compete with the process the take started; a drop meanwhile (the
+    # sandbox stops) cancels it, and a fill asked for after that (it runs
+    # again) is served by the pending one.
+    manager = make_manager()
+    spares = manager.processes.spares
+    box = manager.acquire("t-refill", "coder", Spec()).sandbox.sandbox_id
+    wait_for(lambda: spares.count(box) == 1, "a spare is ready")
+    taken = spares.take(box)
+    assert taken is not None
+    taken.drop()
+    spares.drop(box)
+    threading.Event().wait(REFILL_DELAY_SECONDS + 0.5)
+    assert spares.count(box) == 0
+    wait_for(lambda: not engine_spares(engine, box), "no spare runs in the sandbox")
+    assert spares.take(box) is None
+    spares.fill_soon(box)
+    wait_for(lambda: spares.count(box) == 1, "the sandbox's spare is made again")
+    again = spares.take(box)
+    assert again is not None
+    spares.drop(box)  # the take's pending refill is cancelled ...
+    spares.fill_soon(box)  # ... and asked for again: the pending one serves it
+    wait_for(lambda: spares.count(box) == 1, "the pending refill made a spare")
+    again.drop()
 
 
 def engine_spares(engine: docker.DockerClient, box: str) -> set[int]:
