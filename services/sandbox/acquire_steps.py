@@ -95,17 +95,22 @@ class AcquireSteps:
         deadline = time.monotonic() + _ACQUIRE_DEADLINE_SECONDS
         backoff = 0.02
         while time.monotonic() < deadline:
-            # With a pool for the spec, its ready members are listed meanwhile.
+            found: list[dict[str, Any]] = []
+            taken = None
             with self._warm_handout(task_id, profile, spec, name) as take_warm:
-                with engine_call("containers.list", task_id=task_id, profile=profile):
-                    found = self.api.containers(all=True, filters=filters)
-                taken = None
-                if not found and take_warm is not None:
-                    # A warm member is renamed to the key name: a concurrent
-                    # create of the key then loses the name race and adopts
-                    # it, and the rename fails (409) when the name is taken.
+                if take_warm is not None:
+                    # A warm member is renamed to the key name, and every
+                    # persistent sandbox of the key holds that name (it is
+                    # created under it, a taken member renamed to it): a
+                    # rename that wins the name proves there is none, so a
+                    # hit lists nothing of the key. The rename fails (409)
+                    # when the name is taken; the probes below adopt it. A
+                    # concurrent create of the key loses the name race.
                     with contextlib.suppress(NameTaken):
                         taken = take_warm()
+                if taken is None:
+                    with engine_call("containers.list", task_id=task_id, profile=profile):
+                        found = self.api.containers(all=True, filters=filters)
             if taken is not None:
                 return AcquireResult(
                     taken, Outcome.TAKEN_FROM_POOL, f"warm member of pool {profile!r}"

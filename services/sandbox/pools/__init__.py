@@ -14,7 +14,8 @@ Only a process that holds a member exclusively renames or removes it
 (:mod:`.claims`), so a member never reaches two tasks.
 
 The filler (one thread; ``sandbox.warm_fill_concurrency`` creates at once)
-wakes on every change and every ``sandbox.warm_fill_interval_seconds``: each
+wakes on every change (a handout's :data:`HANDOUT_REFILL_DELAY_SECONDS`
+later) and every ``sandbox.warm_fill_interval_seconds``: each
 round drains what no pool wants (:func:`members.verdict`) and fills free
 slots; a create that fails (a missing image) sets the pool's ``reason`` and
 backs off. A restarted manager re-adopts the members it finds: their pool is
@@ -26,12 +27,10 @@ sends it at start and on every profile change). See docs/sandbox-pools.md.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +52,8 @@ MAX_PROFILE_CHARS = 128
 #: Longest a pool's reason is kept (the proto's bound).
 MAX_REASON_CHARS = 200
 _MAX_BACKOFF_SECONDS = 60.0
-#: Threads that list ready members for acquires (one per pool at a time: its lock).
-_LISTING_WORKERS = 4
+#: How long after a handout its slot's refill starts (see ``_refill_later``).
+HANDOUT_REFILL_DELAY_SECONDS = 0.25
 _RESTART_REASON = "spec unknown since the manager started: refills after SetWarmPool"
 
 __all__ = ["MAX_PROFILE_CHARS", "Member", "WarmPools", "verdict"]
@@ -85,9 +84,6 @@ class WarmPools:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Lists a pool's ready members while an acquire probes its key.
-        self._listings = ThreadPoolExecutor(
-            max_workers=_LISTING_WORKERS, thread_name_prefix="sandbox-warm-list"
-        )
         self._creates = ThreadPoolExecutor(
             max_workers=self._section.warm_fill_concurrency,
             thread_name_prefix="sandbox-warm-fill",
@@ -172,11 +168,9 @@ class WarmPools:
     ) -> Iterator[Callable[[], SandboxInfo | None] | None]:
         """Holds the pool for an acquire's probe; yields its take (None: no pool fits).
 
-        The pool's ready members are listed on another thread while the
-        caller probes its key, so a hit costs one engine list less than in
-        turn. The pool's lock is held for the whole block: no thread of this
-        process renames one of its members meanwhile, so the names listed
-        stay current until the take renames one of them.
+        The pool's lock is held for the whole block: no thread of this
+        process renames one of its members meanwhile, so the names the take
+        lists stay current until it renames one of them.
 
         The take hands a ready member of the spec to the task by renaming it
         to ``name`` and returns it (None when no member fits); it raises
@@ -208,17 +202,15 @@ class WarmPools:
             "status": "running",
         }
 
-        def ready() -> list[dict[str, Any]]:
-            with engine_call("containers.list", profile=profile):
-                return list(self._manager.api.containers(filters=filters))
-
         def take() -> SandboxInfo | None:
-            for row in listing.result():
+            with engine_call("containers.list", profile=profile):
+                rows = list(self._manager.api.containers(filters=filters))
+            for row in rows:
                 member = member_of(row)
                 if member.name not in slots:
                     continue
                 if (info := self._hand(member, row, name, spec, known_env=known)) is not None:
-                    self._wake.set()  # the slot is free: refill it
+                    self._refill_later()  # the slot is free
                     log.info(
                         "warm member taken",
                         extra={"sandbox_id": info.sandbox_id, "task_id": task_id},
@@ -227,13 +219,20 @@ class WarmPools:
             return None
 
         with self._claims.lock(key):
-            context = contextvars.copy_context()  # the list's span joins the acquire's trace
-            listing = self._listings.submit(context.run, ready)
-            try:
-                yield take
-            finally:
-                # Never leave the list behind the lock's release (nor its error unseen).
-                futures.wait([listing])
+            yield take
+
+    def _refill_later(self) -> None:
+        """Wakes the filler :data:`HANDOUT_REFILL_DELAY_SECONDS` from now.
+
+        A refill is a container create and start, the heaviest engine work
+        there is (~0.3 s of engine and runtime CPU here): begun at the
+        handout, it lands on the handed-out sandbox's first commands, which
+        are what its caller waits for (an E2B create's first ``run("true")``
+        took 39 ms beside it, 20 ms without).
+        """
+        timer = threading.Timer(HANDOUT_REFILL_DELAY_SECONDS, self._wake.set)
+        timer.daemon = True
+        timer.start()
 
     def _hand(
         self,
@@ -326,7 +325,6 @@ class WarmPools:
         if self._thread is not None:
             self._thread.join(timeout)
         self._creates.shutdown(wait=False, cancel_futures=True)
-        self._listings.shutdown(wait=False, cancel_futures=True)
 
     def adopt(self) -> int:
         """Knows again the pools whose unclaimed members are on the engine; returns how many."""

@@ -226,6 +226,24 @@ def test_acquire_takes_a_member_which_becomes_the_tasks_sandbox(rig: Rig) -> Non
     assert cold.outcome == sandbox_pb2.REUSE_OUTCOME_CREATED
 
 
+def test_a_key_with_a_sandbox_of_its_own_keeps_it_and_spends_no_member(rig: Rig) -> None:
+    # A hit lists nothing of the key: the take's rename to the key's name is
+    # the probe. The task's own sandbox (made before the pool, then stopped)
+    # holds that name, so the rename fails and the acquire restarts it.
+    token = rig.worker("t-own", "own")
+    first = rig.acquire("t-own", "own", token)
+    assert first.outcome == sandbox_pb2.REUSE_OUTCOME_CREATED
+    box = first.sandbox.sandbox_id
+    rig.engine.api.stop(box, timeout=1)
+    rig.set_pool("own", 1)
+    rig.wait_ready("own", 1)
+    members = rig.members("own")
+    again = rig.acquire("t-own", "own", token)
+    assert (again.sandbox.sandbox_id, again.outcome) == (box, sandbox_pb2.REUSE_OUTCOME_RESTARTED)
+    assert rig.members("own") == members and rig.pool("own").ready == 1  # type: ignore[union-attr]
+    rig.set_pool("own", 0)
+
+
 def test_other_env_values_are_created_cold_and_spend_no_member(rig: Rig) -> None:
     pooled = sandbox_pb2.SandboxSpec(env={"MODE": "warm"})
     rig.set_pool("envpool", 1, pooled)
