@@ -232,14 +232,16 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             stmt = stmt.where(models.Task.task_id == task_id)
         return len(s.scalars(stmt.limit(room)).all())
 
-    def _claim_profile(self, s: Session, request: pb.ClaimTaskRequest) -> models.Profile:
-        """The poll's profile, if it may be claimed for (and its board exists)."""
+    def _claim_profile(
+        self, s: Session, request: pb.ClaimTaskRequest, *, board: bool = True
+    ) -> models.Profile:
+        """The poll's profile, if it may be claimed for (and, with ``board``, its board exists)."""
         profile = profiles.get(s, request.profile)
         if profile.executor != ExecutorKind.EXTERNAL:
             raise FailedPrecondition(
                 f"profile {request.profile!r} has executor {profile.executor}, not external"
             )
-        if request.board_id and s.get(models.Board, request.board_id) is None:
+        if board and request.board_id and s.get(models.Board, request.board_id) is None:
             raise NotFound(f"board {request.board_id!r} not found")
         return profile
 
@@ -257,10 +259,17 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             return self._claimed(s, *claimed, profile)
 
     def _claimed(
-        self, s: Session, task: models.Task, run: models.TaskRun, profile: models.Profile
+        self,
+        s: Session,
+        task: models.Task,
+        run: models.TaskRun,
+        profile: models.Profile,
+        *,
+        parents: list[str] | None = None,
     ) -> pb.ClaimTaskResponse:
-        """The answer to a claim that took ``task`` (inside its write)."""
-        parents = links.parent_ids(s, [task.task_id])[task.task_id]
+        """The answer to a claim that took ``task`` (inside its write); ``parents`` if known."""
+        if parents is None:
+            parents = links.parent_ids(s, [task.task_id])[task.task_id]
         spec = run_spec(task, profile)
         token, token_expires = self._token(run, spec, run.lease_expire_time)
         return pb.ClaimTaskResponse(
@@ -297,7 +306,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             board_id=new.board_id or request.board_id or models.DEFAULT_BOARD,
         )
         with self._db.write() as s:
-            profile = self._claim_profile(s, request)
+            # The create checks the board (one read for it and the rest).
+            profile = self._claim_profile(s, request, board=False)
             task, run = claims.claim_new(
                 s,
                 profile,
@@ -307,7 +317,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 settings=self._limits.planner,
                 lease_seconds=self._section.claim_ttl_seconds,
             )
-            claimed = self._claimed(s, task, run, profile)
+            claimed = self._claimed(s, task, run, profile, parents=[])
         if self._metrics is not None:
             self._metrics.claim(request.profile, claimed=True)
         return claimed
