@@ -41,6 +41,7 @@ from services.sandbox.execution import ExecRun, validate
 from services.sandbox.files import SandboxFiles
 from services.sandbox.freeze_guard import FreezeGuard, GuardedApi
 from services.sandbox.hardening import resolve_spec
+from services.sandbox.identities import Identities
 from services.sandbox.lifecycle.leases import Leases
 from services.sandbox.lifecycle.pauses import Pauses
 from services.sandbox.lifecycle.snapshots import Snapshots
@@ -131,6 +132,8 @@ class SandboxManager(AcquireSteps):
         self._last_used: dict[str, datetime] = {}
         self._busy: Counter[str] = Counter()
         self._known: dict[str, str] = {}  # any id/name a caller used -> full id
+        #: What access checks read of a sandbox a task has (see :mod:`.identities`).
+        self.identities = Identities(self.get, self._known_id)
         self.cleanup = CleanupPool(section.cleanup_workers, on_failure=self._cleanup_failed)
         #: Files in sandboxes (the archive API; see :mod:`.files`).
         self.files = SandboxFiles(self)
@@ -254,6 +257,10 @@ class SandboxManager(AcquireSteps):
     def info_of_row(self, row: Mapping[str, Any]) -> SandboxInfo:
         """The domain record of a row of the engine's container list."""
         return info_from_list(row, self.last_used)
+
+    def _known_id(self, ref: str) -> str | None:
+        with self._state_lock:
+            return self._known.get(ref)
 
     def resolve_id(self, sandbox_id: str) -> str:
         """Full id of a sandbox of this deployment about to be used (cached: labels never change).
@@ -458,6 +465,7 @@ class SandboxManager(AcquireSteps):
             self._last_used.pop(cid, None)
             for ref in [r for r, full in self._known.items() if full == cid]:
                 del self._known[ref]
+        self.identities.forget(cid)
         self.pauses.forget(cid)
         self.leases.drop(cid)
         self.sessions.end_sandbox(cid, "the sandbox was removed")

@@ -237,9 +237,9 @@ class SandboxServicer(
         sandbox_id = request.sandbox_id
         grant = self.access.grant(context)
         if grant is not None:
-            # Checked on the inspected container, then used by its full id, so
+            # Checked on what the container is, then used by its full id, so
             # the command runs in exactly the sandbox whose labels were checked.
-            info = await self._blocking(self.manager.get, sandbox_id)
+            info = await self._blocking(self.manager.identities.of, sandbox_id)
             self.access.check_sandbox(grant, info, exec_user=request.user)
             sandbox_id = info.sandbox_id
         stream = ExecStream(

@@ -59,9 +59,10 @@ class ProcessRpcs:
         """In the pool: the sandbox's full id, if the grant covers it (and the user)."""
         if grant is None:
             return self.manager.resolve_id(sandbox_id)
-        # Checked on the inspected container, then used by its full id (which
-        # also resumes a paused sandbox, as for an operator).
-        info = self.manager.get(sandbox_id)
+        # Checked on what the container is (inspected once a run's first call),
+        # then used by its full id (which also resumes a paused sandbox, as
+        # for an operator).
+        info = self.manager.identities.of(sandbox_id)
         self.access.check_sandbox(grant, info, exec_user=user)
         return self.manager.resolve_id(info.sandbox_id)
 

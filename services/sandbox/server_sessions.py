@@ -79,7 +79,7 @@ class SessionRpcs:
         """In the pool: the sandbox's full id, checked against the grant (None: an operator)."""
         if grant is None:
             return self.manager.resolve_id(sandbox_id)
-        info = self.manager.get(sandbox_id)
+        info = self.manager.identities.of(sandbox_id)
         self.access.check_sandbox(grant, info)
         return self.manager.resolve_id(info.sandbox_id)
 
