@@ -68,13 +68,18 @@ class Identities:
                     self._kept.move_to_end(cid)
                     return kept
         info = self._get(sandbox_id)
-        if info.task:
-            with self._lock:
-                self._kept[info.sandbox_id] = info
-                self._kept.move_to_end(info.sandbox_id)
-                while len(self._kept) > self._limit:
-                    self._kept.popitem(last=False)
+        self.keep(info)
         return info
+
+    def keep(self, info: SandboxInfo) -> None:
+        """Keeps an inspected sandbox if a task has it (a handout knows it first)."""
+        if not info.task:
+            return
+        with self._lock:
+            self._kept[info.sandbox_id] = info
+            self._kept.move_to_end(info.sandbox_id)
+            while len(self._kept) > self._limit:
+                self._kept.popitem(last=False)
 
     def forget(self, cid: str) -> None:
         """Drops a sandbox that is going away."""

@@ -27,6 +27,8 @@ sends it at start and on every profile change). See docs/sandbox-pools.md.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import logging
 import threading
 import time
@@ -52,6 +54,8 @@ MAX_PROFILE_CHARS = 128
 #: Longest a pool's reason is kept (the proto's bound).
 MAX_REASON_CHARS = 200
 _MAX_BACKOFF_SECONDS = 60.0
+#: Threads that inspect members beside their handout's rename (one per take at a time).
+_INSPECT_WORKERS = 4
 #: How long after a handout its slot's refill starts (see ``_refill_later``).
 HANDOUT_REFILL_DELAY_SECONDS = 0.25
 _RESTART_REASON = "spec unknown since the manager started: refills after SetWarmPool"
@@ -83,7 +87,10 @@ class WarmPools:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # Lists a pool's ready members while an acquire probes its key.
+        #: Inspects an own member beside its handout's rename (see ``_hand``).
+        self._inspects = ThreadPoolExecutor(
+            max_workers=_INSPECT_WORKERS, thread_name_prefix="sandbox-warm-inspect"
+        )
         self._creates = ThreadPoolExecutor(
             max_workers=self._section.warm_fill_concurrency,
             thread_name_prefix="sandbox-warm-fill",
@@ -221,6 +228,13 @@ class WarmPools:
         with self._claims.lock(key):
             yield take
 
+    def _inspect_or_none(self, cid: str) -> dict[str, Any] | None:
+        """The manager's inspect (which remembers the id), or None when it is gone."""
+        try:
+            return self._manager.inspect_managed(cid)
+        except NotFound:
+            return None
+
     def _refill_later(self) -> None:
         """Wakes the filler :data:`HANDOUT_REFILL_DELAY_SECONDS` from now.
 
@@ -246,12 +260,27 @@ class WarmPools:
         with self._claims.hold(member) as held:
             if not held:
                 return None
+            own = known_env and member.labels.get(labels.OWNER) == self._own
+            # An own member is inspected beside the rename (only its name
+            # changes): the task's first calls then find what their access
+            # check reads kept (see services.sandbox.identities), at no wait.
+            context = contextvars.copy_context()  # the inspect's span joins the acquire's trace
+            inspected = (
+                self._inspects.submit(context.run, self._inspect_or_none, member.sandbox_id)
+                if own
+                else None
+            )
             try:
                 with engine_call("containers.rename", resource=f"sandbox {member.name!r}"):
                     self._manager.api.rename(member.sandbox_id, name)
             except NotFound:
                 return None  # drained meanwhile
-            if known_env and member.labels.get(labels.OWNER) == self._own:
+            if inspected is not None:
+                data = inspected.result()
+                if data is not None:
+                    info = dataclasses.replace(self._manager.info_of(data), name=name)
+                    self._manager.identities.keep(info)
+                    return info
                 # The list row (made under the pool's lock) is current but the name.
                 return self._manager.info_of_row({**row, "Names": [f"/{name}"]})
             data = self._manager.inspect_managed(member.sandbox_id)
@@ -325,6 +354,7 @@ class WarmPools:
         if self._thread is not None:
             self._thread.join(timeout)
         self._creates.shutdown(wait=False, cancel_futures=True)
+        self._inspects.shutdown(wait=False, cancel_futures=True)
 
     def adopt(self) -> int:
         """Knows again the pools whose unclaimed members are on the engine; returns how many."""

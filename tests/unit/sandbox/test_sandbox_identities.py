@@ -82,3 +82,14 @@ def test_the_table_is_bounded_oldest_use_out_first() -> None:
     assert fake.inspects == before  # kept
     ids.of("c1")
     assert fake.inspects == before + 1  # was pushed out
+
+
+def test_a_handout_keeps_what_it_inspected_so_the_first_check_costs_nothing() -> None:
+    fake = FakeManager({})
+    ids = Identities(fake.get, fake.known.get)
+    taken = box("m3", "", pool_member=True, name=labels.container_name("d", "coder", "t-3"))
+    ids.keep(taken)
+    ids.keep(box("m4", "", pool_member=True))  # untaken: not kept
+    fake.known["m3"] = "m3"
+    assert ids.of("m3").task == "t-3"
+    assert fake.inspects == 0 and len(ids) == 1
