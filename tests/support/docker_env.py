@@ -66,13 +66,19 @@ def connect_docker() -> docker.DockerClient:
         ) from exc
 
 
-def _remove_quietly(kind: str, remove: Callable[[], object], ident: str) -> None:
+def _remove_quietly(
+    kind: str, remove: Callable[[], object], ident: str, *, warn: bool = True
+) -> bool:
+    """Whether ``remove`` removed it (or it was gone); a refusal is logged when ``warn``."""
     try:
         remove()
     except NotFound:
         pass
     except APIError as exc:
-        log.warning("could not remove %s %s: %s", kind, ident, exc)
+        if warn:
+            log.warning("could not remove %s %s: %s", kind, ident, exc)
+        return False
+    return True
 
 
 def cleanup_run(client: docker.DockerClient, run_id: str) -> list[str]:
@@ -103,9 +109,20 @@ def cleanup_run(client: docker.DockerClient, run_id: str) -> list[str]:
         _remove_quietly("network", network.remove, network.name or "")
     for volume in client.volumes.list(filters=label_filter):
         _remove_quietly("volume", partial(volume.remove, force=True), volume.name or "")
-    for image in client.images.list(filters=label_filter):
-        image_id = image.id or ""
-        _remove_quietly("image", partial(client.images.remove, image_id, force=True), image_id)
+    # An image built on another of the run's (a template on the test image)
+    # must go first: the engine refuses to remove a parent (409), so what is
+    # refused is tried again once its children are gone.
+    images = [image.id or "" for image in client.images.list(filters=label_filter)]
+    for last in (False, False, True):
+        images = [
+            i
+            for i in images
+            if not _remove_quietly(
+                "image", partial(client.images.remove, i, force=True), i, warn=last
+            )
+        ]
+        if not images:
+            break
     return removed
 
 

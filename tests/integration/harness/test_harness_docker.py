@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import docker
@@ -67,6 +68,14 @@ def test_cleanup_removes_only_its_own_run(
     image = build_busybox_image(
         docker_client, f"longshore-test/busybox:{doomed_run}", {RUN_LABEL: doomed_run}
     )
+    # An image built on it (as the E2B template is on the test image): the
+    # engine refuses to remove the parent first, and both must go anyway.
+    child, _ = docker_client.images.build(
+        fileobj=io.BytesIO(f"FROM {image}\nLABEL child=1\n".encode()),
+        tag=f"longshore-test/child:{doomed_run}",
+        labels={RUN_LABEL: doomed_run},
+        rm=True,
+    )
     by_run = docker_client.containers.create(image, labels={RUN_LABEL: doomed_run})
     # The image label is inherited; override it to prove the deployment rule alone works.
     by_deployment = docker_client.containers.create(
@@ -81,7 +90,8 @@ def test_cleanup_removes_only_its_own_run(
     foreign.reload()  # still there
     with pytest.raises(docker.errors.NotFound):
         docker_client.networks.get(network.id)
-    with pytest.raises(docker.errors.ImageNotFound):
-        docker_client.images.get(image)
+    for gone in (image, child.id):
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.images.get(gone)
     assert cleanup_run(docker_client, doomed_run) == []
     docker_client.images.get(sandbox_image)  # the session image is untouched
