@@ -210,14 +210,20 @@ class Sandboxes:
             )
             box = acquired.sandbox
         except BaseException:
-            # The run ends as a platform failure; the create's own error is
-            # what the caller gets, even when this report fails too.
+            # The run ends as a platform failure (its record and events say
+            # so), and the task goes: nothing ever claims it again, and an
+            # external worker of the profile must not take a caller's create.
+            # The create's own error is what the caller gets, even when these
+            # fail too (kanban then reclaims the run at its lease).
             with contextlib.suppress(Exception):
                 await gw.worker.FailTask(
                     wpb.FailTaskRequest(
                         run_id=claim.run_id, error="E2B create failed", platform=True
                     ),
                     metadata=who.metadata(),
+                )
+                await gw.kanban.DeleteTask(
+                    kpb.DeleteTaskRequest(task_id=task.task_id), metadata=who.metadata()
                 )
             raise
         self.keeper.keep(

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from e2b import CommandExitException, Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import NotFoundException, RateLimitException, SandboxException, TimeoutException
-from longshore.kanban.v1 import kanban_service_pb2, task_pb2
-from longshore.sandbox.v1 import pool_pb2
+from longshore.kanban.v1 import kanban_service_pb2, profile_pb2, task_pb2
+from longshore.sandbox.v1 import pool_pb2, sandbox_pb2
 from longshore.sandbox.v1 import sandbox_service_pb2 as spb
 
 from services.e2b import tokens
@@ -212,15 +212,49 @@ def test_refusals_scope_and_ownership(rig: E2bRig) -> None:
         bob.kill()
 
 
+def _tasks_of(rig: E2bRig, profile: str) -> list[task_pb2.Task]:
+    return [
+        t
+        for t in rig.stubs.kanban.ListTasks(
+            kanban_service_pb2.ListTasksRequest(page_size=500),
+            timeout=30,
+            metadata=auth(rig.keys.admin),
+        ).tasks
+        if t.assignee == profile
+    ]
+
+
 def test_profile_cap_applies_to_e2b_creates(rig: E2bRig) -> None:
     first = Sandbox.create(template="capped", timeout=60)
     try:
         with pytest.raises(RateLimitException, match="concurrency cap"):
             Sandbox.create(template="capped", timeout=60)
+        # The refused create made nothing (kanban creates and claims at once).
+        assert [t.task_id for t in _tasks_of(rig, "capped")] == [first.sandbox_id]
     finally:
         first.kill()
     # The cap freed: a new create succeeds.
     Sandbox.create(template="capped", timeout=60).kill()
+
+
+def test_a_create_whose_sandbox_cannot_be_made_leaves_no_task(rig: E2bRig, run_id: str) -> None:
+    # The claim succeeds, the acquire fails (the profile's image is not on
+    # the engine): the run ends as a platform failure and the task goes, so
+    # no external worker of the profile ever takes a caller's create.
+    rig.stubs.kanban.CreateProfile(
+        kanban_service_pb2.CreateProfileRequest(
+            profile=profile_pb2.Profile(
+                name="broken-tpl",
+                executor=profile_pb2.EXECUTOR_EXTERNAL,
+                sandbox_spec=sandbox_pb2.SandboxSpec(image=f"longshore-test/absent:{run_id}"),
+            )
+        ),
+        timeout=30,
+        metadata=auth(rig.keys.admin),
+    )
+    with pytest.raises(SandboxException, match="absent"):
+        Sandbox.create(template="broken-tpl", timeout=60)
+    assert _tasks_of(rig, "broken-tpl") == []
 
 
 def test_background_command_connect_stdin_and_kill(rig: E2bRig) -> None:
