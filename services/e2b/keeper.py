@@ -65,16 +65,24 @@ class Keeper:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def keep(
-        self, run_id: str, *, api_key: str, token: str, lease_expire: float, end: float
-    ) -> None:
-        """Starts keeping ``run_id`` until ``end`` (Unix seconds).
+    def check_room(self) -> None:
+        """Refuses a create before it makes anything once :data:`MAX_KEPT` runs are kept.
+
+        Asked before the create's first write, so a full front door leaves
+        no run or sandbox behind; :meth:`keep` then never refuses, and the
+        creates in flight meanwhile (bounded by the listener's connections)
+        are all the table can exceed it by.
 
         Raises:
             ResourceExhausted: :data:`MAX_KEPT` runs are kept already.
         """
-        if run_id not in self._kept and len(self._kept) >= MAX_KEPT:
+        if len(self._kept) >= MAX_KEPT:
             raise ResourceExhausted(f"the front door keeps {MAX_KEPT} sandboxes already")
+
+    def keep(
+        self, run_id: str, *, api_key: str, token: str, lease_expire: float, end: float
+    ) -> None:
+        """Starts keeping ``run_id`` until ``end`` (Unix seconds); see :meth:`check_room`."""
         self._kept[run_id] = Kept(api_key, token, end, self._beat_time(lease_expire))
         self._start()
         self._wake.set()

@@ -169,6 +169,7 @@ class Sandboxes:
 
         Raises:
             InvalidArgument: Bad metadata or env.
+            ResourceExhausted: The front door keeps its most sandboxes.
             grpc.aio.AioRpcError: The gateway's refusal, as it came
                 (RESOURCE_EXHAUSTED: the profile is at its cap).
         """
@@ -176,6 +177,7 @@ class Sandboxes:
         labels = metadata_labels(metadata)
         if len(env) > MAX_ENV:
             raise InvalidArgument(f"envVars: at most {MAX_ENV} entries")
+        self.keeper.check_room()
         who = Caller(api_key)
         gw = self._gw
         # One call makes the task and claims it: it is never ready for

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from google.protobuf import timestamp_pb2
 from longshore.kanban.v1 import worker_service_pb2 as wpb
 
+import services.e2b.keeper as keeper_module
 from services.e2b.keeper import Keeper
+from services.runtime.errors import ResourceExhausted
 
 
 class FakeWorker:
@@ -56,5 +59,29 @@ def test_keeper_beats_with_the_creators_key_then_completes_at_the_end() -> None:
         clock[0] = 1200.0
         await keeper.tick()
         assert gateway.worker.completed == ["r1"] and len(keeper) == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_full_keeper_refuses_before_the_create_writes_and_never_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(keeper_module, "MAX_KEPT", 2)
+    keeper = Keeper(FakeGateway([0.0]), clock=lambda: 0.0)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        for run in ("r1", "r2"):
+            keeper.check_room()
+            keeper.keep(run, api_key="k", token="t", lease_expire=60.0, end=100.0)
+        with pytest.raises(ResourceExhausted, match="keeps 2 sandboxes"):
+            keeper.check_room()
+        # A create that passed the check before the table filled is kept anyway:
+        # its run and sandbox exist already.
+        keeper.keep("r3", api_key="k", token="t", lease_expire=60.0, end=100.0)
+        assert len(keeper) == 3
+        keeper.drop("r1")
+        keeper.drop("r2")
+        keeper.check_room()
+        await keeper.close()
 
     asyncio.run(scenario())
