@@ -229,10 +229,15 @@ class WarmPools:
             yield take
 
     def _inspect_or_none(self, cid: str) -> dict[str, Any] | None:
-        """The manager's inspect (which remembers the id), or None when it is gone."""
+        """The manager's inspect (which remembers the id); None when it cannot be had.
+
+        A member gone meanwhile or an engine that fails this one call costs
+        the handout nothing: it answers with the list row, as it did before
+        the inspect ran beside the rename.
+        """
         try:
             return self._manager.inspect_managed(cid)
-        except NotFound:
+        except ServiceError:
             return None
 
     def _refill_later(self) -> None:
