@@ -85,6 +85,9 @@ class WarmPools:
         self._lock = threading.Lock()
         self._pools: dict[str, Pool] = {}
         self._wake = threading.Event()
+        # One delayed wake at a time: a round fills every free slot anyway.
+        self._refill_guard = threading.Lock()
+        self._refill_pending = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: Inspects an own member beside its handout's rename (see ``_hand``).
@@ -249,9 +252,18 @@ class WarmPools:
         are what its caller waits for (an E2B create's first ``run("true")``
         took 39 ms beside it, 20 ms without).
         """
-        timer = threading.Timer(HANDOUT_REFILL_DELAY_SECONDS, self._wake.set)
+        with self._refill_guard:
+            if self._refill_pending:
+                return
+            self._refill_pending = True
+        timer = threading.Timer(HANDOUT_REFILL_DELAY_SECONDS, self._refill_now)
         timer.daemon = True
         timer.start()
+
+    def _refill_now(self) -> None:
+        with self._refill_guard:
+            self._refill_pending = False
+        self._wake.set()
 
     def _hand(
         self,
