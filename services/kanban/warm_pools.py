@@ -26,6 +26,7 @@ from sqlalchemy import select
 from services.kanban import convert
 from services.kanban.db import Database
 from services.kanban.models import Profile
+from services.kanban.store import keys
 from services.kanban.vocabulary import ExecutorKind
 from services.runtime.errors import (
     InvalidArgument,
@@ -152,7 +153,7 @@ class WarmPools:
     def resync(self, profile: str) -> None:
         """Sets one profile's pool from what the database holds (best effort)."""
         with self._db.read() as s:
-            row = s.get(Profile, profile)
+            row = keys.by_key(s, Profile, profile)
             wanted = (pool_spec(row), row.warm_pool_size) if row is not None else None
         try:
             if wanted is None:

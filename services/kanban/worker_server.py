@@ -45,7 +45,7 @@ from services.kanban.handler_pool import HandlerPool
 from services.kanban.metrics import KanbanMetrics
 from services.kanban.planner import FailureClass
 from services.kanban.settings import DispatchLimits, KanbanSection
-from services.kanban.store import Effects, claims, events, failures, links, profiles, runs
+from services.kanban.store import Effects, claims, events, failures, keys, links, profiles, runs
 from services.kanban.store.creates import NewTask
 from services.kanban.tick import Dispatcher
 from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
@@ -241,7 +241,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             raise FailedPrecondition(
                 f"profile {request.profile!r} has executor {profile.executor}, not external"
             )
-        if board and request.board_id and s.get(models.Board, request.board_id) is None:
+        if board and request.board_id and keys.by_key(s, models.Board, request.board_id) is None:
             raise NotFound(f"board {request.board_id!r} not found")
         return profile
 
@@ -330,11 +330,11 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             the earliest backoff of the lane's tasks ends (None: none backs off).
         """
         with self._db.read() as s:
-            profile = s.get(models.Profile, profile_name)
+            profile = keys.by_key(s, models.Profile, profile_name)
             if (
                 profile is None
                 or profile.executor != ExecutorKind.EXTERNAL
-                or (board_id and s.get(models.Board, board_id) is None)
+                or (board_id and keys.by_key(s, models.Board, board_id) is None)
             ):
                 # Deleted or changed under the polls: wake them all, each
                 # attempt then answers with the precise error.
@@ -391,7 +391,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         with self._db.write() as s:
             run = runs.get_run(s, run_id)
             if not events.has_event(s, run_id=run_id, kind="heartbeat_refused"):
-                task = s.get(models.Task, run.task_id)
+                task = keys.by_key(s, models.Task, run.task_id)
                 events.append(
                     s,
                     task_id=run.task_id,

@@ -8,6 +8,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from services.kanban.models import DEFAULT_BOARD, Board, Task
+from services.kanban.store import keys
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -30,7 +31,7 @@ def create(session: Session, *, board_id: str, display_name: str, description: s
         raise InvalidArgument(
             f"board.board_id: {quote(board_id)} must match [a-z0-9][a-z0-9-]{{0,62}}"
         )
-    if session.get(Board, board_id) is not None:
+    if keys.by_key(session, Board, board_id) is not None:
         raise AlreadyExists(f"board {quote(board_id)} already exists")
     board = Board(board_id=board_id, display_name=display_name or board_id, description=description)
     session.add(board)
@@ -47,7 +48,7 @@ def get(session: Session, board_id: str) -> Board:
     """
     if not board_id:
         raise InvalidArgument("board_id: required")
-    board = session.get(Board, board_id)
+    board = keys.by_key(session, Board, board_id)
     if board is None:
         raise NotFound(f"board {quote(board_id)} not found")
     return board
@@ -55,7 +56,7 @@ def get(session: Session, board_id: str) -> Board:
 
 def require(session: Session, board_id: str) -> None:
     """Raise NotFound unless the board exists (a no-op for an empty id)."""
-    if board_id and session.get(Board, board_id) is None:
+    if board_id and keys.by_key(session, Board, board_id) is None:
         raise NotFound(f"board {quote(board_id)} not found")
 
 

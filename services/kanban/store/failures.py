@@ -26,7 +26,7 @@ from services.kanban.planner import (
     next_attempt_time,
     retry_policy,
 )
-from services.kanban.store import Effects, events
+from services.kanban.store import Effects, events, keys
 from services.kanban.store.lifecycle import end_run
 from services.kanban.vocabulary import RunStatus, TaskStatus
 
@@ -172,7 +172,7 @@ def fail(
     task.current_run_id = None
     if work:
         task.failure_count += 1
-    profile = session.get(Profile, run.profile)
+    profile = keys.by_key(session, Profile, run.profile)
     policy = retry_policy(profile_view(profile) if profile is not None else None, settings)
     payload: dict[str, object] = {
         "error": error,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.kanban.models import Profile, Task, TaskRun, utcnow
 from services.kanban.planner import FailureClass
-from services.kanban.store import Effects, Release, events
+from services.kanban.store import Effects, Release, events, keys
 from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
 from services.runtime.errors import InvalidArgument, NotFound, quote
 
@@ -27,7 +27,7 @@ def get(session: Session, task_id: str, *, for_update: bool = False) -> Task:
     """
     if not task_id:
         raise InvalidArgument("task_id: required")
-    task = session.get(Task, task_id, with_for_update=for_update)
+    task = keys.by_key(session, Task, task_id, lock=for_update)
     if task is None:
         raise NotFound(f"task {quote(task_id)} not found")
     return task
@@ -63,7 +63,7 @@ def end_run(
 def _release_if_finished(session: Session, task: Task, effects: Effects) -> None:
     if task.status not in (TaskStatus.DONE, TaskStatus.ARCHIVED) or not task.assignee:
         return
-    profile = session.get(Profile, task.assignee)
+    profile = keys.by_key(session, Profile, task.assignee)
     sandboxed = profile is not None and profile.executor == ExecutorKind.SANDBOX
     if sandboxed and profile is not None and not profile.keep_sandbox:
         effects.releases.append(Release(task.task_id, task.assignee, task.sandbox_id))
@@ -75,7 +75,7 @@ def cancel_current_run(
     """End the task's current run ``cancelled`` (the exec is killed after commit)."""
     if not task.current_run_id:
         return
-    run = session.get(TaskRun, task.current_run_id)
+    run = keys.by_key(session, TaskRun, task.current_run_id)
     task.current_run_id = None
     if run is None or run.status != RunStatus.RUNNING:
         return

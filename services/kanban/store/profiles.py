@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from services.kanban import secrets
 from services.kanban.models import Profile, TaskRun, utcnow
+from services.kanban.store import keys
 from services.kanban.vocabulary import ExecutorKind, RunStatus
 from services.runtime.errors import (
     AlreadyExists,
@@ -139,7 +140,7 @@ def check_task_image(session: Session, assignee: str | None, image: str) -> None
     """
     if not assignee or not image:
         return
-    profile = session.get(Profile, assignee)
+    profile = keys.by_key(session, Profile, assignee)
     if profile is not None:
         check_image(profile, image)
 
@@ -164,7 +165,7 @@ def create(session: Session, *, name: str, **values: Any) -> Profile:
     if "executor" not in values:
         raise InvalidArgument("profile.executor: required")
     validate(values)
-    if session.get(Profile, name) is not None:
+    if keys.by_key(session, Profile, name) is not None:
         raise AlreadyExists(f"profile {name!r} already exists")
     if "sandbox_spec" in values:
         values["sandbox_spec"] = merged_spec(None, values["sandbox_spec"])
@@ -181,7 +182,7 @@ def require_absent(session: Session, name: str) -> None:
     Raises:
         AlreadyExists: A profile with that name exists.
     """
-    if session.get(Profile, name) is not None:
+    if keys.by_key(session, Profile, name) is not None:
         raise AlreadyExists(f"profile {name!r} already exists")
 
 
@@ -194,7 +195,7 @@ def get(session: Session, name: str) -> Profile:
     """
     if not name:
         raise InvalidArgument("name: required")
-    profile = session.get(Profile, name)
+    profile = keys.by_key(session, Profile, name)
     if profile is None:
         raise NotFound(f"profile {name!r} not found")
     return profile

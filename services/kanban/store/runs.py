@@ -19,7 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from services.kanban import commits
 from services.kanban.models import RunOutput, Task, TaskRun, utcnow
-from services.kanban.store import Effects, events, lifecycle, new_id
+from services.kanban.store import Effects, events, keys, lifecycle, new_id
 from services.kanban.vocabulary import RunStatus, TaskStatus
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -37,7 +37,7 @@ def get_run(session: Session, run_id: str) -> TaskRun:
     """
     if not run_id:
         raise InvalidArgument("run_id: required")
-    run = session.get(TaskRun, run_id)
+    run = keys.by_key(session, TaskRun, run_id)
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
     return run
@@ -53,10 +53,10 @@ def fenced(session: Session, run_id: str, *, lock: bool = False) -> tuple[TaskRu
     """
     if not run_id:
         raise InvalidArgument("run_id: required")
-    run = session.get(TaskRun, run_id, with_for_update=lock)
+    run = keys.by_key(session, TaskRun, run_id, lock=lock)
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
-    task = session.get(Task, run.task_id, with_for_update=lock)
+    task = keys.by_key(session, Task, run.task_id, lock=lock)
     if run.status != RunStatus.RUNNING or task is None or task.current_run_id != run_id:
         raise FailedPrecondition(f"run {run_id!r} is stale: {run.status}")
     return run, task
@@ -265,11 +265,11 @@ def heartbeat(session: Session, run_id: str, *, lease_seconds: float) -> dt.date
 
 def set_sandbox(session: Session, run_id: str, sandbox_id: str) -> None:
     """Record the sandbox a running run uses (and on its task)."""
-    run = session.get(TaskRun, run_id)
+    run = keys.by_key(session, TaskRun, run_id)
     if run is None:
         return
     run.sandbox_id = sandbox_id
-    task = session.get(Task, run.task_id)
+    task = keys.by_key(session, Task, run.task_id)
     if task is not None:
         task.sandbox_id = sandbox_id
     session.flush()
@@ -403,6 +403,7 @@ def complete(
         payload={"summary": summary},
         run_id=run_id,
         now=now,
+        flush=False,  # set_status's event flushes both, in this order
     )
     lifecycle.set_status(
         session, task, TaskStatus.DONE, reason="completed", source=source, effects=effects

@@ -21,7 +21,7 @@ from services.kanban.models import (
     TaskRun,
     utcnow,
 )
-from services.kanban.store import Effects, Release, creates, events, lifecycle, links
+from services.kanban.store import Effects, Release, creates, events, keys, lifecycle, links
 from services.kanban.vocabulary import TaskStatus
 from services.runtime.errors import (
     FailedPrecondition,
@@ -179,7 +179,7 @@ def assign(session: Session, task_id: str, assignee: str, *, source: str, effect
     task = get(session, task_id, for_update=True)
     if task.status in (TaskStatus.RUNNING, TaskStatus.DONE, TaskStatus.ARCHIVED):
         raise FailedPrecondition(f"task {quote(task_id)} is {task.status}; cannot reassign")
-    if assignee and session.get(Profile, assignee) is None:
+    if assignee and keys.by_key(session, Profile, assignee) is None:
         raise NotFound(f"profile {quote(assignee)} not found")
     previous = task.assignee or ""
     task.assignee = assignee or None
@@ -254,7 +254,7 @@ def delete_task(session: Session, task_id: str, *, source: str, effects: Effects
     if task.status == TaskStatus.RUNNING:
         cancel_current_run(session, task, reason="task deleted", source=source, effects=effects)
     if task.assignee and task.sandbox_id:
-        profile = session.get(Profile, task.assignee)
+        profile = keys.by_key(session, Profile, task.assignee)
         if profile is not None and not profile.keep_sandbox:
             effects.releases.append(Release(task.task_id, task.assignee, task.sandbox_id))
     run_ids = list(session.scalars(select(TaskRun.run_id).where(TaskRun.task_id == task_id)))

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from services.kanban.models import Task, TaskRun
 from services.kanban.planner import BlockedRef, PlannerSettings, ReclaimRef, TaskRef
-from services.kanban.store import Effects, events, failures
+from services.kanban.store import Effects, events, failures, keys
 from services.kanban.vocabulary import RunStatus, TaskStatus
 
 _TASKS = cast(Table, Task.__table__)
@@ -45,8 +45,8 @@ def reclaim(
     retry rules live.
     """
     for ref in reclaims:
-        run = session.get(TaskRun, ref.run_id, with_for_update=True)
-        task = session.get(Task, ref.task_id, with_for_update=True)
+        run = keys.by_key(session, TaskRun, ref.run_id, lock=True)
+        task = keys.by_key(session, Task, ref.task_id, lock=True)
         if run is None or task is None or task.current_run_id != run.run_id:
             continue
         # The plan's time and class: the task's backoff is the one the plan
