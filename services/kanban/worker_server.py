@@ -33,7 +33,6 @@ from longshore.kanban.v1 import task_pb2
 from longshore.kanban.v1 import worker_service_pb2 as pb
 from longshore.kanban.v1 import worker_service_pb2_grpc as pb_grpc
 from longshore.sandbox.v1 import sandbox_pb2
-from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from services.kanban import convert, limits, models
@@ -201,36 +200,16 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def _claimable(
         self, s: Session, profile: models.Profile, board_id: str, most: int, task_id: str = ""
     ) -> int:
-        """How many tasks (at most ``most``) a claim of ``profile`` could take now: a read.
-
-        The same conditions as :meth:`_try_claim` (caps, status, backoff,
-        retry limit), without locks: an idle poll must write nothing, so it
-        opens a write transaction only once this says there is work.
-        """
-        settings = self._limits.planner
-        cap = profile.max_in_progress or settings.max_in_progress_per_profile
-        counts = profiles.running_counts(s)
-        room = most
-        if cap:
-            room = min(room, cap - counts.get(profile.name, 0))
-        if settings.max_in_progress:
-            room = min(room, settings.max_in_progress - sum(counts.values()))
-        if room <= 0:
-            return 0
-        stmt = select(models.Task.task_id).where(
-            models.Task.status == TaskStatus.READY,
-            models.Task.assignee == profile.name,
-            models.Task.failure_count < (profile.retry_max_attempts or settings.failure_limit),
-            or_(
-                models.Task.next_attempt_time.is_(None),
-                models.Task.next_attempt_time <= self._dispatcher.now(),
-            ),
+        """How many tasks (at most ``most``) a claim of ``profile`` could take now: a read."""
+        return claims.claimable(
+            s,
+            profile,
+            board_id,
+            self._dispatcher.now(),
+            settings=self._limits.planner,
+            most=most,
+            task_id=task_id,
         )
-        if board_id:
-            stmt = stmt.where(models.Task.board_id == board_id)
-        if task_id:
-            stmt = stmt.where(models.Task.task_id == task_id)
-        return len(s.scalars(stmt.limit(room)).all())
 
     def _claim_profile(
         self, s: Session, request: pb.ClaimTaskRequest, *, board: bool = True
@@ -340,14 +319,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 # attempt then answers with the precise error.
                 return most, None
             now = self._dispatcher.now()
-            stmt = select(func.min(models.Task.next_attempt_time)).where(
-                models.Task.status == TaskStatus.READY,
-                models.Task.assignee == profile.name,
-                models.Task.next_attempt_time > now,
-            )
-            if board_id:
-                stmt = stmt.where(models.Task.board_id == board_id)
-            due = s.scalar(stmt)
+            due = claims.next_backoff_end(s, profile.name, board_id, now)
             due_in = None if due is None else (_aware(due) - now).total_seconds()
             return self._claimable(s, profile, board_id, most), due_in
 
@@ -419,13 +391,9 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             if expire is not None and self._tokens is not None:
                 # Three columns in one indexed join, not two whole rows: this
                 # runs on every heartbeat of every worker.
-                columns = s.execute(
-                    select(models.Task.image, models.Task.env, models.Profile.sandbox_spec)
-                    .join(models.Profile, models.Profile.name == run.profile)
-                    .where(models.Task.task_id == run.task_id)
-                ).one_or_none()
+                columns = runs.spec_columns(s, run)
                 if columns is not None:
-                    spec = _spec_of(columns.sandbox_spec, columns.image, columns.env)
+                    spec = _spec_of(*columns)
                     token, token_expires = self._token(run, spec, expire)
         if expire is None:
             self._refuse(request.run_id)

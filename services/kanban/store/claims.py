@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import Select, bindparam, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from services.kanban.models import Profile, Task, TaskRun
@@ -94,51 +95,99 @@ def running_counts(session: Session, profiles: Iterable[str] | None = None) -> d
     return {p: int(n) for p, n in session.execute(stmt.group_by(TaskRun.profile))}
 
 
-def running_total(session: Session) -> int:
-    """Running runs of every profile."""
-    stmt = select(func.count()).select_from(TaskRun).where(TaskRun.status == RunStatus.RUNNING)
-    return int(session.scalar(stmt) or 0)
+# The reads of every claim and of every poll's pre-read, built once: building a
+# statement (and its cache key) costs more than running it here.
+_RUNNING_TOTAL = (
+    select(func.count()).select_from(TaskRun).where(TaskRun.status == RunStatus.RUNNING)
+)
+_RUNNING_OF = _RUNNING_TOTAL.where(TaskRun.profile == bindparam("profile"))
+_READY: dict[tuple[bool, bool, bool, bool], Select[Any]] = {}
 
 
-def _full(session: Session, profile: Profile, settings: PlannerSettings) -> str:
-    """Which cap a claim of ``profile`` would exceed now ("" = none), as messages say it."""
-    cap = profile.max_in_progress or settings.max_in_progress_per_profile
-    if cap and running_counts(session, [profile.name]).get(profile.name, 0) >= cap:
-        return f"profile {quote(profile.name)} is at its concurrency cap ({cap} running)"
-    if settings.max_in_progress and running_total(session) >= settings.max_in_progress:
-        return f"the deployment is at its concurrency cap ({settings.max_in_progress} running)"
-    return ""
+def _ready_statement(*, ids: bool, board: bool, task: bool, lock: bool) -> Select[Any]:
+    """The ready tasks a claim of one profile may take, best first (one per shape)."""
+    shape = (ids, board, task, lock)
+    stmt = _READY.get(shape)
+    if stmt is not None:
+        return stmt
+    # Not a task backing off after a failure (its retry is not due), nor one
+    # past the profile's retry limit (the breaker blocks it).
+    stmt = select(Task.task_id if ids else Task).where(
+        Task.status == TaskStatus.READY,
+        Task.assignee == bindparam("profile"),
+        Task.failure_count < bindparam("attempts"),
+        or_(Task.next_attempt_time.is_(None), Task.next_attempt_time <= bindparam("now")),
+    )
+    if board:
+        stmt = stmt.where(Task.board_id == bindparam("board_id"))
+    if task:
+        stmt = stmt.where(Task.task_id == bindparam("task_id"))
+    stmt = stmt.order_by(Task.priority.desc(), Task.create_time, Task.task_id)
+    stmt = stmt.limit(bindparam("most"))
+    if lock:
+        # SKIP LOCKED: a row another replica is claiming (or editing) is
+        # passed over rather than waited on; its claim re-checks the status
+        # anyway, so two replicas never take one task. Ignored on SQLite.
+        stmt = stmt.with_for_update(skip_locked=True)
+    _READY[shape] = stmt
+    return stmt
 
 
-def _next_ready(
+def _ready(
     session: Session,
     profile: Profile,
     board_id: str,
     now: dt.datetime,
     settings: PlannerSettings,
     *,
+    ids: bool,
     lock: bool,
+    most: int = 1,
     task_id: str = "",
-) -> Task | None:
-    # Not a task backing off after a failure (its retry is not due), nor one
-    # past the profile's retry limit (the breaker blocks it).
-    stmt = select(Task).where(
-        Task.status == TaskStatus.READY,
-        Task.assignee == profile.name,
-        Task.failure_count < (profile.retry_max_attempts or settings.failure_limit),
-        or_(Task.next_attempt_time.is_(None), Task.next_attempt_time <= now),
-    )
-    if board_id:
-        stmt = stmt.where(Task.board_id == board_id)
-    if task_id:
-        stmt = stmt.where(Task.task_id == task_id)
-    stmt = stmt.order_by(Task.priority.desc(), Task.create_time, Task.task_id).limit(1)
-    if lock:
-        # SKIP LOCKED: a row another replica is claiming (or editing) is
-        # passed over rather than waited on; its claim re-checks the status
-        # anyway, so two replicas never take one task. Ignored on SQLite.
-        stmt = stmt.with_for_update(skip_locked=True)
-    return session.scalar(stmt)
+) -> Any:
+    stmt = _ready_statement(ids=ids, board=bool(board_id), task=bool(task_id), lock=lock)
+    params = {
+        "profile": profile.name,
+        "attempts": profile.retry_max_attempts or settings.failure_limit,
+        "now": now,
+        "board_id": board_id,
+        "task_id": task_id,
+        "most": most,
+    }
+    return session.scalars(stmt, params)
+
+
+def running_of(session: Session, profile: str) -> int:
+    """Running runs of one profile."""
+    return int(session.scalar(_RUNNING_OF, {"profile": profile}) or 0)
+
+
+def running_total(session: Session) -> int:
+    """Running runs of every profile."""
+    return int(session.scalar(_RUNNING_TOTAL) or 0)
+
+
+def _room(session: Session, profile: Profile, settings: PlannerSettings) -> tuple[int | None, str]:
+    """Free slots of ``profile``'s cap domains (None: uncapped) and the cap that is full."""
+    room: int | None = None
+    cap = profile.max_in_progress or settings.max_in_progress_per_profile
+    if cap:
+        room = cap - running_of(session, profile.name)
+        if room <= 0:
+            return 0, f"profile {quote(profile.name)} is at its concurrency cap ({cap} running)"
+    if settings.max_in_progress:
+        free = settings.max_in_progress - running_total(session)
+        if free <= 0:
+            return 0, (
+                f"the deployment is at its concurrency cap ({settings.max_in_progress} running)"
+            )
+        room = free if room is None else min(room, free)
+    return room, ""
+
+
+def _full(session: Session, profile: Profile, settings: PlannerSettings) -> str:
+    """Which cap a claim of ``profile`` would exceed now ("" = none), as messages say it."""
+    return _room(session, profile, settings)[1]
 
 
 def claimable(
@@ -148,16 +197,41 @@ def claimable(
     now: dt.datetime,
     *,
     settings: PlannerSettings,
-) -> bool:
-    """Whether :func:`claim_next` might find work: a pure read, no lock, no write.
+    most: int = 1,
+    task_id: str = "",
+) -> int:
+    """How many tasks (at most ``most``) :func:`claim_next` might take now: a pure read.
 
-    A long-polling worker asks this in a read transaction first, so an idle
-    poll writes nothing and waits on no lock. A True answer is only a hint
-    (another replica may claim first); :func:`claim_next` decides.
+    The same conditions as a claim (caps, status, backoff, retry limit),
+    without locks: a long-polling worker asks this in a read transaction
+    first, so an idle poll writes nothing and waits on no lock. The answer is
+    only a hint (another replica may claim first); :func:`claim_next` decides.
     """
-    if profile.executor != ExecutorKind.EXTERNAL or _full(session, profile, settings):
-        return False
-    return _next_ready(session, profile, board_id, now, settings, lock=False) is not None
+    if profile.executor != ExecutorKind.EXTERNAL or most <= 0:
+        return 0
+    room, _ = _room(session, profile, settings)
+    if room is not None:
+        most = min(most, room)
+    if most <= 0:
+        return 0
+    found = _ready(
+        session, profile, board_id, now, settings, ids=True, lock=False, most=most, task_id=task_id
+    )
+    return len(found.all())
+
+
+def next_backoff_end(
+    session: Session, profile: str, board_id: str, now: dt.datetime
+) -> dt.datetime | None:
+    """When the earliest retry backoff of ``profile``'s ready tasks ends (None: none backs off)."""
+    stmt = select(func.min(Task.next_attempt_time)).where(
+        Task.status == TaskStatus.READY,
+        Task.assignee == profile,
+        Task.next_attempt_time > now,
+    )
+    if board_id:
+        stmt = stmt.where(Task.board_id == board_id)
+    return session.scalar(stmt)
 
 
 def claim_next(
@@ -195,7 +269,9 @@ def claim_next(
     lock_cap_domains(session, [profile.name], global_cap=bool(settings.max_in_progress))
     if _full(session, profile, settings):
         return None
-    task = _next_ready(session, profile, board_id, now, settings, lock=True, task_id=task_id)
+    task = _ready(
+        session, profile, board_id, now, settings, ids=False, lock=True, task_id=task_id
+    ).first()
     if task is None:
         return None
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from services.kanban.models import Task, TaskLink
@@ -35,14 +35,17 @@ def parent_ids(session: Session, task_ids: Sequence[str]) -> dict[str, list[str]
     out: dict[str, list[str]] = {t: [] for t in task_ids}
     if not task_ids:
         return out
-    stmt = (
-        select(TaskLink.child_id, TaskLink.parent_id)
-        .where(TaskLink.child_id.in_(list(task_ids)))
-        .order_by(TaskLink.parent_id)
-    )
-    for child, parent in session.execute(stmt):
+    for child, parent in session.execute(_PARENTS, {"ids": list(task_ids)}):
         out[child].append(parent)
     return out
+
+
+# Read by every answer that carries a task (claims, completions, GetTask): built once.
+_PARENTS = (
+    select(TaskLink.child_id, TaskLink.parent_id)
+    .where(TaskLink.child_id.in_(bindparam("ids", expanding=True)))
+    .order_by(TaskLink.parent_id)
+)
 
 
 def _ancestors(session: Session, task_id: str) -> set[str]:

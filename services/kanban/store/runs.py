@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, case, func, insert, select, update
+from sqlalchemy import Table, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.kanban import commits
-from services.kanban.models import RunOutput, Task, TaskRun, utcnow
+from services.kanban.models import Profile, RunOutput, Task, TaskRun, utcnow
 from services.kanban.store import Effects, events, keys, lifecycle, new_id
 from services.kanban.vocabulary import RunStatus, TaskStatus
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -247,6 +247,20 @@ def claim_many(
     return won
 
 
+# Every heartbeat of every worker runs these two: built once (see store.keys).
+_RENEW = (
+    update(TaskRun)
+    .where(TaskRun.run_id == bindparam("rid"), TaskRun.status == RunStatus.RUNNING)
+    .values(lease_expire_time=bindparam("expire"))
+    .execution_options(synchronize_session=False)
+)
+_SPEC_COLUMNS = (
+    select(Profile.sandbox_spec, Task.image, Task.env)
+    .join(Profile, Profile.name == bindparam("profile"))
+    .where(Task.task_id == bindparam("task_id"))
+)
+
+
 def heartbeat(session: Session, run_id: str, *, lease_seconds: float) -> dt.datetime | None:
     """Renew a running run's lease (compare-and-set on its status).
 
@@ -254,13 +268,22 @@ def heartbeat(session: Session, run_id: str, *, lease_seconds: float) -> dt.date
         The new lease expiry, or None when the run is not running any more.
     """
     expire = utcnow() + dt.timedelta(seconds=lease_seconds)
-    result = session.execute(
-        update(TaskRun)
-        .where(TaskRun.run_id == run_id, TaskRun.status == RunStatus.RUNNING)
-        .values(lease_expire_time=expire)
-        .execution_options(synchronize_session=False)
-    )
+    result = session.execute(_RENEW, {"rid": run_id, "expire": expire})
     return expire if result.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def spec_columns(
+    session: Session, run: TaskRun
+) -> tuple[dict[str, Any] | None, str, dict[str, str] | None] | None:
+    """The stored parts of ``run``'s sandbox spec: its profile's spec, its task's image and env.
+
+    Three columns in one indexed join, not two whole rows (a heartbeat reads
+    them to mint the run's next sandbox token). None: task or profile gone.
+    """
+    row = session.execute(
+        _SPEC_COLUMNS, {"profile": run.profile, "task_id": run.task_id}
+    ).one_or_none()
+    return None if row is None else (row.sandbox_spec, row.image, row.env)
 
 
 def set_sandbox(session: Session, run_id: str, sandbox_id: str) -> None:
