@@ -113,7 +113,8 @@ def build_app(
         executor: The sandbox executor, or None.
         migrate: Upgrade the database to the newest revision first.
         instance: This process's id; random by default.
-        instrument: Attach the OTel SQLAlchemy instrumentation.
+        instrument: Attach the OTel SQLAlchemy instrumentation when
+            ``database.trace_statements`` asks for it (tests pass False).
         clock: The dispatcher's "now" (tests inject one).
         sandbox_channel: A channel to the sandbox manager for spec checks;
             by default one to ``settings.sandbox.addr`` is opened (it
@@ -129,7 +130,7 @@ def build_app(
     url = database_url(settings)
     if migrate:
         upgrade(url)
-    db = Database(make_engine(url, instrument=instrument))
+    db = Database(make_engine(url, instrument=instrument and settings.database.trace_statements))
     # On PostgreSQL the other replicas' commits arrive by LISTEN/NOTIFY.
     bus = EventBus(db, listen=db.is_postgres)
     pool = HandlerPool(settings.kanban.max_workers)

@@ -138,6 +138,13 @@ class DatabaseSection:
         default=3.0,
         metadata={"help": "A database probe slower than this marks the service NOT_SERVING."},
     )
+    trace_statements: bool = field(
+        default=False,
+        metadata={
+            "help": "Trace every SQL statement as a span (OpenTelemetry SQLAlchemy "
+            "instrumentation); off, RPC and dispatcher spans are still traced."
+        },
+    )
 
 
 def _sandbox_peer() -> PeerSection:

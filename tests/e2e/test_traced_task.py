@@ -31,7 +31,11 @@ def stack(
         deployment=test_deployment,
         image=sandbox_image,
         otel_endpoint=otlp_receiver.endpoint,
-        kanban_env={"LONGSHORE_KANBAN_DISPATCH_INTERVAL_SECONDS": "0.5"},
+        kanban_env={
+            "LONGSHORE_KANBAN_DISPATCH_INTERVAL_SECONDS": "0.5",
+            # Off by default (a span per statement costs ~10% of a claim's CPU).
+            "LONGSHORE_DATABASE_TRACE_STATEMENTS": "true",
+        },
     ) as s:
         yield s
 
@@ -139,5 +143,13 @@ def test_a_dispatched_task_is_one_trace_from_gateway_to_docker(
     # The sandbox was created under the same run.
     assert any(
         s.service_name == "longshore-sandbox" and s.name.startswith("docker.containers")
+        for s in mine
+    ), text
+    # With database.trace_statements on, kanban's SQL hangs under its CreateTask span.
+    create = next(s for s in mine if (s.service_name, s.kind, s.name) == expected_in_order[3])
+    assert any(
+        s.service_name == "longshore-kanban"
+        and "db.system" in s.attributes
+        and create in chain(s, by_id)
         for s in mine
     ), text
