@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from services.kanban.commits import Commit
+from services.kanban.commits import WILDCARD, Commit
 from services.kanban.events_bus import EventBus
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 #: ``count(profile, board_id, most)``: how many of ``most`` polls may claim now,
 #: and in how many seconds the lane's earliest backoff ends (None: no backoff).
 Count = Callable[[str, str, int], Awaitable[tuple[int, float | None]]]
+#: Most profile names whose rings are counted one by one (see ``ClaimLanes``).
+MAX_RING_NAMES = 10_000
 #: Least delay of a lane's read for a backoff that ends (coalesces near ones).
 MIN_DUE_SECONDS = 0.05
 
@@ -87,29 +89,46 @@ class ClaimLanes:
         self.recheck_seconds = recheck_seconds
         self._global_cap = global_cap
         self._lanes: dict[tuple[str, str], _Lane] = {}
-        #: Rings that touched any lane so far (see :meth:`wait`).
-        self.rings = 0
+        # Rings so far per profile, and those that touched every profile (a
+        # wildcard, or any event under a global cap): see :meth:`rings_of`.
+        # One entry per profile name a commit touched, and never more than
+        # MAX_RING_NAMES: past it the counts restart under a new epoch.
+        self._rings: dict[str, int] = {}
+        self._everyone = 0
         bus.on_ring(self._on_ring)
+
+    def rings_of(self, profile: str) -> tuple[int, int]:
+        """A mark that moves with every ring touching ``profile`` (for :meth:`wait`'s ``seen``).
+
+        Per profile: a poll whose attempt found nothing goes back to its lane
+        unless a commit touching *its* profile landed meanwhile. With one
+        count for all profiles, every commit of any profile sent every
+        failed poll straight back to another attempt.
+        """
+        return self._everyone, self._rings.get(profile, 0)
 
     def waiting(self) -> int:
         """Polls waiting now, in every lane."""
         return sum(lane.live for lane in self._lanes.values())
 
-    async def wait(self, profile: str, board_id: str, timeout: float, *, seen: int) -> bool:
+    async def wait(
+        self, profile: str, board_id: str, timeout: float, *, seen: tuple[int, int]
+    ) -> bool:
         """Wait in the lane until it may have work for this poll, or ``timeout``.
 
         Args:
             profile: The poll's profile.
             board_id: Its board filter ("" = any).
             timeout: Seconds to wait at most.
-            seen: :attr:`rings` read before the poll's last claim attempt: a
-                ring since then (while the poll was not in its lane) returns at
-                once, so no wake-up is lost in that gap.
+            seen: :meth:`rings_of` the profile, read before the poll's last
+                claim attempt: a ring of the profile since then (while the
+                poll was not in its lane) returns at once, so no wake-up is
+                lost in that gap.
 
         Returns:
             True when woken (a claim may succeed), False on timeout.
         """
-        if self.rings != seen or self._bus.closed:
+        if self.rings_of(profile) != seen or self._bus.closed:
             return True
         self._bus.bind(asyncio.get_running_loop())
         lane = self._lanes.get((profile, board_id))
@@ -144,16 +163,23 @@ class ClaimLanes:
             for lane in list(self._lanes.values()):
                 self._wake(lane, lane.live)
             return
-        everyone = self._global_cap and commit.added_events
+        everyone = (self._global_cap and commit.added_events) or WILDCARD in commit.profiles
         touched = [
             lane
             for lane in self._lanes.values()
             if everyone or commit.touches_profile(lane.profile)
         ]
-        if everyone or commit.profiles:
-            # Counted even when no lane is touched: the touched poll may be
-            # between attempts, out of every lane (see :meth:`wait`).
-            self.rings += 1
+        # Counted even when no lane is touched: the touched poll may be
+        # between attempts, out of every lane (see :meth:`wait`).
+        if everyone or len(self._rings) >= MAX_RING_NAMES:
+            # A new epoch: every mark taken before it differs from now on, so
+            # a poll between attempts tries once more (never one wake lost).
+            self._everyone += 1
+            if not everyone:
+                self._rings.clear()
+        if not everyone:
+            for name in commit.profiles:
+                self._rings[name] = self._rings.get(name, 0) + 1
         for lane in touched:
             self._check_soon(lane)
 

@@ -340,7 +340,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         while True:
             # Read before the attempt: a ring while the attempt runs (the poll
             # out of its lane) makes the next wait return at once.
-            seen = self._lanes.rings
+            seen = self._lanes.rings_of(request.profile)
             claimed = await self._pool.run(self._attempt, request, holder)
             if claimed is not None:
                 if self._metrics is not None:
