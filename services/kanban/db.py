@@ -167,6 +167,13 @@ def make_engine(url: str, *, instrument: bool = True) -> Engine:
     return engine
 
 
+#: ``SELECT pg_notify(...)`` for one and for two channels, by how many.
+_NOTIFY = {
+    1: text("SELECT pg_notify(:c0, :p0)"),
+    2: text("SELECT pg_notify(:c0, :p0), pg_notify(:c1, :p1)"),
+}
+
+
 class Database:
     """Sessions on one engine: exclusive write transactions and plain reads.
 
@@ -278,24 +285,24 @@ class Database:
         """
         if not self.is_postgres:
             return
-        sql = text("SELECT pg_notify(:channel, :payload)")
+        sends: list[tuple[str, str]] = []
         if commit.added_events or commit.profiles:
-            names = commit.profiles
-            session.execute(
-                sql,
-                {
-                    "channel": notifications.EVENTS_CHANNEL,
-                    "payload": notifications.payload(self.origin, names),
-                },
+            sends.append(
+                (notifications.EVENTS_CHANNEL, notifications.payload(self.origin, commit.profiles))
             )
         if commit.output_runs:
-            session.execute(
-                sql,
-                {
-                    "channel": notifications.OUTPUT_CHANNEL,
-                    "payload": notifications.payload(self.origin, commit.output_runs),
-                },
+            sends.append(
+                (
+                    notifications.OUTPUT_CHANNEL,
+                    notifications.payload(self.origin, commit.output_runs),
+                )
             )
+        if sends:
+            # One round trip for both channels (a commit with events usually has both).
+            params: dict[str, str] = {}
+            for i, (channel, payload) in enumerate(sends):
+                params[f"c{i}"], params[f"p{i}"] = channel, payload
+            session.execute(_NOTIFY[len(sends)], params)
 
     def listen_url(self) -> str:
         """The database URL in the form psycopg connects with (for LISTEN)."""

@@ -176,9 +176,11 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         )
         return self._tokens.mint(grant), expires
 
-    def _held(self, s: Session, run_id: str, context: grpc.ServicerContext) -> models.TaskRun:
-        """The run, if the caller holds it (one primary-key read)."""
-        run = runs.get_run(s, run_id)
+    def _held(
+        self, s: Session, run_id: str, context: grpc.ServicerContext, *, lock: bool = False
+    ) -> models.TaskRun:
+        """The run, if the caller holds it (one primary-key read, ``FOR UPDATE`` with ``lock``)."""
+        run = runs.get_run(s, run_id, lock=lock)
         check_holder(run, caller(context))
         return run
 
@@ -420,8 +422,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     ) -> pb.CompleteTaskResponse:
         effects = Effects()
         with self._db.write() as s:
-            self._held(s, request.run_id, context)
-            run, _task = runs.fenced(s, request.run_id, lock=True)
+            # Locked here already: complete() fences it without reading it again.
+            run = self._held(s, request.run_id, context, lock=True)
             task = runs.complete(
                 s,
                 request.run_id,
@@ -440,7 +442,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             raise InvalidArgument("error: required")
         effects = Effects()
         with self._db.write() as s:
-            self._held(s, request.run_id, context)
+            self._held(s, request.run_id, context, lock=True)
             run, task = runs.fenced(s, request.run_id, lock=True)
             outcome = failures.fail(
                 s,

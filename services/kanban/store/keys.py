@@ -12,7 +12,10 @@ claim, heartbeat and completion make about nine lookups between them.
   without SQL;
 - with ``lock`` on PostgreSQL the row is read ``FOR UPDATE`` even when the
   session holds it, and an object already held keeps its attributes, as
-  with ``Session.get(..., with_for_update=True)``. On SQLite a write
+  with ``Session.get(..., with_for_update=True)``; only a row this
+  transaction has locked already is not read again (nobody else can have
+  changed it since; no store code uses savepoints, whose rollback would
+  release such a lock); On SQLite a write
   transaction is exclusive from its first statement, so every object its
   session holds was read under that lock already and ``lock`` changes
   nothing (SQLite has no ``FOR UPDATE``);
@@ -31,6 +34,8 @@ from sqlalchemy.orm.attributes import instance_state
 
 _T = TypeVar("_T")
 
+#: ``session.info`` key: the (entity, key) rows this transaction has locked.
+_LOCKED = "longshore.keys.locked"
 #: (entity, lock) -> its statement; a handful of entities, built on first use.
 _STATEMENTS: dict[tuple[type[Any], bool], Select[Any]] = {}
 
@@ -50,8 +55,12 @@ def by_key(session: Session, entity: type[_T], key: Any, *, lock: bool = False) 
     """The ``entity`` row with primary key ``key``, or None (see the module docstring)."""
     if lock and session.get_bind().dialect.name != "postgresql":
         lock = False
-    if not lock:
+    locked: set[tuple[type[Any], Any]] = session.info.setdefault(_LOCKED, set())
+    if not lock or (entity, key) in locked:
         held: _T | None = session.identity_map.get((entity, (key,), None))
         if held is not None and not instance_state(held).expired:
             return held
-    return session.execute(_statement(entity, lock), {"key": key}).scalar_one_or_none()
+    found = session.execute(_statement(entity, lock), {"key": key}).scalar_one_or_none()
+    if lock and found is not None:
+        locked.add((entity, key))  # until the transaction ends, with its session
+    return found

@@ -63,7 +63,8 @@ def end_run(
 def _release_if_finished(session: Session, task: Task, effects: Effects) -> None:
     if task.status not in (TaskStatus.DONE, TaskStatus.ARCHIVED) or not task.assignee:
         return
-    profile = keys.by_key(session, Profile, task.assignee)
+    with session.no_autoflush:  # the task's pending changes flush with its event
+        profile = keys.by_key(session, Profile, task.assignee)
     sandboxed = profile is not None and profile.executor == ExecutorKind.SANDBOX
     if sandboxed and profile is not None and not profile.keep_sandbox:
         effects.releases.append(Release(task.task_id, task.assignee, task.sandbox_id))

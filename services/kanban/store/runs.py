@@ -28,8 +28,8 @@ end_run = lifecycle.end_run
 DEFAULT_READ_LIMIT = 1024 * 1024
 
 
-def get_run(session: Session, run_id: str) -> TaskRun:
-    """Return a run.
+def get_run(session: Session, run_id: str, *, lock: bool = False) -> TaskRun:
+    """Return a run (with ``lock``, its row locked as :func:`keys.by_key` locks).
 
     Raises:
         InvalidArgument: Empty id.
@@ -37,7 +37,7 @@ def get_run(session: Session, run_id: str) -> TaskRun:
     """
     if not run_id:
         raise InvalidArgument("run_id: required")
-    run = keys.by_key(session, TaskRun, run_id)
+    run = keys.by_key(session, TaskRun, run_id, lock=lock)
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
     return run

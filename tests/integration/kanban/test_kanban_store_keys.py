@@ -124,3 +124,18 @@ def test_lock_makes_a_second_writer_wait_on_postgres(db: Database) -> None:
         release.set()
         thread.join(10)
         other.dispose()
+
+
+def test_a_row_locked_once_is_not_read_again_in_its_transaction(
+    db: Database, statements: list[str]
+) -> None:
+    with db.write() as s:
+        first = keys.by_key(s, models.Board, "keys", lock=True)
+        before = len(_selects(statements))
+        again = keys.by_key(s, models.Board, "keys", lock=True)
+        assert again is first
+        assert len(_selects(statements)) == before
+    with db.write() as s:  # a new transaction locks anew
+        before = len(_selects(statements))
+        assert keys.by_key(s, models.Board, "keys", lock=True) is not None
+        assert len(_selects(statements)) == before + 1
