@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from services.kanban.models import Profile, Task, TaskRun
 from services.kanban.planner import PlannerSettings
-from services.kanban.store import Effects, creates, effects_of, lifecycle, runs
+from services.kanban.store import Effects, creates, effects_of, events, lifecycle, runs
 from services.kanban.store.creates import NewTask
 from services.kanban.store.profiles import check_image
 from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
@@ -58,6 +58,14 @@ _LOCK_PROFILES = text(
     " SELECT DISTINCT hashtext(n) AS k FROM unnest(CAST(:names AS text[])) AS n ORDER BY k"
     ") AS keys"
 )
+# The same, entering the event gate in the same round trip (every claim
+# appends events). The gate is shared and never taken exclusively, so where
+# it falls among the cap locks cannot make anyone wait in a circle.
+_LOCK_PROFILES_AND_GATE = text(
+    "SELECT (SELECT count(pg_advisory_xact_lock(:cls, k)) FROM ("
+    " SELECT DISTINCT hashtext(n) AS k FROM unnest(CAST(:names AS text[])) AS n ORDER BY k"
+    ") AS keys), pg_advisory_xact_lock_shared(:gate, 0)"
+)
 
 
 def _postgres(session: Session) -> bool:
@@ -68,10 +76,13 @@ def lock_cap_domains(session: Session, profiles: Iterable[str], *, global_cap: b
     """Lock the cap domains a claim is about to spend, in the one lock order.
 
     Call it before any row lock of the transaction and before counting
-    running runs. With ``global_cap`` every claim of every replica waits on
-    one lock: a global ``max_in_progress`` is one counter, so its claims are
-    serialized by necessity; without it claims of different profiles never
-    wait on each other.
+    running runs. It also enters the event gate (:func:`events.enter_gate`)
+    in the same round trip, for the claim's events.
+
+    With ``global_cap`` every claim of every replica waits on one lock: a
+    global ``max_in_progress`` is one counter, so its claims are serialized
+    by necessity; without it claims of different profiles never wait on
+    each other.
 
     Args:
         session: The claiming write session.
@@ -84,7 +95,13 @@ def lock_cap_domains(session: Session, profiles: Iterable[str], *, global_cap: b
         session.execute(text("SELECT pg_advisory_xact_lock(:cls, 0)"), {"cls": GLOBAL_LOCK_CLASS})
     names = sorted(set(profiles))
     if names:
-        session.execute(_LOCK_PROFILES, {"cls": PROFILE_LOCK_CLASS, "names": names})
+        gate = events.gate_column(session) is not None  # not entered yet
+        session.execute(
+            _LOCK_PROFILES_AND_GATE if gate else _LOCK_PROFILES,
+            {"cls": PROFILE_LOCK_CLASS, "names": names, "gate": events.EVENT_GATE_CLASS},
+        )
+        if gate:
+            events.gate_entered(session)
 
 
 def running_counts(session: Session, profiles: Iterable[str] | None = None) -> dict[str, int]:

@@ -1,12 +1,13 @@
-"""store.claims: ``claimable`` is a pure read that agrees with ``claim_next``."""
+"""store.claims: ``claimable`` is a pure read that agrees with ``claim_next``; the cap lock."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
-from services.kanban.store import claims, profiles
+from services.kanban.store import claims, events, profiles
 
 
 def _claimable(k: Any, profile: str) -> bool:
@@ -53,3 +54,21 @@ def test_claimable_answers_what_claim_next_would_do(kanban: Any) -> None:
     # At its cap of 2 with one task still ready: neither answers yes.
     assert not _claimable(kanban, "ext")
     assert not _claim(kanban, "ext")
+
+
+def test_the_cap_lock_enters_the_event_gate_in_the_same_round_trip(kanban: Any) -> None:
+    """On PostgreSQL a claim's cap lock also takes the shared event gate, before its events."""
+    db = kanban.app.db
+    if not db.is_postgres:
+        pytest.skip("SQLite: one writer, no locks to take")
+    with db.write() as s:
+        claims.lock_cap_domains(s, ["ext"], global_cap=False)
+        assert s.info.get(events.ADDED_EVENTS) is True
+        held = s.execute(
+            text(
+                "SELECT classid, mode FROM pg_locks WHERE locktype = 'advisory'"
+                " AND pid = pg_backend_pid() AND granted"
+            )
+        ).all()
+        assert (events.EVENT_GATE_CLASS, "ShareLock") in {(c, m) for c, m in held}
+        assert (claims.PROFILE_LOCK_CLASS, "ExclusiveLock") in {(c, m) for c, m in held}
