@@ -339,15 +339,20 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         holder = who.principal
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        # A poll whose lane knows there is nothing for it waits without an
+        # attempt of its own (see ClaimLanes.joinable); so does one that
+        # timed out while its lane still knows it.
+        seen = self._joinable(request, wait)
         while True:
-            # Read before the attempt: a ring while the attempt runs (the poll
-            # out of its lane) makes the next wait return at once.
-            seen = self._lanes.rings_of(request.profile)
-            claimed = await self._pool.run(self._attempt, request, holder)
-            if claimed is not None:
-                if self._metrics is not None:
-                    self._metrics.claim(request.profile, claimed=True)
-                return claimed
+            if seen is None:
+                # Read before the attempt: a ring while the attempt runs (the
+                # poll out of its lane) makes the next wait return at once.
+                seen = self._lanes.rings_of(request.profile)
+                claimed = await self._pool.run(self._attempt, request, holder)
+                if claimed is not None:
+                    if self._metrics is not None:
+                        self._metrics.claim(request.profile, claimed=True)
+                    return claimed
             remaining = deadline - loop.time()
             if remaining <= 0 or self._bus.closed:
                 if self._metrics is not None:
@@ -355,7 +360,14 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 return pb.ClaimTaskResponse()
             # Waiting holds no thread and no transaction; a client that goes
             # away cancels this await, and the poll leaves its lane.
-            await self._lanes.wait(request.profile, request.board_id, remaining, seen=seen)
+            woken = await self._lanes.wait(request.profile, request.board_id, remaining, seen=seen)
+            seen = None if woken else self._joinable(request, wait)
+
+    def _joinable(self, request: pb.ClaimTaskRequest, wait: float) -> tuple[int, int] | None:
+        """:meth:`ClaimLanes.joinable` for a long poll of any task of its lane, else None."""
+        if wait <= 0 or request.task_id:
+            return None
+        return self._lanes.joinable(request.profile, request.board_id)
 
     def _refuse(self, run_id: str) -> None:
         """Raise NotFound or FailedPrecondition for a run that did not renew."""

@@ -172,3 +172,71 @@ def test_raising_a_cap_wakes_the_polls_it_frees(kanban: Kanban) -> None:
         timeout=10,
     )
     assert poll.result(timeout=30).task.task_id == two.task_id
+
+
+def test_polls_joining_a_lane_that_knows_it_has_nothing_read_nothing(kanban: Kanban) -> None:
+    """A lane whose last read found less work than polls lets a new poll wait at once.
+
+    Ten more polls join without a read of their own; a task still wakes
+    exactly one of them; and a poll whose ``wait`` runs out while its lane
+    still knows there is nothing answers empty without a read.
+    """
+    kanban.profile("ext")
+    lanes = kanban.app.worker._lanes
+    lanes.recheck_seconds = 3600.0
+    claim = wpb.ClaimTaskRequest(profile="ext", worker_id="w", wait=Duration(seconds=60))
+    first = kanban.worker.ClaimTask.future(claim, timeout=90)
+    polls = [first]
+    try:
+        wait_until(
+            lambda: lanes.waiting() == 1 and lanes.joinable("ext", "") is not None,
+            "the first poll's lane read once and found nothing",
+        )
+        with statements(kanban) as seen:
+            polls += [kanban.worker.ClaimTask.future(claim, timeout=90) for _ in range(10)]
+            wait_until(lambda: lanes.waiting() == 11, "ten more polls in the lane")
+            assert [s for s, _ in seen if is_claimability_read(s)] == []
+
+            task = kanban.task("for ext", assignee="ext")
+            wait_until(lambda: any(p.done() for p in polls), "one poll answered")
+            winners = [p for p in polls if p.done()]
+            assert len(winners) == 1
+            assert winners[0].result().task.task_id == task.task_id
+            wait_until(lambda: lanes.waiting() == 10, "the others back in their lane")
+
+        wait_until(lambda: lanes.joinable("ext", "") is not None, "the lane knows again")
+        with statements(kanban) as seen:
+            short = wpb.ClaimTaskRequest(profile="ext", worker_id="s", wait=Duration(seconds=1))
+            reply = kanban.worker.ClaimTask(short, timeout=10)
+            assert not reply.HasField("task")
+            assert [s for s, _ in seen if is_claimability_read(s)] == []
+    finally:
+        for poll in polls:
+            poll.cancel()
+    wait_until(lambda: lanes.waiting() == 0, "cancelled polls gone from the lane")
+
+
+def test_a_poll_for_one_task_or_without_wait_always_attempts(kanban: Kanban) -> None:
+    """Joining is only for long polls of any task: these read even when the lane knows."""
+    kanban.profile("ext")
+    kanban.profile("other")
+    elsewhere = kanban.task("not ext's", assignee="other")
+    lanes = kanban.app.worker._lanes
+    lanes.recheck_seconds = 3600.0
+    held = kanban.worker.ClaimTask.future(
+        wpb.ClaimTaskRequest(profile="ext", worker_id="w", wait=Duration(seconds=60)), timeout=90
+    )
+    try:
+        wait_until(lambda: lanes.joinable("ext", "") is not None, "the lane read and knows")
+        named = wpb.ClaimTaskRequest(
+            profile="ext", worker_id="n", task_id=elsewhere.task_id, wait=Duration(seconds=1)
+        )
+        unheld = wpb.ClaimTaskRequest(profile="ext", worker_id="z")
+        for request in (named, unheld):
+            with statements(kanban) as seen:
+                reply = kanban.worker.ClaimTask(request, timeout=10)
+                assert not reply.HasField("task")
+                assert [s for s, _ in seen if is_claimability_read(s)], request
+            assert lanes.joinable("ext", "") is not None
+    finally:
+        held.cancel()

@@ -88,3 +88,53 @@ def test_the_count_of_names_is_bounded_and_no_mark_survives_the_restart(
     assert len(lanes._rings) <= 3
     assert lanes.rings_of("a") != seen
     assert _wait(lanes, "a", seen) is True
+
+
+def _joinable_after_one_read(
+    answer: object, ring: tuple[str, ...] = (), joins_during_read: int = 0
+) -> bool:
+    """Polls wait (their lane reads once with ``answer``); is the lane joinable then?
+
+    ``joins_during_read`` polls arrive while the read runs, so the lane
+    holds more polls than the read asked about.
+    """
+    reading = asyncio.Event()
+
+    async def count(profile: str, board: str, most: int) -> tuple[int, float | None]:
+        reading.set()
+        for _ in range(10):  # the joiners arrive now
+            await asyncio.sleep(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return min(most, int(answer)), None  # type: ignore[call-overload]
+
+    async def go() -> bool:
+        bus = _Bus()
+        lanes = ClaimLanes(bus, count, recheck_seconds=30, global_cap=False)  # type: ignore[arg-type]
+
+        def poll() -> asyncio.Task[bool]:
+            return asyncio.create_task(lanes.wait("a", "", 5, seen=lanes.rings_of("a")))
+
+        polls = [poll()]
+        await reading.wait()
+        polls += [poll() for _ in range(joins_during_read)]
+        for _ in range(40):  # let the read end and the wake-ups land
+            await asyncio.sleep(0)
+        if ring:
+            bus.ring(*ring)
+        joinable = lanes.joinable("a", "") is not None
+        for p in polls:
+            p.cancel()
+        return joinable
+
+    return asyncio.run(go())
+
+
+def test_a_lane_is_joinable_only_while_its_last_read_found_less_work_than_polls() -> None:
+    assert _joinable_after_one_read(0) is True  # nothing for one more poll
+    assert _joinable_after_one_read(0, ring=("b",)) is True  # another profile's commit
+    assert _joinable_after_one_read(0, ring=("a",)) is False  # its own: read again first
+    # The read asked about one poll and found one task; a second poll joined
+    # meanwhile: there may be a task for it too.
+    assert _joinable_after_one_read(5, joins_during_read=1) is False
+    assert _joinable_after_one_read(RuntimeError("db down")) is False  # nothing known
