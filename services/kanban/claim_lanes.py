@@ -6,7 +6,9 @@ touches the lane's profile (:meth:`Commit.touches_profile`), the lane makes
 many polls as there are tasks to claim (oldest first); the woken ones then
 try to claim in a write transaction. So 10,000 idle polls cost nothing per
 unrelated commit, and one read per lane per related one, never a read (let
-alone a write) per poll.
+alone a write) per poll. A poll arriving at a lane whose last read found less
+work than it had polls joins it without a read of its own (:meth:`joinable`),
+so renewing a held poll costs no transaction either.
 
 A task whose retry backoff ends becomes claimable without any commit, so the
 read also says when the lane's earliest backoff ends, and the lane reads
