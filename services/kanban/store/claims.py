@@ -24,7 +24,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, or_, select, text
+from sqlalchemy import ScalarResult, Select, bindparam, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from services.kanban.models import Profile, Task, TaskRun
@@ -60,7 +60,10 @@ _LOCK_PROFILES = text(
 )
 # The same, entering the event gate in the same round trip (every claim
 # appends events). The gate is shared and never taken exclusively, so where
-# it falls among the cap locks cannot make anyone wait in a circle.
+# it falls among the cap locks cannot make anyone wait in a circle. It comes
+# last in the select list, which PostgreSQL evaluates left to right, so a
+# claim queued for its cap does not hold the gate meanwhile (a holder delays
+# WatchEvents' watermark; it could never make it wrong).
 _LOCK_PROFILES_AND_GATE = text(
     "SELECT (SELECT count(pg_advisory_xact_lock(:cls, k)) FROM ("
     " SELECT DISTINCT hashtext(n) AS k FROM unnest(CAST(:names AS text[])) AS n ORDER BY k"
@@ -161,7 +164,7 @@ def _ready(
     lock: bool,
     most: int = 1,
     task_id: str = "",
-) -> Any:
+) -> ScalarResult[Any]:
     stmt = _ready_statement(ids=ids, board=bool(board_id), task=bool(task_id), lock=lock)
     params = {
         "profile": profile.name,

@@ -12,13 +12,13 @@ claim, heartbeat and completion make about nine lookups between them.
   without SQL;
 - with ``lock`` on PostgreSQL the row is read ``FOR UPDATE`` even when the
   session holds it, and an object already held keeps its attributes, as
-  with ``Session.get(..., with_for_update=True)``; only a row this
-  transaction has locked already is not read again (nobody else can have
-  changed it since; no store code uses savepoints, whose rollback would
-  release such a lock); On SQLite a write
-  transaction is exclusive from its first statement, so every object its
-  session holds was read under that lock already and ``lock`` changes
-  nothing (SQLite has no ``FOR UPDATE``);
+  with ``Session.get(..., with_for_update=True)``. Only a row this
+  transaction has locked already is not read again: nobody else can have
+  changed it since (no store code uses savepoints, whose rollback would
+  release such a lock);
+- with ``lock`` on SQLite nothing changes: a write transaction is exclusive
+  from its first statement, so every object its session holds was read
+  under that lock already (and SQLite has no ``FOR UPDATE``);
 - no row: None.
 
 Entities with a composite key (links) keep ``Session.get``.

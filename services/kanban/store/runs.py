@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, func, insert, select, update
+from sqlalchemy import Table, bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -375,17 +375,6 @@ def list_runs(
         )
     stmt = stmt.order_by(TaskRun.start_time.desc(), TaskRun.run_id.desc()).limit(limit)
     return list(session.scalars(stmt))
-
-
-def running_runs(session: Session) -> list[TaskRun]:
-    """Return every running run."""
-    return list(session.scalars(select(TaskRun).where(TaskRun.status == RunStatus.RUNNING)))
-
-
-def running_total(session: Session) -> int:
-    """Return how many runs are running."""
-    stmt = select(func.count()).select_from(TaskRun).where(TaskRun.status == RunStatus.RUNNING)
-    return int(session.scalar(stmt) or 0)
 
 
 def note_exec_end(run: TaskRun, task: Task, *, truncated: bool, sandbox_id: str) -> None:
