@@ -132,17 +132,17 @@ class LatestPlan:
         return _Kept(stamp, backend, _valid_until(session, snap, now), extra, result)
 
 
-def _stamp(session: Session) -> tuple[object, ...]:
-    """One small query: the newest event id and the profiles' count and newest change."""
-    return tuple(session.execute(_STAMP).one())
-
-
 # Every readiness read runs it: built once.
 _STAMP = select(
     select(func.max(models.TaskEvent.event_id)).scalar_subquery(),
     select(func.count()).select_from(models.Profile).scalar_subquery(),
     select(func.max(models.Profile.update_time)).scalar_subquery(),
 )
+
+
+def _stamp(session: Session) -> tuple[object, ...]:
+    """One small query: the newest event id and the profiles' count and newest change."""
+    return tuple(session.execute(_STAMP).one())
 
 
 def _valid_until(session: Session, snap: Snapshot, now: dt.datetime) -> dt.datetime | None:

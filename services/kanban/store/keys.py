@@ -55,12 +55,13 @@ def by_key(session: Session, entity: type[_T], key: Any, *, lock: bool = False) 
     """The ``entity`` row with primary key ``key``, or None (see the module docstring)."""
     if lock and session.get_bind().dialect.name != "postgresql":
         lock = False
-    locked: set[tuple[type[Any], Any]] = session.info.setdefault(_LOCKED, set())
-    if not lock or (entity, key) in locked:
+    locked: set[tuple[type[Any], Any]] | None = session.info.get(_LOCKED)
+    if not lock or (locked is not None and (entity, key) in locked):
         held: _T | None = session.identity_map.get((entity, (key,), None))
         if held is not None and not instance_state(held).expired:
             return held
     found = session.execute(_statement(entity, lock), {"key": key}).scalar_one_or_none()
     if lock and found is not None:
-        locked.add((entity, key))  # until the transaction ends, with its session
+        # Until the transaction ends, with its session.
+        session.info.setdefault(_LOCKED, set()).add((entity, key))
     return found

@@ -30,6 +30,14 @@ def waiting_on(session: Session, task_ids: Iterable[str]) -> dict[str, list[str]
     return out
 
 
+# Read by every answer that carries a task (claims, completions, GetTask): built once.
+_PARENTS = (
+    select(TaskLink.child_id, TaskLink.parent_id)
+    .where(TaskLink.child_id.in_(bindparam("ids", expanding=True)))
+    .order_by(TaskLink.parent_id)
+)
+
+
 def parent_ids(session: Session, task_ids: Sequence[str]) -> dict[str, list[str]]:
     """Return, per child id, every parent id (sorted)."""
     out: dict[str, list[str]] = {t: [] for t in task_ids}
@@ -38,14 +46,6 @@ def parent_ids(session: Session, task_ids: Sequence[str]) -> dict[str, list[str]
     for child, parent in session.execute(_PARENTS, {"ids": list(task_ids)}):
         out[child].append(parent)
     return out
-
-
-# Read by every answer that carries a task (claims, completions, GetTask): built once.
-_PARENTS = (
-    select(TaskLink.child_id, TaskLink.parent_id)
-    .where(TaskLink.child_id.in_(bindparam("ids", expanding=True)))
-    .order_by(TaskLink.parent_id)
-)
 
 
 def _ancestors(session: Session, task_id: str) -> set[str]:
