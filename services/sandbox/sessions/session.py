@@ -18,7 +18,7 @@ from datetime import datetime
 
 import docker
 
-from services.runtime.errors import FailedPrecondition, ServiceError, quote
+from services.runtime.errors import FailedPrecondition, ServiceError, Unavailable, quote
 from services.sandbox.execution import new_marker
 from services.sandbox.sessions import killer
 from services.sandbox.sessions.command import CommandRun, Sink
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_SECONDS = 15.0
 #: Bytes of a shell's first output read while waiting for its ready line.
 READY_MAX_BYTES = 64 * 1024
+#: Seconds a command waits for the last command's stop to end (its killer
+#: sweeps in a few hundred ms; this bounds an engine that does not answer).
+STOP_WAIT_SECONDS = 30.0
 #: Longest end reason kept (the proto's bound).
 MAX_REASON_CHARS = 200
 
@@ -96,6 +99,10 @@ class Session:
         self._reason = ""
         #: A reason decided before the shell is ended (it then dies with this one).
         self._planned_reason = ""
+        #: Clear while a stop's rounds run: its killer still sweeps the
+        #: sandbox after the command has ended, so the next command waits.
+        self._stopped = threading.Event()
+        self._stopped.set()
         self.create_time = clock()
         self._last_used = self.create_time
 
@@ -155,10 +162,21 @@ class Session:
     def start(self, command: SessionCommand, sink: Sink, *, max_output: int) -> CommandRun:
         """Sends a command to the shell; its events go to ``sink``.
 
+        The shell returns from a stopped command at the killer's first
+        signal, while the killer still looks for the command's processes; a
+        fork of the shell made by the next command would look like one of
+        them. So a command sent then waits until that stop has ended.
+
         Raises:
             FailedPrecondition: A command is running, or the session ended.
-            Unavailable: The shell's connection broke while sending.
+            Unavailable: The shell's connection broke while sending, or the
+                last command's stop did not end in time.
         """
+        if not self._stopped.wait(STOP_WAIT_SECONDS):
+            raise Unavailable(
+                f"session {quote(self.session_id)}: the last command's stop has not ended "
+                f"after {STOP_WAIT_SECONDS:.0f} s; retry"
+            )
         with self._lock:
             if self._state is SessionState.BUSY:
                 raise FailedPrecondition(
@@ -193,6 +211,7 @@ class Session:
             if run.done.is_set() or run.stopping or self._run is not run:
                 return
             run.stopping = why
+            self._stopped.clear()
         log.info(
             "session command stopping",
             extra={"session_id": self.session_id, "sandbox_id": self.cid, "why": why},
@@ -202,16 +221,19 @@ class Session:
         ).start()
 
     def _stop_rounds(self, run: CommandRun) -> None:
-        for _ in range(killer.STOP_ROUNDS):
-            if run.done.is_set():
-                return
-            self._stop_round(run)
-            if run.done.wait(killer.ROUND_WAIT_SECONDS):
-                return
-        self._end_shell(
-            f"the command could not be stopped after {killer.STOP_ROUNDS} rounds; "
-            "its shell was ended"
-        )
+        try:
+            for _ in range(killer.STOP_ROUNDS):
+                if run.done.is_set():
+                    return
+                self._stop_round(run)
+                if run.done.wait(killer.ROUND_WAIT_SECONDS):
+                    return
+            self._end_shell(
+                f"the command could not be stopped after {killer.STOP_ROUNDS} rounds; "
+                "its shell was ended"
+            )
+        finally:
+            self._stopped.set()
 
     def _stop_round(self, run: CommandRun) -> None:
         killer.stop_command(

@@ -297,6 +297,48 @@ def test_a_timeout_kills_the_commands_tree_and_the_session_lives_on(rig: Rig) ->
     close(rig, session)
 
 
+def test_the_next_command_waits_until_the_last_ones_stop_has_ended(rig: Rig) -> None:
+    """A stop's sweep outlasts its command's end; it must not sweep the next command.
+
+    The shell returns from a stopped command at the sweep's first signal,
+    so the caller has the exit while the killer still reads /proc. Many
+    background processes make that sweep long; a fork of the shell that the
+    next command made meanwhile looks like the stopped command's own (the
+    shell's marker, a recent start) and was killed within milliseconds.
+    (The full-suite flake of the test above, seen under load.)
+    """
+    session = open_session(rig)
+    run(
+        rig, session, "i=0; while [ $i -lt 150 ]; do sleep 6660 > /dev/null 2>&1 & i=$((i+1)); done"
+    )
+    try:
+        for _ in range(3):
+            # Its background job makes the sweep look again after the long
+            # first pass, when the next command has started.
+            looped = run(
+                rig,
+                session,
+                "sleep 5550 > /dev/null 2>&1 & while :; do :; done",
+                timeout=seconds(0.5),
+            )
+            assert looped.exit.timed_out and not looped.exit.session_ended
+            # An applet busybox runs in a fork of the shell, started at once.
+            started = time.monotonic()
+            forked = run(rig, session, "yes > /dev/null", timeout=seconds(1))
+            took = time.monotonic() - started
+            assert forked.exit.timed_out, (forked.exit, took)
+            assert not forked.exit.session_ended
+    finally:
+        exec_out(
+            rig,
+            rig.box,
+            "for d in /proc/[0-9]*; do case \"$(tr '\\000' ' ' < $d/cmdline)\" in "
+            "'sleep 6660 ') kill ${d#/proc/};; esac; done 2>/dev/null; true",
+        )
+        close(rig, session)
+    assert "sleep 6660" not in processes(rig, rig.box)
+
+
 def test_a_cancelled_call_kills_the_command_and_the_session_lives_on(rig: Rig) -> None:
     session = open_session(rig)
     stream = rig.stubs.sandbox.RunSessionCommand(
