@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import DateTime, String, func, select, type_coerce
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, aliased
 
 from services.kanban import models
@@ -58,6 +59,38 @@ def _task_columns(dialect: str) -> tuple[Any, ...]:
         Task.blocked_reason,
         retry_at,
     )
+
+
+#: The walk's statement as SQL text, per dialect (it has no parameters).
+_WALKED_SQL: dict[str, str] = {}
+
+
+def _walked_rows(conn: Connection) -> list[Any]:
+    """Every ready and todo task's columns, as the driver's plain tuples.
+
+    The hot read of every tick (10,000 rows): SQLAlchemy's result rows cost
+    ~5 ms more than the driver's tuples there. The statement is constant, so
+    it is compiled once per dialect; its values need no processing (see
+    :func:`_task_columns`). Statement events (and so their spans) still fire.
+    """
+    dialect = conn.dialect.name
+    sql = _WALKED_SQL.get(dialect)
+    if sql is None:
+        stmt = select(*_task_columns(dialect)).where(
+            Task.status.in_([TaskStatus.READY, TaskStatus.TODO])
+        )
+        sql = str(
+            stmt.compile(
+                dialect=conn.dialect,
+                compile_kwargs={"literal_binds": True, "render_postcompile": True},
+            )
+        )
+        _WALKED_SQL[dialect] = sql
+    result = conn.exec_driver_sql(sql)
+    try:
+        return list(result.cursor.fetchall()) if result.cursor is not None else []
+    finally:
+        result.close()
 
 
 def _aware(value: Any) -> dt.datetime | None:
@@ -162,11 +195,14 @@ def build(
 
     conn = session.connection()
     columns = _task_columns(conn.dialect.name)
-    stmt = select(*columns).where(Task.status.in_([TaskStatus.READY, TaskStatus.TODO]))
-    if board_id:
-        stmt = stmt.where(Task.board_id == board_id)
     views: dict[str, TaskView] = {}
-    _views(conn.execute(stmt).all(), waiting, views)
+    if board_id:
+        stmt = select(*columns).where(
+            Task.status.in_([TaskStatus.READY, TaskStatus.TODO]), Task.board_id == board_id
+        )
+        _views(conn.execute(stmt).all(), waiting, views)
+    else:
+        _views(_walked_rows(conn), waiting, views)
     others = [t for t in (*reclaim_tasks, *extra_task_ids) if t not in views]
     for start in range(0, len(others), 500):
         chunk = others[start : start + 500]

@@ -217,7 +217,7 @@ class Dispatcher:
             claimed = won.get(ref.task_id)
             if claimed is None:
                 continue
-            proto.spawned[i].run_id = claimed.run.run_id
+            proto.spawned[i].run_id = claimed.run_id
             jobs.append(self._job(claimed, profiles[ref.assignee]))
         self._quiet = not _writes(result)
         if not board_id:
@@ -308,7 +308,7 @@ class Dispatcher:
         except PermissionDenied as exc:
             refusal = exc.message
         return RunJob(
-            run_id=task.run.run_id,
+            run_id=task.run_id,
             task_id=task.task_id,
             profile=profile.name,
             spec=merge_spec(convert.spec_proto(profile.sandbox_spec or {}), image=task.image),

@@ -66,8 +66,9 @@ def fenced(session: Session, run_id: str, *, lock: bool = False) -> tuple[TaskRu
 class Claimed:
     """A task won by :func:`claim_many`: what spawning it needs, and its new run.
 
-    ``run`` is not in the session (it was inserted in bulk); read it, or load
-    it again to change it.
+    ``run_values`` are the run's inserted columns. :attr:`run` builds the
+    ORM object only when asked: a tick claims a hundred tasks and needs
+    only their run ids (an ORM instance costs ~20 us to build).
     """
 
     task_id: str
@@ -77,7 +78,17 @@ class Claimed:
     env: dict[str, Any]
     max_runtime_seconds: float | None
     trace_parent: str
-    run: TaskRun
+    run_values: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        """The new run's id."""
+        return str(self.run_values["run_id"])
+
+    @property
+    def run(self) -> TaskRun:
+        """The new run, not in the session (it was inserted in bulk): load it to change it."""
+        return TaskRun(**self.run_values)
 
 
 def claim(
@@ -192,28 +203,31 @@ def claim_many(
     rows = sorted(session.execute(stmt), key=lambda r: r.task_id)
     if not rows:
         return {}
-    lease = now + dt.timedelta(seconds=lease_seconds)
+    # Every column of the run, given (no column default applies).
+    base = {
+        "status": RunStatus.RUNNING,
+        "worker_id": worker_id,
+        "executor_instance": executor_instance,
+        "holder": holder,
+        "start_time": now,
+        "lease_expire_time": now + dt.timedelta(seconds=lease_seconds),
+        "sandbox_id": "",
+        "error": "",
+        "output_bytes": 0,
+        "output_truncated": False,
+        "counted_failure": False,
+        "failure_class": "",
+        "end_time": None,
+        "exit_code": None,
+    }
     won: dict[str, Claimed] = {}
     for row in rows:
-        run = TaskRun(
-            run_id=run_ids[row.task_id],
-            task_id=row.task_id,
-            profile=profiles[row.task_id],
-            status=RunStatus.RUNNING,
-            worker_id=worker_id,
-            executor_instance=executor_instance,
-            holder=holder,
-            start_time=now,
-            lease_expire_time=lease,
-            sandbox_id="",
-            error="",
-            output_bytes=0,
-            output_truncated=False,
-            counted_failure=False,
-            failure_class="",
-            end_time=None,
-            exit_code=None,
-        )
+        values = {
+            **base,
+            "run_id": run_ids[row.task_id],
+            "task_id": row.task_id,
+            "profile": profiles[row.task_id],
+        }
         won[row.task_id] = Claimed(
             task_id=row.task_id,
             board_id=row.board_id,
@@ -222,13 +236,9 @@ def claim_many(
             env=dict(row.env or {}),
             max_runtime_seconds=row.max_runtime_seconds,
             trace_parent=row.trace_parent or "",
-            run=run,
+            run_values=values,
         )
-    runs_table = cast(Table, TaskRun.__table__)
-    session.execute(
-        insert(runs_table),
-        [{c.key: getattr(w.run, c.key) for c in runs_table.columns} for w in won.values()],
-    )
+    session.execute(insert(cast(Table, TaskRun.__table__)), [w.run_values for w in won.values()])
     events.append_many(
         session,
         [
@@ -237,8 +247,8 @@ def claim_many(
                 "board_id": w.board_id,
                 "kind": event_kind,
                 "source": source,
-                "payload": {"profile": w.run.profile, "worker_id": worker_id},
-                "run_id": w.run.run_id,
+                "payload": {"profile": profiles[w.task_id], "worker_id": worker_id},
+                "run_id": w.run_id,
             }
             for w in won.values()
         ],
