@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry import trace
 
 from services.runtime.collector import settle_for_serving
 from services.runtime.config import BaseSettings, SettingsError, load_settings
@@ -74,7 +74,7 @@ class ServiceParts:
     """
 
     service: str
-    tracer_provider: TracerProvider
+    tracer_provider: trace.TracerProvider
     meters: ServiceMeterProvider
     providers: list[Provider] = field(default_factory=list)
     _closers: list[Callable[[], object]] = field(default_factory=list, repr=False)

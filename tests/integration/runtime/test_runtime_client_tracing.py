@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from services.runtime.aio_serving import AioService
 from services.runtime.channels import open_aio_channel, open_channel
 from services.runtime.testing import serve_in_process
-from services.runtime.tracing import configure_tracing
+from services.runtime.tracing import service_resource
 from tests.integration.runtime.demo_services import kanban_service
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 
@@ -65,7 +65,7 @@ class HeldStream(kanban_service_pb2_grpc.KanbanServiceServicer):
 
 @pytest.fixture
 def provider(otlp_receiver: OtlpReceiver) -> Iterator[TracerProvider]:
-    provider = configure_tracing("demo", set_global=False)
+    provider = TracerProvider(resource=service_resource("demo"))
     # Export synchronously so the test need not wait for a batch.
     provider.add_span_processor(
         SimpleSpanProcessor(OTLPSpanExporter(endpoint=otlp_receiver.endpoint, insecure=True))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from longshore.gateway.v1 import gateway_service_pb2 as gw_pb
 from longshore.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from services.runtime.channels import open_aio_channel, open_channel
 from services.runtime.testing import serve_in_process
-from services.runtime.tracing import configure_tracing
+from services.runtime.tracing import service_resource
 from tests.integration.runtime.demo_services import FailingGateway, gateway_service
 
 METHOD = "/longshore.gateway.v1.GatewayService/GetStatus"
@@ -30,7 +31,7 @@ class ForwardingGateway(FailingGateway):
 
 def test_chain_produces_one_trace_with_parent_child_spans(otlp_receiver) -> None:
     exporter = OTLPSpanExporter(endpoint=otlp_receiver.endpoint, insecure=True)
-    provider = configure_tracing("demo", set_global=False)
+    provider = TracerProvider(resource=service_resource("demo"))
     # Export synchronously so the test need not wait for a batch.
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     try:
