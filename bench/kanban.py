@@ -185,9 +185,19 @@ def _ticks(ctx: Context, backend: str, url: str, home: Path, n: int) -> list[Res
         real_stats = measure(
             real, repeat=ctx.repeat(15), warmup=1, setup=lambda: _reset_running(app)
         )
+        # The same tick as the dispatcher's loop runs it: no DispatchResult.
+        loop_stats = measure(
+            app.dispatcher.tick_plan,
+            repeat=ctx.repeat(15),
+            warmup=1,
+            setup=lambda: _reset_running(app),
+        )
     label = f"{n:,} ready / {PROFILES} profiles / cap {CAP}"
     limit = 150.0 if backend == "sqlite" else None
-    extra = {"spawned_per_tick": max(spawned) if spawned else 0}
+    extra = {
+        "spawned_per_tick": max(spawned) if spawned else 0,
+        "loop_tick_ms": loop_stats.median,
+    }
     return [
         Result.from_stats(
             f"[{backend}] tick dry run ({label})",

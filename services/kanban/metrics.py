@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from longshore.kanban.v1 import dispatch_pb2
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from services.kanban.planner_types import Plan
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,15 @@ class KanbanMetrics:
                 description="Ready tasks waiting, by profile.",
             )
 
-    def tick(self, duration_seconds: float, result: dispatch_pb2.DispatchResult) -> None:
-        """Records one real tick: how long it took and how many tasks each bucket got."""
+    def tick(self, duration_seconds: float, result: Plan) -> None:
+        """Records one real tick: how long it took and how many tasks each bucket got.
+
+        ``spawn_failed`` is only ever a DispatchResult bucket (filled as a
+        spawn fails, after the tick), so a plan counts none, as the tick did.
+        """
         self._tick_duration.record(duration_seconds * 1000)
         for bucket in BUCKETS:
-            n = len(getattr(result, bucket))
+            n = len(getattr(result, bucket, ()))
             if n:
                 self._bucket_tasks.add(n, {"bucket": bucket})
 
