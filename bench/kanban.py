@@ -44,6 +44,7 @@ from services.kanban.executor import RunJob, RunSink
 from services.kanban.planner import plan
 from services.kanban.service import KanbanApp, build_app
 from services.kanban.settings import DatabaseSection, KanbanSection, KanbanSettings
+from services.kanban.store import events
 from services.runtime.collector import settle_for_serving
 from services.runtime.testing import serve_aio_in_process
 
@@ -154,17 +155,49 @@ def _seed(app: KanbanApp, n: int, profiles: list[str], executor: str, cap: int) 
         for i in range(n)
     ]
     for start in range(0, n, 2000):
+        batch = rows[start : start + 2000]
         with app.db.write() as s:
-            s.execute(insert(models.Task), rows[start : start + 2000])
+            s.execute(insert(models.Task), batch)
+            # As CreateTask does: every task change has its event.
+            events.append_many(
+                s,
+                [
+                    {
+                        "task_id": r["task_id"],
+                        "board_id": "default",
+                        "kind": "created",
+                        "source": "b",
+                    }
+                    for r in batch
+                ],
+                now=now,
+            )
 
 
 def _reset_running(app: KanbanApp) -> None:
+    """Every running task back to ready, with an event each, as a finished run leaves it.
+
+    The event matters: replicas keep the walk's tasks and re-read those the
+    event log names (:mod:`services.kanban.walk_views`), as between two real
+    ticks, where every change appends one.
+    """
     with app.db.write() as s:
+        running = s.execute(
+            text("SELECT task_id, board_id FROM tasks WHERE status = 'running'")
+        ).all()
         s.execute(text("UPDATE task_runs SET status = 'succeeded' WHERE status = 'running'"))
         s.execute(
             text(
                 "UPDATE tasks SET status = 'ready', current_run_id = NULL WHERE status = 'running'"
             )
+        )
+        events.append_many(
+            s,
+            [
+                {"task_id": t, "board_id": b, "kind": "bench_reset", "source": "bench"}
+                for t, b in running
+            ],
+            now=models.utcnow(),
         )
 
 

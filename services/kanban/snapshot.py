@@ -8,11 +8,9 @@ task says about itself is exactly what the next tick would do.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from sqlalchemy import DateTime, String, func, select, type_coerce
-from sqlalchemy.engine import Connection
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from services.kanban import models
@@ -24,101 +22,10 @@ from services.kanban.planner import (
     ReclaimView,
     RetryPolicy,
     Snapshot,
-    TaskView,
 )
 from services.kanban.store import failures
 from services.kanban.vocabulary import ExecutorKind, RunStatus, TaskStatus
-
-_STATUS = {status.value: status for status in TaskStatus}
-
-
-def _task_columns(dialect: str) -> tuple[Any, ...]:
-    # The hot path reads 10,000 rows: skip the ORM and the aware-UTC type
-    # decorator. The planner only compares create times within one snapshot,
-    # so SQLite's naive UTC text (parsed in C) and PostgreSQL's aware values
-    # (decoded by psycopg) both work, as long as one snapshot uses one kind.
-    created: Any = (
-        type_coerce(Task.create_time, String)
-        if dialect == "sqlite"
-        else type_coerce(Task.create_time, DateTime(timezone=True))
-    )
-    retry_at: Any = (
-        type_coerce(Task.next_attempt_time, String)
-        if dialect == "sqlite"
-        else type_coerce(Task.next_attempt_time, DateTime(timezone=True))
-    )
-    return (
-        Task.task_id,
-        Task.board_id,
-        Task.status,
-        Task.assignee,
-        Task.priority,
-        created,
-        Task.failure_count,
-        Task.breaker_open,
-        Task.blocked_reason,
-        retry_at,
-    )
-
-
-#: The walk's statement as SQL text, per dialect (it has no parameters).
-_WALKED_SQL: dict[str, str] = {}
-
-
-def _walked_rows(conn: Connection) -> list[Any]:
-    """Every ready and todo task's columns, as the driver's plain tuples.
-
-    The hot read of every tick (10,000 rows): SQLAlchemy's result rows cost
-    ~5 ms more than the driver's tuples there. The statement is constant, so
-    it is compiled once per dialect; its values need no processing (see
-    :func:`_task_columns`). Statement events (and so their spans) still fire.
-    """
-    dialect = conn.dialect.name
-    sql = _WALKED_SQL.get(dialect)
-    if sql is None:
-        stmt = select(*_task_columns(dialect)).where(
-            Task.status.in_([TaskStatus.READY, TaskStatus.TODO])
-        )
-        sql = str(
-            stmt.compile(
-                dialect=conn.dialect,
-                compile_kwargs={"literal_binds": True, "render_postcompile": True},
-            )
-        )
-        _WALKED_SQL[dialect] = sql
-    result = conn.exec_driver_sql(sql)
-    try:
-        return list(result.cursor.fetchall()) if result.cursor is not None else []
-    finally:
-        result.close()
-
-
-def _aware(value: Any) -> dt.datetime | None:
-    # Backoff times are compared with the tick's aware "now"; SQLite hands
-    # back naive UTC text.
-    if value is None:
-        return None
-    when = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-
-
-def _views(rows: Iterable[Any], waiting: dict[str, list[str]], out: dict[str, TaskView]) -> None:
-    parse = dt.datetime.fromisoformat
-    for row in rows:
-        task_id, board_id, status, assignee, priority, created, failures, breaker, reason, at = row
-        out[task_id] = TaskView(
-            task_id,
-            board_id,
-            _STATUS[status],
-            assignee or "",
-            priority,
-            parse(created) if isinstance(created, str) else created,
-            tuple(waiting[task_id]) if task_id in waiting else (),
-            failures,
-            bool(breaker),
-            reason or "",
-            None if at is None else _aware(at),
-        )
+from services.kanban.walk_views import aware, rows_of, view_of, walk_views_of
 
 
 def profile_views(session: Session) -> dict[str, ProfileView]:
@@ -194,24 +101,20 @@ def build(
         reclaim_tasks.append(task_id)
 
     conn = session.connection()
-    columns = _task_columns(conn.dialect.name)
-    views: dict[str, TaskView] = {}
+    views = walk_views_of(session).current(session)
     if board_id:
-        stmt = select(*columns).where(
-            Task.status.in_([TaskStatus.READY, TaskStatus.TODO]), Task.board_id == board_id
-        )
-        _views(conn.execute(stmt).all(), waiting, views)
-    else:
-        _views(_walked_rows(conn), waiting, views)
+        views = {t: v for t, v in views.items() if v.board_id == board_id}
+    for task_id, parents in waiting.items():
+        if task_id in views:
+            views[task_id] = views[task_id]._replace(waiting_on=tuple(parents))
     others = [t for t in (*reclaim_tasks, *extra_task_ids) if t not in views]
-    for start in range(0, len(others), 500):
-        chunk = others[start : start + 500]
-        _views(conn.execute(select(*columns).where(Task.task_id.in_(chunk))).all(), waiting, views)
+    for row in rows_of(conn, others):
+        views[row[0]] = view_of(row, tuple(waiting.get(row[0], ())))
     if board_id:
         reclaims = [
             rc for rc in reclaims if rc.task_id in views and views[rc.task_id].board_id == board_id
         ]
-    now_aware = _aware(now) or now
+    now_aware = aware(now) or now
     # A reclaim whose task is no longer running (it moved meanwhile) is not one.
     reclaims = [
         rc
