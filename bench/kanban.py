@@ -166,7 +166,7 @@ def _seed(app: KanbanApp, n: int, profiles: list[str], executor: str, cap: int) 
                         "task_id": r["task_id"],
                         "board_id": "default",
                         "kind": "created",
-                        "source": "b",
+                        "source": "bench",
                     }
                     for r in batch
                 ],
