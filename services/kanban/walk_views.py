@@ -39,6 +39,7 @@ from typing import Any
 from sqlalchemy import DateTime, Engine, String, bindparam, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import Pool
 
 from services.kanban.models import Task, TaskEvent
 from services.kanban.planner import TaskView
@@ -234,16 +235,21 @@ class WalkViews:
         return events.last_event_id(session)
 
 
-_caches: weakref.WeakKeyDictionary[Engine, WalkViews] = weakref.WeakKeyDictionary()
+_caches: weakref.WeakKeyDictionary[Pool, WalkViews] = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
 
 
 def walk_views_of(session: Session) -> WalkViews:
-    """The walk views of the session's engine (one per replica's database handle)."""
+    """The walk views of the session's database handle: one per replica.
+
+    Keyed by the connection pool, which reads and writes share: their
+    sessions are bound to different option engines of one engine, and a
+    cache per engine object kept the walk twice (ticks write, plans read).
+    """
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     with _caches_lock:
-        found = _caches.get(engine)
+        found = _caches.get(engine.pool)
         if found is None:
-            found = _caches[engine] = WalkViews()
+            found = _caches[engine.pool] = WalkViews()
         return found

@@ -43,6 +43,7 @@ from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Engine, Table, func, insert, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import Pool
 
 from services.kanban import commits, limits
 from services.kanban.models import TaskEvent, utcnow
@@ -300,18 +301,23 @@ class Watermark:
         return settled
 
 
-_watermarks: weakref.WeakKeyDictionary[Engine, Watermark] = weakref.WeakKeyDictionary()
+_watermarks: weakref.WeakKeyDictionary[Pool, Watermark] = weakref.WeakKeyDictionary()
 _watermarks_lock = threading.Lock()
 
 
 def watermark_of(session: Session) -> Watermark:
-    """The watermark of the session's engine (one per replica's database handle)."""
+    """The watermark of the session's database handle: one per replica.
+
+    Keyed by the connection pool, which the read and write option engines
+    of one engine share (a tick reads it in a write session, watchers in
+    reads).
+    """
     engine = session.get_bind()
     assert isinstance(engine, Engine)  # sessions are bound to an engine, never a connection
     with _watermarks_lock:
-        found = _watermarks.get(engine)
+        found = _watermarks.get(engine.pool)
         if found is None:
-            found = _watermarks[engine] = Watermark()
+            found = _watermarks[engine.pool] = Watermark()
         return found
 
 
